@@ -1,0 +1,1 @@
+"""Everything that knows the TelefUM CRM protocol: client, parsing, errors, reference CRM."""

@@ -1,0 +1,77 @@
+"""Phone numbers: what PBXs and people write -> E.164, and back out for a CRM.
+
+The one place that knows number formats. Parsing is Google's libphonenumber
+(``phonenumbers``); the only rules of our own are the ones it cannot know: that a
+short all-digit string is a PBX extension, and Russia's ``8`` trunk prefix for national
+formatting (which the library already handles when parsing).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+import phonenumbers
+
+_NON_DIALABLE = re.compile(r"[\s\-().]")
+_EXTENSION = re.compile(r"^\d{2,5}$")
+
+
+class PhoneFormat(str, Enum):
+    """How phones are sent to the CRM (``[crm] phone_format``)."""
+
+    E164 = "e164"  # +79161234567
+    DIGITS = "digits"  # 79161234567
+    NATIONAL = "national"  # 89161234567
+
+
+def is_extension(raw: str | None, pattern: re.Pattern[str] = _EXTENSION) -> bool:
+    """True for an internal extension (2 to 5 digits by default), not an outside number."""
+    return bool(raw) and bool(pattern.match(raw.strip()))  # type: ignore[union-attr]
+
+
+def to_e164(raw: str | None, default_country: str = "RU") -> str | None:
+    """E.164 for an outside number, or None when it is empty, an extension or not a number.
+
+    ``8 (916) 123-45-67``, ``+7 916 1234567``, ``79161234567``, ``9161234567`` and
+    ``0079161234567`` all give ``+79161234567`` with the default country RU.
+    """
+    if not raw:
+        return None
+    s = _NON_DIALABLE.sub("", raw.strip())
+    if not s or s in ("<unknown>", "anonymous", "unknown"):
+        return None
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    if not s.lstrip("+").isdigit() or is_extension(s):
+        return None
+    candidates = [s] if s.startswith("+") else [s, "+" + s]
+    # A bare number of international length (79161234567) is tried as international first:
+    # PBX trunks send numbers without '+', and the region parse would mistake them.
+    if not s.startswith("+") and len(s) <= 10:
+        candidates = [s]
+    for cand in candidates:
+        try:
+            num = phonenumbers.parse(cand, None if cand.startswith("+") else default_country)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(num):
+            return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def for_crm(e164: str, fmt: PhoneFormat | str = PhoneFormat.E164) -> str:
+    """Format an E.164 number as the CRM wants it."""
+    fmt = PhoneFormat(fmt)
+    if fmt is PhoneFormat.E164:
+        return e164
+    if fmt is PhoneFormat.DIGITS:
+        return e164.lstrip("+")
+    num = phonenumbers.parse(e164, None)
+    national = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return re.sub(r"\D", "", national)
+
+
+def variants(e164: str) -> list[str]:
+    """The same number as people write it: for tests and CRM conformance checks."""
+    return [for_crm(e164, f) for f in PhoneFormat]

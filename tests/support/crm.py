@@ -1,0 +1,1 @@
+"""Fixtures for the crm side (owned by that area's tests)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the pbx side (owned by that area's tests)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the redis side (owned by that area's tests)."""
