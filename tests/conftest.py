@@ -13,8 +13,9 @@ pytest_plugins = [
     "tests.support.pbx",
 ]
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TRACES_DIR = SHARED / "traces"
+# Real Asterisk recordings (copied from the project's shared traces, with manifest.json
+# saying which calls each must yield). A bug seen on a real PBX becomes a trace here.
+TRACES_DIR = Path(__file__).resolve().parent / "traces"
 
 
 def free_port() -> int:
