@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-SECRET_KEYS = frozenset({"password", "passwd", "pass", "secret", "token", "apikey", "api_key", "key"})
+SECRET_KEYS = frozenset(
+    {"password", "passwd", "pass", "secret", "token", "apikey", "api_key", "key"}
+)
 MASK = "***"
 
 _INLINE = re.compile(

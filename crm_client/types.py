@@ -30,3 +30,13 @@ class FindResult:
     contacts: tuple[Contact, ...] = ()
     total: int = 0  # as the CRM said; may disagree with len(contacts)
     warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What ``addcont`` / ``addevent`` answer on success: the new record's id."""
+
+    id: str  # contact id for addcont, idev for addevent
+    typecont: str | None = None  # addcont echoes it; None when the CRM did not
+    description: str = ""  # e.g. "Контакт добавлен"
+    warnings: tuple[str, ...] = ()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from telefum import __version__
 
@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load(name: str):  # type: ignore[no-untyped-def]
+def _load(name: str) -> Any:
     return importlib.import_module(f"telefum.commands.{COMMANDS[name]}")
 
 

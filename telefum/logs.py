@@ -1,42 +1,72 @@
-"""Logging for the service: one line per happening, tagged with the call, no secrets."""
+"""Logging for the service: one line per happening, tagged with the call, no secrets.
+
+Redaction is the last line of defence (code should not log secrets in the first place):
+every line, its extra fields and its traceback pass through :func:`redact_line`, which masks
+``password=...``-style pairs (crm_client.redact), ``"password": "..."`` in JSON or a dict's
+repr, AMI ``Secret: ...`` headers and the password in ``scheme://user:password@host`` URLs.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
-from crm_client.redact import redact_text
+from crm_client.redact import MASK, redact_text
 
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
+# "Secret: abc" as in an AMI Login action (header style, not key=value)
+_HEADER_SECRET = re.compile(r"(?i)\b(secret|password|token)(\s*:\s*)(?!\*\*\*)([^\s,;\"'<>]+)")
+# redis://:pw@host, https://user:pw@host
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.I)
+
+
+def redact_line(text: str) -> str:
+    """``text`` with every secret we know the shape of masked."""
+    text = redact_text(text)
+    text = _QUOTED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
+    text = _HEADER_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+# "password": "x" (JSON) and 'password': 'x' (a dict's repr)
+_QUOTED_SECRET = re.compile(
+    r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.)*\2""",
+    re.I,
+)
+
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: masks ``password=...`` in every formatted message."""
+    """Masks secrets in the message before any handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        clean = redact_text(msg)
+        clean = redact_line(msg)
         if clean != msg:
             record.msg, record.args = clean, None
         return True
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and the extra fields (call_id, pbx)."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_line(record.getMessage()),
         }
         for k, v in record.__dict__.items():
             if k not in _STD_ATTRS and not k.startswith("_"):
                 out[k] = v
         if record.exc_info:
-            out["exc"] = redact_text(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=str)
+            out["exc"] = self.formatException(record.exc_info)
+        line = json.dumps(out, ensure_ascii=False, default=str)
+        return redact_line(line)  # the whole line, so nested extras are covered too
 
 
 class TextFormatter(logging.Formatter):
@@ -48,15 +78,14 @@ class TextFormatter(logging.Formatter):
             if k not in _STD_ATTRS and not k.startswith("_")
         ]
         line = f"{line} {' '.join(extra)}" if extra else line
-        return redact_text(line)
+        return redact_line(line)
 
 
 def setup_logging(verbose: bool = False, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(
-        JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if json_lines else text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -28,7 +28,7 @@ class AmiCodec:
     is dropped whole. Nothing here raises on bad input.
     """
 
-    __slots__ = ("_buf", "banner", "_skipped")
+    __slots__ = ("_buf", "_skipped", "banner")
 
     def __init__(self) -> None:
         self._buf = b""

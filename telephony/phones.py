@@ -9,7 +9,7 @@ formatting (which the library already handles when parsing).
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 import phonenumbers
 
@@ -17,7 +17,7 @@ _NON_DIALABLE = re.compile(r"[\s\-().]")
 _EXTENSION = re.compile(r"^\d{2,5}$")
 
 
-class PhoneFormat(str, Enum):
+class PhoneFormat(StrEnum):
     """How phones are sent to the CRM (``[crm] phone_format``)."""
 
     E164 = "e164"  # +79161234567

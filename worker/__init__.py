@@ -1,2 +1,34 @@
 """The durable pipeline: one arq job per finished call, idempotent CRM steps, retries,
-dead letters. The place where a call meets the CRM."""
+dead letters. The place where a call meets the CRM.
+
+Where things are::
+
+    handoff.py   listener side: submit(record) -> fsync'd spool (spool.py) -> queue.py
+    queue.py     enqueue one call atomically with its ledger; job id call:{pbx}:{call_id}
+    ledger.py    what the CRM has already accepted, per call (arq is the queue, not the ledger)
+    jobs.py      the arq job: read the ledger, plan, run the steps, apply the retry decision
+    plan.py      pure: which calls are logged, subject/description templates, credentials
+    steps.py     find -> addcont (under a per-phone lock) -> addevent, each resumable
+    retry.py     transient -> backoff + jitter within the budget; else dead letter
+    dlq.py       the dead-letter store: list, requeue, drop
+    reconcile.py re-enqueues calls the ledger still owes but arq lost
+    stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()
+    app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
+    embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
+
+Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
+
+- a call the listener's handoff has fsync'd reaches the queue, in order, even across a
+  Redis outage or a listener restart; a call handed over twice is one job;
+- every queued call ends delivered, skipped by policy (with the reason), or in the
+  dead-letter store (with every attempt's error); never silently dropped, whatever arq
+  does with the job (expiry, timeout, a crashed worker: see reconcile.py);
+- a contact is created at most once per phone number and CRM;
+- an event is written once, except in one window TelefUM cannot close: the CRM accepted
+  addevent and the worker died (or the request timed out) before the answer reached the
+  ledger. Then it is sent again (a duplicate rather than a loss), logged and counted in
+  ``possible_duplicates``. See steps.py.
+
+Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes;
+anything if Redis loses acknowledged writes (no AOF, or AOF ``everysec`` and a power cut).
+"""

@@ -1,0 +1,356 @@
+"""HTTP for agents and marketers: the screen-pop page, its live feed, click-to-call, the report.
+
+Routes (all added by :func:`setup_agent_routes`):
+
+- ``GET  /agent/{ext}?token=T``         the agent's page (HTML)
+- ``GET  /agent/{ext}/events?token=T``  server-sent events: one ``state`` event per change,
+                                        carrying the extension's whole snapshot
+- ``GET  /agent/{ext}/state?token=T``   the same snapshot once, as JSON
+- ``POST /originate``                   click-to-call (JSON or form: extension, number)
+- ``GET  /report?token=T``              the marketer's page (HTML + chart)
+- ``GET  /report.json?token=T&since=7d&until=&tz=``  the figures
+- ``GET  /ui/{file}``                   the pages' script and style (no secrets in them)
+
+Tokens: an agent's own token (``[http.agent_tokens]``) opens that extension's page and dials
+from that extension only; the admin token (``[http] token``) does both for any extension;
+the report takes the admin token or ``[http] report_token``. A token travels as
+``Authorization: Bearer T`` or, where a browser cannot set headers (page links,
+EventSource), as ``?token=T``. No token, no call: nothing is originated unauthenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import web
+
+from telefum.attribution import Attribution, parse_since
+from telefum.config import HttpSettings, Settings
+from telefum.originate import (
+    DialRefused,
+    OriginateFailed,
+    Originator,
+    RateLimited,
+    parse_dial_target,
+)
+from telefum.screenpop import ScreenPop, crm_targets
+
+log = logging.getLogger(__name__)
+
+SSE_KEEPALIVE_S = 15.0
+_STATIC = ("agent.html", "agent.js", "report.html", "report.js", "telefum.css")
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The pages load only their own script and style; CRM cards open as plain links.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class AgentServices:
+    """The three things the agent routes serve, built from the settings by
+    :func:`create_agent_services`; ``aclose()`` at shutdown."""
+
+    screenpop: ScreenPop
+    originator: Originator | None
+    attribution: Attribution | None
+    _close_crm: Callable[[], Awaitable[None]]
+
+    async def aclose(self) -> None:
+        await self.screenpop.close()
+        await self._close_crm()
+
+
+def create_agent_services(
+    settings: Settings,
+    *,
+    listeners: Mapping[str, Any] | None = None,
+    redis: Any = None,
+) -> AgentServices:
+    """Build the screen pop (CRM clients per ``[crm]``), the originator (on the listener of
+    ``[originate] pbx``, else the first ``[[ami]]``) and the attribution store (on ``redis``,
+    a ``redis.asyncio.Redis``). ``listeners``: PBX name -> ``AmiListener``; None or no
+    match: click-to-call answers 503. ``redis`` None: the report answers 503."""
+    crm_for, close_crm = crm_targets(settings)
+    pop = ScreenPop(
+        crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s
+    )
+    originator = None
+    pbx = settings.originate.pbx or settings.ami[0].name
+    if listeners and pbx in listeners:
+        originator = Originator(
+            listeners[pbx].originate,
+            settings.originate,
+            default_country=settings.calls.default_country,
+            extension_pattern=settings.calls.extension_pattern,
+        )
+    attribution = Attribution(redis, sources=settings.sources) if redis is not None else None
+    return AgentServices(pop, originator, attribution, close_crm)
+
+
+class Tokens:
+    """Who a token is: the admin, the report reader, or the agent of one extension."""
+
+    def __init__(self, http: HttpSettings) -> None:
+        self._admin = http.token
+        self._report = getattr(http, "report_token", "")
+        self._agents = dict(http.agent_tokens)
+
+    def is_admin(self, token: str | None) -> bool:
+        return _same(token, self._admin)
+
+    def extension_of(self, token: str | None) -> str | None:
+        """The extension whose agent token this is, else None."""
+        for ext, tok in self._agents.items():
+            if _same(token, tok):
+                return ext
+        return None
+
+    def known(self, token: str | None) -> bool:
+        return self.is_admin(token) or self.extension_of(token) is not None
+
+    def may_act_for(self, token: str | None, extension: str) -> bool:
+        return self.is_admin(token) or _same(token, self._agents.get(extension, ""))
+
+    def may_read_report(self, token: str | None) -> bool:
+        return self.is_admin(token) or _same(token, self._report)
+
+
+def _same(given: str | None, expected: str) -> bool:
+    """Constant-time equality; an empty expected token never matches (unset = locked)."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
+    """The token of a request: ``Authorization: Bearer``, else a ``token`` field, else query."""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    if body and isinstance(body.get("token"), str):
+        return str(body["token"])
+    return request.query.get("token") or None
+
+
+def setup_agent_routes(
+    app: web.Application,
+    *,
+    screenpop: ScreenPop,
+    originator: Originator | None,
+    attribution: Attribution | None,
+    settings: Settings,
+) -> None:
+    """Add the agent and report routes to ``app`` (the service shell calls this once).
+
+    ``originator`` None: click-to-call answers 503 (no PBX link). ``attribution`` None: the
+    report answers 503 (no Redis). The screen pop's feeds are closed on app shutdown, so
+    open browser pages do not hold the server up.
+    """
+    routes = _AgentRoutes(screenpop, originator, attribution, settings)
+    app.router.add_get("/agent/{ext}", routes.agent_page)
+    app.router.add_get("/agent/{ext}/events", routes.agent_events)
+    app.router.add_get("/agent/{ext}/state", routes.agent_state)
+    app.router.add_post("/originate", routes.originate)
+    app.router.add_get("/report", routes.report_page)
+    app.router.add_get("/report.json", routes.report_json)
+    app.router.add_get("/ui/{name}", routes.static)
+
+    async def close_feeds(_app: web.Application) -> None:
+        await screenpop.close()
+
+    app.on_shutdown.append(close_feeds)
+
+
+class _AgentRoutes:
+    def __init__(
+        self,
+        screenpop: ScreenPop,
+        originator: Originator | None,
+        attribution: Attribution | None,
+        settings: Settings,
+    ) -> None:
+        self.screenpop = screenpop
+        self.originator = originator
+        self.attribution = attribution
+        self.settings = settings
+        self.tokens = Tokens(settings.http)
+        self._files = {name: _read_static(name) for name in _STATIC}
+
+    # --- the agent page -----------------------------------------------------------------
+
+    def _agent(self, request: web.Request) -> str:
+        ext = request.match_info["ext"]
+        if not self.tokens.may_act_for(request_token(request), ext):
+            raise _error(401, f"a valid token for extension {ext} is needed")
+        return ext
+
+    async def agent_page(self, request: web.Request) -> web.Response:
+        self._agent(request)
+        return self._page("agent.html")
+
+    async def agent_state(self, request: web.Request) -> web.Response:
+        ext = self._agent(request)
+        return _json(self.screenpop.snapshot(ext))
+
+    async def agent_events(self, request: web.Request) -> web.StreamResponse:
+        ext = self._agent(request)
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            }
+        )
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+            await resp.write(b"retry: 2000\n\n")
+            async with self.screenpop.subscribe(ext) as feed:
+                while True:
+                    try:
+                        snap = await feed.next(SSE_KEEPALIVE_S)
+                    except StopAsyncIteration:
+                        break
+                    if snap is None:
+                        await resp.write(b": keep-alive\n\n")
+                        continue
+                    data = json.dumps(snap, ensure_ascii=False, separators=(",", ":"))
+                    await resp.write(f"event: state\ndata: {data}\n\n".encode())
+        return resp
+
+    # --- click-to-call ------------------------------------------------------------------
+
+    async def originate(self, request: web.Request) -> web.Response:
+        body = await _read_body(request)
+        token = request_token(request, body)
+        if not self.tokens.known(token):
+            return _json({"error": "a valid agent token is needed"}, status=401)
+        ext = str(body.get("extension") or self.tokens.extension_of(token) or "").strip()
+        if not ext:
+            return _json({"error": "which extension dials: give 'extension'"}, status=400)
+        if not self.tokens.may_act_for(token, ext):
+            return _json({"error": f"this token may not dial from extension {ext}"}, status=403)
+        raw = str(body.get("number") or "").strip()
+        if not raw:
+            return _json({"error": "give the 'number' to dial"}, status=400)
+        if self.originator is None:
+            return _json({"error": "click-to-call is not available (no PBX link)"}, status=503)
+        try:
+            dialled = await self.originator.dial(ext, parse_dial_target(raw))
+        except DialRefused as err:
+            return _json({"error": str(err)}, status=403)
+        except RateLimited as err:
+            retry = max(1, round(err.retry_after_s + 0.49))
+            return _json(
+                {"error": str(err), "retry_after_s": retry},
+                status=429,
+                headers={"Retry-After": str(retry)},
+            )
+        except OriginateFailed as err:
+            return _json({"error": str(err)}, status=503 if err.link_down else 502)
+        return _json(dialled.to_json(), status=202)
+
+    # --- the report ---------------------------------------------------------------------
+
+    def _reader(self, request: web.Request) -> None:
+        if not self.tokens.may_read_report(request_token(request)):
+            raise _error(401, "a valid report token is needed")
+
+    async def report_page(self, request: web.Request) -> web.Response:
+        self._reader(request)
+        return self._page("report.html")
+
+    async def report_json(self, request: web.Request) -> web.Response:
+        self._reader(request)
+        if self.attribution is None:
+            return _json({"error": "the attribution store is not available"}, status=503)
+        try:
+            tz = _zone(request.query.get("tz"))
+            now = time.time()
+            since = parse_since(request.query.get("since") or "7d", now, tz)
+            until_s = request.query.get("until")
+            until = parse_since(until_s, now, tz) if until_s else now
+        except ValueError as err:
+            return _json({"error": str(err)}, status=400)
+        report = await self.attribution.report(since, until, tz)
+        return _json(report)
+
+    # --- files --------------------------------------------------------------------------
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._files or name.endswith(".html"):
+            raise web.HTTPNotFound()
+        return self._page(name)
+
+    def _page(self, name: str) -> web.Response:
+        ctype = _TYPES[name[name.rfind(".") :]]
+        return web.Response(
+            body=self._files[name],
+            content_type=ctype,
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": _CSP,
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",  # the page URL carries the token
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+
+def _read_static(name: str) -> bytes:
+    return resources.files("telefum").joinpath("static", name).read_bytes()
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    """JSON object or form fields; anything else is an empty body (the checks say what's
+    missing)."""
+    try:
+        if request.content_type == "application/json":
+            data = await request.json()
+            return data if isinstance(data, dict) else {}
+        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.post()
+            return {k: v for k, v in form.items() if isinstance(v, str)}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return {}
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _error(status: int, message: str) -> web.HTTPException:
+    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden}[status]
+    return cls(
+        text=json.dumps({"error": message}),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="telefum"'} if status == 401 else None,
+    )

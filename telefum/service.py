@@ -1,0 +1,262 @@
+"""The running bridge: the parts of ``telefum run`` / ``listen`` / ``worker`` wired together.
+
+One :class:`Bridge` owns, in start order: Redis (the configured one, or a private
+``redis-server`` when ``[redis] url`` is empty), the hand-over of finished calls to Redis
+(with its fsync'd spool), one tracker + AMI listener per ``[[ami]]`` entry, the HTTP side
+(health, metrics, agent pages, click-to-call, report) and, when it works too, an arq worker
+delivering calls to the CRM. ``stop()`` undoes it in reverse, so a finished call is handed
+to Redis (or left in the spool) before anything it needs goes away.
+
+Each tracker update fans out here and nowhere else: a finished call goes to the hand-over
+and the call counters; every update goes to the screen pop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from crm_client.redact import redact_url
+from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
+from telefum.attribution import attribution_hook
+from telefum.commands.worker import handoff_from_settings, worker_config_from_settings
+from telefum.config import Settings
+from telefum.web import Service, bound_port, create_app, start_http
+from telephony.listener import AmiListener
+from telephony.records import CallFinished
+from telephony.tracker import CallTracker
+from worker.app import ClientFactory, WorkerService
+from worker.embedded_redis import EmbeddedRedis
+from worker.handoff import Handoff
+
+log = logging.getLogger("telefum.service")
+
+
+class BridgeError(RuntimeError):
+    """The bridge cannot start as configured (the message says why and what to set)."""
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What this process does: ``run`` is all three, ``listen`` the first and the last."""
+
+    listen: bool = True
+    work: bool = True
+    http: bool = True
+
+
+class Bridge:
+    """The service of one process. Build it, ``await start()``, later ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        roles: Roles = Roles(),
+        *,
+        redis_url: str | None = None,
+        worker_id: str | None = None,
+        client_factory: ClientFactory | None = None,
+        embedded_redis_dir: str | Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.redis_url = redis_url or settings.redis.url
+        self.worker_id = worker_id
+        self.client_factory = client_factory
+        self.embedded_redis_dir = embedded_redis_dir
+        self.embedded: EmbeddedRedis | None = None
+        self.redis: Redis | None = None
+        self.handoff: Handoff | None = None
+        self.listeners: list[AmiListener] = []
+        self.service: Service | None = None
+        self.agents: AgentServices | None = None
+        self.worker: WorkerService | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._http: web.AppRunner | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every part; on failure, what did start is stopped again and the error is
+        raised (a :class:`BridgeError` for what configuration can fix)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        if not self.redis_url:
+            if not self.roles.work:
+                raise BridgeError(
+                    "[redis] url is empty: a private Redis only serves `telefum run`, which "
+                    "has its own worker. `telefum listen` needs the Redis its workers use: "
+                    "set [redis] url or TELEFUM_REDIS__URL."
+                )
+            # from the main thread, so the server dies with us even on SIGKILL (see
+            # worker.embedded_redis); it answers PING within a fraction of a second
+            self.embedded = self._start_embedded()
+            self.redis_url = self.embedded.url
+        worker_config = worker_config_from_settings(s)  # ValueError: a setting does not fit
+        self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        if self.roles.listen:
+            self.handoff = handoff_from_settings(s, self.redis_url)
+            await self.handoff.start()
+            for ami in s.ami:
+                self.listeners.append(self._listener(ami.name))
+        handoff = self.handoff
+        self.service = Service(
+            s,
+            links=self.listeners,
+            redis=self.redis,
+            spool_size=(lambda: handoff.spool_size) if handoff is not None else None,
+        )
+        self.agents = create_agent_services(
+            s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis
+        )
+        if self.roles.http:
+            agents = self.agents
+            app = create_app(
+                self.service,
+                setups=[
+                    lambda app: setup_agent_routes(
+                        app,
+                        screenpop=agents.screenpop,
+                        originator=agents.originator,
+                        attribution=agents.attribution,
+                        settings=s,
+                    )
+                ],
+            )
+            self._http = await start_http(app, s.http.listen)
+            log.info("HTTP on %s (health, metrics, agent pages)", self.http_url)
+        for listener in self.listeners:
+            await listener.start()
+        if self.roles.work:
+            self.worker = WorkerService(
+                worker_config,
+                self.redis_url,
+                worker_id=self.worker_id,
+                client_factory=self.client_factory,
+                handle_signals=False,
+                on_delivered=attribution_hook(self.redis, dict(s.sources)),
+            )
+            self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+
+    def _start_embedded(self) -> EmbeddedRedis:
+        data = self.embedded_redis_dir or Path(self.settings.spool_dir).parent / "redis"
+        redis = EmbeddedRedis(data, appendonly=True).start()
+        log.info("[redis] url is empty: started a private Redis at %s (data in %s)",
+                 redis.url, redis.data_dir)  # fmt: skip
+        return redis
+
+    def _listener(self, pbx: str) -> AmiListener:
+        ami = next(a for a in self.settings.ami if a.name == pbx)
+        tracker = CallTracker(self.settings.calls.rules(pbx=ami.name))
+        return AmiListener(
+            ami.host,
+            ami.port,
+            ami.username,
+            ami.secret,
+            tracker,
+            self._on_update,
+            ping_interval=ami.ping_interval_s,
+            ping_timeout=ami.ping_timeout_s,
+            reconnect_max=ami.reconnect_max_s,
+            pbx=ami.name,
+        )
+
+    def _on_update(self, update: Any) -> None:
+        """Every tracker update, from every PBX: quick, never blocking the AMI reader."""
+        if isinstance(update, CallFinished):
+            if self.handoff is not None:
+                self.handoff.submit(update.record)
+            if self.service is not None:
+                self.service.calls.observe(update.record)
+        if self.agents is not None:
+            self.agents.screenpop.on_update(update)
+
+    async def stop(self) -> None:
+        """Stop in reverse order; finished calls reach Redis or stay in the spool."""
+        for listener in self.listeners:
+            await _quietly(listener.stop(), "AMI listener")
+        if self.handoff is not None:
+            await _quietly(self.handoff.close(), "hand-over")
+            self.handoff = None
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker_task
+            self._worker_task = None
+        if self._http is not None:
+            await _quietly(self._http.cleanup(), "HTTP")
+            self._http = None
+        if self.agents is not None:
+            await _quietly(self.agents.aclose(), "agent services")
+            self.agents = None
+        if self.redis is not None:
+            await _quietly(self.redis.aclose(), "Redis client")
+            self.redis = None
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Start, serve until ``stop`` is set (or the worker dies), then stop."""
+        await self.start()
+        try:
+            waiters = [asyncio.create_task(stop.wait())]
+            if self._worker_task is not None:
+                waiters.append(self._worker_task)  # type: ignore[arg-type]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            waiters[0].cancel()
+        finally:
+            await self.stop()
+
+    # -- what others read --------------------------------------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        if self._http is None:
+            raise RuntimeError("HTTP is not running")
+        host = self.settings.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{bound_port(self._http)}"
+
+    def describe(self) -> str:
+        """One line for the log: what runs, where (no secrets)."""
+        parts = [f"Redis {redact_url(self.redis_url)}"]
+        parts += [f"AMI {x.pbx}@{x.host}:{x.port}" for x in self.listeners]
+        if self.worker is not None:
+            parts.append(f"worker -> {redact_url(self.settings.crm.url)}")
+        if self._http is not None:
+            parts.append(f"HTTP {self.http_url}")
+        return ", ".join(parts)
+
+
+async def _quietly(step: Any, what: str) -> None:
+    try:
+        await step
+    except Exception as err:  # stopping must go on: the rest still needs closing
+        log.warning("stopping %s: %s", what, err)
+
+
+def signal_stop() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (the commands' way to stop gracefully)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+

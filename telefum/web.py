@@ -1,0 +1,208 @@
+"""The service's HTTP side: one aiohttp app with ``/health`` and ``/metrics``, and the
+place other parts add their routes (agent page, click-to-call, report).
+
+Wiring, for ``telefum run`` / ``telefum listen`` (one listener per ``[[ami]]`` entry)::
+
+    service = Service(settings, redis=redis, spool_size=lambda: handoff.spool_size)
+    for ami in settings.ami:
+        tracker = CallTracker(settings.calls.rules(pbx=ami.name))  # records carry the PBX
+        def on_update(update, _pbx=ami.name):
+            if isinstance(update, CallFinished):
+                service.calls.observe(update.record)   # telefum_calls_finished_total
+                handoff.submit(update.record)
+        listeners.append(AmiListener(ami.host, ami.port, ami.username, ami.secret, tracker,
+                                     on_update, pbx=ami.name, ...))
+    service.links = listeners
+    app = create_app(service)
+    setup_agent_routes(app, ...)        # other parts add their routes before serving
+    runner = await start_http(app, settings.http.listen)   # loopback unless configured
+    ...
+    await runner.cleanup()
+
+A setup function takes the app, adds its routes, and finds what it needs with
+``app[SERVICE]`` (settings, listeners, Redis). Anything that *acts* (requeue, originate)
+is wrapped in :func:`require_token` (the ``[http] token``) or checks
+:func:`check_agent_token` (an agent's own token, or the admin token); both compare in
+constant time, and an empty configured token disables the endpoint rather than opening it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from telefum import __version__, metrics
+from telefum.config import Settings, split_listen
+from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Setup = Callable[[web.Application], Any]
+
+QUEUE_NAME = "telefum:queue"  # worker.stats.read_stats's default; arq's queue of call jobs
+
+
+@dataclass
+class Service:
+    """What the HTTP side reads: built once by the command that runs the service."""
+
+    settings: Settings
+    links: Sequence[AmiLinkView] = ()
+    redis: RedisPing | None = None  # a redis.asyncio.Redis; None: no Redis checks
+    spool_size: Callable[[], int] | None = None  # calls waiting in this process's spool
+    calls: metrics.CallCounts = field(default_factory=metrics.CallCounts)
+    queue_name: str = QUEUE_NAME
+    started_at: float = field(default_factory=time.time)
+    spool_watch: SpoolWatch = field(default_factory=SpoolWatch)
+    extra: dict[str, Any] = field(default_factory=dict)  # for other parts' shared objects
+
+    async def health(self) -> tuple[Health, Any]:
+        """One reading of the world and the verdict on it (the snapshot for /metrics)."""
+        queue = self.queue_name
+
+        async def read(redis: Any) -> dict[str, Any]:
+            from worker.stats import read_stats
+
+            return await read_stats(redis, queue_name=queue)
+
+        snap = await observe(
+            self.links, self.redis, self.settings.health,
+            read_stats=read, spool_size=self.spool_size,
+        )
+        return evaluate(snap, self.settings.health, self.spool_watch), snap
+
+
+SERVICE = web.AppKey("telefum_service", Service)
+
+
+def create_app(service: Service, setups: Iterable[Setup] = ()) -> web.Application:
+    """The app with ``/health`` and ``/metrics``; each setup then adds its own routes."""
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    for setup in setups:
+        setup(app)
+    return app
+
+
+async def start_http(app: web.Application, listen: str) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` (``[http] listen``); ``await runner.cleanup()`` stops."""
+    host, port = split_listen(listen)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (for ``listen = "127.0.0.1:0"`` in tests)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("not listening")
+
+
+async def _health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    health, _ = await service.health()
+    body = health.to_json() | {
+        "version": __version__,
+        "uptime_s": round(time.time() - service.started_at, 1),
+    }
+    return web.Response(
+        text=json.dumps(body, ensure_ascii=False),
+        status=200 if health.ok else 503,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _, snap = await service.health()
+    body = metrics.render(snap, service.calls, service.settings.health)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+def request_token(request: web.Request) -> str | None:
+    """The token a request carries: ``Authorization: Bearer X``, else ``?token=X``.
+
+    The query form is for pages opened in a browser and for EventSource, which cannot set
+    headers; log lines mask ``token=`` (crm_client.redact).
+    """
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison; an empty expected token matches nothing."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _unauthorized(reason: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text=json.dumps({"error": reason}),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="telefum"'},
+    )
+
+
+def check_admin_token(request: web.Request) -> None:
+    """Raise 401 unless the request carries the ``[http] token`` (403 when none is set)."""
+    expected = request.app[SERVICE].settings.http.token
+    if not expected:
+        raise web.HTTPForbidden(
+            text=json.dumps({"error": "disabled: set [http] token to enable this endpoint"}),
+            content_type="application/json",
+        )
+    given = request_token(request)
+    if given is None:
+        raise _unauthorized("token required")
+    if not token_matches(given, expected):
+        raise _unauthorized("wrong token")
+
+
+def check_agent_token(request: web.Request, extension: str) -> None:
+    """Raise 401 unless the request carries this extension's token or the admin token."""
+    http = request.app[SERVICE].settings.http
+    given = request_token(request)
+    if given is None:
+        raise _unauthorized("token required")
+    own = http.agent_tokens.get(extension, "")
+    # both compared, always, so the timing does not tell which one exists
+    ok_agent = token_matches(given, own)
+    ok_admin = token_matches(given, http.token)
+    if not (ok_agent or ok_admin):
+        raise _unauthorized("wrong token")
+
+
+def require_token(handler: Handler) -> Handler:
+    """Decorator for handlers that act (requeue, originate): the admin token is needed."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        check_admin_token(request)
+        return await handler(request)
+
+    wrapped.__name__ = getattr(handler, "__name__", "handler")
+    wrapped.__doc__ = handler.__doc__
+    return wrapped

@@ -1,0 +1,661 @@
+"""The AMI link: login, keep-alive watchdog, reconnect with backoff, reconciliation, actions.
+
+Built on panoramisk 1.4 where it is sound, replaced where it is not:
+
+- kept: ``panoramisk.actions.Action`` (ActionID generation, wire encoding, the rules for
+  when a multi-message answer such as ``EventList: start`` ... ``*Complete`` is done),
+  ``panoramisk.message.Message`` (the answer handed back to callers, with ``.success``)
+  and ``panoramisk.ami_protocol.AMIProtocol`` as the base of our protocol (transport and
+  the table of actions waiting for an answer);
+- replaced ``AMIProtocol.data_received``: panoramisk decodes each network read on its own
+  (``decode(encoding, 'ignore')``), which silently drops a UTF-8 character split across two
+  reads (a Cyrillic caller name loses letters). We split whole messages with
+  ``telephony.ami.AmiCodec`` first and decode only whole messages;
+- replaced ``AMIProtocol.close``: it puts unanswered actions on ``awaiting_actions`` and
+  ``Manager`` re-sends them after the next login, so an ``Originate`` could ring twice.
+  Here an action left unanswered by a disconnect fails with :class:`AmiActionLost`;
+- not used: ``Manager``. Its ping never looks at the reply (a dead peer looks connected:
+  we add a watchdog), its ``dispatch`` runs callbacks inside ``data_received`` so one
+  exception drops the link (ours are guarded), ``register_event`` appends a handler on every
+  call so registering on reconnect doubles events (we have no registry: one tracker and one
+  ``on_update``, wired once in the constructor), and a rejected login retries forever at a
+  fixed interval without a word (we log it, expose ``login_error`` and back off).
+
+Every (re)connect sends ``CoreShowChannels`` and hands the snapshot to
+``tracker.reconcile(snapshot, now)`` the moment its ``CoreShowChannelsComplete`` is read,
+inside the same read: events before it in the stream reach the tracker before the snapshot,
+events after it come after, as they happened on the PBX (Asterisk writes the whole list in
+one go, between two events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message as PanoramiskMessage
+
+from telephony.ami import AmiCodec, Message
+from telephony.records import Update
+
+__all__ = [
+    "AmiActionLost",
+    "AmiActionTimeout",
+    "AmiError",
+    "AmiListener",
+    "AmiLoginRejected",
+    "AmiNotConnected",
+    "Tracker",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """What the listener needs of the call tracker (``telephony.tracker.CallTracker``)."""
+
+    def handle(self, msg: Message, arrived: float) -> Iterable[Update]: ...
+
+    def expire(self, now: float) -> Iterable[Update]: ...
+
+    def reconcile(self, snapshot: list[Message], now: float) -> Iterable[Update]: ...
+
+
+OnUpdate = Callable[[Update], Awaitable[Any] | None]
+
+
+class AmiError(Exception):
+    """Something went wrong on the AMI link."""
+
+
+class AmiNotConnected(AmiError):
+    """No live, logged-in link: the action was not sent."""
+
+
+class AmiActionLost(AmiError):
+    """The link dropped before the PBX answered. The action is never re-sent (an
+    ``Originate`` must not ring twice); the caller decides whether to try again."""
+
+
+class AmiActionTimeout(AmiError):
+    """The PBX did not answer the action in time."""
+
+
+class AmiLoginRejected(AmiError):
+    """The PBX refused our username/secret."""
+
+
+class _LinkDead(AmiError):
+    """The ping watchdog gave up on a silent peer."""
+
+
+def _channels_of(action: _Action) -> list[Message]:
+    return [m for m in action.raw if m.get("Event") == "CoreShowChannel"]
+
+
+class _Action(Action):
+    """panoramisk's Action that also keeps the plain messages of its answer (the tracker
+    takes plain dicts, not panoramisk's case-insensitive ones)."""
+
+    def __init__(
+        self, *args: Any, on_done: Callable[[_Action], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.raw: list[Message] = []
+        self.on_done = on_done  # called in stream order when the answer is complete
+
+
+def _unsafe_value(value: object) -> bool:
+    text = "\n".join(value) if isinstance(value, list | tuple) else str(value)
+    return "\r" in text or "\n" in text
+
+
+class _AmiProtocol(AMIProtocol):
+    """One TCP connection. Created per connection, holds a reference to its listener; it
+    registers nothing anywhere, so a reconnect cannot double a handler."""
+
+    def __init__(self, listener: AmiListener) -> None:
+        self._listener = listener
+        self.codec = AmiCodec()
+        self.lost: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.dead: str | None = None  # set when the watchdog gave up on the peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # transport, closed, responses table
+        self.log = log
+        self.encoding = "utf-8"
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, data: Any, as_list: bool | None = None) -> asyncio.Future[Any]:
+        """Write one action; its future gets the answer. Unlike panoramisk's ``send`` this
+        never logs the action (a Login carries the secret) and refuses a closed link."""
+        action = data if isinstance(data, Action) else _Action(data, as_list=as_list)
+        if self.closed or self.transport is None or self.transport.is_closing():
+            if not action.future.done():
+                action.future.set_exception(AmiActionLost("the AMI link is down; not sent"))
+            return action.future
+        self.responses[action.id] = action
+        self.transport.write(str(action).encode("utf-8"))
+        return action.future
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.time()
+        listener = self._listener
+        listener.bytes_received += len(data)
+        on_event = listener._on_event
+        try:
+            for msg in self.codec.feed(data):
+                if "Event" in msg and "ActionID" not in msg:
+                    on_event(msg, arrived)  # the hot path: guarded inside
+                else:
+                    self._route(msg, arrived)
+        except Exception:  # last line of defence: never let asyncio drop the link
+            log.exception("AMI: unexpected error while reading; input skipped")
+
+    def _route(self, msg: Message, arrived: float) -> None:
+        action_id = msg.get("ActionID")
+        if action_id is not None:
+            action = self.responses.get(action_id)
+            if action is not None:
+                self._answer(action_id, action, msg)
+                return
+        if "Event" in msg:
+            self._listener._on_event(msg, arrived)
+        elif "Response" in msg:
+            log.debug("AMI: answer to no pending action (ActionID %r)", action_id)
+        else:
+            self._listener._on_malformed(msg, arrived)
+
+    def _answer(self, action_id: str, action: _Action, msg: Message) -> None:
+        action.raw.append(msg)
+        try:
+            finished = action.add_message(PanoramiskMessage(msg))
+        except Exception as exc:  # a malformed answer must not break the link
+            log.warning("AMI: malformed answer to %s: %r", action.get("Action"), exc)
+            if not action.future.done():
+                action.future.set_exception(AmiError(f"malformed answer: {exc!r}"))
+            finished = True
+        if finished or action.future.done():
+            self.responses.pop(action_id, None)
+            if action.on_done is not None:
+                try:
+                    action.on_done(action)
+                except Exception:
+                    log.exception("AMI: handling the answer to %s failed", action.get("Action"))
+
+    # -- closing -------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_pending()
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def close(self) -> None:
+        """Close the link; pending actions fail (panoramisk queued them for re-sending)."""
+        self._fail_pending()
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.transport.close()
+
+    def abort(self) -> None:
+        self._fail_pending()
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.transport.abort()
+
+    def _fail_pending(self) -> None:
+        pending = {id(a): a for a in self.responses.values()}
+        self.responses.clear()
+        for action in pending.values():
+            fut = action.future
+            if not fut.done():
+                fut.set_exception(
+                    AmiActionLost(f"link lost before the PBX answered {action.get('Action')!s}")
+                )
+                fut.exception()  # mark retrieved: a Ping nobody awaits must not warn
+
+
+class AmiListener:
+    """Keeps one AMI link alive and feeds every event to the tracker.
+
+    State for health and metrics (read them, don't write): ``connected``, ``last_event_at``,
+    ``events_received``, ``bytes_received``, ``reconnects``, ``login_error``, ``malformed``,
+    ``handler_errors``, ``last_error``, ``sessions``, ``banner``.
+
+    ``on_update`` gets every tracker update; it should be quick (e.g. put on a queue). If it
+    returns an awaitable, that runs as a task. Its exceptions are logged, never fatal.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        tracker: Tracker,
+        on_update: OnUpdate,
+        *,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        reconnect_max: float = 60.0,
+        pbx: str = "default",
+        reconnect_min: float = 0.5,
+        connect_timeout: float = 10.0,
+        action_timeout: float = 10.0,
+        expire_interval: float = 1.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.username = username
+        self._secret = secret
+        self.tracker = tracker
+        self._on_update = on_update
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.reconnect_max = reconnect_max
+        self.reconnect_min = min(reconnect_min, reconnect_max)
+        self.connect_timeout = connect_timeout
+        self.action_timeout = action_timeout
+        self.expire_interval = expire_interval
+        self.pbx = pbx
+        self.log = logging.LoggerAdapter(log, {"pbx": pbx})
+
+        # state for /health and /metrics
+        self.connected = False
+        self.last_event_at: float | None = None
+        self.events_received = 0
+        self.bytes_received = 0
+        self.reconnects = 0  # successful logins after the first one
+        self.sessions = 0  # successful logins (reconciled sessions) in all
+        self.login_error: str | None = None
+        self.handler_errors = 0  # exceptions in the tracker or in on_update
+        self.last_error: str | None = None  # why the link was last lost / not made
+        self.banner: str | None = None
+        self._malformed = 0
+
+        self._proto: _AmiProtocol | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._callbacks: set[asyncio.Future[Any]] = set()
+        self._session_change: asyncio.Condition | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:  # never shows the secret
+        return f"<AmiListener {self.pbx} {self.username}@{self.host}:{self.port}>"
+
+    @property
+    def malformed(self) -> int:
+        """Malformed lines/blocks and messages that were neither event nor answer."""
+        proto = self._proto
+        return self._malformed + (proto.codec.skipped if proto is not None else 0)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting (in the background). Returns at once."""
+        if self._tasks:
+            return
+        self._stopping = False
+        self._session_change = asyncio.Condition()
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"ami-link-{self.pbx}"),
+            asyncio.create_task(self._expire_loop(), name=f"ami-expire-{self.pbx}"),
+        ]
+
+    async def stop(self) -> None:
+        """Close the link and stop reconnecting. Pending actions fail."""
+        self._stopping = True  # also ends _run if a cancellation gets swallowed (see _run)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        proto = self._proto
+        if proto is not None:
+            proto.abort()
+        for cb in list(self._callbacks):
+            cb.cancel()
+        self.connected = False
+
+    async def __aenter__(self) -> AmiListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_for_session(self, n: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``n`` sessions in all have been established (logged in and
+        reconciled). ``wait_for_session(self.sessions + 1)`` awaits the next reconnect."""
+        cond = self._session_change
+        if cond is None:
+            raise AmiError("listener not started")
+
+        async def _wait() -> None:
+            async with cond:
+                await cond.wait_for(lambda: self.sessions >= n and self.connected)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def originate(
+        self,
+        channel: str,
+        exten: str,
+        context: str,
+        caller_id: str | None = None,
+        variables: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> PanoramiskMessage:
+        """Send one ``Originate`` (Async=true) and return the PBX's answer (check
+        ``.success``; ``["Message"]`` says why not). ``timeout``: seconds the PBX lets the
+        first leg ring. Sent exactly once: if the link drops first, :class:`AmiActionLost`
+        is raised and nothing is re-sent; with no link, :class:`AmiNotConnected`."""
+        fields: dict[str, Any] = {
+            "Action": "Originate",
+            "Channel": channel,
+            "Exten": exten,
+            "Context": context,
+            "Priority": "1",
+            "Async": "true",
+            "Timeout": str(int(timeout * 1000)),
+        }
+        if caller_id:
+            fields["CallerID"] = caller_id
+        if variables:
+            fields["Variable"] = [f"{k}={v}" for k, v in variables.items()]
+        answer = await self.send_action(fields, as_list=False)
+        assert isinstance(answer, PanoramiskMessage)
+        return answer
+
+    async def send_action(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        as_list: bool | None = None,
+        timeout: float | None = None,
+    ) -> PanoramiskMessage | list[PanoramiskMessage]:
+        """Send any action once on the live link; its answer (a list for multi-message
+        answers). Values may not contain CR/LF (no header injection from user input)."""
+        bad = [k for k, v in fields.items() if _unsafe_value(v) or _unsafe_value(k)]
+        if bad:
+            raise ValueError(f"AMI header values may not contain CR/LF: {', '.join(bad)}")
+        proto = self._proto
+        if proto is None or proto.closed or not self.connected:
+            raise AmiNotConnected(f"AMI link to {self.host}:{self.port} is down")
+        action = await self._request(proto, fields, as_list, timeout or self.action_timeout)
+        return action.future.result()
+
+    async def ping(self) -> float:
+        """Round trip of one Ping, in seconds. Everything the PBX sent before its Pong has
+        been handled when this returns (tests use it as a barrier)."""
+        t0 = time.perf_counter()
+        await self.send_action({"Action": "Ping"}, as_list=False, timeout=self.ping_timeout)
+        return time.perf_counter() - t0
+
+    async def _request(
+        self,
+        proto: _AmiProtocol,
+        fields: Mapping[str, Any],
+        as_list: bool | None,
+        timeout: float,
+        on_done: Callable[[_Action], None] | None = None,
+    ) -> _Action:
+        action = _Action(dict(fields), as_list=as_list, on_done=on_done)
+        fut = proto.send(action)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            proto.responses.pop(action.id, None)
+            raise AmiActionTimeout(
+                f"no answer to {fields.get('Action')} within {timeout:.1f}s"
+            ) from None
+        return action
+
+    # -- the link ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # ``_stopping`` is checked as well as cancellation: in Python 3.11, a cancel that
+        # lands while an action's future is being failed by the same close can surface as
+        # that failure (asyncio.wait_for returns the done future's exception instead).
+        attempt = 0
+        while not self._stopping:
+            sessions_before = self.sessions
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except AmiLoginRejected:
+                pass  # logged at error in _session
+            except (OSError, TimeoutError, EOFError, AmiError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                self.log.warning("AMI %s: link to %s:%s: %s", self.pbx, self.host, self.port,
+                                 self.last_error)
+            except Exception as exc:  # a bug must not end reconnecting
+                self.last_error = repr(exc)
+                self.log.exception("AMI %s: unexpected error on the link", self.pbx)
+            finally:
+                await self._session_ended()
+            if self._stopping:
+                return
+            if self.sessions > sessions_before:  # it got as far as a live session
+                attempt = 0
+            delay = self._backoff(attempt)
+            attempt += 1
+            self.log.info("AMI %s: reconnecting in %.2fs", self.pbx, delay)
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
+        cap = min(self.reconnect_max, self.reconnect_min * (2 ** min(attempt, 32)))
+        return random.uniform(cap / 2, cap)
+
+    async def _session(self) -> None:
+        """Connect, log in, reconcile, then serve until the link is lost (always raises)."""
+        loop = asyncio.get_running_loop()
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _AmiProtocol(self), self.host, self.port),
+            self.connect_timeout,
+        )
+        self._proto = proto
+        await self._login(proto)
+        self.banner = proto.codec.banner
+
+        snapshot = await self._snapshot(proto)
+
+        if self.sessions > 0:
+            self.reconnects += 1
+        self.sessions += 1
+        self.connected = True
+        self.log.info(
+            "AMI %s: connected to %s:%s as %s (%s); %d channels up",
+            self.pbx, self.host, self.port, self.username, self.banner or "no banner",
+            len(snapshot or ()),
+        )
+        await self._notify_session()
+
+        pinger = asyncio.create_task(self._watchdog(proto))
+        try:
+            waiters: set[asyncio.Future[Any]] = {proto.lost, pinger}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+        if proto.dead is not None or not proto.lost.done():
+            raise _LinkDead(proto.dead or "watchdog stopped")
+        exc = proto.lost.result()
+        raise ConnectionError(f"connection lost ({exc or 'closed by peer'})")
+
+    async def _login(self, proto: _AmiProtocol) -> None:
+        action = await self._request(
+            proto,
+            {"Action": "Login", "Username": self.username, "Secret": self._secret, "Events": "on"},
+            False,
+            self.connect_timeout,
+        )
+        answer = action.future.result()
+        if answer.success:
+            if self.login_error is not None:
+                self.log.info("AMI %s: login accepted again", self.pbx)
+            self.login_error = None
+            return
+        reason = answer.get("Message") or answer.get("Response") or "rejected"
+        self.login_error = f"login as {self.username!r} rejected: {reason}"
+        self.last_error = self.login_error
+        self.log.error(
+            "AMI %s: %s:%s %s; check [ami] username/secret and manager.conf; retrying with backoff",
+            self.pbx, self.host, self.port, self.login_error,
+        )
+        raise AmiLoginRejected(self.login_error)
+
+    async def _snapshot(self, proto: _AmiProtocol) -> list[Message] | None:
+        """Ask for the channels up (``CoreShowChannels``); the tracker reconciles with them
+        in :meth:`_reconcile`, in stream order. Returns the snapshot, or None."""
+        try:
+            action = await self._request(
+                proto, {"Action": "CoreShowChannels"}, None, self.connect_timeout,
+                on_done=self._reconcile,
+            )
+        except AmiActionTimeout as exc:
+            self.log.warning("AMI %s: %s; not reconciling this time", self.pbx, exc)
+            return None
+        answer = action.future.result()
+        if not isinstance(answer, list):
+            self.log.error(
+                "AMI %s: CoreShowChannels refused (%s): grant write=reporting; calls that end "
+                "while the link is down are only closed as stale",
+                self.pbx, answer.get("Message", "?"),
+            )
+            return None
+        return _channels_of(action)
+
+    def _reconcile(self, action: _Action) -> None:
+        if action.future.cancelled() or action.future.exception() is not None:
+            return
+        if isinstance(action.future.result(), list):
+            reconcile = functools.partial(self.tracker.reconcile, _channels_of(action), time.time())
+            self._deliver_from(reconcile, "reconcile")
+
+    async def _watchdog(self, proto: _AmiProtocol) -> None:
+        """Ping every ``ping_interval``; no Pong within ``ping_timeout``: the peer is gone."""
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            try:
+                await self._request(proto, {"Action": "Ping"}, False, self.ping_timeout)
+            except AmiActionTimeout:
+                proto.dead = f"no answer to Ping within {self.ping_timeout:.1f}s; peer dead"
+                self.log.warning("AMI %s: %s", self.pbx, proto.dead)
+                proto.abort()
+                return
+            except AmiActionLost:
+                return
+
+    async def _session_ended(self) -> None:
+        was_connected = self.connected
+        self.connected = False
+        proto, self._proto = self._proto, None
+        if proto is not None:
+            self._malformed += proto.codec.skipped
+            proto.abort()
+        if was_connected:
+            if self._stopping:
+                self.log.info("AMI %s: link closed", self.pbx)
+            else:
+                self.log.warning("AMI %s: link down (%s)", self.pbx, self.last_error or "closed")
+            await self._notify_session()
+
+    async def _notify_session(self) -> None:
+        cond = self._session_change
+        if cond is not None:
+            async with cond:
+                cond.notify_all()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _on_event(self, msg: Message, arrived: float) -> None:
+        self.events_received += 1
+        self.last_event_at = arrived
+        try:
+            updates = self.tracker.handle(msg, arrived)
+        except Exception:
+            self.handler_errors += 1
+            self.log.exception("AMI %s: tracker failed on a %s event; skipped",
+                               self.pbx, msg.get("Event"))
+            return
+        if updates:
+            self._deliver(updates)
+
+    def _on_malformed(self, msg: Message, arrived: float) -> None:
+        """A block that is neither event nor answer: maybe garbage glued to the front of
+        a real message (``<junk>Event: Hangup``). Salvage that, else log and skip."""
+        self._malformed += 1
+        first = next(iter(msg), "")
+        for tag in ("Event", "Response"):
+            if first.endswith(tag) and first != tag:
+                fixed = {tag: msg[first], **{k: v for k, v in msg.items() if k != first}}
+                self.log.warning("AMI %s: dropped junk before a %s message", self.pbx, tag)
+                if tag == "Event":
+                    proto = self._proto
+                    if proto is not None and "ActionID" in fixed:
+                        proto._route(fixed, arrived)
+                    else:
+                        self._on_event(fixed, arrived)
+                return
+        self.log.warning("AMI %s: skipping a message that is neither event nor answer: %s",
+                         self.pbx, ", ".join(list(msg)[:5]))
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.expire_interval)
+            now = time.time()
+            self._deliver_from(functools.partial(self.tracker.expire, now), "expire")
+
+    def _deliver_from(self, produce: Callable[[], Iterable[Update]], what: str) -> None:
+        try:
+            updates = produce()
+        except Exception:
+            self.handler_errors += 1
+            self.log.exception("AMI %s: tracker %s failed", self.pbx, what)
+            return
+        self._deliver(updates)
+
+    def _deliver(self, updates: Iterable[Update] | Sequence[Update]) -> None:
+        on_update = self._on_update
+        for update in updates:
+            try:
+                result = on_update(update)
+                if result is not None and inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._callbacks.add(task)
+                    task.add_done_callback(self._callback_done)
+            except Exception:
+                self.handler_errors += 1
+                self.log.exception("AMI %s: on_update failed for %s; the link stays up",
+                                   self.pbx, type(update).__name__)
+
+    def _callback_done(self, task: asyncio.Future[Any]) -> None:
+        self._callbacks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.handler_errors += 1
+            self.log.error("AMI %s: on_update task failed: %r", self.pbx, exc)

@@ -1,0 +1,157 @@
+"""The call tracker's working state: one ``Channel`` per live Asterisk channel, one
+``Call`` per group of channels (a Linkedid, or several after an attended transfer), and
+the one place where a finished ``Call`` becomes a ``CallRecord``.
+
+Kept apart from the event handlers (``tracker.py``) so that what is remembered about a
+call, and how it turns into the public record, reads in one screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from telephony.records import CallRecord, Direction, Disposition, Transfer
+
+# What a channel is, from its name and the context it was created in (see CallRules).
+TRUNK = 0  # an outside line: the caller of an inbound call, the callee of an outbound one
+PHONE = 1  # an extension's phone
+LOCAL = 2  # half of a Local channel pair (ring groups, queues, follow-me, originate)
+OTHER = 3  # anything else (Snoop, Announcer, ConfBridge...): part of the call, never an agent
+
+# DialEnd statuses, as Asterisk's DIALSTATUS spells them.
+NO_ANSWER_STATUSES = frozenset({"NOANSWER", "CANCEL"})
+BUSY_STATUSES = frozenset({"BUSY"})
+FAILED_STATUSES = frozenset({"CHANUNAVAIL", "CONGESTION", "INVALIDARGS"})
+# Q.850 hangup causes that mean "could not reach" rather than "nobody picked up".
+BUSY_CAUSES = frozenset({17})
+FAILED_CAUSES = frozenset({1, 2, 3, 20, 27, 28, 34, 38, 41, 42, 44, 58, 88})
+
+
+@dataclass(slots=True, eq=False)
+class Channel:
+    """One live Asterisk channel. ``origin`` marks the originating side of a call: the
+    caller's own channel, and for click-to-call the agent's leg the PBX rang first."""
+
+    uid: str
+    name: str  # kept for Local halves only (pairing ";1" with ";2"); "" otherwise
+    kind: int
+    ext: str | None  # the extension this channel stands for (phone, or Local/<ext>@...)
+    call: Call
+    two: bool = False  # the ";2" half of a Local pair
+    origin: bool = False
+    parent: Channel | None = None  # the channel that dialled it (for ";2": its ";1")
+    sibling: Channel | None = None  # the other half of a Local pair
+    answered_child: Channel | None = None  # the leg this channel dialled that answered
+    rang: bool = False
+    up: bool = False
+    dial_status: str | None = None  # how the dial *to* this channel ended
+    bridge: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """A call being built. Turned into a ``CallRecord`` once, by ``build_record``."""
+
+    id: str  # the first Linkedid
+    first: Channel | None
+    started_at: float
+    linkedids: tuple[str, ...] = ()  # every Linkedid folded into this call (id first)
+    channels: dict[str, Channel] = field(default_factory=dict)  # live channels by Uniqueid
+    direction: Direction | None = None  # None: a phone's call, not yet known to go outside
+    originated: bool = False  # Originate (click-to-call): the PBX rang the agent first
+    dial_started: bool = False  # an originated call has begun dialling its real target
+    anchor: Channel | None = None  # the outside party's channel (the first one if internal)
+    external: str | None = None
+    did: str | None = None
+    dialler: str | None = None  # extension that placed an outbound/internal call
+    answered_by: str | None = None  # who answered an inbound call
+    first_agent: str | None = None  # first extension leg that answered (any direction)
+    answered_at: float | None = None
+    ended_at: float | None = None
+    rang: list[str] = field(default_factory=list)
+    popped: tuple[str, ...] = ()  # extensions already sent a Ringing update
+    transfers: tuple[Transfer, ...] = ()
+    final_ext: str | None = None
+    started_sent: bool = False
+    saw_no_answer: bool = False
+    saw_busy: bool = False
+    saw_failed: bool = False
+    dialstatus: str | None = None  # the last DIALSTATUS the dialplan saw
+    first_cause: int | None = None  # hangup cause of the first channel
+    flags: tuple[str, ...] = ()
+
+    def note_status(self, status: str) -> None:
+        """Remember how one dial attempt ended (for the unanswered disposition)."""
+        if status in NO_ANSWER_STATUSES:
+            self.saw_no_answer = True
+        elif status in BUSY_STATUSES:
+            self.saw_busy = True
+        elif status in FAILED_STATUSES:
+            self.saw_failed = True
+
+
+def disposition_of(call: Call) -> Disposition:
+    """Answered, or why not. A leg that rang out decides before a busy one, a busy one
+    before an unreachable one (a ring group where one phone is busy and another rang
+    unanswered is a missed call); with no dialled leg at all, the dialplan's DIALSTATUS
+    and the caller's hangup cause (17 busy, 34 congestion...) say."""
+    if call.answered_at is not None:
+        return "answered"
+    if call.saw_no_answer:
+        return "no-answer"
+    if call.saw_busy:
+        return "busy"
+    if call.saw_failed:
+        return "failed"
+    status = call.dialstatus
+    if status in BUSY_STATUSES:
+        return "busy"
+    if status in FAILED_STATUSES:
+        return "failed"
+    if status is None or status not in NO_ANSWER_STATUSES:
+        cause = call.first_cause
+        if cause in BUSY_CAUSES:
+            return "busy"
+        if cause in FAILED_CAUSES:
+            return "failed"
+    return "no-answer"
+
+
+def build_record(call: Call, pbx: str) -> CallRecord:
+    """The public record of a finished call (DESIGN.md, ``telefum replay``)."""
+    direction: Direction = call.direction or "internal"
+    answered = call.answered_at is not None
+    if direction == "in":
+        extension = call.answered_by
+        external, did = call.external, call.did
+    elif direction == "out":
+        extension = call.dialler or call.first_agent
+        external, did = call.external, None
+    else:
+        extension = call.dialler
+        external, did = None, None
+    final = call.final_ext
+    if final is None and answered:
+        final = extension if direction != "internal" else call.first_agent
+    ended = call.ended_at if call.ended_at is not None else call.started_at
+    started = min(call.started_at, ended)
+    answered_at = call.answered_at
+    if answered_at is not None:
+        answered_at = min(max(answered_at, started), ended)
+    return CallRecord(
+        call_id=call.id,
+        direction=direction,
+        external=external,
+        did=did,
+        extension=extension,
+        answered=answered,
+        started_at=started,
+        answered_at=answered_at,
+        ended_at=ended,
+        disposition=disposition_of(call),
+        transfers=call.transfers,
+        rang=tuple(call.rang),
+        final_extension=final,
+        flags=call.flags,
+        pbx=pbx,
+    )

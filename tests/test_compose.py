@@ -1,0 +1,183 @@
+"""Deployment files, checked without a Docker engine: docker-compose.yml, the Dockerfile
+and the systemd units run commands the CLI really has, with health checks, scalable
+workers, persistent Redis, loopback-only ports and no root."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from telefum.cli import COMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+TELEFUM_SERVICES = [name for name, s in SERVICES.items() if s.get("command", [""])[0] == "telefum"]
+
+
+def argv_of(service: dict[str, Any]) -> list[str]:
+    cmd = service["command"]
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def parse(argv: list[str]) -> None:
+    """Parse with the real CLI parser (argparse exits on an unknown option)."""
+    assert argv[0] == "telefum"
+    build_parser(argv[1:]).parse_args(argv[1:])
+
+
+def module_exists(command: str) -> bool:
+    return importlib.util.find_spec(f"telefum.commands.{COMMANDS[command]}") is not None
+
+
+def test_the_services_of_the_design_are_there() -> None:
+    assert {"redis", "listener", "worker"} <= set(SERVICES)
+    assert {"refcrm", "pbx-sim"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", TELEFUM_SERVICES)
+def test_every_command_is_a_cli_command_with_options_it_accepts(name: str) -> None:
+    argv = argv_of(SERVICES[name])
+    assert argv[1] in COMMANDS, f"{name}: telefum {argv[1]} is not a command"
+    if not module_exists(argv[1]):
+        pytest.skip(f"telefum {argv[1]}: telefum/commands/{COMMANDS[argv[1]]}.py not written yet")
+    parse(argv)
+
+
+def test_listener_and_worker_run_the_listen_and_worker_commands() -> None:
+    assert argv_of(SERVICES["listener"])[:2] == ["telefum", "listen"]
+    assert argv_of(SERVICES["worker"])[:2] == ["telefum", "worker"]
+
+
+@pytest.mark.parametrize("name", ["redis", "listener", "worker", "refcrm", "pbx-sim"])
+def test_every_service_has_a_health_check(name: str) -> None:
+    test = SERVICES[name]["healthcheck"]["test"]
+    assert test[0] == "CMD" and len(test) > 1
+
+
+def test_health_checks_need_no_curl() -> None:
+    for name in TELEFUM_SERVICES:
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert "curl" not in test and "wget" not in test, name
+        if test[1] == "telefum":
+            parse(test[1:])
+
+
+def test_listener_health_check_asks_health_on_the_port_it_listens_on() -> None:
+    listener = SERVICES["listener"]
+    listen = listener["environment"]["TELEFUM_HTTP__LISTEN"]
+    port = listen.rsplit(":", 1)[1]
+    script = listener["healthcheck"]["test"][-1]
+    assert f"http://127.0.0.1:{port}/health" in script
+    compile(script, "healthcheck", "exec")  # it is valid Python
+
+
+def test_workers_scale_no_fixed_name_no_published_port() -> None:
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_published_ports_are_on_the_hosts_loopback_only() -> None:
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to the network"
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume() -> None:
+    redis = SERVICES["redis"]
+    argv = argv_of(redis)
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in COMPOSE["volumes"]
+
+
+def test_listener_keeps_its_spool_on_a_volume() -> None:
+    listener = SERVICES["listener"]
+    spool_dir = listener["environment"]["TELEFUM_SPOOL_DIR"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in listener["volumes"]}
+    mount = next(m for m in mounts if spool_dir.startswith(m))
+    assert mounts[mount] in COMPOSE["volumes"]
+
+
+def test_telefum_services_wait_for_a_healthy_redis_and_share_it() -> None:
+    for name in ("listener", "worker"):
+        service = SERVICES[name]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert service["environment"]["TELEFUM_REDIS__URL"].startswith("redis://redis:")
+
+
+def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
+    for name in ("refcrm", "pbx-sim"):
+        assert SERVICES[name]["profiles"] == ["demo"]
+    for name in ("redis", "listener", "worker"):
+        assert "profiles" not in SERVICES[name]
+
+
+def test_the_demo_env_points_the_bridge_at_the_demo_services() -> None:
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "demo.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    sim, crm = argv_of(SERVICES["pbx-sim"]), argv_of(SERVICES["refcrm"])
+    assert env["TELEFUM_AMI__HOST"] == "pbx-sim"
+    assert env["TELEFUM_AMI__SECRET"] == sim[sim.index("--secret") + 1]
+    assert env["TELEFUM_CRM__URL"] == f"http://refcrm:{crm[crm.index('--port') + 1]}/rest"
+    assert f"bridge:{env['TELEFUM_CRM__PASSWORD']}" in crm
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def test_image_is_python_311_slim_installs_the_package_and_runs_as_a_user() -> None:
+    lines = [line.strip() for line in DOCKERFILE.splitlines() if line.strip()]
+    assert "FROM python:3.11-slim" in lines
+    assert re.search(r"^RUN pip install /src", DOCKERFILE, re.M)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    cmd = yaml.safe_load(next(line for line in lines if line.startswith("CMD "))[4:])
+    assert cmd[0] == "telefum" and cmd[1] in COMMANDS
+    if module_exists(cmd[1]):
+        parse(cmd)
+
+
+def test_docker_build_context_leaves_out_the_virtualenv_and_tests() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+# --- systemd units -----------------------------------------------------------------------------
+
+UNITS = sorted((ROOT / "deploy").glob("*.service"))
+
+
+def test_there_is_a_listener_unit_and_a_worker_template() -> None:
+    assert {u.name for u in UNITS} >= {"telefum-bridge.service", "telefum-worker@.service"}
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
+    text = unit.read_text()
+    fields = dict(
+        line.split("=", 1) for line in text.splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert fields["User"] == "telefum" and fields["NoNewPrivileges"] == "yes"
+    for key in ("ExecStart", "ExecStartPre"):
+        if key not in fields:
+            continue
+        argv = shlex.split(fields[key].replace("%H", "host").replace("%i", "1"))
+        assert argv[0].endswith("/telefum")
+        command = next(a for a in argv[1:] if not a.startswith("-"))
+        assert command in COMMANDS
+        if module_exists(command):
+            parse(["telefum", *argv[1:]])

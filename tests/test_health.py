@@ -1,0 +1,112 @@
+"""The health verdict from what was observed (pure core: plain values in, reasons out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telefum.config import HealthSettings
+from telefum.health import LinkState, Snapshot, SpoolWatch, evaluate
+
+CFG = HealthSettings(worker_heartbeat_max_age_s=30, spool_stall_s=60)
+NOW = 1_000_000.0
+
+
+def stats(workers: list[dict[str, Any]] | None = None, spool: int = 0) -> dict[str, Any]:
+    return {
+        "counters": {"enqueued": 3},
+        "queue": {"depth": 4, "due": 1, "deferred": 3},
+        "pending": 4,
+        "dead_letters": 2,
+        "workers": [{"id": "h:1", "age_s": 2.0, "running": 1}] if workers is None else workers,
+        "spool": {"total": spool, "listeners": []},
+        "crm_latency": {},
+    }
+
+
+def link(**kw: Any) -> LinkState:
+    return LinkState(**({"pbx": "office", "connected": True, "last_event_at": NOW - 5} | kw))
+
+
+def snap(**kw: Any) -> Snapshot:
+    return Snapshot(**({"now": NOW, "links": (link(),), "stats": stats()} | kw))
+
+
+def test_all_fine_is_healthy_with_the_details_ops_read() -> None:
+    h = evaluate(snap(), CFG)
+    assert h.ok and h.reasons == []
+    body = h.to_json()
+    assert body["status"] == "ok"
+    assert body["ami"][0]["pbx"] == "office" and body["ami"][0]["last_event_age_s"] == 5.0
+    assert body["queue"] == {
+        "depth": 4, "due": 1, "retrying": 3, "in_progress": 1, "pending": 4, "dead_letters": 2,
+    }
+    assert body["workers"]["alive"] == 1
+    assert body["spool"]["size"] == 0
+
+
+def test_a_rejected_login_is_the_reason_not_just_a_down_link() -> None:
+    h = evaluate(snap(links=(link(connected=False, login_error="Authentication failed"),)), CFG)
+    assert not h.ok
+    assert h.reasons == ["AMI login rejected: Authentication failed (pbx office)"]
+
+
+def test_a_down_link_names_the_pbx_and_why() -> None:
+    down = link(pbx="branch", connected=False, last_error="connection refused")
+    h = evaluate(snap(links=(link(), down)), CFG)
+    assert h.reasons == ["AMI link down: pbx branch (connection refused)"]
+
+
+def test_event_age_fails_only_when_a_limit_is_set() -> None:
+    quiet = snap(links=(link(last_event_at=NOW - 3600),))
+    assert evaluate(quiet, CFG).ok
+    strict = HealthSettings(max_event_age_s=600)
+    h = evaluate(quiet, strict)
+    assert h.reasons == ["AMI link silent: pbx office, no event for 3600 s (limit 600 s)"]
+    assert evaluate(snap(links=(link(last_event_at=None),)), strict).reasons == [
+        "AMI link silent: pbx office, no event yet (limit 600 s)"
+    ]
+
+
+def test_redis_unreachable_is_a_reason_and_worker_state_is_unknown() -> None:
+    h = evaluate(snap(redis_error="Connection refused", stats=None), CFG)
+    assert h.reasons == ["Redis unreachable: Connection refused"]
+    assert h.details["workers"] is None and h.details["queue"] is None
+
+
+def test_no_heartbeat_means_no_worker_alive() -> None:
+    assert evaluate(snap(stats=stats(workers=[])), CFG).reasons == [
+        "no worker alive: no heartbeat in the last 30 s"
+    ]
+
+
+def test_a_stale_heartbeat_does_not_count_as_alive() -> None:
+    old = [{"id": "h:1", "age_s": 31.0, "running": 2}]
+    h = evaluate(snap(stats=stats(workers=old)), CFG)
+    assert not h.ok and h.details["queue"]["in_progress"] == 0
+
+
+def test_a_spool_that_shrinks_is_draining_and_one_that_does_not_is_stuck() -> None:
+    watch = SpoolWatch()
+    assert evaluate(snap(now=NOW, spool_size=10), CFG, watch).ok
+    assert evaluate(snap(now=NOW + 50, spool_size=8), CFG, watch).ok  # shrank
+    assert evaluate(snap(now=NOW + 100, spool_size=8), CFG, watch).ok  # 50 s without progress
+    h = evaluate(snap(now=NOW + 111, spool_size=9), CFG, watch)  # 61 s, and it grew
+    assert h.reasons == ["spool not draining: 9 calls waiting, none handed over for 61 s"]
+    assert evaluate(snap(now=NOW + 112, spool_size=0), CFG, watch).ok
+
+
+def test_without_a_local_spool_the_published_spool_total_is_used() -> None:
+    h = evaluate(snap(stats=stats(spool=7)), CFG, SpoolWatch())
+    assert h.ok and h.details["spool"]["size"] == 7
+
+
+def test_an_unreadable_spool_is_a_reason() -> None:
+    h = evaluate(snap(spool_error="Permission denied"), CFG)
+    assert h.reasons == ["spool unreadable: Permission denied"]
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    h = evaluate(
+        snap(links=(link(connected=False),), redis_error="timeout", stats=None), CFG
+    )
+    assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "Redis unreachable"]

@@ -1,0 +1,477 @@
+"""The AMI listener over real TCP against the simulated PBX, into the real CallTracker.
+
+Each panoramisk 1.4 defect the listener must not inherit has its test here: a UTF-8
+character split across reads, a ping nobody checks, a callback exception that drops the
+link, handlers doubled on reconnect, actions re-sent after reconnect, a rejected login
+retried in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telephony.ami import Message, encode, parse_trace
+from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected
+from telephony.rebase import rebase
+from telephony.records import CallFinished, CallRecord, CallStarted, Update
+from telephony.simulator import PbxSimulator, load_trace
+from telephony.synth import plan
+from telephony.tracker import CallTracker
+from tests.support.pbx import PBX_SECRET, PBX_USER
+
+TRACES = Path(__file__).resolve().parent / "traces"
+MANIFEST = json.loads((TRACES / "manifest.json").read_text())
+TRACE_FILES = [s["file"] for s in MANIFEST["scenarios"]]
+T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
+T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
+
+
+class SeenTracker:
+    """The real CallTracker, plus a log of what the listener fed it."""
+
+    def __init__(self) -> None:
+        self.tracker = CallTracker()
+        self.messages: list[Message] = []
+        self.snapshots: list[list[Message]] = []
+
+    def handle(self, msg: Message, arrived: float) -> list[Update]:
+        self.messages.append(msg)
+        return self.tracker.handle(msg, arrived)
+
+    def expire(self, now: float) -> list[Update]:
+        return self.tracker.expire(now)
+
+    def reconcile(self, snapshot: list[Message], now: float) -> list[Update]:
+        self.snapshots.append(list(snapshot))
+        return self.tracker.reconcile(snapshot, now)
+
+
+@dataclass
+class Bridge:
+    listener: AmiListener
+    seen: SeenTracker
+    updates: list[Update] = field(default_factory=list)
+    finished: asyncio.Queue[CallRecord] = field(default_factory=asyncio.Queue)
+
+    def on_update(self, update: Update) -> None:
+        self.updates.append(update)
+        if isinstance(update, CallFinished):
+            self.finished.put_nowait(update.record)
+
+    async def records(self, n: int, timeout: float = 5.0) -> list[CallRecord]:
+        return [await asyncio.wait_for(self.finished.get(), timeout) for _ in range(n)]
+
+    def records_so_far(self) -> list[CallRecord]:
+        return [u.record for u in self.updates if isinstance(u, CallFinished)]
+
+
+Connect = Callable[..., Any]
+
+
+@pytest.fixture
+async def connect(pbx_sim: PbxSimulator) -> AsyncIterator[Connect]:
+    """Start a listener on the simulator (fast timers; expiry off unless asked)."""
+    started: list[AmiListener] = []
+
+    async def _connect(
+        *, secret: str = PBX_SECRET, wait: bool = True,
+        on_update: Callable[[Update], Any] | None = None, **kw: Any,
+    ) -> Bridge:
+        options: dict[str, Any] = dict(
+            ping_interval=30.0, ping_timeout=2.0, reconnect_min=0.01, reconnect_max=0.1,
+            connect_timeout=2.0, action_timeout=2.0, expire_interval=3600.0, pbx="test",
+        )
+        options.update(kw)
+        seen = SeenTracker()
+        bridge = Bridge(listener=None, seen=seen)  # type: ignore[arg-type]
+        bridge.listener = AmiListener(
+            "127.0.0.1", pbx_sim.port, PBX_USER, secret, seen,
+            on_update or bridge.on_update, **options,
+        )
+        started.append(bridge.listener)
+        await bridge.listener.start()
+        if wait:
+            await bridge.listener.wait_for_session(1, timeout=5)
+        return bridge
+
+    yield _connect
+    for listener in started:
+        await listener.stop()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """For states with no event to await: check every few ms, fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+def direct_records(messages: list[Message]) -> list[dict[str, Any]]:
+    ups = CallTracker().feed(messages)
+    return [u.record.to_json() for u in ups if isinstance(u, CallFinished)]
+
+
+def live_trace(path: Path, *, shift: float, ids: int) -> list[Message]:
+    """A recording moved to start ``shift`` seconds from now, with its own ids."""
+    events = load_trace(path)
+    t0 = float(events[0]["Timestamp"])
+    return rebase(events, time_offset=time.time() - t0 + shift, id_offset=ids)
+
+
+# --- the recordings, over TCP -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("trace", TRACE_FILES)
+async def test_trace_over_tcp_gives_the_records_of_the_file_and_the_manifest(
+    trace: str, pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    scenario = next(s for s in MANIFEST["scenarios"] if s["file"] == trace)
+
+    await pbx_sim.play_trace(TRACES / trace, time_offset=0, id_offset=0, speed=0)
+    got = [r.to_json() for r in await bridge.records(scenario["n_calls"])]
+    await bridge.listener.ping()  # everything sent before the Pong has been handled
+
+    assert got == direct_records(parse_trace((TRACES / trace).read_bytes()))
+    assert len(bridge.records_so_far()) == scenario["n_calls"]
+    by_id = {r["call_id"]: r for r in got}
+    for call in scenario["calls"]:
+        rec = by_id[call["linkedid"]]
+        assert rec["direction"] == call["direction"]
+        assert rec["extension"] == call["extension"]
+        assert rec["answered"] == call["answered"]
+        assert rec["external"] == "+" + call["external_number"]
+        assert rec["did"] == (f"+{call['did']}" if call["did"] else None)
+        assert abs(rec["ring_s"] - call["ring_seconds_events"]) <= 1
+        assert abs(rec["talk_s"] - call["talk_seconds_events"]) <= 1
+    assert bridge.seen.messages == [{**m} for m in bridge.seen.messages]  # plain dicts
+    assert bridge.listener.events_received == pbx_sim.messages_sent + 1  # + FullyBooted
+    assert bridge.listener.reconnects == 0 and bridge.listener.malformed == 0
+
+
+async def test_synthetic_mix_over_tcp_gives_every_planned_call(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    played = await pbx_sim.play_synth(40, 50.0, seed=11, speed=0)
+    records = {r.call_id: r for r in await bridge.records(40, timeout=10)}
+    await bridge.listener.ping()
+
+    expected = plan(40, 50.0, 11, **pbx_sim.last_synth)
+    assert bridge.listener.events_received == played + 1  # + FullyBooted
+    assert set(records) == {c.call_id for c in expected}
+    assert len({c.template for c in expected}) >= 5  # a mix, not one kind of call
+    for call in expected:
+        rec = records[call.call_id]
+        facts = call.facts
+        assert (rec.direction, rec.external, rec.did) == (
+            facts["direction"], facts["external"], facts["did"]
+        ), call.template
+        assert (rec.answered, rec.extension, rec.disposition) == (
+            facts["answered"], facts["extension"], facts["disposition"]
+        ), call.template
+        assert abs(rec.talk_s - facts["talk_s"]) <= 1, call.template
+
+
+# --- panoramisk defect 1: a UTF-8 character split across two reads ---------------------
+
+
+async def test_cyrillic_caller_name_split_across_two_tcp_writes_arrives_intact(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    name = "Иван Петров"
+    wire = encode({"Event": "Newchannel", "Channel": "PJSIP/trunk-0000aaaa",
+                   "CallerIDNum": "79161234567", "CallerIDName": name,
+                   "Uniqueid": "1795727000.1", "Linkedid": "1795727000.1"})
+    cut = wire.index(name.encode()) + len("Иван П".encode()) - 1  # inside "П"
+    head, tail = wire[:cut], wire[cut:]
+    assert head.decode("utf-8", "ignore") + tail.decode("utf-8", "ignore") != wire.decode()
+
+    before = bridge.listener.bytes_received
+    await pbx_sim.inject(head)
+    await until(lambda: bridge.listener.bytes_received >= before + len(head))  # read alone
+    await pbx_sim.inject(tail)
+    await bridge.listener.ping()
+
+    (got,) = [m for m in bridge.seen.messages if m.get("Event") == "Newchannel"]
+    assert got["CallerIDName"] == name
+
+
+# --- panoramisk defect 2: a ping nobody checks ------------------------------------------
+
+
+async def test_silent_peer_is_declared_dead_and_the_link_reconnected(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect(ping_interval=0.05, ping_timeout=0.5)
+    await until(lambda: pbx_sim.actions["ping"] >= 3)  # pings answered: the link stays
+    assert bridge.listener.reconnects == 0 and pbx_sim.connections == 1
+
+    pbx_sim.answer_pings = False  # the peer still holds the TCP connection, says nothing
+    await bridge.listener.wait_for_session(2, timeout=5)
+    pbx_sim.answer_pings = True
+
+    assert bridge.listener.reconnects == 1
+    assert pbx_sim.connections == 2
+    assert "Ping" in (bridge.listener.last_error or "")
+    assert await bridge.listener.ping() < 1
+
+
+# --- panoramisk defect 3: an exception in a callback drops the connection --------------
+
+
+async def test_exception_in_on_update_is_logged_and_keeps_the_link(
+    pbx_sim: PbxSimulator, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    finished: list[CallRecord] = []
+
+    def on_update(update: Update) -> None:
+        if isinstance(update, CallStarted):
+            raise RuntimeError("CRM screen pop blew up")
+        if isinstance(update, CallFinished):
+            finished.append(update.record)
+
+    bridge = await connect(on_update=on_update)
+    with caplog.at_level(logging.ERROR, logger="telephony.listener"):
+        await pbx_sim.play_trace(T01, speed=0)
+        await pbx_sim.play_trace(T03, speed=0)
+        await bridge.listener.ping()
+
+    assert len(finished) == 2
+    assert bridge.listener.handler_errors == 2
+    assert bridge.listener.reconnects == 0 and bridge.listener.connected
+    assert "CRM screen pop blew up" in caplog.text
+
+
+# --- panoramisk defect 4: handlers doubled on reconnect ----------------------------------
+
+
+async def test_reconnect_does_not_double_events(pbx_sim: PbxSimulator, connect: Connect) -> None:
+    bridge = await connect()
+    await pbx_sim.play_trace(T01, speed=0)
+    await bridge.records(1)
+    await pbx_sim.drop_clients()
+    await bridge.listener.wait_for_session(2, timeout=5)
+    await pbx_sim.play_trace(T03, speed=0)
+    await bridge.records(1)
+    await bridge.listener.ping()
+
+    listener = bridge.listener
+    assert listener.reconnects == 1
+    # each event played reached the tracker exactly once (+ one FullyBooted per login)
+    assert listener.events_received == pbx_sim.messages_sent + 2
+    assert len(bridge.seen.messages) == listener.events_received
+    records = bridge.records_so_far()
+    assert len(records) == 2 and len({r.call_id for r in records}) == 2
+    started = [u for u in bridge.updates if isinstance(u, CallStarted)]
+    assert len(started) == 2
+
+
+# --- panoramisk defect 5: actions re-sent after reconnect ---------------------------------
+
+
+async def test_action_pending_when_the_link_drops_fails_and_is_not_resent(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    pbx_sim.silent_actions = {"originate"}  # the PBX takes it but has not answered yet
+    pending = asyncio.create_task(
+        bridge.listener.originate("PJSIP/101", "79031112233", "from-internal")
+    )
+    await until(lambda: len(pbx_sim.originates) == 1)
+    await pbx_sim.drop_clients()
+
+    with pytest.raises(AmiActionLost):
+        await asyncio.wait_for(pending, 5)
+    await bridge.listener.wait_for_session(2, timeout=5)
+    await bridge.listener.ping()
+    assert len(pbx_sim.originates) == 1  # not dialled again
+
+    pbx_sim.silent_actions = set()
+    answer = await bridge.listener.originate("PJSIP/101", "79031112233", "from-internal")
+    assert answer.success
+    assert len(pbx_sim.originates) == 2
+
+
+async def test_originate_without_a_link_fails_at_once_and_sends_nothing(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    pbx_sim.refuse_connections = True
+    await pbx_sim.drop_clients()
+    await until(lambda: not bridge.listener.connected)
+    with pytest.raises(AmiNotConnected):
+        await bridge.listener.originate("PJSIP/101", "79031112233", "from-internal")
+    pbx_sim.refuse_connections = False
+    await bridge.listener.wait_for_session(2, timeout=5)
+    assert pbx_sim.originates == []
+
+
+async def test_originate_is_sent_once_and_its_call_is_tracked_as_outbound_by_the_agent(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    bridge = await connect()
+    answer = await bridge.listener.originate(
+        "PJSIP/105", "79990001122", "from-internal", caller_id="79990001122",
+        variables={"TELEFUM_CLICK_TO_CALL": "1"},
+    )
+    assert answer.success and answer["Message"] == "Originate successfully queued"
+    (record,) = await bridge.records(1)
+    (sent,) = pbx_sim.originates
+    assert sent["Async"] == "true" and sent["Variable"] == "TELEFUM_CLICK_TO_CALL=1"
+    assert sent["ActionID"] == answer["ActionID"]
+    assert (record.direction, record.extension, record.external) == ("out", "105", "+79990001122")
+    assert record.answered
+
+
+async def test_header_injection_in_an_originate_is_refused(connect: Connect,
+                                                           pbx_sim: PbxSimulator) -> None:
+    bridge = await connect()
+    with pytest.raises(ValueError, match="CR/LF"):
+        await bridge.listener.originate(
+            "PJSIP/101", "7903\r\nAction: Command\r\nCommand: core stop now", "from-internal"
+        )
+    assert pbx_sim.originates == [] and pbx_sim.actions["command"] == 0
+
+
+# --- panoramisk defect 6: a rejected login retried forever without a word ---------------
+
+
+async def test_rejected_login_is_reported_and_retried_with_backoff(
+    pbx_sim: PbxSimulator, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="telephony.listener"):
+        bridge = await connect(secret="wrong-secret", wait=False)
+        await until(lambda: pbx_sim.failed_logins >= 3)
+
+    listener = bridge.listener
+    assert not listener.connected
+    assert listener.login_error is not None
+    assert "Authentication failed" in listener.login_error
+    assert "Authentication failed" in caplog.text
+    assert "wrong-secret" not in caplog.text and "wrong-secret" not in repr(listener)
+    assert listener.sessions == 0
+
+    pbx_sim.secret = "wrong-secret"  # the admin fixes the PBX side
+    await listener.wait_for_session(1, timeout=5)
+    assert listener.login_error is None
+
+
+def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
+    listener = AmiListener("127.0.0.1", 1, "u", "s", SeenTracker(), lambda u: None,
+                           reconnect_min=0.5, reconnect_max=8.0)
+    delays = [[listener._backoff(n) for _ in range(200)] for n in range(8)]
+    for n, ds in enumerate(delays):
+        cap = min(8.0, 0.5 * 2**n)
+        assert all(cap / 2 <= d <= cap for d in ds)
+        assert max(ds) - min(ds) > cap / 10  # jittered, not one fixed value
+    assert max(delays[-1]) <= 8.0
+
+
+# --- link cut mid-call, reconciliation --------------------------------------------------
+
+
+async def test_link_cut_mid_call_keeps_the_live_call_and_closes_the_ended_one_once(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    talk = live_trace(T01, shift=0.0, ids=20_000)  # answered at 2 s, ends at 7 s
+    missed = live_trace(T03, shift=0.5, ids=30_000)  # rings from 0.5 s, caller gives up at 6.5 s
+    merged = sorted(talk + missed, key=lambda m: float(m["Timestamp"]))
+    t0 = float(merged[0]["Timestamp"])
+    before = [m for m in merged if float(m["Timestamp"]) - t0 < 3.0]
+    outage = [m for m in merged if 3.0 <= float(m["Timestamp"]) - t0 < 6.9]
+    after = [m for m in merged if float(m["Timestamp"]) - t0 >= 6.9]
+    assert any(m["Event"] == "Hangup" for m in outage)
+    assert not any(m["Event"] == "Hangup" for m in before)
+    missed_id = missed[0]["Linkedid"]
+    talk_id = talk[0]["Linkedid"]
+
+    bridge = await connect()
+    await pbx_sim.send(before)
+    await bridge.listener.ping()
+    assert bridge.seen.tracker.active_count == 2
+
+    pbx_sim.refuse_connections = True
+    await pbx_sim.drop_clients()
+    await pbx_sim.send(outage)  # the missed call ends while nobody listens
+    pbx_sim.refuse_connections = False
+    await bridge.listener.wait_for_session(2, timeout=5)
+
+    (closed,) = await bridge.records(1)
+    assert closed.call_id == missed_id
+    assert "reconciled" in closed.flags and not closed.answered
+    assert {m["Linkedid"] for m in bridge.seen.snapshots[-1]} == {talk_id}
+
+    await pbx_sim.send(after)
+    (done,) = await bridge.records(1)
+    await bridge.listener.ping()
+    assert done.to_json() == direct_records(talk)[0]  # as if the link had never dropped
+    assert "reconciled" not in done.flags
+    assert [r.call_id for r in bridge.records_so_far()] == [missed_id, talk_id]
+    assert bridge.seen.tracker.active_count == 0
+
+
+async def test_a_restarted_listener_reports_a_call_in_progress_once(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    talk = live_trace(T01, shift=0.0, ids=40_000)
+    hangup_at = next(i for i, m in enumerate(talk) if m["Event"] == "HangupRequest")
+    first = await connect()
+    await pbx_sim.send(talk[:hangup_at])
+    await first.listener.ping()
+    await first.listener.stop()  # the service restarts mid-call
+
+    second = await connect()
+    await pbx_sim.send(talk[hangup_at:])
+    (record,) = await second.records(1)
+    await second.listener.ping()
+
+    assert first.records_so_far() == []
+    assert second.records_so_far() == [record]
+    assert record.call_id == talk[0]["Linkedid"] and record.answered
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+async def test_garbage_in_the_stream_is_logged_and_skipped(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    events = load_trace(T01)
+    bridge = await connect()
+    third = len(events) // 3
+    await pbx_sim.send(events[:third])
+    await pbx_sim.inject(b"\x00\xff\xfe binary junk\r\n\r\n")  # a block of nonsense
+    await pbx_sim.send(events[third : 2 * third])
+    await pbx_sim.inject(b"no colon here\r\nNeither: \xc3\r\n\r\n")  # half a header
+    await pbx_sim.inject(b"\x16\x03junk")  # glued to the front of the next event
+    await pbx_sim.send(events[2 * third :])
+    (record,) = await bridge.records(1)
+    await bridge.listener.ping()
+
+    assert record.to_json() == direct_records(events)[0]
+    assert bridge.listener.malformed >= 3
+    assert bridge.listener.connected and bridge.listener.reconnects == 0
+    got = [m for m in bridge.seen.messages if m.get("Event") != "FullyBooted"]
+    assert len(got) == len(events)  # the event behind the glued junk was salvaged
+
+
+async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
+                                                               pbx_sim: PbxSimulator) -> None:
+    bridge = await connect()
+    await pbx_sim.inject(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)) * 40)
+    await pbx_sim.send(load_trace(T03))
+    (record,) = await bridge.records(1)
+    assert not record.answered and bridge.listener.connected

@@ -1,0 +1,102 @@
+"""Logs: text or JSON lines, tagged with the call, and no secret ever written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from telefum.logs import JsonFormatter, RedactingFilter, TextFormatter, redact_line
+
+SECRETS = ("pw-in-query", "ami-s3cret", "userinfo-pw", "nested-pw", "redis-pw", "tok-123")
+
+
+def emit(log: logging.Logger) -> None:
+    log.warning(
+        "CRM said no: %s", "https://crm.example.com/rest?login=bridge&password=pw-in-query",
+        extra={"call_id": "1732633200.17", "pbx": "office",
+               "settings": {"crm": {"password": "nested-pw"}},
+               "redis": "redis://:redis-pw@10.0.0.9:6379/0"},
+    )  # fmt: skip
+    log.info("AMI sent:\r\nAction: Login\r\nUsername: telefum\r\nSecret: ami-s3cret\r\n")
+    log.info("token=tok-123 for https://ivan:userinfo-pw@crm.example.com/card")
+    try:
+        raise RuntimeError("GET /rest?password=pw-in-query failed")
+    except RuntimeError:
+        log.exception("delivery failed", extra={"call_id": "1.2"})
+
+
+@contextlib.contextmanager
+def capture(kind: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger wired the way setup_logging wires the root: filter + formatter."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(
+        JsonFormatter() if kind == "json" else TextFormatter("%(levelname)s %(message)s")
+    )
+    log = logging.getLogger(f"test.logs.{kind}")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        yield log, out
+    finally:
+        log.removeHandler(handler)
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_no_secret_reaches_the_log_in_either_format(kind: str) -> None:
+    with capture(kind) as (log, out):
+        emit(log)
+    text = out.getvalue()
+    for secret in SECRETS:
+        assert secret not in text
+    assert "***" in text
+
+
+def test_json_lines_are_one_object_each_with_the_call_id() -> None:
+    with capture("json") as (log, out):
+        emit(log)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 4
+    first = lines[0]
+    assert first["call_id"] == "1732633200.17" and first["pbx"] == "office"
+    assert first["level"] == "warning" and first["msg"].startswith("CRM said no: ")
+    assert "RuntimeError" in lines[3]["exc"] and lines[3]["call_id"] == "1.2"
+
+
+def test_text_lines_carry_the_call_id_as_a_field() -> None:
+    with capture("text") as (log, out):
+        log.info("call delivered", extra={"call_id": "9.9"})
+    assert out.getvalue().strip() == "INFO call delivered call_id=9.9"
+
+
+def test_redaction_leaves_ordinary_text_alone() -> None:
+    assert redact_line("call delivered: event 3 on contact 7 (created)") == (
+        "call delivered: event 3 on contact 7 (created)"
+    )
+    assert redact_line("https://crm.example.com/rest?typereq=find") == (
+        "https://crm.example.com/rest?typereq=find"
+    )
+
+
+def test_the_cli_logs_json_to_stderr_without_secrets(tmp_path: Path) -> None:
+    """The real CLI path: --log-json and a configuration error mentioning a secret URL."""
+    bad = tmp_path / "s.toml"
+    bad.write_text('[redis]\nurl = "http://:redis-pw@r:6379"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "telefum.cli", "--log-json", "config", "check", "--config",
+         str(bad)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "redis-pw" not in done.stderr + done.stdout
+    assert "redis.url" in done.stderr

@@ -1,0 +1,145 @@
+"""``POST /originate`` over real HTTP, to a real AMI listener logged in to the simulated PBX.
+
+What the PBX received (``pbx_sim.originates``) is the proof: nothing for 401/403/429, one
+Originate with the agent's channel and the number for an allowed call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from telephony.simulator import PbxSimulator
+from tests.support.agents import ADMIN_TOKEN, AGENT_TOKENS, AgentBridge, agent_settings
+
+T101 = {"Authorization": f"Bearer {AGENT_TOKENS['101']}"}
+
+
+@pytest.fixture
+async def bridge(pbx_sim: PbxSimulator) -> AsyncIterator[AgentBridge]:
+    pbx_sim.play_originates = False  # the PBX side of the call is not what these pin
+    async with AgentBridge(agent_settings(rate_limit=2), pbx=pbx_sim) as b:
+        yield b
+
+
+def sent(pbx: PbxSimulator) -> list[dict[str, str]]:
+    return [{k.lower(): v for k, v in o.items()} for o in pbx.originates]
+
+
+async def test_without_a_valid_token_nothing_is_originated(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    body = {"extension": "101", "number": "+79161234567"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eA=="}):
+        status, answer, _ = await bridge.post("/originate", json=body, headers=headers)
+        assert status == 401, answer
+        assert "token" in answer["error"]
+    status, _, _ = await bridge.post("/originate", data={**body, "token": "nope"})
+    assert status == 401
+    status, _, _ = await bridge.post("/originate?token=", json=body)
+    assert status == 401
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+async def test_an_agent_token_dials_only_from_its_own_extension(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    status, answer, _ = await bridge.post(
+        "/originate", json={"extension": "102", "number": "+79161234567"}, headers=T101
+    )
+    assert status == 403 and "102" in answer["error"]
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+@pytest.mark.parametrize(
+    "number, reason",
+    [
+        ("88091234567", "premium"),
+        ("+375291234567", "international"),
+        ("101", "not an outside phone number"),
+    ],
+)
+async def test_a_number_not_allowed_is_403_with_the_reason(
+    bridge: AgentBridge, pbx_sim: PbxSimulator, number: str, reason: str
+) -> None:
+    status, answer, _ = await bridge.post(
+        "/originate", json={"extension": "101", "number": number}, headers=T101
+    )
+    assert status == 403 and reason in answer["error"]
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+async def test_an_allowed_call_sends_one_originate_ringing_the_agent_first(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    status, answer, _ = await bridge.post(
+        "/originate", json={"extension": "101", "number": "telf:8 (916) 123-45-67"}, headers=T101
+    )
+    assert status == 202, answer
+    assert (answer["extension"], answer["number"]) == ("101", "+79161234567")
+    (o,) = sent(pbx_sim)
+    assert o["channel"] == "PJSIP/101"
+    assert o["exten"] == "79161234567"
+    assert o["context"] == "from-internal"
+    assert o["callerid"] == "79161234567"
+    assert o["async"] == "true" and o["priority"] == "1"
+
+
+async def test_form_posts_work_and_the_extension_defaults_to_the_tokens_own(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    status, answer, _ = await bridge.post(
+        "/originate", data={"number": "+74951234567", "token": AGENT_TOKENS["102"]}
+    )
+    assert status == 202, answer
+    assert [o["channel"] for o in sent(pbx_sim)] == ["PJSIP/102"]
+
+
+async def test_the_admin_token_may_dial_from_any_extension(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    status, answer, _ = await bridge.post(
+        "/originate", json={"extension": "103", "number": "+74951234567"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert status == 202, answer
+    status, answer, _ = await bridge.post(
+        "/originate", json={"number": "+74951234567"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert status == 400 and "extension" in answer["error"]
+    assert [o["channel"] for o in sent(pbx_sim)] == ["PJSIP/103"]
+
+
+async def test_the_rate_limit_answers_429_with_retry_after(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    body = {"extension": "101", "number": "+79161234567"}
+    for _ in range(2):
+        status, _, _ = await bridge.post("/originate", json=body, headers=T101)
+        assert status == 202
+    status, answer, headers = await bridge.post("/originate", json=body, headers=T101)
+    assert status == 429
+    assert 1 <= int(headers["Retry-After"]) <= 60 and answer["retry_after_s"] >= 1
+    # another extension is not held back by 101's calls
+    status, _, _ = await bridge.post(
+        "/originate", json={"extension": "102", "number": "+79161234567"},
+        headers={"Authorization": f"Bearer {AGENT_TOKENS['102']}"},
+    )
+    assert status == 202
+    await bridge.barrier()
+    assert [o["channel"] for o in sent(pbx_sim)] == ["PJSIP/101", "PJSIP/101", "PJSIP/102"]
+
+
+async def test_a_pbx_that_refuses_the_originate_gives_502(pbx_sim: PbxSimulator) -> None:
+    pbx_sim.play_originates = False
+    # an empty channel: the PBX answers "Response: Error" as Asterisk does
+    async with AgentBridge(agent_settings(channel=""), pbx=pbx_sim) as b:
+        status, answer, _ = await b.post(
+            "/originate", json={"extension": "101", "number": "+79161234567"}, headers=T101
+        )
+    assert status == 502 and "refused" in answer["error"]

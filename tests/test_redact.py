@@ -1,0 +1,47 @@
+"""Secrets never reach logs: URLs and free text are masked wherever a password can sit."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_client.redact import redact_text, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=S3cr3t",
+         "https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=***"),
+        ("https://bridge:S3cr3t@crm.example.com/rest", "https://bridge:***@crm.example.com/rest"),
+        ("https://crm.example.com/rest?apikey=S3cr3t&api_key=S3cr3t&token=S3cr3t",
+         "https://crm.example.com/rest?apikey=***&api_key=***&token=***"),
+        ("https://crm.example.com/rest?PASSWORD=S3cr3t%2B%26", "https://crm.example.com/rest?PASSWORD=***"),
+        ("https://crm.example.com/rest", "https://crm.example.com/rest"),
+    ],
+)
+def test_redact_url_masks_every_secret_and_keeps_the_rest(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+    assert "S3cr3t" not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /rest?login=bridge&password=S3cr3t HTTP/1.1",
+        "form: typereq=addevent&password=S3cr3t&id=1",
+        'error at "http://x/rest?secret=S3cr3t"',
+        "passwd=S3cr3t",
+    ],
+)
+def test_redact_text_masks_secret_pairs_in_free_text(text: str) -> None:
+    assert "S3cr3t" not in redact_text(text)
+    assert "***" in redact_text(text)
+
+
+def test_redact_text_leaves_ordinary_words_alone() -> None:
+    text = "Неправильный логин или пароль; password reset needed"
+    assert redact_text(text) == text
+
+
+def test_a_url_that_does_not_parse_is_still_masked() -> None:
+    assert "S3cr3t" not in redact_url("http://[broken/rest?password=S3cr3t")

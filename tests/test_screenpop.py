@@ -1,0 +1,253 @@
+"""Screen pop state and lookup cache: pure logic, driven by tracker updates.
+
+The CRM here is a small in-memory directory (the HTTP and browser tests use the reference
+CRM): what is pinned is what the page is told and how often the CRM is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from crm_client.types import Contact, Credentials, FindResult
+from telefum.screenpop import CrmTarget, LookupCache, ScreenPop
+from telephony.ami import parse_trace
+from telephony.records import Answered, CallFinished, CallRecord, Ringing
+from telephony.tracker import CallTracker
+
+CALLER = "+79161234567"
+DID = "+74951234567"
+
+
+class Directory:
+    """A CRM directory that counts finds and can hold them until released."""
+
+    def __init__(self, contacts: dict[str, list[Contact]] | None = None) -> None:
+        self.contacts = contacts or {}
+        self.finds: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def find(self, phone: str, creds: Credentials) -> FindResult:
+        self.finds.append(phone)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("CRM down: password=hunter2")
+        found = tuple(self.contacts.get(phone, ()))
+        return FindResult(found, len(found))
+
+    def card_url(self, id: str, typecont: str) -> str:
+        return f"http://crm.test/card?id={id}&typecont={typecont}"
+
+    def search_url(self, phone: str) -> str:
+        return f"http://crm.test/search?phone={phone}"
+
+
+def make_pop(directory: Directory, **kw: object) -> ScreenPop:
+    target = CrmTarget(directory, Credentials("bridge", "secret"))
+    return ScreenPop(lambda pbx: target, sources={DID: "Yandex Direct"}, **kw)  # type: ignore[arg-type]
+
+
+def ringing(ext: str, call_id: str = "c1", caller: str | None = CALLER, at: float = 1000.0):
+    return Ringing(call_id, ext, caller, DID, "in", at)
+
+
+def finished(call_id: str = "c1", answered_by: str | None = None, rang=("101",)) -> CallFinished:
+    return CallFinished(
+        CallRecord(
+            call_id=call_id, direction="in", external=CALLER, did=DID, extension=answered_by,
+            answered=answered_by is not None, started_at=1000.0,
+            answered_at=1002.0 if answered_by else None, ended_at=1010.0,
+            disposition="answered" if answered_by else "no-answer", rang=tuple(rang),
+        )
+    )
+
+
+async def test_ringing_shows_caller_and_source_before_the_crm_answers() -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan Petrov", "Roga i Kopyta")]})
+    crm.gate = asyncio.Event()
+    pop = make_pop(crm)
+    async with pop.subscribe("101") as feed:
+        first = await feed.next(1)
+        assert first is not None and first["calls"] == []
+        pop.on_update(ringing("101"))
+        snap = await feed.next(1)
+        assert snap is not None
+        (call,) = snap["calls"]
+        assert (call["caller"], call["did"], call["source"]) == (CALLER, DID, "Yandex Direct")
+        assert call["state"] == "ringing" and call["lookup"]["state"] == "pending"
+        crm.gate.set()
+        snap = await feed.next(1)
+    assert snap is not None
+    lookup = snap["calls"][0]["lookup"]
+    assert lookup["state"] == "done"
+    assert [c["url"] for c in lookup["contacts"]] == ["http://crm.test/card?id=7&typecont=contact"]
+    await pop.close()
+
+
+async def test_unknown_caller_gets_the_search_link_and_no_cards() -> None:
+    pop = make_pop(Directory())
+    pop.on_update(ringing("101"))
+    await pop.idle()
+    lookup = pop.snapshot("101")["calls"][0]["lookup"]
+    assert lookup["contacts"] == []
+    assert lookup["search_url"] == f"http://crm.test/search?phone={CALLER}"
+
+
+async def test_a_ring_group_asks_the_crm_once_for_all_its_phones() -> None:
+    crm = Directory()
+    crm.gate = asyncio.Event()
+    pop = make_pop(crm)
+    for ext in ("101", "102", "103"):
+        pop.on_update(ringing(ext))
+    # a second call from the same number moments later (a queue's next round) is cached too
+    pop.on_update(ringing("104", call_id="c2"))
+    crm.gate.set()
+    await pop.idle()
+    assert crm.finds == [CALLER]
+    for ext in ("101", "102", "103", "104"):
+        assert pop.snapshot(ext)["calls"][0]["lookup"]["state"] == "done"
+
+
+async def test_cache_asks_again_once_the_entry_is_older_than_its_ttl() -> None:
+    now = [0.0]
+    cache = LookupCache(ttl_s=5.0, clock=lambda: now[0])
+    calls: list[int] = []
+
+    async def fetch() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert await cache.get("p", fetch) == 1
+    now[0] = 4.9
+    assert await cache.get("p", fetch) == 1
+    now[0] = 5.0
+    assert await cache.get("p", fetch) == 2
+    assert cache.fetches == 2
+
+
+async def test_concurrent_lookups_share_one_request_and_a_cancelled_waiter_spares_it() -> None:
+    cache = LookupCache(ttl_s=5.0)
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def fetch() -> str:
+        started.append(1)
+        await gate.wait()
+        return "found"
+
+    waiters = [asyncio.ensure_future(cache.get("p", fetch)) for _ in range(5)]
+    await asyncio.sleep(0)  # let them all reach the shared fetch
+    waiters[0].cancel()
+    gate.set()
+    results = await asyncio.gather(*waiters[1:])
+    assert results == ["found"] * 4 and len(started) == 1
+
+
+async def test_a_failed_lookup_is_not_cached_and_the_page_keeps_the_search_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    crm = Directory()
+    crm.fail = True
+    pop = make_pop(crm)
+    pop.on_update(ringing("101"))
+    await pop.idle()
+    lookup = pop.snapshot("101")["calls"][0]["lookup"]
+    assert lookup["state"] == "failed"
+    assert lookup["search_url"] == f"http://crm.test/search?phone={CALLER}"
+    assert "hunter2" not in caplog.text
+    crm.fail = False
+    pop.on_update(ringing("102", call_id="c2"))
+    await pop.idle()
+    assert pop.snapshot("102")["calls"][0]["lookup"]["state"] == "done"
+    assert len(crm.finds) == 2
+
+
+async def test_phone_is_sent_to_the_crm_in_its_configured_format() -> None:
+    crm = Directory()
+    target = CrmTarget(crm, Credentials("b", "p"), phone_format="national")
+    pop = ScreenPop(lambda pbx: target)
+    pop.on_update(ringing("101"))
+    await pop.idle()
+    assert crm.finds == ["89161234567"]
+    assert pop.snapshot("101")["calls"][0]["lookup"]["search_url"].endswith("phone=89161234567")
+
+
+async def test_when_another_phone_answers_the_call_leaves_this_page_for_its_history() -> None:
+    pop = make_pop(Directory())
+    pop.on_update(ringing("101"))
+    pop.on_update(ringing("102"))
+    pop.on_update(Answered("c1", "102", 1003.0))
+    s101, s102 = pop.snapshot("101"), pop.snapshot("102")
+    assert s101["calls"] == []
+    assert s101["history"][0]["outcome"] == "answered by 102"
+    assert s102["calls"][0]["state"] == "answered"
+    pop.on_update(finished(answered_by="102", rang=("101", "102")))
+    s102 = pop.snapshot("102")
+    assert s102["calls"] == [] and s102["history"][0]["outcome"] == "answered"
+    await pop.close()
+
+
+async def test_unanswered_call_ends_as_missed_and_history_keeps_the_last_few() -> None:
+    pop = make_pop(Directory(), history_size=3)
+    for i in range(5):
+        pop.on_update(ringing("101", call_id=f"c{i}", at=1000.0 + i))
+        pop.on_update(finished(call_id=f"c{i}"))
+    snap = pop.snapshot("101")
+    assert snap["calls"] == []
+    assert [c["call_id"] for c in snap["history"]] == ["c4", "c3", "c2"]
+    assert {c["outcome"] for c in snap["history"]} == {"missed"}
+    assert {c["state"] for c in snap["history"]} == {"ended"}
+    await pop.close()
+
+
+async def test_a_recorded_ring_group_pops_on_both_phones_and_ends_right(traces_dir: Path) -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan"), Contact("8", "lead", "Olga")]})
+    pop = make_pop(crm)
+    raw = (traces_dir / "06-inbound-ringgroup-102-answers.ami").read_bytes()
+    for update in CallTracker().feed(parse_trace(raw)):
+        pop.on_update(update)
+    await pop.idle()
+    (h101,) = pop.snapshot("101")["history"]
+    (h102,) = pop.snapshot("102")["history"]
+    assert h101["outcome"] == "answered by 102" and h102["outcome"] == "answered"
+    assert len(h102["lookup"]["contacts"]) == 2 and crm.finds == [CALLER]
+
+
+async def test_a_click_to_call_pops_on_the_agents_page_once_answered(traces_dir: Path) -> None:
+    callee = "+79031112233"
+    crm = Directory({callee: [Contact("9", "contact", "Anna")]})
+    pop = make_pop(crm)
+    raw = (traces_dir / "14-outbound-click-to-call-originate.ami").read_bytes()
+    updates = CallTracker().feed(parse_trace(raw))
+    for update in updates[:-1]:  # all but CallFinished
+        pop.on_update(update)
+    await pop.idle()
+    (call,) = pop.snapshot("101")["calls"]
+    assert (call["direction"], call["caller"], call["state"]) == ("out", callee, "answered")
+    assert call["lookup"]["contacts"][0]["name"] == "Anna"
+    pop.on_update(updates[-1])
+    assert pop.snapshot("101")["history"][0]["outcome"] == "answered"
+
+
+async def test_odd_updates_do_not_break_the_pop() -> None:
+    pop = make_pop(Directory())
+    pop.on_update(Ringing("c1", None, CALLER, DID, "in", 1.0))  # type: ignore[arg-type]
+    pop.on_update(Answered("c9", "101", 1.0))  # never started, never rang
+    pop.on_update(CallFinished(None))  # type: ignore[arg-type]
+    pop.on_update("not an update")
+    pop.on_update(ringing("101"))
+    await pop.idle()
+    assert pop.snapshot("101")["calls"][0]["caller"] == CALLER
+
+
+async def test_close_ends_every_open_feed() -> None:
+    pop = make_pop(Directory())
+    async with pop.subscribe("101") as feed:
+        await feed.next(1)
+        await pop.close()
+        with pytest.raises(StopAsyncIteration):
+            await feed.next(1)

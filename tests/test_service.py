@@ -1,0 +1,220 @@
+"""``telefum run``, ``telefum listen`` + ``telefum worker``: the real commands as processes,
+against a simulated PBX on TCP, a real Redis and the reference CRM over HTTP.
+
+A recorded call played at the PBX must come out as one event in the CRM, on a contact that
+carries the tracking number, and count in the marketers' report; SIGTERM stops cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from telephony.simulator import PbxSimulator
+from tests.conftest import free_port
+from tests.support.crm import REPO, RunningRefCrm
+from tests.support.pbx import PBX_SECRET, PBX_USER
+
+TOKEN = "admin-token-for-tests"
+ANSWERED = "01-inbound-answered-caller-hangup.ami"  # +79161234567 -> +74951234567, ext 101
+MISSED = "03-inbound-missed-caller-abandons.ami"
+TIMEOUT_S = 30.0
+
+
+def write_settings(path: Path, pbx: PbxSimulator, crm: RunningRefCrm, redis_url: str,
+                   http_port: int) -> Path:  # fmt: skip
+    path.write_text(
+        f"""
+spool_dir = "{path.parent / "spool"}"
+[ami]
+host = "127.0.0.1"
+port = {pbx.port}
+username = "{PBX_USER}"
+secret = "{PBX_SECRET}"
+ping_interval_s = 1.0
+[redis]
+url = "{redis_url}"
+[crm]
+url = "{crm.rest_url}"
+login = "bridge"
+password = "{crm.users["bridge"]}"
+[sources]
+"+74951234567" = "Yandex Direct"
+[http]
+listen = "127.0.0.1:{http_port}"
+token = "{TOKEN}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class Proc:
+    """A ``telefum`` subprocess, its stderr in a file shown when a test fails."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    async def terminate(self, timeout_s: float = 15.0) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+
+@pytest.fixture
+async def telefum(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proc]]]:
+    started: list[Proc] = []
+
+    async def start(*args: str) -> Proc:
+        log = tmp_path / f"telefum-{len(started)}.log"
+        with open(log, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "telefum.cli", *args,
+                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        p = Proc(proc, log)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, procs: list[Proc]) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the processes' logs."""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while not (value := await check()):
+                for p in procs:
+                    if p.proc.returncode is not None:
+                        pytest.fail(f"exited {p.proc.returncode} before {what}:\n{p.tail()}")
+                await asyncio.sleep(0.1)
+            return value
+    except TimeoutError:
+        pytest.fail(f"no {what} in {TIMEOUT_S}s:\n" + "\n---\n".join(p.tail() for p in procs))
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return r.status, await r.json(content_type=None)
+    except aiohttp.ClientError:
+        return 0, None
+
+
+async def healthy(base: str) -> bool:
+    status, _ = await get_json(f"{base}/health")
+    return status == 200
+
+
+async def test_run_delivers_a_played_call_to_the_crm_and_counts_it_for_the_report(
+    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, redis_url: str,
+    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
+) -> None:  # fmt: skip
+    port = free_port()
+    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url, port)
+    run = await telefum("run", "--config", str(config))
+    base = f"http://127.0.0.1:{port}"
+    await until(lambda: healthy(base), "healthy /health", [run])
+
+    await pbx_sim.play_trace(traces_dir / ANSWERED)
+
+    async def delivered() -> bool:
+        return refcrm.count_events() == 1
+
+    await until(delivered, "event in the CRM", [run])
+    (contact,) = refcrm.contacts("+79161234567")
+    assert contact.x_pstn == "+74951234567"
+    assert refcrm.count_contacts() == 1
+
+    async def reported() -> Any:
+        status, body = await get_json(f"{base}/report.json?token={TOKEN}&since=7d")
+        return status == 200 and body["totals"]["calls"] == 1 and body
+
+    report = await until(reported, "the call in the report", [run])
+    (row,) = report["numbers"]
+    assert row["source"] == "Yandex Direct" and row["new_contacts"] == 1
+
+    assert await run.terminate() == 0
+    assert "Traceback" not in run.tail()
+
+
+async def test_listen_and_a_separate_worker_deliver_together(
+    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, redis_url: str,
+    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
+) -> None:  # fmt: skip
+    port = free_port()
+    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url, port)
+    listen = await telefum("listen", "--config", str(config))
+    worker = await telefum("worker", "--config", str(config))
+    procs = [listen, worker]
+    await until(lambda: healthy(f"http://127.0.0.1:{port}"), "healthy /health", procs)
+
+    await pbx_sim.play_trace(traces_dir / ANSWERED)
+    await pbx_sim.play_trace(traces_dir / MISSED)
+
+    async def delivered() -> bool:
+        return refcrm.count_events() == 2
+
+    await until(delivered, "two events in the CRM", procs)
+    assert await listen.terminate() == 0
+    assert await worker.terminate() == 0
+
+
+async def test_listen_without_a_redis_url_says_which_setting_to_set(
+    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm,
+    telefum: Callable[..., Awaitable[Proc]],
+) -> None:  # fmt: skip
+    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "", free_port())
+    listen = await telefum("listen", "--config", str(config))
+    assert await asyncio.wait_for(listen.proc.wait(), TIMEOUT_S) == 2
+    assert "[redis] url" in listen.tail()
+
+
+async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
+    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm,
+    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
+) -> None:  # fmt: skip
+    port = free_port()
+    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "", port)
+    run = await telefum("run", "--config", str(config))
+    await until(lambda: healthy(f"http://127.0.0.1:{port}"), "healthy /health", [run])
+    await pbx_sim.play_trace(traces_dir / ANSWERED)
+
+    async def delivered() -> bool:
+        return refcrm.count_events() == 1
+
+    await until(delivered, "event in the CRM", [run])
+    redis_dir = tmp_path / "redis"  # beside the spool
+    assert any(redis_dir.iterdir())
+    assert await run.terminate() == 0
+    assert not _redis_servers_under(redis_dir)
+
+
+def _redis_servers_under(data_dir: Path) -> list[int]:
+    """Pids of live redis-server processes started with ``--dir data_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if proc.name.isdigit() and b"redis-server" in args[0] and (
+                str(data_dir).encode() in args
+            ):
+                pids.append(int(proc.name))
+    return pids

@@ -1,0 +1,206 @@
+"""The listener's hand-over to Redis (worker/handoff.py): nothing lost, in order, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tests.conftest import free_port
+from worker import keys
+from worker.embedded_redis import EmbeddedRedis
+from worker.handoff import Handoff
+from worker.stats import read_stats
+
+Q = "telefum:queue"
+
+
+def record(i: int) -> dict[str, Any]:
+    return {
+        "call_id": f"1764158400.{i}", "pbx": "default", "direction": "in",
+        "external": "+79161234567", "did": "+74951234567", "extension": "101",
+        "answered": True, "started_at": "2025-11-26T12:00:00.000Z",
+        "answered_at": "2025-11-26T12:00:06.000Z", "ended_at": "2025-11-26T12:04:00.000Z",
+        "disposition": "answered", "transfers": [],
+    }  # fmt: skip
+
+
+async def queued_in_order(redis: Redis, ids: range) -> list[int]:
+    """The calls in Redis, in the order they were first enqueued."""
+    seen = []
+    for i in ids:
+        first = await redis.hget(keys.ledger(f"call:default:1764158400.{i}"), "first_seen")
+        if first is not None and await redis.zscore(Q, f"call:default:1764158400.{i}"):
+            seen.append((float(first), i))
+    return [i for _, i in sorted(seen)]
+
+
+async def until(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_submitted_calls_reach_the_queue_in_order(
+    tmp_path: Path, redis_url: str, redis_client: Redis
+) -> None:
+    handoff = Handoff(redis_url, tmp_path / "spool")
+    await handoff.start()
+    try:
+        t0 = time.perf_counter()
+        for i in range(200):
+            handoff.submit(record(i))
+        submit_s = time.perf_counter() - t0
+        assert submit_s < 0.05, f"submit blocked the event loop for {submit_s:.3f}s"
+        assert await handoff.wait_drained(10)
+        assert await queued_in_order(redis_client, range(200)) == list(range(200))
+        assert handoff.spool_size == 0
+    finally:
+        await handoff.close()
+
+
+async def test_redis_stopped_and_started_under_the_handoff_loses_nothing(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis
+) -> None:
+    handoff = Handoff(redis_server.url, tmp_path / "spool", retry_max_s=0.2)
+    await handoff.start()
+    try:
+        for i in range(20):
+            handoff.submit(record(i))
+        assert await handoff.wait_drained(10)
+
+        redis_server.stop()
+        for i in range(20, 50):
+            handoff.submit(record(i))
+        await handoff.flush()
+        await until(lambda: not handoff.redis_ok)
+        assert handoff.spool_size == 30
+        assert list(tmp_path.joinpath("spool").glob("*.jsonl"))  # on disk, not in memory
+
+        redis_server.start()  # same port, same data (appendonly)
+        assert await handoff.wait_drained(15)
+        assert handoff.redis_ok
+        assert await queued_in_order(redis_client, range(50)) == list(range(50))
+        stats = await read_stats(redis_client, Q)
+        assert stats["counters"]["enqueued"] == 50
+    finally:
+        await handoff.close()
+
+
+async def test_the_spool_size_is_published_for_health_and_metrics(
+    tmp_path: Path, redis_url: str, redis_client: Redis
+) -> None:
+    handoff = Handoff(redis_url, tmp_path / "spool", listener_id="pbx-listener-1")
+    await handoff.start()
+    try:
+        handoff.submit(record(1))
+        assert await handoff.wait_drained(10)
+        deadline = time.monotonic() + 5
+        while True:
+            stats = await read_stats(redis_client, Q)
+            if stats["spool"]["listeners"]:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        listener = stats["spool"]["listeners"][0]
+        assert listener["id"] == "pbx-listener-1"
+        assert listener["size"] == 0
+        assert stats["spool"]["total"] == 0
+    finally:
+        await handoff.close()
+
+
+LISTENER = """
+import asyncio, sys
+from worker.handoff import Handoff
+
+async def main():
+    h = Handoff(sys.argv[1], sys.argv[2], retry_max_s=0.1)
+    await h.start()
+    for i in range(int(sys.argv[3])):
+        h.submit({"call_id": f"1764158400.{i}", "pbx": "default", "direction": "in",
+                  "external": "+79161234567", "did": None, "extension": "101",
+                  "answered": True, "started_at": "2025-11-26T12:00:00.000Z",
+                  "answered_at": "2025-11-26T12:00:01.000Z",
+                  "ended_at": "2025-11-26T12:01:00.000Z", "disposition": "answered"})
+    await h.flush()
+    print("flushed", h.spool_size, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_listener_killed_with_calls_in_its_spool_loses_none_of_them(
+    tmp_path: Path, redis_url: str, redis_client: Redis
+) -> None:
+    spool_dir = tmp_path / "spool"
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is "down"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, dead_redis, str(spool_dir), "40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert line.split() == [b"flushed", b"40"], proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+    restarted = Handoff(redis_url, spool_dir)
+    assert restarted.spool_size == 0  # not opened yet
+    await restarted.start()
+    try:
+        assert restarted.spool_size == 40
+        assert await restarted.wait_drained(10)
+        assert await queued_in_order(redis_client, range(40)) == list(range(40))
+    finally:
+        await restarted.close()
+
+
+async def test_a_spool_handed_over_twice_still_gives_one_job_per_call(
+    tmp_path: Path, redis_url: str, redis_client: Redis
+) -> None:
+    spool_dir = tmp_path / "spool"
+    first = Handoff(redis_url, spool_dir)
+    await first.start()
+    for i in range(10):
+        first.submit(record(i))
+    assert await first.wait_drained(10)
+    await first.close()
+    (spool_dir / "cursor.json").unlink()  # as if it crashed before saving the cursor
+
+    second = Handoff(redis_url, spool_dir)
+    await second.start()
+    try:
+        assert second.spool_size == 10  # handed over again...
+        assert await second.wait_drained(10)
+        assert await redis_client.zcard(Q) == 10  # ...but still one job per call
+        assert (await read_stats(redis_client, Q))["counters"]["enqueued"] == 10
+    finally:
+        await second.close()
+
+
+async def test_a_record_that_is_not_a_call_is_set_aside_and_the_rest_goes_through(
+    tmp_path: Path, redis_url: str, redis_client: Redis
+) -> None:
+    handoff = Handoff(redis_url, tmp_path / "spool")
+    await handoff.start()
+    try:
+        handoff.submit(record(1))
+        handoff.submit({"no": "call id"})
+        handoff.submit(record(2))
+        assert await handoff.wait_drained(10)
+        assert await redis_client.zcard(Q) == 2
+        rejected = (tmp_path / "spool" / "rejected.jsonl").read_text()
+        assert "not a call record" in rejected and "call id" in rejected
+    finally:
+        await handoff.close()

@@ -1,0 +1,585 @@
+"""Call-tracker behaviours with no recorded trace, on hand-made event sequences.
+
+``Pbx`` writes events with the fields Asterisk 18-22 sends (channel snapshot headers,
+Dest*/Transferer*/... prefixes, Timestamp), modelled on the recorded traces in
+``tests/traces`` and the Asterisk AMI event reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from telephony.ami import Message
+from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
+from telephony.tracker import CallTracker
+
+STATES = {"0": "Down", "4": "Ring", "5": "Ringing", "6": "Up", "7": "Busy"}
+
+
+@dataclass
+class Chan:
+    name: str
+    uid: str
+    linkedid: str
+    cid: str
+    context: str
+    exten: str
+    state: str = "0"
+    connected: str = "<unknown>"
+
+
+class Pbx:
+    """Writes AMI events for a scenario and feeds them to a tracker as it goes."""
+
+    def __init__(self, tracker: CallTracker | None = None, t0: float = 1_800_000_000.0) -> None:
+        self.tracker = tracker or CallTracker()
+        self.t = t0
+        self._uid = itertools.count(100)
+        self._seq = itertools.count(0x20)
+        self._bridge = itertools.count(1)
+        self.updates: list[Update] = []
+
+    # -- plumbing --
+    def send(self, event: str, **headers: str) -> list[Update]:
+        msg: Message = {"Event": event, "Privilege": "call,all", "Timestamp": f"{self.t:.6f}"}
+        msg.update(headers)
+        out = self.tracker.handle(msg, self.t)
+        self.updates += out
+        return out
+
+    def wait(self, seconds: float) -> None:
+        self.t += seconds
+
+    @staticmethod
+    def snap(ch: Chan | None, prefix: str = "") -> dict[str, str]:
+        if ch is None:
+            return {}
+        return {
+            f"{prefix}Channel": ch.name,
+            f"{prefix}ChannelState": ch.state,
+            f"{prefix}ChannelStateDesc": STATES.get(ch.state, "Unknown"),
+            f"{prefix}CallerIDNum": ch.cid,
+            f"{prefix}CallerIDName": "<unknown>",
+            f"{prefix}ConnectedLineNum": ch.connected,
+            f"{prefix}ConnectedLineName": "<unknown>",
+            f"{prefix}Language": "en",
+            f"{prefix}AccountCode": "",
+            f"{prefix}Context": ch.context,
+            f"{prefix}Exten": ch.exten,
+            f"{prefix}Priority": "1",
+            f"{prefix}Uniqueid": ch.uid,
+            f"{prefix}Linkedid": ch.linkedid,
+        }
+
+    # -- channels --
+    def channel(self, endpoint: str, *, context: str, exten: str = "s", cid: str = "",
+                linked: Chan | None = None, state: str = "0") -> Chan:
+        uid = f"{int(self.t)}.{next(self._uid)}"
+        ch = Chan(f"{endpoint}-{next(self._seq):08x}", uid, linked.linkedid if linked else uid,
+                  cid or "<unknown>", context, exten, state)
+        self.send("Newchannel", **self.snap(ch))
+        return ch
+
+    def trunk_call(self, caller: str, did: str, context: str = "from-trunk") -> Chan:
+        return self.channel("PJSIP/trunk", context=context, exten=did, cid=caller, state="4")
+
+    def phone(self, ext: str, linked: Chan) -> Chan:
+        return self.channel(f"PJSIP/{ext}", context="from-internal", cid=ext, linked=linked)
+
+    def local(self, exten: str, context: str, linked: Chan | None) -> tuple[Chan, Chan]:
+        seq = next(self._seq)
+        base = f"Local/{exten}@{context}-{seq:08x}"
+        lid = linked.linkedid if linked else None
+        uid1 = f"{int(self.t)}.{next(self._uid)}"
+        one = Chan(base + ";1", uid1, lid or uid1, "<unknown>", context, exten)
+        two = Chan(base + ";2", f"{int(self.t)}.{next(self._uid)}", lid or uid1, "<unknown>",
+                   context, exten, "4")
+        self.send("Newchannel", **self.snap(one))
+        self.send("Newchannel", **self.snap(two))
+        self.send("LocalBridge", **self.snap(one, "LocalOne"), **self.snap(two, "LocalTwo"),
+                  Context=context, Exten=exten, LocalOptimization="Yes")
+        return one, two
+
+    # -- dialling --
+    def dial(self, src: Chan | None, dest: Chan, dialstring: str) -> None:
+        self.send("DialBegin", **self.snap(src), **self.snap(dest, "Dest"), DialString=dialstring)
+
+    def ring(self, src: Chan | None, dest: Chan) -> None:
+        dest.state = "5"
+        self.send("Newstate", **self.snap(dest))
+        self.send("DialState", **self.snap(src), **self.snap(dest, "Dest"), DialStatus="RINGING")
+
+    def answer(self, src: Chan | None, dest: Chan) -> None:
+        self.up(dest)
+        self.send("DialEnd", **self.snap(src), **self.snap(dest, "Dest"), DialStatus="ANSWER")
+        if src is not None:
+            self.up(src)
+
+    def dial_end(self, src: Chan | None, dest: Chan, status: str) -> None:
+        self.send("DialEnd", **self.snap(src), **self.snap(dest, "Dest"), DialStatus=status)
+
+    def up(self, ch: Chan) -> None:
+        if ch.state != "6":
+            ch.state = "6"
+            self.send("Newstate", **self.snap(ch))
+
+    def varset(self, ch: Chan, variable: str, value: str) -> None:
+        self.send("VarSet", **self.snap(ch), Variable=variable, Value=value)
+
+    # -- bridges --
+    def bridge(self, *chans: Chan) -> str:
+        bid = f"00000000-0000-4000-8000-{next(self._bridge):012d}"
+        self.send("BridgeCreate", BridgeUniqueid=bid, BridgeType="basic")
+        for n, ch in enumerate(chans, 1):
+            self.enter(bid, ch, n)
+        return bid
+
+    def enter(self, bid: str, ch: Chan, count: int = 1) -> None:
+        self.send("BridgeEnter", BridgeUniqueid=bid, BridgeType="basic",
+                  BridgeNumChannels=str(count), **self.snap(ch))
+
+    def leave(self, bid: str, ch: Chan) -> None:
+        self.send("BridgeLeave", BridgeUniqueid=bid, BridgeType="basic", **self.snap(ch))
+
+    def hangup(self, ch: Chan, cause: int = 16, bridge: str | None = None) -> list[Update]:
+        if bridge:
+            self.leave(bridge, ch)
+        self.send("HangupRequest", **self.snap(ch), Cause=str(cause))
+        return self.send("Hangup", **self.snap(ch), Cause=str(cause), **{"Cause-txt": "x"})
+
+    # -- results --
+    def records(self) -> list[CallRecord]:
+        return [u.record for u in self.updates if isinstance(u, CallFinished)]
+
+    def record(self) -> CallRecord:
+        (rec,) = self.records()
+        return rec
+
+
+CALLER, DID = "79161234567", "74951234567"
+
+
+def test_unreachable_extension_is_a_failed_call_where_nothing_rang() -> None:
+    # Dial() could not create the phone's channel (unregistered): no DialBegin at all,
+    # only DIALSTATUS=CHANUNAVAIL; the dialplan then plays congestion and hangs up (34).
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    pbx.varset(trunk, "DIALSTATUS", "CHANUNAVAIL")
+    pbx.wait(3)
+    pbx.hangup(trunk, cause=34)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did) == ("in", "+" + CALLER, "+" + DID)
+    assert (rec.answered, rec.extension, rec.disposition, rec.rang) == (False, None, "failed", ())
+    assert rec.ring_s == pytest.approx(3.0)
+
+
+def test_unreachable_phone_reported_by_dial_end_is_failed() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "101")
+    pbx.wait(1)
+    pbx.dial_end(trunk, p101, "CHANUNAVAIL")
+    pbx.hangup(p101, cause=20)
+    pbx.hangup(trunk, cause=34)
+    rec = pbx.record()
+    assert (rec.disposition, rec.answered, rec.rang) == ("failed", False, ("101",))
+
+
+def test_ring_group_with_one_busy_phone_and_one_unanswered_is_missed() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    one_a, two_a = pbx.local("101", "rg-members", trunk)
+    one_b, two_b = pbx.local("102", "rg-members", trunk)
+    pbx.dial(trunk, one_a, "101@rg-members")
+    pbx.dial(trunk, one_b, "102@rg-members")
+    p101, p102 = pbx.phone("101", trunk), pbx.phone("102", trunk)
+    pbx.dial(two_a, p101, "101")
+    pbx.dial(two_b, p102, "102")
+    pbx.dial_end(two_a, p101, "BUSY")
+    pbx.hangup(p101, cause=17)
+    pbx.ring(two_b, p102)
+    pbx.wait(20)
+    pbx.dial_end(two_b, p102, "NOANSWER")
+    for ch in (p102, two_b, one_b, two_a, one_a, trunk):
+        pbx.hangup(ch, cause=19)
+    rec = pbx.record()
+    assert (rec.disposition, rec.extension, rec.rang) == ("no-answer", None, ("101", "102"))
+
+
+def queue_call(pbx: Pbx) -> tuple[Chan, Chan, Chan]:
+    trunk = pbx.trunk_call("79031234455", "74951234569")
+    pbx.up(trunk)  # Answer() before Queue(): the PBX answers, no agent has yet
+    pbx.wait(1)
+    pbx.send("QueueCallerJoin", **pbx.snap(trunk), Queue="support", Position="1", Count="1")
+    p101, p102 = pbx.phone("101", trunk), pbx.phone("102", trunk)
+    for p in (p101, p102):
+        pbx.send("AgentCalled", **pbx.snap(trunk), **pbx.snap(p, "Dest"), Queue="support",
+                 Interface=p.name.rsplit("-", 1)[0], MemberName=p.cid)
+        pbx.dial(trunk, p, p.name.rsplit("-", 1)[0])
+        pbx.ring(trunk, p)
+    return trunk, p101, p102
+
+
+def test_queue_abandon_is_a_missed_call_listing_the_agents_that_rang() -> None:
+    pbx = Pbx()
+    trunk, p101, p102 = queue_call(pbx)
+    pbx.wait(9)
+    for p in (p101, p102):
+        pbx.dial_end(trunk, p, "CANCEL")
+    pbx.send("QueueCallerAbandon", **pbx.snap(trunk), Queue="support", Position="1",
+             OriginalPosition="1", HoldTime="10")
+    pbx.hangup(p101, cause=16)
+    pbx.hangup(p102, cause=16)
+    pbx.hangup(trunk, cause=16)
+    rec = pbx.record()
+    assert (rec.direction, rec.answered, rec.disposition) == ("in", False, "no-answer")
+    assert (rec.extension, rec.rang, rec.final_extension) == (None, ("101", "102"), None)
+    assert rec.ring_s == pytest.approx(10.0, abs=0.01)
+    assert rec.talk_s == 0.0
+    pops = [u.extension for u in pbx.updates if isinstance(u, Ringing)]
+    assert pops == ["101", "102"]
+    assert not [u for u in pbx.updates if isinstance(u, Answered)]
+
+
+def test_local_channel_optimisation_keeps_the_agent_and_the_call() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    one, two = pbx.local("101", "from-queue", trunk)
+    pbx.dial(trunk, one, "101@from-queue")
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(two, p101, "PJSIP/101")
+    pbx.ring(two, p101)
+    pbx.wait(2)
+    pbx.answer(two, p101)
+    b2 = pbx.bridge(p101, two)
+    pbx.answer(trunk, one)
+    b1 = pbx.bridge(one, trunk)
+    # The Local pair optimises itself out: 101's phone is moved into the caller's bridge.
+    pbx.send("LocalOptimizationBegin", **pbx.snap(one, "LocalOne"), **pbx.snap(two, "LocalTwo"),
+             **pbx.snap(p101, "Source"), DestUniqueId=trunk.uid, Id="1")
+    pbx.leave(b2, p101)
+    pbx.enter(b1, p101, 3)
+    pbx.leave(b1, one)
+    pbx.send("LocalOptimizationEnd", **pbx.snap(one, "LocalOne"), **pbx.snap(two, "LocalTwo"),
+             Success="Yes", Id="1")
+    assert pbx.hangup(one) == [] and pbx.hangup(two, bridge=b2) == []  # the call goes on
+    pbx.wait(30)
+    pbx.hangup(trunk, bridge=b1)
+    pbx.hangup(p101, bridge=b1)
+    rec = pbx.record()
+    assert (rec.extension, rec.final_extension, rec.answered) == ("101", "101", True)
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(30.0))
+    assert pbx.tracker.active_count == 0
+
+
+def phone_call(pbx: Pbx, ext: str, number: str) -> Chan:
+    """An extension picks up and dials (a phone-initiated call: state Ring)."""
+    return pbx.channel(f"PJSIP/{ext}", context="from-internal", exten=number, cid=ext, state="4")
+
+
+def test_internal_call_has_no_outside_party_and_is_by_the_caller() -> None:
+    pbx = Pbx()
+    p101 = phone_call(pbx, "101", "102")
+    p102 = pbx.phone("102", p101)
+    pbx.dial(p101, p102, "102")
+    pbx.ring(p101, p102)
+    pbx.wait(2)
+    pbx.answer(p101, p102)
+    b = pbx.bridge(p102, p101)
+    pbx.wait(7)
+    pbx.hangup(p102, bridge=b)
+    pbx.hangup(p101, bridge=b)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did) == ("internal", None, None)
+    assert (rec.extension, rec.final_extension, rec.rang) == ("101", "102", ("102",))
+    assert (rec.answered, rec.disposition) == (True, "answered")
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(7.0))
+    started = [u for u in pbx.updates if isinstance(u, CallStarted)]
+    assert [s.direction for s in started] == ["internal"]
+
+
+def outbound(pbx: Pbx, number: str = "79031112233") -> tuple[Chan, Chan]:
+    p101 = phone_call(pbx, "101", number)
+    out = pbx.channel("PJSIP/trunk", context="from-trunk", linked=p101)
+    pbx.dial(p101, out, f"{number}@trunk")
+    return p101, out
+
+
+@pytest.mark.parametrize(
+    ("status", "cause", "rings", "disposition"),
+    [
+        ("BUSY", 17, True, "busy"),  # 180 Ringing, then 486 Busy Here
+        ("BUSY", 17, False, "busy"),
+        ("NOANSWER", 19, True, "no-answer"),  # Dial timeout
+        ("CANCEL", 16, True, "no-answer"),  # the agent hung up first
+        ("CONGESTION", 34, False, "failed"),
+        ("CHANUNAVAIL", 38, False, "failed"),
+    ],
+)
+def test_unanswered_outbound_call_disposition(
+    status: str, cause: int, rings: bool, disposition: str
+) -> None:
+    pbx = Pbx()
+    p101, out = outbound(pbx)
+    if rings:
+        pbx.ring(p101, out)
+    pbx.wait(5)
+    pbx.dial_end(p101, out, status)
+    pbx.hangup(out, cause=cause)
+    pbx.hangup(p101, cause=cause)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.extension) == ("out", "+79031112233", "101")
+    assert (rec.answered, rec.disposition, rec.rang) == (False, disposition, ())
+    assert rec.ring_s == pytest.approx(5.0)
+    assert not [u for u in pbx.updates if isinstance(u, Ringing)]  # no screen pop to oneself
+
+
+def test_outbound_number_dialled_in_national_format_is_e164() -> None:
+    pbx = Pbx()
+    p101, out = outbound(pbx, "89031112233")
+    pbx.hangup(out, cause=16)
+    pbx.hangup(p101, cause=16)
+    assert pbx.record().external == "+79031112233"
+
+
+def test_forwarding_to_an_outside_mobile_is_inbound_and_answered_by_no_extension() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    mobile = pbx.channel("PJSIP/trunk", context="from-trunk", linked=trunk)
+    pbx.dial(trunk, mobile, "79265556677@trunk")
+    pbx.ring(trunk, mobile)
+    pbx.wait(4)
+    pbx.answer(trunk, mobile)
+    b = pbx.bridge(mobile, trunk)
+    pbx.wait(10)
+    pbx.hangup(mobile, bridge=b)
+    pbx.hangup(trunk, bridge=b)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did) == ("in", "+" + CALLER, "+" + DID)
+    assert (rec.answered, rec.disposition, rec.extension, rec.rang) == (
+        True, "answered", None, ())
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(4.0), pytest.approx(10.0))
+
+
+def test_follow_me_to_a_mobile_is_answered_on_behalf_of_the_extension() -> None:
+    # FreePBX follow-me: Local/FMGL-101#@followme dials 101's phone and mobile.
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    one, two = pbx.local("FMGL-101#", "followme", trunk)
+    pbx.dial(trunk, one, "FMGL-101#@followme")
+    p101 = pbx.phone("101", trunk)
+    mobile = pbx.channel("PJSIP/trunk", context="from-trunk", linked=trunk)
+    pbx.dial(two, p101, "PJSIP/101")
+    pbx.dial(two, mobile, "79265556677@trunk")
+    pbx.ring(two, p101)
+    pbx.wait(6)
+    pbx.answer(two, mobile)
+    pbx.dial_end(two, p101, "CANCEL")
+    pbx.hangup(p101, cause=26)
+    pbx.answer(trunk, one)
+    pbx.wait(10)
+    for ch in (trunk, one, two, mobile):
+        pbx.hangup(ch)
+    rec = pbx.record()
+    assert (rec.direction, rec.answered, rec.extension, rec.rang) == ("in", True, "101", ("101",))
+    assert rec.ring_s == pytest.approx(6.0)
+
+
+def test_phone_attended_transfer_merges_the_consultation_call_into_the_first() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    a101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, a101, "101")
+    pbx.ring(trunk, a101)
+    pbx.wait(2)
+    pbx.answer(trunk, a101)
+    first_bridge = pbx.bridge(a101, trunk)
+    pbx.wait(5)
+    pbx.send("Hold", **pbx.snap(a101))
+    # 101 puts the caller on hold and calls 102 from a second line: a call of its own.
+    c101 = phone_call(pbx, "101", "102")
+    c102 = pbx.phone("102", c101)
+    pbx.dial(c101, c102, "102")
+    pbx.ring(c101, c102)
+    pbx.wait(3)
+    pbx.answer(c101, c102)
+    consult_bridge = pbx.bridge(c102, c101)
+    assert len({u.call_id for u in pbx.updates if isinstance(u, CallStarted)}) == 2
+    pbx.wait(4)
+    # 101 completes the transfer: the caller is moved into the consultation bridge and
+    # Asterisk gives 102's channel the caller's (older) Linkedid.
+    pbx.leave(first_bridge, trunk)
+    pbx.leave(consult_bridge, c101)
+    pbx.enter(consult_bridge, trunk, 2)
+    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
+             OrigBridgeUniqueid=first_bridge, **pbx.snap(c101, "SecondTransferer"),
+             SecondBridgeUniqueid=consult_bridge, **pbx.snap(trunk, "Transferee"),
+             **pbx.snap(c102, "TransferTarget"), IsExternal="No", DestType="Bridge",
+             DestBridgeUniqueid=consult_bridge)
+    c102.linkedid = trunk.linkedid
+    pbx.send("NewConnectedLine", **pbx.snap(c102))
+    pbx.hangup(a101, bridge=first_bridge)
+    pbx.hangup(c101)
+    pbx.wait(20)
+    pbx.hangup(trunk, bridge=consult_bridge)
+    pbx.hangup(c102, bridge=consult_bridge)
+    rec = pbx.record()  # one call: the consultation is not reported on its own
+    assert rec.call_id == trunk.linkedid
+    assert (rec.direction, rec.extension, rec.final_extension) == ("in", "101", "102")
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "101", "to": "102", "kind": "attended"}]
+    assert rec.rang == ("101", "102")
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(32.0))
+    assert pbx.tracker.active_count == 0 and pbx.tracker._channels == {}
+
+
+def test_aborted_attended_transfer_leaves_the_caller_with_the_first_agent() -> None:
+    # AMI Atxfer: the consultation leg shares the caller's Linkedid; 102 answers, then
+    # 101 cancels and goes back to the caller, who never talks to 102.
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    a101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, a101, "101")
+    pbx.wait(2)
+    pbx.answer(trunk, a101)
+    b = pbx.bridge(a101, trunk)
+    pbx.wait(5)
+    one, two = pbx.local("102", "from-internal", trunk)
+    pbx.dial(None, one, "102@from-internal")  # the dial API: no calling channel
+    p102 = pbx.phone("102", trunk)
+    pbx.dial(two, p102, "102")
+    pbx.answer(two, p102)
+    consult = pbx.bridge(p102, two)
+    pbx.leave(b, a101)
+    side = pbx.bridge(one, a101)
+    pbx.hangup(one, bridge=side)
+    pbx.hangup(two, bridge=consult)
+    pbx.hangup(p102, bridge=consult)
+    pbx.enter(b, a101, 2)
+    pbx.hangup(trunk, bridge=b)
+    pbx.hangup(a101, bridge=b)
+    rec = pbx.record()
+    assert (rec.direction, rec.extension, rec.final_extension, rec.transfers) == (
+        "in", "101", "101", ())
+    assert rec.ring_s == pytest.approx(2.0)  # not mistaken for a click-to-call start
+
+
+def test_blind_transfer_to_an_outside_number_names_it_in_e164() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "101")
+    pbx.answer(trunk, p101)
+    b = pbx.bridge(p101, trunk)
+    pbx.send("BlindTransfer", Result="Success", **pbx.snap(p101, "Transferer"),
+             **pbx.snap(trunk, "Transferee"), BridgeUniqueid=b, IsExternal="Yes",
+             Context="from-internal", Extension="89265556677")
+    pbx.hangup(p101, bridge=b)
+    pbx.leave(b, trunk)
+    mobile = pbx.channel("PJSIP/trunk", context="from-trunk", linked=trunk)
+    pbx.dial(trunk, mobile, "79265556677@trunk")
+    pbx.answer(trunk, mobile)
+    b2 = pbx.bridge(mobile, trunk)
+    pbx.hangup(trunk, bridge=b2)
+    pbx.hangup(mobile, bridge=b2)
+    rec = pbx.record()
+    assert rec.direction == "in" and rec.extension == "101"
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "101", "to": "+79265556677", "kind": "blind"}]
+
+
+def test_click_to_call_through_a_local_channel_is_the_agents_outbound_call() -> None:
+    # Originate Channel=Local/101@from-internal Exten=79031112233: the Local rings 101's
+    # phone, and once 101 answers it dials the outside number.
+    pbx = Pbx()
+    one, two = pbx.local("101", "from-internal", None)
+    pbx.dial(None, one, "Local/101@from-internal")
+    p101 = pbx.phone("101", one)
+    pbx.dial(two, p101, "101")
+    pbx.ring(two, p101)
+    pbx.wait(3)
+    pbx.answer(two, p101)
+    pbx.answer(None, one)
+    out = pbx.channel("PJSIP/trunk", context="from-trunk", linked=one)
+    pbx.dial(one, out, "79031112233@trunk")
+    pbx.ring(one, out)
+    pbx.wait(4)
+    pbx.answer(one, out)
+    pbx.wait(6)
+    for ch in (out, one, two, p101):
+        pbx.hangup(ch)
+    rec = pbx.record()
+    assert (rec.direction, rec.extension, rec.external) == ("out", "101", "+79031112233")
+    assert (rec.ring_s, rec.talk_s, rec.rang) == (pytest.approx(4.0), pytest.approx(6.0), ())
+    assert not [u for u in pbx.updates if isinstance(u, Ringing)]
+
+
+def test_click_to_call_the_agent_never_picks_up_is_not_an_outbound_call() -> None:
+    pbx = Pbx()
+    p101 = pbx.channel("PJSIP/101", context="from-internal", cid="101")
+    pbx.dial(None, p101, "101")
+    pbx.ring(None, p101)
+    pbx.wait(30)
+    pbx.dial_end(None, p101, "NOANSWER")
+    pbx.hangup(p101, cause=19)
+    rec = pbx.record()
+    assert rec.direction != "out" and rec.external is None
+    assert (rec.answered, rec.extension) == (False, "101")
+
+
+def test_caller_hanging_up_in_the_ivr_is_a_missed_call() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call("+7 (916) 123-45-67", DID)
+    pbx.up(trunk)  # IVR answers
+    pbx.wait(12)
+    pbx.hangup(trunk)
+    rec = pbx.record()
+    assert (rec.external, rec.answered, rec.disposition, rec.ring_s) == (
+        "+79161234567", False, "no-answer", pytest.approx(12.0))
+
+
+def test_busy_application_without_dialling_is_busy() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    trunk.state = "7"
+    pbx.send("Newstate", **pbx.snap(trunk))
+    pbx.hangup(trunk, cause=17)
+    assert pbx.record().disposition == "busy"
+
+
+def test_anonymous_caller_has_no_external_number() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call("anonymous", DID)
+    pbx.hangup(trunk)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did) == ("in", None, "+" + DID)
+
+
+def test_malformed_messages_are_skipped_without_raising() -> None:
+    tracker = CallTracker()
+    junk: list[Message] = [
+        {},
+        {"Response": "Success", "ActionID": "1"},
+        {"Event": "Newchannel"},
+        {"Event": "Newchannel", "Uniqueid": "1.1"},  # no channel name
+        {"Event": "Hangup", "Uniqueid": "nope", "Cause": "abc"},
+        {"Event": "DialBegin", "DestUniqueid": "missing"},
+        {"Event": "BridgeEnter", "Uniqueid": "", "BridgeUniqueid": "b"},
+        {"Event": "AttendedTransfer", "Result": "Success"},
+        {"Event": "BridgeMerge", "FromBridgeUniqueid": "x"},
+        {"Event": "SomethingNew", "Uniqueid": "1.1"},
+        {"Event": "Newchannel", "Uniqueid": "2.1", "Channel": "PJSIP/trunk-1",
+         "Timestamp": "not-a-time", "ChannelState": "4", "Context": "from-trunk"},
+        {"Event": "Newstate", "Uniqueid": "2.1", "ChannelState": None},  # type: ignore[dict-item]
+        {"Event": "Hangup", "Uniqueid": "2.1", "Cause": "??"},
+    ]
+    out: list[Update] = []
+    for msg in junk:
+        out += tracker.handle(msg, 5.0)
+    (finished,) = [u for u in out if isinstance(u, CallFinished)]
+    assert finished.record.started_at == 5.0  # a bad Timestamp falls back to arrival
+    assert tracker.active_count == 0 and tracker._channels == {}

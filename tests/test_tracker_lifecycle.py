@@ -1,0 +1,184 @@
+"""Calls that do not end the normal way: stale calls, a link lost and restored, a restarted
+listener; and the tracker's memory, which must not grow with the calls it has seen."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+
+from telephony.ami import AmiCodec, Message, encode
+from telephony.rebase import id_span, rebase
+from telephony.records import CallFinished, CallStarted
+from telephony.rules import CallRules
+from telephony.tracker import CallTracker
+from tests.test_tracker_behaviours import CALLER, DID, Chan, Pbx
+from tests.test_tracker_traces import load
+
+
+def show_channel(ch: Chan, duration_s: int, bridge: str = "") -> Message:
+    """A CoreShowChannel event (the answer to CoreShowChannels) for a live channel."""
+    h, rest = divmod(duration_s, 3600)
+    return {
+        "Event": "CoreShowChannel", "ActionID": "reconcile-1", **Pbx.snap(ch),
+        "BridgeId": bridge, "Application": "Dial", "ApplicationData": "",
+        "Duration": f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}",
+    }
+
+
+def answered_call(pbx: Pbx) -> tuple[Chan, Chan, str]:
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "101")
+    pbx.ring(trunk, p101)
+    pbx.wait(2)
+    pbx.answer(trunk, p101)
+    return trunk, p101, pbx.bridge(p101, trunk)
+
+
+def test_a_call_with_no_hangup_is_closed_as_stale_after_the_maximum_age() -> None:
+    pbx = Pbx(CallTracker(CallRules(max_call_age_s=3600)))
+    trunk, p101, bridge = answered_call(pbx)
+    start = pbx.t
+    assert pbx.tracker.expire(start + 3000) == []
+    (finished,) = [u for u in pbx.tracker.expire(start + 3700) if isinstance(u, CallFinished)]
+    rec = finished.record
+    assert rec.flags == ("stale",)
+    assert (rec.answered, rec.extension, rec.ended_at) == (True, "101", start + 3700)
+    assert pbx.tracker.active_count == 0 and pbx.tracker._channels == {}
+    # The late hangups, if they ever come, do not report the call a second time.
+    assert pbx.hangup(trunk, bridge=bridge) == [] and pbx.hangup(p101, bridge=bridge) == []
+
+
+def test_call_that_ended_while_the_link_was_down_is_reported_once_as_reconciled() -> None:
+    pbx = Pbx()
+    answered_call(pbx)
+    now = pbx.t + 60
+    (finished,) = [u for u in pbx.tracker.reconcile([], now) if isinstance(u, CallFinished)]
+    rec = finished.record
+    assert (rec.flags, rec.ended_at, rec.answered, rec.extension) == (
+        ("reconciled",), now, True, "101")
+    assert pbx.tracker.reconcile([], now + 60) == []
+    assert pbx.tracker.active_count == 0 and pbx.tracker._bridges == {}
+
+
+def test_call_still_up_after_a_reconnect_goes_on_and_ends_normally() -> None:
+    pbx = Pbx()
+    trunk, p101, bridge = answered_call(pbx)
+    pbx.wait(10)
+    snapshot = [show_channel(trunk, 12, bridge), show_channel(p101, 12, bridge)]
+    assert pbx.tracker.reconcile(snapshot, pbx.t) == []
+    pbx.wait(5)
+    pbx.hangup(trunk, bridge=bridge)
+    pbx.hangup(p101, bridge=bridge)
+    rec = pbx.record()
+    assert (rec.flags, rec.extension, rec.talk_s) == ((), "101", pytest.approx(15.0))
+
+
+def test_legs_gone_during_the_outage_are_dropped_and_an_answer_missed_is_caught_up() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101, p102 = pbx.phone("101", trunk), pbx.phone("102", trunk)
+    for p in (p101, p102):
+        pbx.dial(trunk, p, p.cid)
+        pbx.ring(trunk, p)
+    pbx.wait(4)
+    # Link down: 102 answered and 101 stopped ringing; we saw neither.
+    p102.state = trunk.state = "6"
+    bridge = "5e1c0d1e-0000-4000-8000-000000000001"
+    snapshot = [show_channel(trunk, 6, bridge), show_channel(p102, 6, bridge)]
+    updates = pbx.tracker.reconcile(snapshot, pbx.t + 2)
+    assert [type(u).__name__ for u in updates] == ["Answered"]
+    assert pbx.tracker._channels.keys() == {trunk.uid, p102.uid}
+    pbx.wait(30)
+    pbx.hangup(trunk)
+    pbx.hangup(p102)
+    rec = pbx.record()
+    assert (rec.answered, rec.extension, rec.rang) == (True, "102", ("101", "102"))
+    assert rec.final_extension == "102"
+    assert rec.ring_s == pytest.approx(6.0)
+
+
+def test_live_call_unknown_to_a_restarted_listener_is_adopted_and_reported_at_its_end() -> None:
+    old = Pbx()
+    trunk, p101, bridge = answered_call(old)
+    old.wait(40)
+    fresh = Pbx(t0=old.t)  # a new tracker: the listener restarted mid-call
+    snapshot = [show_channel(p101, 40, bridge), show_channel(trunk, 42, bridge)]
+    updates = fresh.tracker.reconcile(snapshot, fresh.t)
+    assert [type(u) for u in updates if isinstance(u, CallStarted)] == [CallStarted]
+    assert fresh.tracker.active_count == 1
+    fresh.wait(8)
+    fresh.hangup(trunk, bridge=bridge)
+    fresh.hangup(p101, bridge=bridge)
+    rec = fresh.record()
+    assert rec.call_id == trunk.linkedid
+    assert (rec.direction, rec.external, rec.answered, rec.extension) == (
+        "in", "+" + CALLER, True, "101")
+    assert rec.flags == ("adopted",)
+    assert rec.ended_at - rec.started_at == pytest.approx(50.0)
+    assert fresh.tracker.active_count == 0
+
+
+def test_reconcile_ignores_other_messages_in_the_snapshot() -> None:
+    pbx = Pbx()
+    trunk, p101, bridge = answered_call(pbx)
+    noise: list[Message] = [
+        {"Response": "Success", "EventList": "start", "Message": "Channels will follow"},
+        {"Event": "CoreShowChannelsComplete", "EventList": "Complete", "ListItems": "2"},
+        {"Event": "CoreShowChannel"},  # no Uniqueid
+    ]
+    snapshot = [*noise, show_channel(trunk, 3, bridge), show_channel(p101, 3, bridge)]
+    assert pbx.tracker.reconcile(snapshot, pbx.t) == []
+    assert pbx.tracker.active_count == 1
+
+
+def test_memory_per_active_call_is_small_and_returns_when_calls_end() -> None:
+    msgs = load("06-inbound-ringgroup-102-answers.ami")  # 7 channels, 2 bridges: a big call
+    span = id_span(msgs)
+    # Up to the answer: the state of a ring-group call in progress.
+    cut = next(i for i, m in enumerate(msgs) if m.get("Event") == "HangupRequest")
+    tracker = CallTracker()
+
+    def wire(first: int) -> list[tuple[bytes, bytes]]:
+        """100 copies as AMI bytes (head, tail), so the tracker holds strings of its own
+        the way it does behind a socket."""
+        out = []
+        for k in range(100):
+            copy = rebase(msgs, time_offset=0, id_offset=(first + k) * span)
+            out.append((b"".join(map(encode, copy[:cut])), b"".join(map(encode, copy[cut:]))))
+        return out
+
+    def feed(data: bytes) -> None:
+        codec = AmiCodec()
+        codec.banner = ""
+        for msg in codec.feed(data):
+            tracker.handle(msg, 0.0)
+
+    def batch(calls: list[tuple[bytes, bytes]]) -> tuple[float, int]:
+        """Memory per call while 100 calls are up, and what is left once they ended."""
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        for head, _ in calls:
+            feed(head)
+        gc.collect()
+        held = (tracemalloc.get_traced_memory()[0] - base) / 100
+        assert tracker.active_count == 100
+        for _, tail in calls:
+            feed(tail)
+        gc.collect()
+        assert tracker.active_count == 0
+        return held, tracemalloc.get_traced_memory()[0]
+
+    first, second = wire(0), wire(100)
+    tracemalloc.start()
+    try:
+        per_call, after_first = batch(first)
+        del first
+        _, after_second = batch(second)
+    finally:
+        tracemalloc.stop()
+    assert per_call < 4096, per_call
+    # A second batch reuses what the first left (dict tables); nothing accumulates.
+    assert after_second - after_first < 4096

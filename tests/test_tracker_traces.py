@@ -1,0 +1,178 @@
+"""Every recorded real-Asterisk trace through the tracker must yield its manifest's calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telephony.ami import Message, parse_trace
+from telephony.rebase import id_span, rebase
+from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
+from telephony.rules import CallRules
+from telephony.tracker import CallTracker
+
+TRACES = Path(__file__).resolve().parent / "traces"
+MANIFEST = json.loads((TRACES / "manifest.json").read_text(encoding="utf-8"))
+SCENARIOS = {s["file"]: s for s in MANIFEST["scenarios"]}
+DISPOSITIONS = {"ANSWERED": "answered", "NO ANSWER": "no-answer", "BUSY": "busy",
+                "FAILED": "failed", "CONGESTION": "failed"}
+
+
+def e164(number: str | None) -> str | None:
+    return "+" + number if number else None
+
+
+def check_against_manifest(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Differences between a manifest call and a record's JSON (empty when right)."""
+    want = {
+        "direction": expected["direction"],
+        "external": e164(expected["external_number"]),
+        "did": e164(expected["did"]),
+        "answered": expected["answered"],
+        "extension": expected["extension"],
+        "disposition": DISPOSITIONS[expected["disposition"]],
+    }
+    if "answered_by" in expected and expected["direction"] == "in":
+        want["extension"] = expected["answered_by"]
+    for key in ("rang", "final_extension"):
+        if key in expected:
+            want[key] = expected[key]
+    errors = [f"{k}: want {v!r}, got {got.get(k)!r}" for k, v in want.items() if got.get(k) != v]
+    for key, events_key in (("ring_s", "ring_seconds_events"), ("talk_s", "talk_seconds_events")):
+        if abs(got[key] - expected[events_key]) > 1.0:
+            errors.append(f"{key}: want {expected[events_key]} +-1, got {got[key]}")
+    return errors
+
+
+def load(name: str) -> list[Message]:
+    return parse_trace((TRACES / name).read_bytes())
+
+
+def run(
+    messages: list[Message], rules: CallRules | None = None
+) -> tuple[CallTracker, list[Update]]:
+    tracker = CallTracker(rules)
+    updates: list[Update] = []
+    for msg in messages:
+        updates += tracker.handle(msg, 0.0)
+    return tracker, updates
+
+
+def records(updates: list[Update]) -> list[CallRecord]:
+    return [u.record for u in updates if isinstance(u, CallFinished)]
+
+
+def match_calls(scenario: dict[str, Any], recs: list[CallRecord]) -> None:
+    by_id = {r.call_id: r for r in recs}
+    assert sorted(by_id) == sorted(c["linkedid"] for c in scenario["calls"])
+    for call in scenario["calls"]:
+        errors = check_against_manifest(call, by_id[call["linkedid"]].to_json())
+        assert not errors, f"{scenario['file']} {call['linkedid']}: {errors}"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_trace_yields_the_manifest_calls(name: str) -> None:
+    tracker, updates = run(load(name))
+    match_calls(SCENARIOS[name], records(updates))
+    assert tracker.active_count == 0
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_tracker_state_is_empty_once_every_call_finished(name: str) -> None:
+    tracker, _ = run(load(name))
+    assert tracker._calls == {}
+    assert tracker._by_linkedid == {}
+    assert tracker._channels == {}
+    assert tracker._bridges == {}
+    assert tracker._local_ones == {}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_rebased_trace_yields_the_same_calls_moved_in_time(name: str) -> None:
+    msgs = load(name)
+    shift = 3 * 86400 + 0.25
+    moved_msgs = rebase(msgs, time_offset=shift, id_offset=id_span(msgs))
+    (_, plain), (_, moved) = run(msgs), run(moved_msgs)
+    a, b = records(plain), records(moved)
+    assert len(a) == len(b) == SCENARIOS[name]["n_calls"]
+    for x, y in zip(a, b, strict=True):
+        assert y.call_id != x.call_id
+        assert y.started_at == pytest.approx(x.started_at + shift)
+        assert (y.ring_s, y.talk_s, y.rang, y.extension, y.disposition) == (
+            x.ring_s, x.talk_s, x.rang, x.extension, x.disposition)
+
+
+def test_updates_for_a_ring_group_come_in_call_order() -> None:
+    _, updates = run(load("06-inbound-ringgroup-102-answers.ami"))
+    kinds = [(type(u).__name__, getattr(u, "extension", None)) for u in updates]
+    assert kinds == [
+        ("CallStarted", None),
+        ("Ringing", "101"),
+        ("Ringing", "102"),
+        ("Answered", "102"),
+        ("CallFinished", None),
+    ]
+    started, ringing = updates[0], updates[1]
+    assert isinstance(started, CallStarted) and isinstance(ringing, Ringing)
+    assert (ringing.external, ringing.did, ringing.direction) == (
+        "+79161234567", "+74951234567", "in")
+
+
+def test_queue_answer_is_the_agent_not_the_pbx_answering_the_trunk() -> None:
+    _, updates = run(load("07-inbound-queue-102-answers.ami"))
+    (answered,) = [u for u in updates if isinstance(u, Answered)]
+    (rec,) = records(updates)
+    assert answered.extension == "102"
+    assert rec.answered_at == answered.at
+    assert rec.ring_s == pytest.approx(4.52, abs=0.05)
+
+
+def test_click_to_call_rings_the_agent_without_a_screen_pop_and_starts_at_the_outside_dial(
+) -> None:
+    _, updates = run(load("14-outbound-click-to-call-originate.ami"))
+    assert not [u for u in updates if isinstance(u, Ringing)]
+    (rec,) = records(updates)
+    assert (rec.direction, rec.extension, rec.external) == ("out", "101", "+79031112233")
+    assert rec.rang == ()
+    assert rec.ring_s == pytest.approx(2.01, abs=0.05)
+
+
+def test_overlapping_calls_finish_in_the_order_they_end() -> None:
+    _, updates = run(load("12-inbound-overlapping-three-calls.ami"))
+    assert [r.call_id for r in records(updates)] == [
+        "1795727934.34", "1795727935.36", "1795727933.32"]
+
+
+def test_blind_and_attended_transfers_are_recorded_with_their_kind() -> None:
+    (blind,) = records(run(load("10-inbound-blind-transfer-101-to-102.ami"))[1])
+    (attended,) = records(run(load("11-inbound-attended-transfer-101-to-102.ami"))[1])
+    assert [t.to_json() for t in blind.transfers] == [{"from": "101", "to": "102", "kind": "blind"}]
+    assert [t.to_json() for t in attended.transfers] == [
+        {"from": "101", "to": "102", "kind": "attended"}]
+
+
+def test_direction_comes_from_the_rules_not_from_names() -> None:
+    msgs = load("01-inbound-answered-caller-hangup.ami")
+    # The same trunk, but rules that know neither its name nor its context.
+    rules = CallRules(inbound_contexts=(), trunk_channel_pattern=r"^IAX2/")
+    (rec,) = records(run(msgs, rules)[1])
+    assert rec.direction != "in"
+    # Rules that know it only by context still see it as inbound.
+    rules = CallRules(inbound_contexts=("from-trunk",), trunk_channel_pattern=r"^IAX2/")
+    (rec,) = records(run(msgs, rules)[1])
+    assert (rec.direction, rec.extension) == ("in", "101")
+
+
+def test_times_come_from_arrival_when_the_pbx_sends_no_timestamp() -> None:
+    msgs = [{k: v for k, v in m.items() if k != "Timestamp"}
+            for m in load("01-inbound-answered-caller-hangup.ami")]
+    tracker = CallTracker()
+    out: list[Update] = []
+    for i, msg in enumerate(msgs):
+        out += tracker.handle(msg, 1000.0 + i * 0.01)
+    (rec,) = records(out)
+    assert rec.started_at >= 1000.0
+    assert rec.ended_at > rec.answered_at > rec.started_at  # type: ignore[operator]

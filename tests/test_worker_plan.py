@@ -1,0 +1,147 @@
+"""What the CRM is told about each kind of call (pure: worker/plan.py, worker/policy.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_client.types import Credentials
+from telephony.records import CallRecord
+from worker.plan import CallPlan, Skip, format_duration, plan_call, render
+from worker.policy import CallPolicy, CrmTarget, WorkerConfig
+
+SERVICE = Credentials("bridge", "s3cret")
+IVAN = Credentials("ivan", "ivan-pw")
+CRM = CrmTarget("http://crm.test/rest", SERVICE, {"101": IVAN})
+T0 = 1_764_158_400.0  # 2025-11-26 12:00:00 UTC
+
+
+def call(**kw: object) -> CallRecord:
+    base: dict[str, object] = dict(
+        call_id="1764158400.17", direction="in", external="+79161234567", did="+74951234567",
+        extension="101", answered=True, started_at=T0, answered_at=T0 + 6, ended_at=T0 + 240,
+        disposition="answered",
+    )  # fmt: skip
+    base.update(kw)
+    return CallRecord(**base)  # type: ignore[arg-type]
+
+
+def planned(record: CallRecord, policy: CallPolicy | None = None, crm: CrmTarget = CRM) -> CallPlan:
+    plan = plan_call(record, policy or CallPolicy(), crm)
+    assert isinstance(plan, CallPlan), plan
+    return plan
+
+
+def test_answered_inbound_call_is_logged_with_duration_extension_and_source() -> None:
+    policy = CallPolicy(sources={"+74951234567": "Yandex Direct"})
+    plan = planned(call(), policy)
+    assert plan.subject == "Входящий звонок"
+    assert plan.description == (
+        "Длительность 3:54; добавочный 101; номер +74951234567 (Yandex Direct)"
+    )
+    assert plan.phone == "+79161234567"
+
+
+def test_missed_call_has_its_own_subject_and_no_duration() -> None:
+    plan = planned(
+        call(extension=None, answered=False, answered_at=None, disposition="no-answer")
+    )
+    assert plan.subject == "Пропущенный звонок"
+    assert plan.description == "номер +74951234567"  # no duration, no agent, no source label
+
+
+def test_outbound_call_uses_the_outbound_subject_and_never_creates_by_default() -> None:
+    plan = planned(call(direction="out", did=None))
+    assert plan.subject == "Исходящий звонок"
+    assert plan.create is None
+    assert plan.description == "Длительность 3:54; добавочный 101"
+
+
+def test_inbound_call_from_an_unknown_number_may_create_a_contact_with_the_did_as_source() -> None:
+    crm = CrmTarget("http://crm.test/rest", SERVICE, phone_format="national")
+    plan = planned(call(), crm=crm)
+    assert plan.create is not None
+    assert plan.create.x_pstn == "84951234567"
+    assert plan.phone == "89161234567"
+    assert plan.create.name == "Новый контакт 89161234567"
+    assert plan.create.typecont == "contact"
+
+
+def test_the_agents_own_credentials_are_used_when_configured_else_the_service_account() -> None:
+    assert planned(call(extension="101")).credentials == IVAN
+    assert planned(call(extension="102")).credentials == SERVICE
+    missed = call(extension=None, answered=False, answered_at=None, disposition="no-answer")
+    assert planned(missed).credentials == SERVICE
+
+
+@pytest.mark.parametrize(
+    ("record", "policy", "reason"),
+    [
+        (call(extension=None, answered=False, answered_at=None, disposition="no-answer"),
+         CallPolicy(log_missed=False), "missed"),
+        (call(direction="out", did=None, answered=False, answered_at=None, disposition="busy"),
+         CallPolicy(log_unanswered_outbound=False), "unanswered outbound"),
+        (call(direction="internal", external=None, did=None), CallPolicy(), "internal"),
+        (call(external=None), CallPolicy(), "no outside number"),
+        (call(direction="internal", external=None, did=None), CallPolicy(log_internal=True),
+         "no outside number"),
+    ],
+)  # fmt: skip
+def test_calls_the_policy_leaves_out_are_skipped_with_the_reason(
+    record: CallRecord, policy: CallPolicy, reason: str
+) -> None:
+    plan = plan_call(record, policy, CRM)
+    assert isinstance(plan, Skip)
+    assert reason in plan.reason
+
+
+def test_unanswered_outbound_and_missed_calls_are_logged_by_default() -> None:
+    busy_out = call(direction="out", did=None, answered=False, answered_at=None, disposition="busy")
+    assert isinstance(plan_call(busy_out, CallPolicy(), CRM), CallPlan)
+    missed = call(extension=None, answered=False, answered_at=None, disposition="no-answer")
+    assert isinstance(plan_call(missed, CallPolicy(), CRM), CallPlan)
+
+
+def test_a_recording_url_is_appended_when_configured() -> None:
+    policy = CallPolicy(recording_url="https://pbx.test/rec/{call_id}.wav")
+    plan = planned(call(), policy)
+    assert plan.description.endswith("; запись https://pbx.test/rec/1764158400.17.wav")
+
+
+def test_templates_with_unknown_placeholders_are_refused_at_configuration() -> None:
+    with pytest.raises(ValueError, match=r"description: unknown placeholder \{durration\}"):
+        CallPolicy(description="Длительность {durration}")
+    with pytest.raises(ValueError, match="create_contacts_for"):
+        CallPolicy(create_contacts_for=("inbound",))
+
+
+def test_render_drops_parts_and_groups_whose_values_are_all_empty() -> None:
+    values = {"a": "1", "b": "", "c": ""}
+    assert render("A {a}; B {b}; literal", values) == "A 1; literal"
+    assert render("A {a} ({b})", values) == "A 1"
+    assert render("A {a} ({a})", values) == "A 1 (1)"
+    assert render("{b}; {c}", values) == ""
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0:00"), (5.4, "0:05"), (234, "3:54"), (3723, "1:02:03")]
+)
+def test_durations_read_as_minutes_and_seconds(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_worker_config_refuses_a_job_timeout_shorter_than_a_crm_request() -> None:
+    with pytest.raises(ValueError, match="job_timeout_s"):
+        WorkerConfig(crm=CrmTarget("http://x/rest", SERVICE, timeout_s=30), job_timeout_s=30)
+
+
+def test_worker_config_round_trips_through_json() -> None:
+    config = WorkerConfig(
+        crm=CRM,
+        crm_by_pbx={"office": CrmTarget("http://other/rest", SERVICE, phone_format="digits")},
+        calls=CallPolicy(sources={"+74951234567": "Яндекс"}, create_contacts_for=("in", "out")),
+        job_timeout_s=12,
+    )
+    again = WorkerConfig.from_json(__import__("json").loads(config.dumps()))
+    assert again == config
+    assert again.crm_for("office").phone_format == "digits"
+    assert again.crm_for("elsewhere") == CRM

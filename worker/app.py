@@ -1,0 +1,247 @@
+"""A worker process: arq's Worker, configured for this pipeline, plus heartbeat and reconciler.
+
+The arq settings that matter, and why:
+
+- ``max_jobs`` (50): jobs in flight at once; each spends its time waiting on the CRM.
+- ``job_timeout`` short (30 s) and arq's in-progress lock ``job_timeout + in_progress_grace_s``:
+  a job on a SIGKILLed worker is re-run only when that lock expires, so this bounds how
+  late a killed worker's calls are (under a minute by default).
+- ``max_tries`` effectively unlimited: the retry budget is ours (time since the first
+  attempt, worker/retry.py), arq's count of tries must never end a call early.
+- ``keep_result=0``: arq keeps no results; the ledger is the record. (Kept results make
+  arq refuse to enqueue the same id again, and ``keep_result_forever`` crashes the worker
+  when retries run out, arq issue 531.)
+- ``expires_extra_ms`` = retry budget + a day: a retrying job must outlive its budget.
+- JSON job serialisation (worker/queue.py), shared with the handoff.
+- SIGTERM: no new jobs, running ones get ``job_timeout`` to finish (so a deploy does not cut
+  a CRM write in half), then the rest are cancelled and re-run elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from crm_client.redact import redact_url
+
+from . import stats
+from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
+from .ledger import Outbox
+from .policy import CrmTarget, WorkerConfig
+from .queue import JOB_FUNCTION, dumps, loads
+from .reconcile import try_reconcile
+from .steps import CrmApi
+
+log = logging.getLogger("worker.app")
+
+MAX_TRIES = 1_000_000_000  # arq's limit, out of the way: the budget is worker/retry.py's
+
+ClientFactory = Callable[[CrmTarget], CrmApi]
+
+
+def default_client_factory(target: CrmTarget) -> CrmApi:
+    from crm_client.client import TelefumClient
+
+    client: CrmApi = TelefumClient(target.url, timeout_s=target.timeout_s)
+    return client
+
+
+class WorkerService:
+    """One worker: build it inside the running event loop, then ``await run()``."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        redis_url: str,
+        *,
+        worker_id: str | None = None,
+        client_factory: ClientFactory | None = None,
+        handle_signals: bool = True,
+        burst: bool = False,
+        on_delivered: OnDelivered | None = None,
+    ) -> None:
+        self.config = config
+        self.on_delivered = on_delivered
+        self.redis_url = redis_url
+        self.worker_id = worker_id or stats.worker_id()
+        self.client_factory = client_factory or default_client_factory
+        self.handle_signals = handle_signals
+        self.burst = burst
+        self.runtime: Runtime | None = None
+        self.worker: Worker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._clients: dict[str, CrmApi] = {}
+        # CRM answers still to be written to the ledger; outlives worker rebuilds
+        self.outbox = Outbox(redis_url)
+        self._started = False  # the current arq worker got as far as on_startup
+
+    def build(self) -> Worker:
+        c = self.config
+        settings = RedisSettings.from_dsn(self.redis_url)
+        settings.conn_retries = 0  # we retry, with a clear log line (see run())
+        worker = Worker(
+            functions=[
+                func(deliver_call, name=JOB_FUNCTION, timeout=c.job_timeout_s,
+                     max_tries=MAX_TRIES, keep_result=0),
+            ],
+            queue_name=c.queue_name,
+            redis_settings=settings,
+            on_startup=self._startup,
+            on_shutdown=self._shutdown,
+            handle_signals=self.handle_signals,
+            job_completion_wait=int(c.job_timeout_s) if self.handle_signals else 0,
+            max_jobs=c.max_jobs,
+            job_timeout=c.job_timeout_s,
+            keep_result=0,
+            poll_delay=c.poll_delay_s,
+            max_tries=MAX_TRIES,
+            health_check_interval=c.heartbeat_s,
+            job_serializer=dumps,
+            job_deserializer=loads,
+            expires_extra_ms=int(c.job_expires_s * 1000),
+            burst=self.burst,
+        )
+        # arq derives its in-progress lock from the job timeout plus a fixed 10 s.
+        worker.in_progress_timeout_s = c.job_timeout_s + c.in_progress_grace_s
+        self.worker = worker
+        return worker
+
+    async def _startup(self, ctx: dict[str, Any]) -> None:
+        redis = ctx["redis"]
+        targets = [self.config.crm, *self.config.crm_by_pbx.values()]
+        for t in targets:
+            if t.url not in self._clients:
+                self._clients[t.url] = self.client_factory(t)
+        self.runtime = Runtime(
+            self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered
+        )
+        self._started = True
+        ctx[RUNTIME_KEY] = self.runtime
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(redis)),
+            asyncio.create_task(self._reconcile_loop(redis)),
+        ]
+        log.info(
+            "worker %s started: queue %s, CRM %s, %d jobs at once",
+            self.worker_id, self.config.queue_name, redact_url(self.config.crm.url),
+            self.config.max_jobs,
+        )  # fmt: skip
+
+    async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await stats.heartbeat_gone(ctx["redis"], self.worker_id)
+        for client in self._clients.values():
+            close = getattr(client, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        self._clients.clear()
+
+    async def _heartbeat_loop(self, redis: Any) -> None:
+        while True:
+            rt = self.runtime
+            try:
+                await stats.heartbeat(
+                    redis,
+                    self.worker_id,
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "running": rt.running if rt else 0,
+                        "done": rt.done if rt else 0,
+                        "queue": self.config.queue_name,
+                    },
+                    ttl_s=3 * self.config.heartbeat_s,
+                )
+            except RedisError as err:
+                log.debug("heartbeat not sent: %s", err)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _reconcile_loop(self, redis: Any) -> None:
+        c = self.config
+        # staggered, so that workers started together do not all try at once
+        await asyncio.sleep(random.uniform(0.2, 1.0) * min(c.reconcile_s, 5.0))
+        while True:
+            try:
+                n = await try_reconcile(
+                    redis, self.worker_id, c.reconcile_s,
+                    queue_name=c.queue_name, expires_s=c.job_expires_s,
+                    ledger_ttl_s=c.ledger_ttl_s, grace_s=c.job_timeout_s,
+                )  # fmt: skip
+                if n:
+                    log.warning("reconciler re-enqueued %d call(s) arq had lost", n)
+            except RedisError as err:
+                log.debug("reconcile skipped: %s", err)
+            await asyncio.sleep(c.reconcile_s)
+
+    async def run(self, *, retry_max_s: float = 5.0) -> None:
+        """Run until a signal (or cancellation); ride out Redis being unreachable."""
+        try:
+            await self._run(retry_max_s)
+        finally:
+            left = await self.outbox.drain(timeout_s=5.0)
+            if left:
+                log.error("%d CRM answer(s) could not be recorded in the ledger", left)
+
+    async def _run(self, retry_max_s: float) -> None:
+        delay = 0.5
+        while True:
+            worker = self.build()
+            self._started = False
+            try:
+                await worker.async_run()
+                if self.burst:
+                    return
+            except asyncio.CancelledError:
+                await self._close(worker)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our caller stops us (telefum run)
+                return  # arq's own signal handler stopped the worker
+            except (RedisError, OSError) as err:
+                if self._started:
+                    delay = 0.5  # it had been running: a fresh outage, start over
+                log.warning(
+                    "Redis at %s unreachable (%s); retrying in %.1fs",
+                    redact_url(self.redis_url), err, delay,
+                )  # fmt: skip
+                await self._close(worker)
+                await asyncio.sleep(delay)
+                delay = min(retry_max_s, delay * 2)
+                continue
+            await self._close(worker)
+            return
+
+    async def _close(self, worker: Worker) -> None:
+        try:
+            await asyncio.wait_for(worker.close(), self.config.job_timeout_s + 5)
+        except Exception as err:  # Redis may be the reason we are closing
+            log.debug("worker close: %s", err)
+            if worker.on_shutdown and self._tasks:
+                with contextlib.suppress(Exception):
+                    await self._shutdown({"redis": worker._pool})
+
+
+def run_worker(config: WorkerConfig, redis_url: str, **kwargs: Any) -> int:
+    """Blocking: run one worker process until SIGINT/SIGTERM. Returns an exit code."""
+
+    async def main() -> None:
+        await WorkerService(config, redis_url, **kwargs).run()
+
+    asyncio.run(main())
+    return 0

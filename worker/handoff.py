@@ -1,0 +1,253 @@
+"""The listener's side of the pipeline: finished calls -> spool on disk -> arq queue in Redis.
+
+``submit(record)`` never blocks the listener's event loop: it appends to a buffer and
+returns. A writer task puts buffered calls in the spool (one fsync per batch, in a worker
+thread); a drainer task hands spooled calls to Redis in order (worker/queue.py: one job per
+call, id ``call:{pbx}:{call_id}``, with its ledger), then moves the spool's cursor. While
+Redis is down the drainer retries with backoff and calls accumulate on disk; a restarted
+listener replays what its predecessor had not handed over.
+
+What is and isn't guaranteed:
+
+- A call is durable once the writer has fsync'd it (normally within milliseconds of
+  ``submit``; ``await flush()`` waits for it). A crash of the listener before that loses
+  the calls still in the buffer, as it loses the calls the tracker was still following.
+- Once durable, a call reaches Redis at least once, in submission order; duplicates (after
+  a crash between enqueue and cursor save) are absorbed by the job id and the ledger.
+- Calls in Redis are as durable as Redis is: run it with appendonly (the compose file does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from crm_client.redact import redact_url
+from telephony.records import CallRecord
+
+from . import stats
+from .policy import DEFAULT_QUEUE
+from .queue import enqueue_call
+from .spool import Spool
+
+log = logging.getLogger("worker.handoff")
+
+
+class Handoff:
+    def __init__(
+        self,
+        redis_url: str,
+        spool_dir: str | Path,
+        *,
+        queue_name: str = DEFAULT_QUEUE,
+        job_expires_s: float = 2 * 86400.0,
+        ledger_ttl_s: float = 30 * 86400.0,
+        listener_id: str | None = None,
+        retry_max_s: float = 2.0,
+        publish_every_s: float = 2.0,
+        batch: int = 100,
+    ) -> None:
+        self.redis_url = redis_url
+        self.spool_dir = Path(spool_dir)
+        self.queue_name = queue_name
+        self.job_expires_s = job_expires_s
+        self.ledger_ttl_s = ledger_ttl_s
+        self.listener_id = listener_id or stats.worker_id()
+        self.retry_max_s = retry_max_s
+        self.publish_every_s = publish_every_s
+        self.batch = batch
+
+        self.redis_ok = False  # the last attempt to reach Redis worked
+        self.last_error = ""
+        self.handed_over = 0  # calls taken by Redis since start (incl. duplicates ignored)
+
+        self._buffer: list[dict[str, Any]] = []
+        self._submitted = 0
+        self._written = 0
+        self._closing = False
+        self._spool: Spool | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telefum-spool")
+        self._wake_writer = asyncio.Event()
+        self._wake_drainer = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._redis: Redis | None = None
+
+    # --- the listener's API ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool (what a previous run left is handed over first) and start."""
+        loop = asyncio.get_running_loop()
+        self._spool = await loop.run_in_executor(self._io, Spool, self.spool_dir)
+        if self._spool.pending:
+            log.info("spool holds %d call(s) from before: handing them over", self._spool.pending)
+        self._redis = Redis.from_url(
+            self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0
+        )
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="handoff-writer"),
+            asyncio.create_task(self._drainer(), name="handoff-drainer"),
+        ]
+
+    def submit(self, record: CallRecord | dict[str, Any]) -> None:
+        """Queue a finished call for the CRM. Never blocks; safe to call before ``start``."""
+        if self._closing:
+            raise RuntimeError("handoff is closed")
+        data = record.to_json() if isinstance(record, CallRecord) else dict(record)
+        self._buffer.append({"record": data, "spooled_at": time.time()})
+        self._submitted += 1
+        self._wake_writer.set()
+
+    @property
+    def spool_size(self) -> int:
+        """Calls not yet in Redis (on disk or about to be)."""
+        return (self._spool.pending if self._spool else 0) + len(self._buffer)
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every call submitted so far is fsync'd in the spool."""
+        target = self._submitted
+        async with asyncio.timeout(timeout_s):
+            while self._written < target:
+                self._progress.clear()
+                await self._progress.wait()
+
+    async def wait_drained(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every call submitted so far is in Redis; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._buffer or self._written < self._submitted or self.spool_size:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, drain_timeout_s: float = 2.0) -> None:
+        """Stop: write everything to disk, hand over what Redis takes within the timeout."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await self.flush(timeout_s=max(drain_timeout_s, 5.0))
+            await self.wait_drained(drain_timeout_s)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._spool is not None:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._spool.close)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+        self._io.shutdown(wait=True)
+        left = self.spool_size
+        if left:
+            log.info("handoff stopped with %d call(s) in the spool %s", left, self.spool_dir)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._spool is not None
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._buffer:
+                items = self._buffer[:]
+                try:
+                    await loop.run_in_executor(self._io, self._spool.append, items)
+                except OSError as err:  # disk full, ...: keep them in memory, try again
+                    log.error("cannot write the spool %s: %s; retrying", self.spool_dir, err)
+                    await asyncio.sleep(1.0)
+                    continue
+                del self._buffer[: len(items)]
+                self._written += len(items)
+                self._progress.set()
+                self._wake_drainer.set()
+
+    async def _drainer(self) -> None:
+        loop = asyncio.get_running_loop()
+        spool, redis = self._spool, self._redis
+        assert spool is not None and redis is not None
+        delay = 0.05
+        outage_since: float | None = None
+        last_publish = 0.0
+        while True:
+            items, pos = await loop.run_in_executor(self._io, spool.read, self.batch)
+            try:
+                if items:
+                    for item in items:
+                        await self._hand_over(redis, item)
+                    self.redis_ok = True
+                    await loop.run_in_executor(self._io, spool.commit, pos, len(items))
+                    self.handed_over += len(items)
+                    self._progress.set()
+                elif pos != spool.cursor:  # only unreadable lines: skip past them
+                    await loop.run_in_executor(self._io, spool.commit, pos, 0)
+                now = time.monotonic()
+                if now - last_publish >= self.publish_every_s or (items and not spool.pending):
+                    await stats.publish_spool(
+                        redis, self.listener_id, self.spool_size, 3 * self.publish_every_s
+                    )
+                    last_publish = now
+                self.redis_ok = True
+                if outage_since is not None:
+                    log.info(
+                        "Redis is back after %.1fs; spooled calls are being handed over",
+                        time.monotonic() - outage_since,
+                    )
+                    outage_since = None
+                delay = 0.05
+            except (RedisError, OSError) as err:
+                self.redis_ok = False
+                self.last_error = str(err)
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning(
+                        "Redis at %s unreachable (%s): keeping calls in the spool %s",
+                        redact_url(self.redis_url), err, self.spool_dir,
+                    )  # fmt: skip
+                self._progress.set()
+                await asyncio.sleep(delay)
+                delay = min(self.retry_max_s, delay * 2)
+                continue
+            except Exception:  # a bug must not stop the hand-over for good
+                log.exception("handing over spooled calls failed; retrying")
+                await asyncio.sleep(self.retry_max_s)
+                continue
+            if not items:
+                self._wake_drainer.clear()
+                if not spool.pending:
+                    self._progress.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.publish_every_s):
+                        await self._wake_drainer.wait()
+
+    async def _hand_over(self, redis: Redis, item: dict[str, Any]) -> None:
+        record = item.get("record")
+        try:
+            await enqueue_call(
+                redis,
+                record,  # type: ignore[arg-type]
+                queue_name=self.queue_name,
+                expires_s=self.job_expires_s,
+                ledger_ttl_s=self.ledger_ttl_s,
+            )
+        except (ValueError, TypeError) as err:
+            # a record no job could use: set it aside for a human, never drop it silently
+            assert self._spool is not None
+            spool = self._spool
+            line = repr(item).encode()
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, spool.reject_line, line, f"not a call record: {err}"
+            )

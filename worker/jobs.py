@@ -1,0 +1,206 @@
+"""The arq job: one finished call -> the CRM, resumable, with the retry decision applied.
+
+A run reads the ledger first: a call already done (or dead, or dropped) is left alone, so
+arq re-running a job (after a crash, or a duplicate enqueue that slipped through) is harmless.
+Every failure ends in exactly one of: ``arq.Retry`` (transient, within the budget), the
+dead-letter store (permanent or out of time), or, when even that bookkeeping fails because
+Redis is away, ``arq.Retry`` again. No other exception leaves this function, because arq
+would fail the job for good on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from arq import Retry
+from redis.asyncio import Redis
+
+from telephony.records import CallRecord
+
+from . import ledger as ledger_mod
+from .dlq import dead_letter
+from .ledger import FINAL, CallLedger, Outbox
+from .plan import Skip, plan_call
+from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
+from .retry import backoff_s, decide, describe, is_transient
+from .steps import CrmApi, Deadline, DeadlineNear, Steps
+
+log = logging.getLogger("worker.jobs")
+
+
+class BadRecord(ValueError):
+    """The job's call record cannot be read: permanent (retrying reads the same bytes)."""
+
+    transient = False
+
+
+def parse_record(data: Any) -> CallRecord:
+    try:
+        return CallRecord.from_json(data)
+    except Exception as err:
+        raise BadRecord(f"call record cannot be read: {describe(err)}") from err
+
+
+OnDelivered = Callable[[CallRecord, ledger_mod.LedgerEntry], Awaitable[object]]
+"""Told of each call the CRM holds (the service shell counts it for attribution). It may be
+told twice of one call (a run killed right after delivery is redone), so it must be
+idempotent; its failures are logged, never a reason to redo the call."""
+
+
+class Runtime:
+    """What the jobs of one worker process share: Redis, the CRM clients, the config."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        redis: Redis,
+        clients: Mapping[str, CrmApi],  # CRM url -> client
+        *,
+        rng: random.Random | None = None,
+        outbox: Outbox | None = None,
+        on_delivered: OnDelivered | None = None,
+    ) -> None:
+        self.config = config
+        self.on_delivered = on_delivered
+        self.redis = redis
+        self.clients = clients
+        self.outbox = outbox or Outbox()
+        self.rng = rng or random.Random()
+        self.running = 0
+        self.done = 0
+
+    def steps_for(self, target: CrmTarget) -> Steps:
+        return Steps(
+            self.redis,
+            self.clients[target.url],
+            lock_scope=target.lock_scope,
+            crm_timeout_s=target.timeout_s,
+            lock_ttl_s=self.config.job_timeout_s,
+            settle_s=self.config.job_timeout_s + self.config.in_progress_grace_s,
+        )
+
+    async def deliver(self, record_data: Any, job_id: str) -> str:
+        self.running += 1
+        try:
+            return await self._deliver(record_data, job_id)
+        finally:
+            self.running -= 1
+            self.done += 1
+
+    async def _deliver(self, record_data: Any, job_id: str) -> str:
+        tags = {"call_id": job_id}
+        entry = await ledger_mod.load(self.redis, job_id)
+        if entry.state in FINAL:
+            if entry.get("outcome") == "delivered":
+                await self._tell_delivered(record_data, entry)  # the last run may have died first
+            return f"nothing to do: already {entry.state}"
+        led = CallLedger(self.redis, entry, self.config.ledger_ttl_s, self.outbox)
+        await led.begin_attempt(time.time())
+        deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                return await self._run(record_data, led, deadline)
+        except Exception as err:
+            return await self._failed(err, led, tags)
+
+    async def _run(self, record_data: Any, led: CallLedger, deadline: Deadline) -> str:
+        record = parse_record(record_data)
+        tags = {"call_id": record.call_id, "pbx": record.pbx}
+        target = self.config.crm_for(record.pbx)
+        plan = plan_call(record, self.config.calls, target)
+        if isinstance(plan, Skip):
+            await led.skipped(plan.reason, time.time())
+            log.info("call not logged: %s", plan.reason, extra=tags)
+            return f"skipped: {plan.reason}"
+        event_id = await self.steps_for(target).deliver(plan, led, deadline)
+        if event_id is None:
+            reason = (
+                f"no CRM contact has {plan.phone}, and contacts are not created "
+                f"for {record.direction} calls"
+            )
+            await led.skipped(reason, time.time())
+            log.info("call not logged: %s", reason, extra=tags)
+            return f"skipped: {reason}"
+        created = led.entry.get("contact_created") == "1"
+        await self._tell_delivered(record, led.entry)
+        log.info(
+            "call delivered: event %s on contact %s%s (attempt %d)",
+            event_id, led.entry.contact_id, " (created)" if created else "",
+            led.entry.attempts, extra=tags,
+        )  # fmt: skip
+        return f"delivered: event {event_id}"
+
+    async def _tell_delivered(self, record: Any, entry: ledger_mod.LedgerEntry) -> None:
+        if self.on_delivered is None:
+            return
+        try:
+            call = record if isinstance(record, CallRecord) else parse_record(record)
+            await self.on_delivered(call, entry)
+        except Exception as err:
+            log.warning("delivery hook failed: %s", describe(err), extra={"call_id": entry.job_id})
+
+    async def _failed(self, err: Exception, led: CallLedger, tags: dict[str, str]) -> str:
+        now = time.time()
+        attempt = led.entry.attempts
+        if isinstance(err, TimeoutError) and not str(err):
+            err = TimeoutError(
+                f"the run took longer than {self.config.job_timeout_s - JOB_MARGIN_S:g}s"
+            )
+        decision = decide(
+            err,
+            attempt=attempt,
+            first_attempt_at=led.entry.first_attempt or now,
+            now=now,
+            policy=self.config.retry,
+            rng=self.rng,
+        )
+        history = {
+            "at": now,
+            "attempt": attempt,
+            "error": type(err).__name__,
+            "message": describe(err),
+            "transient": is_transient(err),
+            "action": f"retry in {decision.delay_s:.1f}s" if decision.retry else "dead letter",
+        }
+        # did the CRM perhaps act on a request whose answer we never got?
+        uncertain = getattr(err, "kind", None) in ("timeout", "network", "bad_response") or (
+            isinstance(err, TimeoutError) and not isinstance(err, DeadlineNear)
+        )
+        try:
+            await led.add_error(history, retrying=decision.retry, event_uncertain=uncertain)
+            if not decision.retry:
+                await dead_letter(self.redis, led.job_id, decision.reason, now)
+        except Exception as bookkeeping:
+            # Redis went away while we wrote down the failure: arq retries the job later,
+            # and the ledger (whatever reached it) tells that run where to resume.
+            delay = backoff_s(attempt, self.config.retry, self.rng)
+            log.warning(
+                "could not record a failure (%s): retrying in %.1fs",
+                describe(bookkeeping), delay, extra=tags,
+            )  # fmt: skip
+            raise Retry(defer=delay) from err
+        if decision.retry:
+            log.info(
+                "call not delivered yet, retry %d in %.1fs: %s",
+                attempt, decision.delay_s, decision.reason, extra=tags,
+            )  # fmt: skip
+            raise Retry(defer=decision.delay_s) from err
+        log.error("call dead-lettered: %s", decision.reason, extra=tags)
+        return f"dead-lettered: {decision.reason}"
+
+
+RUNTIME_KEY = "telefum"
+
+
+async def deliver_call(ctx: dict[str, Any], record: dict[str, Any]) -> str:
+    """The arq job function (registered as ``deliver_call``)."""
+    runtime: Runtime = ctx[RUNTIME_KEY]
+    return await runtime.deliver(record, ctx["job_id"])
+
+
+ClientFactory = Callable[[CrmTarget], CrmApi]

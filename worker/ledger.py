@@ -1,0 +1,271 @@
+"""The bridge's own record of each call in Redis: what the CRM has already accepted.
+
+arq is the queue, not the ledger: it forgets a job when it ends, re-runs a job after a
+crash without saying what the last run did, and expires jobs on its own clock. So every
+step's result is written here *before* the next step starts, and a run of the job reads it
+first and resumes where the last run stopped.
+
+Hash ``telefum:ledger:{job_id}`` (all values strings):
+
+=================  ==========================================================================
+state              queued | running | retrying | done | dead | dropped
+record             the call record, JSON (``CallRecord.to_json``): requeue needs no arq job
+pbx, call_id       for listing
+first_seen         unix time of the first enqueue
+first_attempt      unix time of the first run since the last (re)queue: the retry budget's start
+attempts           runs since the last (re)queue
+contact_id         the CRM contact the event goes on (found or created)
+contact_typecont   its typecont
+contact_created    "1" if we created it (addcont), "0" if found
+contact_sent_at    set just before addcont: a later run knows it may have been created
+event_id           idev of the event: once set, the call is in the CRM
+event_sent_at      set just before addevent, removed when that run records its failure: a
+                   later run that still finds it knows a run died (or lost Redis) mid-addevent
+event_uncertain    "1": an addevent failed in a way the CRM may have acted on (timeout)
+outcome            delivered | skipped (when state is done)
+skip_reason        why a call was not logged
+done_at, dead_at, dead_reason
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import keys, stats
+
+QUEUED, RUNNING, RETRYING, DONE, DEAD, DROPPED = (
+    "queued", "running", "retrying", "done", "dead", "dropped",
+)  # fmt: skip
+FINAL = frozenset({DONE, DEAD, DROPPED})  # an enqueue never restarts these (requeue does)
+ERRORS_KEPT = 50
+
+log = logging.getLogger("worker.ledger")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class LedgerEntry:
+    job_id: str
+    fields: dict[str, str]
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.fields.get(name, default)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.fields)
+
+    @property
+    def state(self) -> str:
+        return self.get("state")
+
+    @property
+    def attempts(self) -> int:
+        return int(self.get("attempts", "0") or 0)
+
+    @property
+    def first_attempt(self) -> float | None:
+        v = self.get("first_attempt")
+        return float(v) if v else None
+
+    @property
+    def contact_id(self) -> str | None:
+        return self.get("contact_id") or None
+
+    @property
+    def event_id(self) -> str | None:
+        return self.get("event_id") or None
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        raw = self.get("record")
+        return json.loads(raw) if raw else None
+
+
+async def load(redis: Redis, job_id: str) -> LedgerEntry:
+    raw = await redis.hgetall(keys.ledger(job_id))  # type: ignore[misc]
+    return LedgerEntry(job_id, {_s(k): _s(v) for k, v in raw.items()})
+
+
+async def error_history(redis: Redis, job_id: str) -> list[dict[str, Any]]:
+    out = []
+    for raw in await redis.lrange(keys.errors(job_id), 0, -1):  # type: ignore[misc]
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            out.append({"message": _s(raw)})
+    return out
+
+
+class Outbox:
+    """Ledger writes that must land: what the CRM has just accepted (a contact, an event).
+
+    If Redis fails right after the CRM said yes, forgetting the answer would make the next
+    run write again (a duplicate event). So the write is kept trying in the background, past
+    the end of the job, until Redis takes it (or ``give_up_s``); the next run of the call
+    meanwhile waits for it (see ``Steps.settle_s``).
+    """
+
+    def __init__(self, redis_url: str | None = None, give_up_s: float = 3600.0) -> None:
+        # Its own client when given a URL: the worker's pool may be closed and rebuilt
+        # while Redis is away, and these writes must outlive that.
+        self.redis_url = redis_url
+        self.give_up_s = give_up_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._redis: Redis | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def keep_trying(self, write: Callable[[Redis | None], Awaitable[None]], job_id: str) -> None:
+        task = asyncio.create_task(self._retry(write, job_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retry(self, write: Callable[[Redis | None], Awaitable[None]], job_id: str) -> None:
+        if self.redis_url and self._redis is None:
+            self._redis = Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=5)
+        deadline = time.monotonic() + self.give_up_s
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await write(self._redis)
+            except RedisError:
+                if time.monotonic() > deadline:
+                    log.error(
+                        "gave up recording a CRM answer in the ledger", extra={"call_id": job_id}
+                    )
+                    return
+                delay = min(2.0, delay * 2)
+                continue
+            log.info("recorded a CRM answer after Redis came back", extra={"call_id": job_id})
+            return
+
+    async def drain(self, timeout_s: float) -> int:
+        """On shutdown: give pending writes a last chance; how many were left undone."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        left = len(self._tasks)
+        for t in list(self._tasks):
+            t.cancel()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        return left
+
+
+class CallLedger:
+    """One call's ledger during one run of its job; every write is awaited, in order."""
+
+    def __init__(
+        self, redis: Redis, entry: LedgerEntry, ttl_s: float, outbox: Outbox | None = None
+    ) -> None:
+        self.redis = redis
+        self.entry = entry
+        self.key = keys.ledger(entry.job_id)
+        self.ttl_s = int(ttl_s)
+        self.outbox = outbox
+        self.sent_event_this_run = False
+
+    @property
+    def job_id(self) -> str:
+        return self.entry.job_id
+
+    async def _hset(self, values: dict[str, str], *, counters: dict[str, int] | None = None,
+                    done: bool = False, redis: Redis | None = None) -> None:  # fmt: skip
+        async with (redis or self.redis).pipeline(transaction=True) as tr:
+            tr.hset(self.key, mapping=values)
+            tr.expire(self.key, self.ttl_s)
+            if done:
+                tr.zrem(keys.PENDING, self.job_id)
+            for name, n in (counters or {}).items():
+                stats.incr_in(tr, name, n)
+            await tr.execute()
+        self.entry.fields.update(values)
+
+    async def _must_land(self, values: dict[str, str], **kw: Any) -> None:
+        try:
+            await self._hset(values, **kw)
+        except RedisError:
+            if self.outbox is not None:
+                self.outbox.keep_trying(
+                    lambda redis: self._hset(values, redis=redis, **kw), self.job_id
+                )
+            raise
+
+    async def begin_attempt(self, now: float) -> None:
+        fields = {"state": RUNNING, "attempts": str(self.entry.attempts + 1)}
+        if self.entry.first_attempt is None:
+            fields["first_attempt"] = repr(now)
+        await self._hset(fields)
+
+    async def contact_sending(self, now: float) -> None:
+        await self._hset({"contact_sent_at": repr(now)})
+
+    async def contact_known(self, contact_id: str, typecont: str, *, created: bool) -> None:
+        await self._must_land(
+            {"contact_id": contact_id, "contact_typecont": typecont,
+             "contact_created": "1" if created else "0"},
+            counters={"contacts_created": 1} if created else None,
+        )  # fmt: skip
+
+    async def event_sending(self, now: float) -> None:
+        await self._hset({"event_sent_at": repr(now)})
+        self.sent_event_this_run = True
+
+    async def event_created(self, event_id: str, now: float) -> None:
+        # The call is in the CRM from here on: state, outcome and the pending set change in
+        # the same transaction, so a crash after this line leaves nothing to redo.
+        await self._must_land(
+            {"event_id": event_id, "state": DONE, "outcome": "delivered", "done_at": repr(now)},
+            counters={"events_created": 1, "succeeded": 1},
+            done=True,
+        )
+
+    async def skipped(self, reason: str, now: float) -> None:
+        await self._hset(
+            {"state": DONE, "outcome": "skipped", "skip_reason": reason, "done_at": repr(now)},
+            counters={"skipped": 1},
+            done=True,
+        )
+
+    async def add_error(
+        self, entry: dict[str, Any], *, retrying: bool, event_uncertain: bool = False
+    ) -> None:
+        """Record a failed run. If this run sent addevent and failed, the failure is now on
+        record: the marker that says "a run may have died mid-addevent" is replaced by
+        ``event_uncertain`` when the CRM may have acted (timeout, dropped connection)."""
+        ekey = keys.errors(self.job_id)
+        async with self.redis.pipeline(transaction=True) as tr:
+            tr.rpush(ekey, json.dumps(entry, ensure_ascii=False))
+            tr.ltrim(ekey, -ERRORS_KEPT, -1)
+            tr.expire(ekey, self.ttl_s)
+            if retrying:
+                tr.hset(self.key, "state", RETRYING)
+                stats.incr_in(tr, "retried", 1)
+            if self.sent_event_this_run and not self.entry.event_id:
+                tr.hdel(self.key, "event_sent_at")
+                if event_uncertain:
+                    tr.hset(self.key, "event_uncertain", "1")
+            await tr.execute()
+        if retrying:
+            self.entry.fields["state"] = RETRYING
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,157 @@
+"""From a finished call to what the CRM should be told: pure, so every rule is unit-tested.
+
+Kinds of call and what happens to them (defaults in brackets):
+
+- inbound answered: logged ("Входящий звонок");
+- inbound nobody answered (missed): logged when ``log_missed`` [yes] ("Пропущенный звонок");
+- outbound answered: logged ("Исходящий звонок");
+- outbound nobody answered: logged when ``log_unanswered_outbound`` [yes];
+- internal: logged when ``log_internal`` [no], and only if it has an outside number;
+- no outside number (anonymous caller, internal): skipped, there is nobody to find.
+
+A contact is created when ``find`` gives nothing and the call's direction is in
+``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from crm_client.types import Credentials
+from telephony.phones import for_crm
+from telephony.records import CallRecord
+
+from .policy import CallPolicy, CrmTarget
+
+
+@dataclass(frozen=True)
+class NewContact:
+    name: str
+    typecont: str
+    x_pstn: str  # the DID formatted for the CRM; "" when the call has none
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    phone: str  # the outside number as the CRM wants it
+    credentials: Credentials
+    create: NewContact | None  # None: never create a contact for this call
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+
+
+def call_kind(record: CallRecord) -> str:
+    """in | missed | out | out-unanswered | internal"""
+    if record.direction == "internal":
+        return "internal"
+    if record.direction == "in":
+        return "in" if record.answered else "missed"
+    return "out" if record.answered else "out-unanswered"
+
+
+def plan_call(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> CallPlan | Skip:
+    kind = call_kind(record)
+    if kind == "missed" and not calls.log_missed:
+        return Skip("missed calls are not logged (log_missed = false)")
+    if kind == "out-unanswered" and not calls.log_unanswered_outbound:
+        return Skip("unanswered outbound calls are not logged (log_unanswered_outbound = false)")
+    if kind == "internal" and not calls.log_internal:
+        return Skip("internal calls are not logged (log_internal = false)")
+    if not record.external:
+        return Skip("no outside number (anonymous caller or internal call)")
+
+    values = template_values(record, calls, crm)
+    subject = {
+        "in": calls.subject_in,
+        "missed": calls.subject_missed,
+        "out": calls.subject_out,
+        "out-unanswered": calls.subject_out,
+        "internal": calls.subject_internal,
+    }[kind]
+    description = render(calls.description, values)
+    if values["recording_url"] and "{recording_url}" not in calls.description:
+        description = "; ".join(p for p in (description, f"запись {values['recording_url']}") if p)
+    create = None
+    if record.direction in calls.create_contacts_for:
+        create = NewContact(
+            name=render(calls.contact_name, values) or values["phone"],
+            typecont=calls.contact_type,
+            x_pstn=for_crm(record.did, crm.phone_format) if record.did else "",
+        )
+    return CallPlan(
+        phone=values["phone"],
+        credentials=crm.credentials_for(record.extension),
+        create=create,
+        subject=render(subject, values),
+        description=description,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """3:54, 1:02:03 (rounded to the second)."""
+    total = round(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def template_values(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> dict[str, str]:
+    phone = for_crm(record.external, crm.phone_format) if record.external else ""
+    values = {
+        "duration": format_duration(record.talk_s) if record.answered else "",
+        "ring": format_duration(record.ring_s),
+        "extension": record.extension or "",
+        "did": record.did or "",
+        "source": calls.sources.get(record.did, "") if record.did else "",
+        "phone": phone,
+        "direction": record.direction,
+        "disposition": record.disposition,
+        "call_id": record.call_id,
+        "pbx": record.pbx,
+        "date": datetime.fromtimestamp(record.started_at, UTC).strftime("%Y-%m-%d %H:%M"),
+        "recording_url": "",
+    }
+    if calls.recording_url:
+        values["recording_url"] = calls.recording_url.format_map(values)
+    return values
+
+
+_PAREN = re.compile(r"\s*\(([^()]*)\)")
+
+
+def _names(text: str) -> list[str]:
+    return [n for _, n, _, _ in string.Formatter().parse(text) if n]
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill a template, leaving out what has no value.
+
+    The template is read as ``;``-separated parts: a part whose placeholders are all empty
+    is dropped, and so is a ``(...)`` group whose placeholders are all empty. So the default
+    description reads "Длительность 3:54; добавочный 101; номер +74951234567 (Yandex
+    Direct)" for an answered inbound call and just "номер +74951234567" for a missed call
+    on a number with no [sources] label.
+    """
+    parts = []
+    for part in template.split(";"):
+        names = _names(part)
+        if names and not any(values.get(n) for n in names):
+            continue
+
+        def drop_empty_group(m: re.Match[str]) -> str:
+            inner = _names(m.group(1))
+            return "" if inner and not any(values.get(n) for n in inner) else m.group(0)
+
+        part = _PAREN.sub(drop_empty_group, part)
+        text = part.format_map(values).strip()
+        if text:
+            parts.append(text)
+    return "; ".join(parts)

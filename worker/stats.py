@@ -1,0 +1,206 @@
+"""Pipeline counters kept in Redis, so the HTTP process can show what separate workers did.
+
+Writers: the handoff (enqueued, spool size), the jobs (the rest), the worker processes
+(heartbeats). Reader: :func:`read_stats`, for ``/metrics``, ``/health`` and ``telefum status``.
+
+Keys::
+
+    telefum:stats:counters                  hash  counter name -> int (monotonic)
+    telefum:stats:crm:{op}:{outcome}         hash  bucket upper bound -> count (NOT cumulative),
+                                                   plus "count" and "sum" (seconds)
+    telefum:stats:workers                   set   worker ids that sent a heartbeat
+    telefum:stats:worker:{id}               hash  ts, pid, host, running, done (TTL: 3 beats)
+    telefum:stats:listeners                 set   listener ids that published a spool size
+    telefum:stats:spool:{id}                hash  ts, size (TTL)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from . import keys
+
+COUNTERS = keys.PREFIX + "stats:counters"
+WORKERS = keys.PREFIX + "stats:workers"
+LISTENERS = keys.PREFIX + "stats:listeners"
+_CRM = keys.PREFIX + "stats:crm:"
+
+COUNTER_NAMES = (
+    "enqueued",  # calls accepted into the queue (a call enqueued twice counts once)
+    "succeeded",  # calls whose event is in the CRM
+    "skipped",  # calls not logged by policy (missed/internal/no outside number)
+    "retried",  # runs that ended in a retry (transient failure)
+    "dead_lettered",  # calls moved to the dead-letter store
+    "requeued",  # dead letters requeued by ops
+    "contacts_created",
+    "events_created",
+    "possible_duplicates",  # addevent re-sent after a run died mid-request (see jobs.py)
+    "recovered",  # calls re-enqueued by the reconciler after arq lost their job
+)
+OPS = ("find", "addcont", "addevent")
+OUTCOMES = ("ok", "transient", "permanent")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+
+def _bucket_name(le: float) -> str:
+    return "+Inf" if le == float("inf") else repr(le)
+
+
+def incr_in(pipe: Pipeline, name: str, n: int = 1) -> None:
+    """Add a counter increment to a pipeline (so it commits with what it counts)."""
+    pipe.hincrby(COUNTERS, name, n)
+
+
+async def incr(redis: Redis, name: str, n: int = 1) -> None:
+    await redis.hincrby(COUNTERS, name, n)  # type: ignore[misc]
+
+
+async def observe_crm(redis: Redis, op: str, outcome: str, seconds: float) -> None:
+    """One CRM request's latency, into its histogram bucket."""
+    le = next(b for b in BUCKETS if seconds <= b)
+    key = f"{_CRM}{op}:{outcome}"
+    async with redis.pipeline(transaction=False) as p:
+        p.hincrby(key, _bucket_name(le), 1)
+        p.hincrby(key, "count", 1)
+        p.hincrbyfloat(key, "sum", seconds)
+        await p.execute()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def heartbeat(redis: Redis, wid: str, info: dict[str, Any], ttl_s: float) -> None:
+    key = f"{keys.PREFIX}stats:worker:{wid}"
+    async with redis.pipeline(transaction=True) as p:
+        p.hset(key, mapping={k: str(v) for k, v in ({"ts": time.time()} | info).items()})
+        p.pexpire(key, int(ttl_s * 1000))
+        p.sadd(WORKERS, wid)
+        await p.execute()
+
+
+async def heartbeat_gone(redis: Redis, wid: str) -> None:
+    """A worker stopping cleanly says so at once (instead of waiting for the TTL)."""
+    async with redis.pipeline(transaction=True) as p:
+        p.delete(f"{keys.PREFIX}stats:worker:{wid}")
+        p.srem(WORKERS, wid)
+        await p.execute()
+
+
+async def publish_spool(redis: Redis, listener: str, size: int, ttl_s: float) -> None:
+    key = f"{keys.PREFIX}stats:spool:{listener}"
+    async with redis.pipeline(transaction=True) as p:
+        p.hset(key, mapping={"ts": str(time.time()), "size": str(size)})
+        p.pexpire(key, int(ttl_s * 1000))
+        p.sadd(LISTENERS, listener)
+        await p.execute()
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[str, Any]:
+    """Everything above as one dict. Shape (stable; add keys only)::
+
+        {"counters": {name: int for every name in COUNTER_NAMES},
+         "queue": {"depth": int,          # jobs in arq's queue (due + deferred)
+                   "due": int,            # of which ready to run now
+                   "deferred": int},      # of which waiting for a retry (or a defer)
+         "pending": int,                  # calls accepted and not yet delivered nor dead
+         "dead_letters": int,
+         "workers": [{"id": str, "age_s": float, "pid": str, "host": str,
+                      "running": int, "done": int}],          # live heartbeats only
+         "spool": {"total": int,
+                   "listeners": [{"id": str, "size": int, "age_s": float}]},
+         "crm_latency": {op: {outcome: {"buckets": [[le, cumulative count], ...,
+                                                    ["+Inf", count]],
+                                        "count": int, "sum_s": float}}}}
+
+    ``le`` is a float except the last, "+Inf"; buckets are cumulative, as Prometheus wants.
+    """
+    now = time.time()
+    async with redis.pipeline(transaction=False) as p:
+        p.hgetall(COUNTERS)
+        p.zcard(queue_name)
+        p.zcount(queue_name, "-inf", int(now * 1000))
+        p.zcard(keys.PENDING)
+        p.zcard(keys.DLQ)
+        p.smembers(WORKERS)
+        p.smembers(LISTENERS)
+        raw_counters, depth, due, pending, dead, wids, lids = await p.execute()
+    counters = {name: 0 for name in COUNTER_NAMES}
+    counters.update({_s(k): int(v) for k, v in raw_counters.items()})
+
+    wids = sorted(_s(w) for w in wids)
+    lids = sorted(_s(x) for x in lids)
+    latency_keys = [_s(k) async for k in redis.scan_iter(match=_CRM + "*", count=100)]
+    async with redis.pipeline(transaction=False) as p:
+        for w in wids:
+            p.hgetall(f"{keys.PREFIX}stats:worker:{w}")
+        for x in lids:
+            p.hgetall(f"{keys.PREFIX}stats:spool:{x}")
+        for k in latency_keys:
+            p.hgetall(k)
+        rows = await p.execute()
+
+    workers, gone = [], []
+    for w, raw in zip(wids, rows[: len(wids)], strict=True):
+        h = {_s(k): _s(v) for k, v in raw.items()}
+        if not h:
+            gone.append(w)
+            continue
+        workers.append({
+            "id": w,
+            "age_s": round(now - float(h.get("ts", now)), 3),
+            "pid": h.get("pid", ""),
+            "host": h.get("host", ""),
+            "running": int(h.get("running", 0)),
+            "done": int(h.get("done", 0)),
+        })  # fmt: skip
+    listeners, lgone = [], []
+    for x, raw in zip(lids, rows[len(wids) : len(wids) + len(lids)], strict=True):
+        h = {_s(k): _s(v) for k, v in raw.items()}
+        if not h:
+            lgone.append(x)
+            continue
+        listeners.append({
+            "id": x, "size": int(h.get("size", 0)), "age_s": round(now - float(h["ts"]), 3),
+        })  # fmt: skip
+    if gone or lgone:  # tidy the member sets of heartbeats that expired
+        async with redis.pipeline(transaction=False) as p:
+            if gone:
+                p.srem(WORKERS, *gone)
+            if lgone:
+                p.srem(LISTENERS, *lgone)
+            await p.execute()
+
+    latency: dict[str, dict[str, Any]] = {}
+    for k, raw in zip(latency_keys, rows[len(wids) + len(lids) :], strict=True):
+        op, _, outcome = k[len(_CRM) :].partition(":")
+        h = {_s(a): _s(b) for a, b in raw.items()}
+        cum, buckets = 0, []
+        for le in BUCKETS:
+            cum += int(h.get(_bucket_name(le), 0))
+            buckets.append(["+Inf" if le == float("inf") else le, cum])
+        latency.setdefault(op, {})[outcome] = {
+            "buckets": buckets,
+            "count": int(h.get("count", 0)),
+            "sum_s": float(h.get("sum", 0.0)),
+        }
+
+    return {
+        "counters": counters,
+        "queue": {"depth": int(depth), "due": int(due), "deferred": int(depth) - int(due)},
+        "pending": int(pending),
+        "dead_letters": int(dead),
+        "workers": workers,
+        "spool": {"total": sum(x["size"] for x in listeners), "listeners": listeners},
+        "crm_latency": latency,
+    }

@@ -1,0 +1,228 @@
+"""The CRM steps of one call (find -> addcont -> addevent), each resumable from the ledger.
+
+Order of writes, and why:
+
+1. No contact in the ledger: take the per-phone lock (only when this call may create a
+   contact), ``find``; found -> ledger; else mark ``contact_sent_at``, ``addcont``, ledger;
+   release the lock. A retried run that lacks a contact id runs ``find`` again first, so a
+   contact the CRM created while we never got its answer is found, not created twice; and
+   two calls from the same new number, run at once, wait for each other on the lock: one
+   contact, two events. The lock expires (a killed worker does not hold it for ever) after
+   longer than find + addcont can take.
+2. No event in the ledger: mark ``event_sent_at``, ``addevent``, ledger (state done).
+
+What is guaranteed and what is not:
+
+- A contact is created at most once per phone number and CRM, as long as the CRM's ``find``
+  sees a contact once ``addcont`` has answered (true of the reference CRM and any CRM with
+  a normal database).
+- An event is sent twice only if the CRM accepted ``addevent`` and its answer never
+  reached the ledger: the worker was killed (SIGKILL, power loss) between the CRM's commit
+  and one HSET after the response, or the request timed out / lost its connection after
+  the CRM had acted. TelefUM has no idempotency key and no way to list events, so that
+  window cannot be closed: we choose a possible duplicate over a lost call, and count it
+  (``possible_duplicates``) and log it when the re-send happens. A Redis outage right after
+  the CRM's answer does not cause one: the write is kept trying (``ledger.Outbox``) and the
+  next run waits ``settle_s`` for it before re-sending.
+- A write is never started with less time left than the CRM timeout, so our own deadline
+  does not cut a request the CRM may be processing (see ``Deadline``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import LockError
+
+from crm_client.types import Credentials, FindResult
+
+from . import keys, stats
+from .ledger import CallLedger
+from .plan import CallPlan
+from .retry import is_transient
+
+log = logging.getLogger("worker.steps")
+
+T = TypeVar("T")
+
+
+class CrmApi(Protocol):
+    """What the steps need from ``crm_client.TelefumClient`` (a fake in unit tests)."""
+
+    async def find(self, phone: str, creds: Credentials) -> FindResult: ...
+
+    async def add_contact(
+        self, phone: str, name: str, typecont: str, x_pstn: str, creds: Credentials
+    ) -> str: ...
+
+    async def add_event(
+        self, contact_id: str, typecont: str, subj: str, desc: str, creds: Credentials
+    ) -> str: ...
+
+
+class DeadlineNear(TimeoutError):
+    """Too little time left in this run to start a CRM write: retry at once, in a new run."""
+
+    transient = True
+
+
+class OutcomePending(Exception):
+    """Another run's addevent answer may still be on its way to the ledger: look later."""
+
+    transient = True
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(
+            f"a run that sent addevent may still record the CRM's answer; looking again in "
+            f"{wait_s:.1f}s"
+        )
+        self.retry_after = wait_s
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def require(self, seconds: float, what: str) -> None:
+        if self.remaining() < seconds:
+            raise DeadlineNear(f"not starting {what}: {self.remaining():.1f}s left in this run")
+
+
+class Steps:
+    def __init__(
+        self,
+        redis: Redis,
+        crm: CrmApi,
+        *,
+        lock_scope: str,
+        crm_timeout_s: float,
+        lock_ttl_s: float,
+        settle_s: float = 0.0,
+    ) -> None:
+        self.redis = redis
+        self.settle_s = settle_s
+        self.crm = crm
+        self.lock_scope = lock_scope
+        self.crm_timeout_s = crm_timeout_s
+        self.lock_ttl_s = lock_ttl_s
+
+    async def _timed(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        t0 = time.monotonic()
+        outcome = "ok"
+        try:
+            return await call()
+        except Exception as err:
+            outcome = "transient" if is_transient(err) else "permanent"
+            raise
+        finally:
+            try:
+                await stats.observe_crm(self.redis, op, outcome, time.monotonic() - t0)
+            except Exception:  # stats never fail a call
+                log.debug("could not record CRM latency", exc_info=True)
+
+    async def deliver(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str | None:
+        """Run what the ledger says is still to do; the event id, or None when there is no
+        contact to log on (nobody found, and creating one is off for this kind of call)."""
+        if ledger.entry.contact_id is None:
+            if plan.create is None:
+                await self._find(plan, ledger)
+            else:
+                await self._find_or_create(plan, ledger, deadline)
+            if ledger.entry.contact_id is None:
+                return None
+        return await self._add_event(plan, ledger, deadline)
+
+    async def _find(self, plan: CallPlan, ledger: CallLedger) -> bool:
+        found = await self._timed("find", lambda: self.crm.find(plan.phone, plan.credentials))
+        if not found.contacts:
+            return False
+        # Several matches: the event goes on the first, in the CRM's own order (the CRM
+        # knows best which card is the main one); the others are listed in the log.
+        first = found.contacts[0]
+        if len(found.contacts) > 1:
+            log.info(
+                "%d contacts match %s; logging on the first (id %s), others: %s",
+                len(found.contacts), plan.phone, first.id,
+                ", ".join(c.id for c in found.contacts[1:]),
+                extra={"call_id": ledger.job_id},
+            )  # fmt: skip
+        await ledger.contact_known(first.id, first.typecont or "contact", created=False)
+        return True
+
+    async def _find_or_create(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> None:
+        assert plan.create is not None
+        lock = self.redis.lock(
+            keys.phone_lock(self.lock_scope, plan.phone),
+            timeout=self.lock_ttl_s,
+            sleep=0.02,
+            blocking_timeout=max(1.0, min(self.lock_ttl_s, deadline.remaining() - 1.0)),
+        )
+        if not await lock.acquire():
+            raise LockError(f"phone {plan.phone} is locked by another call for too long")
+        try:
+            if await self._find(plan, ledger):
+                return
+            if ledger.entry.get("contact_sent_at"):
+                log.info(
+                    "a previous run sent addcont for %s and died; find shows nothing, "
+                    "so creating it now", plan.phone, extra={"call_id": ledger.job_id},
+                )  # fmt: skip
+            deadline.require(self.crm_timeout_s, "addcont")
+            new = plan.create
+            await ledger.contact_sending(time.time())
+            contact_id = await self._timed(
+                "addcont",
+                lambda: self.crm.add_contact(
+                    plan.phone, new.name, new.typecont, new.x_pstn, plan.credentials
+                ),
+            )
+            await ledger.contact_known(str(contact_id), new.typecont, created=True)
+        finally:
+            try:
+                await lock.release()
+            except LockError:  # expired meanwhile: the ledger is written, nothing to undo
+                log.warning("phone lock for %s expired before release", plan.phone)
+
+    async def _add_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
+        if ledger.entry.event_id:
+            return ledger.entry.event_id
+        sent = ledger.entry.get("event_sent_at")
+        if sent:
+            # A run sent addevent and never recorded how it ended: it died, or Redis failed
+            # it. If it is alive, its outbox records the answer once Redis is back: give it
+            # that long (arq re-runs a dead worker's job about as late anyway).
+            wait = float(sent) + self.settle_s - time.time()
+            if wait > 0:
+                raise OutcomePending(wait)
+            log.warning(
+                "a run sent addevent and never recorded the answer (it died or lost Redis): "
+                "sending again, the CRM may show this call twice",
+                extra={"call_id": ledger.job_id},
+            )
+            await stats.incr(self.redis, "possible_duplicates")
+        elif ledger.entry.get("event_uncertain"):
+            log.warning(
+                "the last addevent got no answer the CRM may have acted on (timeout or a "
+                "dropped connection): sending again, the CRM may show this call twice",
+                extra={"call_id": ledger.job_id},
+            )
+            await stats.incr(self.redis, "possible_duplicates")
+        deadline.require(self.crm_timeout_s, "addevent")
+        contact_id = ledger.entry.get("contact_id")
+        typecont = ledger.entry.get("contact_typecont") or "contact"
+        await ledger.event_sending(time.time())
+        event_id = await self._timed(
+            "addevent",
+            lambda: self.crm.add_event(
+                contact_id, typecont, plan.subject, plan.description, plan.credentials
+            ),
+        )
+        await ledger.event_created(str(event_id), time.time())
+        return str(event_id)
