@@ -118,6 +118,13 @@ async def get_json(url: str) -> tuple[int, Any]:
         return 0, None
 
 
+def events_in(crm: RunningRefCrm, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return crm.count_events() == n
+
+    return check
+
+
 async def healthy(base: str) -> bool:
     status, _ = await get_json(f"{base}/health")
     return status == 200
@@ -135,10 +142,7 @@ async def test_run_delivers_a_played_call_to_the_crm_and_counts_it_for_the_repor
 
     await pbx_sim.play_trace(traces_dir / ANSWERED)
 
-    async def delivered() -> bool:
-        return refcrm.count_events() == 1
-
-    await until(delivered, "event in the CRM", [run])
+    await until(events_in(refcrm, 1), "event in the CRM", [run])
     (contact,) = refcrm.contacts("+79161234567")
     assert contact.x_pstn == "+74951234567"
     assert refcrm.count_contacts() == 1
@@ -169,10 +173,7 @@ async def test_listen_and_a_separate_worker_deliver_together(
     await pbx_sim.play_trace(traces_dir / ANSWERED)
     await pbx_sim.play_trace(traces_dir / MISSED)
 
-    async def delivered() -> bool:
-        return refcrm.count_events() == 2
-
-    await until(delivered, "two events in the CRM", procs)
+    await until(events_in(refcrm, 2), "two events in the CRM", procs)
     assert await listen.terminate() == 0
     assert await worker.terminate() == 0
 
@@ -197,10 +198,7 @@ async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
     await until(lambda: healthy(f"http://127.0.0.1:{port}"), "healthy /health", [run])
     await pbx_sim.play_trace(traces_dir / ANSWERED)
 
-    async def delivered() -> bool:
-        return refcrm.count_events() == 1
-
-    await until(delivered, "event in the CRM", [run])
+    await until(events_in(refcrm, 1), "event in the CRM", [run])
     redis_dir = tmp_path / "redis"  # beside the spool
     assert any(redis_dir.iterdir())
     assert await run.terminate() == 0
