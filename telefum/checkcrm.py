@@ -30,7 +30,7 @@ import phonenumbers
 
 from crm_client import parse
 from crm_client.client import TelefumClient
-from crm_client.errors import CrmError
+from crm_client.errors import CrmError, rejected
 from crm_client.redact import redact_text
 from crm_client.types import Contact, Credentials, FindResult
 from telephony.phones import PhoneFormat, for_crm, to_e164
@@ -333,6 +333,12 @@ class Checker:
             [("typereq", "addevent"), ("typecont", "contact"), ("subj", self.ctx.subj)],
             self.creds,
         )  # fmt: skip
+        for what, desc in (("addcont without phone", no_phone), ("addevent without id", no_id)):
+            if rejected(desc).kind == "auth":  # refused the login: the field went unchecked
+                raise PointFailed(
+                    f"{what}: the CRM refused the login itself ({desc!r}), so it never said "
+                    "whether the missing field is caught; check the login and password"
+                )
         notes = []
         if no_phone != SPEC_WORDING["no phone"]:
             notes.append(f"(spec words it {SPEC_WORDING['no phone']!r})")

@@ -84,7 +84,13 @@ async def _serve(args: argparse.Namespace, users: dict[str, str]) -> int:
         test_control=args.test_control,
     )
     runner_kwargs: dict[str, object] = {"handler_cancellation": True, "shutdown_timeout": 2.0}
-    if not args.access_log:
+    if args.access_log:
+        # setup_logging quiets aiohttp.access; asked for, it is shown, through the same
+        # redacting handler (the request line carries login and password in its query)
+        import logging
+
+        logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    else:
         runner_kwargs["access_log"] = None
     runner = web.AppRunner(app, **runner_kwargs)  # type: ignore[arg-type]
     await runner.setup()

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
                         if isinstance(update, CallFinished):
                             out.write(json.dumps(update.record.to_json(), ensure_ascii=False))
                             out.write("\n")
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): not a read error; the CLI ends quietly
     except OSError as exc:
         print(f"telefum replay: error reading {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
