@@ -270,6 +270,14 @@ class HttpSettings:
     def port(self) -> int:
         return split_listen(self.listen)[1]
 
+    def local_url(self, port: int | None = None) -> str:
+        """Where a client on this machine reaches the service (a wildcard address means
+        loopback); ``port``: the one actually bound, when ``listen`` says 0."""
+        host = self.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port if port is None else port}"
+
 
 ORIGINATE_CLASSES = ("national", "international", "premium")
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from crm_client.redact import redact_url
+from telefum import private_redis
 from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
 from telefum.attribution import attribution_hook
 from telefum.commands.worker import handoff_from_settings, worker_config_from_settings
@@ -152,8 +153,10 @@ class Bridge:
             self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
 
     def _start_embedded(self) -> EmbeddedRedis:
-        data = self.embedded_redis_dir or Path(self.settings.spool_dir).parent / "redis"
+        data = self.embedded_redis_dir or private_redis.data_dir(self.settings)
         redis = EmbeddedRedis(data, appendonly=True).start()
+        if self.embedded_redis_dir is None:
+            private_redis.publish(self.settings, redis.url)
         log.info("[redis] url is empty: started a private Redis at %s (data in %s)",
                  redis.url, redis.data_dir)  # fmt: skip
         return redis
@@ -206,6 +209,8 @@ class Bridge:
             await _quietly(self.redis.aclose(), "Redis client")
             self.redis = None
         if self.embedded is not None:
+            if self.embedded_redis_dir is None:
+                private_redis.withdraw(self.settings)
             self.embedded.stop()
             self.embedded = None
 
@@ -227,10 +232,7 @@ class Bridge:
     def http_url(self) -> str:
         if self._http is None:
             raise RuntimeError("HTTP is not running")
-        host = self.settings.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"http://{host}:{bound_port(self._http)}"
+        return self.settings.http.local_url(bound_port(self._http))
 
     def describe(self) -> str:
         """One line for the log: what runs, where (no secrets)."""

@@ -201,7 +201,12 @@ async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
     await until(events_in(refcrm, 1), "event in the CRM", [run])
     redis_dir = tmp_path / "redis"  # beside the spool
     assert any(redis_dir.iterdir())
+    # ops commands with the same settings find the private Redis while it runs
+    dlq = await telefum("dlq", "list", "--config", str(config))
+    assert await asyncio.wait_for(dlq.proc.wait(), TIMEOUT_S) == 0, dlq.tail()
     assert await run.terminate() == 0
+    dlq = await telefum("dlq", "list", "--config", str(config))
+    assert await asyncio.wait_for(dlq.proc.wait(), TIMEOUT_S) == 2  # and know when it is gone
     assert not _redis_servers_under(redis_dir)
 
 

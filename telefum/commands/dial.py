@@ -111,9 +111,7 @@ def resolve_agent(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         )
     bridge = args.bridge or environ.get(BRIDGE_ENV) or file.get("bridge")
     if not bridge and settings is not None:
-        host = settings.http.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        bridge = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http.port}"
+        bridge = settings.http.local_url()
     if not bridge:
         bridge = "http://127.0.0.1:8088"
     return Agent(bridge=bridge.rstrip("/"), extension=extension, token=token)

@@ -26,7 +26,7 @@ HELP = "list, requeue or drop dead letters (calls that could not reach the CRM)"
 
 NEEDS_REDIS = (
     "telefum dlq: no Redis to look in: give --redis-url or set [redis] url. (An empty url "
-    "means the private Redis inside `telefum run`, which goes away with it.)"
+    "means the private Redis of a `telefum run` with these settings, and none is running.)"
 )
 
 
@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         from telefum.config import load_or_exit
 
         settings = load_or_exit(getattr(args, "config", None))
-        url = url or settings.redis.url
+        from telefum.private_redis import redis_url
+
+        url = url or redis_url(settings)
         try:
             from telefum.commands.worker import worker_config_from_settings
 

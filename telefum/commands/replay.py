@@ -29,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rules(config: str | None) -> CallRules:
-    if config is None:
-        return CallRules()
+    """The [calls] rules of --config, else of $TELEFUM_CONFIG, else the defaults."""
     from telefum.config import load_settings
 
     return load_settings(config).calls.rules()

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from telefum.attribution import FIGURES, parse_since
 from telefum.config import Settings, load_or_exit
+from telefum.private_redis import redis_url
 
 HELP = "calls per tracking number and ad source: answered, missed, new contacts, first/repeat"
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"telefum report: {err}", file=sys.stderr)
         return 2
     try:
-        if settings.redis.url and not args.bridge:
+        if redis_url(settings) and not args.bridge:
             report = asyncio.run(_from_redis(settings, since, until, tz))
         else:
             report = _from_bridge(settings, args, tz)
@@ -97,17 +98,18 @@ async def _from_redis(
     from crm_client.redact import redact_url
     from telefum.attribution import Attribution
 
-    client = aioredis.from_url(settings.redis.url, socket_timeout=10)
+    url = redis_url(settings)
+    client = aioredis.from_url(url, socket_timeout=10)
     try:
         return await Attribution(client, sources=settings.sources).report(since, until, tz)
     except (RedisError, OSError) as err:
-        raise ReportUnavailable(f"Redis at {redact_url(settings.redis.url)}: {err}") from None
+        raise ReportUnavailable(f"Redis at {redact_url(url)}: {err}") from None
     finally:
         await client.aclose()
 
 
 def _from_bridge(settings: Settings, args: argparse.Namespace, tz: tzinfo | None) -> dict[str, Any]:
-    bridge = args.bridge or f"http://{settings.http.host}:{settings.http.port}"
+    bridge = args.bridge or settings.http.local_url()
     token = settings.http.report_token or settings.http.token
     query = {"since": args.since, **({"until": args.until} if args.until else {})}
     if tz is not None:

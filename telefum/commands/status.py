@@ -100,14 +100,16 @@ async def gather(settings: Any, url: str, timeout_s: float = 3.0) -> dict[str, A
 
 async def _from_redis(settings: Any) -> dict[str, Any]:
     from telefum.health import evaluate, observe
+    from telefum.private_redis import redis_url
 
-    if not settings.redis.url:
+    url = redis_url(settings)
+    if not url:
         return {"ami": None, "redis": None, "reasons": [
-            "[redis] url is empty (private Redis inside `telefum run`): nothing to read"
+            "[redis] url is empty and no `telefum run` private Redis is running: nothing to read"
         ]}  # fmt: skip
     from redis.asyncio import Redis
 
-    redis = Redis.from_url(settings.redis.url, socket_connect_timeout=1, socket_timeout=3)
+    redis = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
     try:
         snap = await observe([], redis, settings.health)
     finally:
@@ -222,13 +224,15 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
 async def _check_worker(settings: Any) -> int:
     from redis.asyncio import Redis
 
+    from telefum.private_redis import redis_url
     from worker.stats import read_stats
 
-    if not settings.redis.url:
+    url = redis_url(settings)
+    if not url:
         print("no [redis] url: nothing to check", file=sys.stderr)
         return 1
     host = socket.gethostname()
-    redis = Redis.from_url(settings.redis.url, socket_connect_timeout=1, socket_timeout=3)
+    redis = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
     try:
         stats = await asyncio.wait_for(read_stats(redis), settings.health.redis_timeout_s + 3)
     except Exception as err:
