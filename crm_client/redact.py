@@ -38,3 +38,26 @@ def redact_url(url: str) -> str:
 def redact_text(text: str) -> str:
     """Mask ``password=...``-style pairs anywhere in free text (log lines, errors)."""
     return _INLINE.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+# "Secret: abc" as in an AMI Login action (header style, not key=value)
+_HEADER_SECRET = re.compile(r"(?i)\b(secret|password|token)(\s*:\s*)(?!\*\*\*)([^\s,;\"'<>]+)")
+# redis://:pw@host, https://user:pw@host
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.I)
+
+
+def redact_line(text: str) -> str:
+    """``text`` with every secret we know the shape of masked: ``password=...`` pairs,
+    ``"password": "..."`` in JSON or a dict's repr, AMI ``Secret: ...`` headers and the
+    password in ``scheme://user:password@host`` URLs. For whole log lines, tracebacks too."""
+    text = redact_text(text)
+    text = _QUOTED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
+    text = _HEADER_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+# "password": "x" (JSON) and 'password': 'x' (a dict's repr)
+_QUOTED_SECRET = re.compile(
+    r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.)*\2""",
+    re.I,
+)

@@ -1,43 +1,20 @@
 """Logging for the service: one line per happening, tagged with the call, no secrets.
 
 Redaction is the last line of defence (code should not log secrets in the first place):
-every line, its extra fields and its traceback pass through :func:`redact_line`, which masks
-``password=...``-style pairs (crm_client.redact), ``"password": "..."`` in JSON or a dict's
-repr, AMI ``Secret: ...`` headers and the password in ``scheme://user:password@host`` URLs.
+every line, its extra fields and its traceback pass through ``crm_client.redact.redact_line``,
+which masks every secret shape we know (query pairs, JSON, AMI headers, URL userinfo).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from typing import Any
 
-from crm_client.redact import MASK, redact_text
+from crm_client.redact import redact_line
 
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-# "Secret: abc" as in an AMI Login action (header style, not key=value)
-_HEADER_SECRET = re.compile(r"(?i)\b(secret|password|token)(\s*:\s*)(?!\*\*\*)([^\s,;\"'<>]+)")
-# redis://:pw@host, https://user:pw@host
-_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.I)
-
-
-def redact_line(text: str) -> str:
-    """``text`` with every secret we know the shape of masked."""
-    text = redact_text(text)
-    text = _QUOTED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
-    text = _HEADER_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
-
-
-# "password": "x" (JSON) and 'password': 'x' (a dict's repr)
-_QUOTED_SECRET = re.compile(
-    r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.)*\2""",
-    re.I,
-)
-
 
 class RedactingFilter(logging.Filter):
     """Masks secrets in the message before any handler formats it."""

@@ -45,3 +45,19 @@ def test_redact_text_leaves_ordinary_words_alone() -> None:
 
 def test_a_url_that_does_not_parse_is_still_masked() -> None:
     assert "S3cr3t" not in redact_url("http://[broken/rest?password=S3cr3t")
+
+
+def test_the_worker_process_log_masks_passwords_in_tracebacks_too() -> None:
+    import logging
+
+    from worker.__main__ import _Formatter
+
+    try:
+        raise RuntimeError("GET http://crm/rest?login=bridge&password=hunter2 failed")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("worker", logging.ERROR, __file__, 1, "delivery failed",
+                                   None, sys.exc_info())  # fmt: skip
+    line = _Formatter("%(message)s").format(record)
+    assert "RuntimeError" in line and "hunter2" not in line

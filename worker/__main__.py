@@ -12,28 +12,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from crm_client.redact import redact_text
+from crm_client.redact import redact_line
 
 from .app import run_worker
 from .policy import WorkerConfig
 
 
 class _Formatter(logging.Formatter):
-    """Text lines with the call they are about (``call_id=...``) appended."""
+    """Text lines with the call they are about (``call_id=...``) appended; the whole line,
+    traceback included, redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         tags = [f"{k}={getattr(record, k)}" for k in ("call_id", "pbx") if hasattr(record, k)]
-        return f"{line} {' '.join(tags)}" if tags else line
-
-
-class _Redact(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = redact_text(msg)
-        if clean != msg:
-            record.msg, record.args = clean, None
-        return True
+        return redact_line(f"{line} {' '.join(tags)}" if tags else line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_Redact())
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("arq.worker").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
