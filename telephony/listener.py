@@ -45,7 +45,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
-from telephony.records import Update
+from telephony.records import CallStarted, Update
 
 __all__ = [
     "AmiActionLost",
@@ -102,6 +102,21 @@ def _channels_of(action: _Action) -> list[Message]:
     return [m for m in action.raw if m.get("Event") == "CoreShowChannel"]
 
 
+DID_VARIABLES = ("FROM_DID", "CALLERID(dnid)")  # where a live inbound channel keeps its DID
+
+
+def _adopted_without_did(updates: Iterable[Update], snapshot: list[Message]) -> list[Message]:
+    """The first channel of each inbound call the tracker just adopted without a DID."""
+    by_uid = {m.get("Uniqueid"): m for m in snapshot}
+    out = []
+    for u in updates:
+        if isinstance(u, CallStarted) and u.direction == "in" and u.did is None:
+            chan = by_uid.get(u.call_id)  # a call's id is its first channel's Uniqueid
+            if chan is not None and chan.get("Channel"):
+                out.append(chan)
+    return out
+
+
 class _Action(Action):
     """panoramisk's Action that also keeps the plain messages of its answer (the tracker
     takes plain dicts, not panoramisk's case-insensitive ones)."""
@@ -125,7 +140,10 @@ class _AmiProtocol(AMIProtocol):
 
     def __init__(self, listener: AmiListener) -> None:
         self._listener = listener
-        self.codec = AmiCodec()
+        # Decode only the events the tracker reads (CallTracker.events, .variables): most
+        # of a busy stream (VarSet, Newexten...) it would ignore after a full decode.
+        tracker = listener.tracker
+        self.codec = AmiCodec(getattr(tracker, "events", None), getattr(tracker, "variables", None))
         self.lost: asyncio.Future[BaseException | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -157,14 +175,19 @@ class _AmiProtocol(AMIProtocol):
         listener = self._listener
         listener.bytes_received += len(data)
         on_event = listener._on_event
+        codec = self.codec
+        passed = codec.passed_over
         try:
-            for msg in self.codec.feed(data):
+            for msg in codec.feed(data):
                 if "Event" in msg and "ActionID" not in msg:
                     on_event(msg, arrived)  # the hot path: guarded inside
                 else:
                     self._route(msg, arrived)
         except Exception:  # last line of defence: never let asyncio drop the link
             log.exception("AMI: unexpected error while reading; input skipped")
+        if codec.passed_over != passed:  # events the tracker does not read still count
+            listener.events_received += codec.passed_over - passed
+            listener.last_event_at = arrived
 
     def _route(self, msg: Message, arrived: float) -> None:
         action_id = msg.get("ActionID")
@@ -551,8 +574,47 @@ class AmiListener:
         if action.future.cancelled() or action.future.exception() is not None:
             return
         if isinstance(action.future.result(), list):
-            reconcile = functools.partial(self.tracker.reconcile, _channels_of(action), time.time())
-            self._deliver_from(reconcile, "reconcile")
+            snapshot = _channels_of(action)
+            try:
+                updates = list(self.tracker.reconcile(snapshot, time.time()))
+            except Exception:
+                self.handler_errors += 1
+                self.log.exception("AMI %s: tracker reconcile failed", self.pbx)
+                return
+            self._deliver(updates)
+            lost = _adopted_without_did(updates, snapshot)
+            if lost and self._proto is not None:
+                task = asyncio.ensure_future(self._recover_dids(self._proto, lost))
+                self._callbacks.add(task)
+                task.add_done_callback(self._callback_done)
+
+    async def _recover_dids(self, proto: _AmiProtocol, channels: list[Message]) -> None:
+        """An inbound call adopted after a restart lost its DID (CoreShowChannel does not
+        carry it): ask the PBX for the channel's ``FROM_DID`` (FreePBX) or, failing that,
+        ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed. Getvar needs no
+        more than the ``reporting`` write class CoreShowChannels already uses."""
+        for chan in channels:
+            for variable in DID_VARIABLES:
+                try:
+                    action = await self._request(
+                        proto, {"Action": "Getvar", "Channel": chan["Channel"],
+                                "Variable": variable},
+                        False, self.action_timeout,
+                    )  # fmt: skip
+                    answer = action.future.result()
+                except (AmiActionTimeout, AmiActionLost) as exc:
+                    self.log.info("AMI %s: no DID for adopted %s: %s", self.pbx,
+                                  chan["Channel"], exc)  # fmt: skip
+                    return
+                value = answer.get("Value") if answer.success else None
+                if value:
+                    varset = {"Event": "VarSet", "Channel": chan["Channel"],
+                              "Uniqueid": chan["Uniqueid"], "Variable": "FROM_DID",
+                              "Value": value}  # fmt: skip
+                    self._deliver_from(
+                        functools.partial(self.tracker.handle, varset, time.time()), "DID"
+                    )
+                    break
 
     async def _watchdog(self, proto: _AmiProtocol) -> None:
         """Ping every ``ping_interval``; no Pong within ``ping_timeout``: the peer is gone."""

@@ -173,10 +173,12 @@ _CHANNEL_UPDATES = frozenset({
 class _ChannelBook:
     """Channels of what has been played, keyed by Uniqueid: what CoreShowChannels lists."""
 
-    __slots__ = ("channels",)
+    __slots__ = ("channels", "variables")
 
     def __init__(self) -> None:
         self.channels: dict[str, dict[str, str]] = {}
+        # per Uniqueid: channel variables set (VarSet), for Getvar
+        self.variables: dict[str, dict[str, str]] = {}
 
     def apply(self, msg: Message, now: float) -> None:
         event = msg.get("Event")
@@ -187,8 +189,16 @@ class _ChannelBook:
                 chan.update(Application="", ApplicationData="", BridgeId="",
                             _created=msg.get("Timestamp") or f"{now:.6f}")
                 self.channels[uid] = chan
+                # what a SIP channel's CALLERID(dnid) holds: the number dialled to reach it
+                self.variables[uid] = {"CALLERID(dnid)": msg.get("Exten", "")}
         elif event == "Hangup":
             self.channels.pop(msg.get("Uniqueid", ""), None)
+            self.variables.pop(msg.get("Uniqueid", ""), None)
+        elif event == "VarSet":
+            variables = self.variables.get(msg.get("Uniqueid", ""))
+            name = msg.get("Variable", "").lstrip("_")  # __FROM_DID is inherited FROM_DID
+            if variables is not None and name:
+                variables[name] = msg.get("Value", "")
         elif event in _CHANNEL_UPDATES:
             self._update(event, msg)
 
@@ -214,6 +224,13 @@ class _ChannelBook:
                 chan["BridgeId"] = ""
             elif event == "Rename" and msg.get("Newname"):
                 chan["Channel"] = msg["Newname"]
+
+    def getvar(self, channel: str, variable: str) -> str | None:
+        """A channel variable's value ("" when unset); None: no such channel."""
+        for uid, chan in self.channels.items():
+            if chan["Channel"] == channel:
+                return self.variables.get(uid, {}).get(variable, "")
+        return None
 
     def snapshot(self, action_id: str | None, now: float) -> list[Message]:
         out: list[Message] = []
@@ -601,6 +618,8 @@ class PbxSimulator:
             self._core_show_channels(client, action_id)
         elif name == "originate":
             self._originate(client, action, fields, action_id)
+        elif name == "getvar":
+            self._getvar(client, fields, action_id)
         else:
             self._reply(client, action_id, Response="Error",
                         Message=f"Invalid/unknown command: {action.get('Action', '')}. "
@@ -635,6 +654,17 @@ class PbxSimulator:
             else:
                 waiting.append((n, fut))
         self._login_waiters = waiting
+
+    def _getvar(self, client: _Client, fields: dict[str, str], action_id: str | None) -> None:
+        """As Asterisk answers ``Getvar`` on a channel (privilege call/reporting)."""
+        variable = fields.get("variable", "")
+        value = self._book.getvar(fields.get("channel", ""), variable)
+        if not variable:
+            self._reply(client, action_id, Response="Error", Message="No variable specified")
+        elif value is None:
+            self._reply(client, action_id, Response="Error", Message="No such channel")
+        else:
+            self._reply(client, action_id, Response="Success", Variable=variable, Value=value)
 
     def _core_show_channels(self, client: _Client, action_id: str | None) -> None:
         """Response, one CoreShowChannel per channel, Complete: written in one go, so the

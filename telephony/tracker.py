@@ -23,11 +23,13 @@ How it reads Asterisk (12 to 22, chan_pjsip/chan_sip, FreePBX or plain dialplans
   party's channel (through Local pairs to the phone behind them).
 
 One small handler per AMI event, looked up in a table; events not in the table (VarSet
-aside, about two thirds of a real stream) cost one dict lookup.
+aside, about two thirds of a real stream) cost one dict lookup, and nothing at all when the
+codec is told ``events``/``variables`` (as the listener does): it then never decodes them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -58,7 +60,7 @@ from telephony.tracker_state import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CallTracker"]
+__all__ = ["VARIABLES", "CallTracker"]
 
 Handler = Callable[[Message, float], "list[Update] | None"]
 
@@ -70,8 +72,17 @@ _VIRTUAL_TECHS = frozenset(
 _STATE_RINGING = "5"
 _STATE_UP = "6"
 _STATE_BUSY = "7"
+# The only VarSet variables ``_on_varset`` reads (about half a real stream is VarSet).
+VARIABLES = frozenset({"DIALSTATUS", "FROM_DID", "__FROM_DID"})
 _NUMBER_RUN = re.compile(r"\+?\d{5,}")
 _TRAILING_DIGITS = re.compile(r"(\d+)#?$")
+
+
+@functools.lru_cache(maxsize=1024)
+def _e164(raw: str | None, country: str) -> str | None:
+    """``to_e164``, remembered: parsing a number costs as much as tracking a dozen events,
+    and a PBX repeats its DIDs, its regular callers, and each call its own numbers."""
+    return to_e164(raw, country)
 
 
 class CallTracker:
@@ -110,6 +121,17 @@ class CallTracker:
         }
 
     # --- public API -----------------------------------------------------------------
+
+    @property
+    def events(self) -> frozenset[str]:
+        """The AMI events the tracker reads (``AmiCodec(events=...)``): any other event
+        would cost one dict lookup here, but a whole decode in the codec."""
+        return frozenset(name for name in self._handlers if name)
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The ``VarSet`` variables the tracker reads (``AmiCodec(variables=...)``)."""
+        return VARIABLES
 
     @property
     def active_count(self) -> int:
@@ -305,12 +327,12 @@ class CallTracker:
             # Callback: Originate rang the outside number first, then an agent.
             call.direction = "out"
             call.originated = True
-            call.external = to_e164(msg.get("Exten"), self._country)
+            call.external = _e164(msg.get("Exten"), self._country)
             return None
         if (ch.kind == TRUNK or context in self._inbound) and context not in self._internal:
             call.direction = "in"
-            call.external = to_e164(msg.get("CallerIDNum"), self._country)
-            call.did = to_e164(msg.get("Exten"), self._country)
+            call.external = _e164(msg.get("CallerIDNum"), self._country)
+            call.did = _e164(msg.get("Exten"), self._country)
             return [self._started(call)]
         call.originated = down
         call.dialler = self._agent(ch)
@@ -345,11 +367,11 @@ class CallTracker:
         ``trunk/79031112233``), else the new leg's caller id or extension."""
         country = self._country
         for m in _NUMBER_RUN.finditer(msg.get("DialString", "")):
-            number = to_e164(m.group(0), country)
+            number = _e164(m.group(0), country)
             if number:
                 return number
         for key in ("DestCallerIDNum", "DestExten", "CallerIDNum", "Exten"):
-            number = to_e164(msg.get(key), country)
+            number = _e164(msg.get(key), country)
             if number:
                 return number
         return None
@@ -535,7 +557,7 @@ class CallTracker:
         if call is not None and ch is call.first and call.direction == "in" and (
             call.external is None
         ):  # the caller id came after the channel (some trunks set it in the dialplan)
-            call.external = to_e164(msg.get("CallerIDNum"), self._country)
+            call.external = _e164(msg.get("CallerIDNum"), self._country)
         return None
 
     def _on_varset(self, msg: Message, arrived: float) -> list[Update] | None:
@@ -548,7 +570,7 @@ class CallTracker:
         elif var in ("FROM_DID", "__FROM_DID"):
             ch = self._channels.get(msg.get("Uniqueid", ""))
             if ch is not None and ch.call.did is None and ch.call.direction == "in":
-                ch.call.did = to_e164(msg.get("Value"), self._country)
+                ch.call.did = _e164(msg.get("Value"), self._country)
         return None
 
     # --- bridges: who is talking to whom --------------------------------------------
@@ -646,7 +668,7 @@ class CallTracker:
         src = self._agent(transferer) or self._ext_or_none(msg.get("TransfererCallerIDNum"))
         target = msg.get("Extension", "")
         dst = target if self.rules.is_extension(target) else (
-            to_e164(target, self._country) or target or None
+            _e164(target, self._country) or target or None
         )
         holder.call.transfers += (Transfer(src, dst, "blind"),)
         return None

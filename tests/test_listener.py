@@ -475,3 +475,24 @@ async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
     await pbx_sim.send(load_trace(T03))
     (record,) = await bridge.records(1)
     assert not record.answered and bridge.listener.connected
+
+
+async def test_a_call_adopted_after_a_restart_gets_its_did_back_from_the_pbx(
+    pbx_sim: PbxSimulator, connect: Connect
+) -> None:
+    talk = live_trace(T01, shift=0.0, ids=41_000)
+    hangup_at = next(i for i, m in enumerate(talk) if m["Event"] == "HangupRequest")
+    first = await connect()
+    await pbx_sim.send(talk[:hangup_at])
+    await first.listener.ping()
+    await first.listener.stop()  # the service restarts mid-call
+
+    second = await connect()
+    await until(lambda: pbx_sim.actions["getvar"] > 0)
+    await second.listener.ping()  # the Getvar's answer is in
+    await pbx_sim.send(talk[hangup_at:])
+    (record,) = await second.records(1)
+
+    expected = direct_records(talk)[0]
+    assert "adopted" in record.flags
+    assert record.did == expected["did"] == "+74951234567"  # the x_pstn of a new contact
