@@ -169,6 +169,7 @@ async def _run(opts: DemoOptions, work: Path, out: IO[str]) -> DemoResult:
               f"({opts.rate:g}/s, {opts.speed:g}x real time)", file=out)  # fmt: skip
         out.flush()
         result = await _play_and_wait(opts, sim, bridge, db, t0)
+        await _attribution(bridge, out)
         _report(result, out)
         if opts.serve:
             from telefum.service import signal_stop
@@ -249,6 +250,18 @@ def _check(r: DemoResult, counters: dict[str, int]) -> None:
         )
     if r.dead_letters:
         r.problems.append(f"{r.dead_letters} call(s) dead-lettered (`telefum dlq list`)")
+
+
+async def _attribution(bridge: Bridge, out: IO[str]) -> None:
+    """What the marketers see (``telefum report``): inbound calls per tracking number."""
+    from telefum.attribution import Attribution
+    from telefum.commands.report import render
+
+    assert bridge.redis is not None
+    now = time.time()  # the simulated PBX dates calls from now on: include what is ahead
+    report = await Attribution(bridge.redis, sources=SOURCES).report(now - 86400, now + 86400)
+    print("\ndemo: inbound calls by ad source (telefum report)", file=out)
+    out.write(render(report, "table"))
 
 
 def _report(r: DemoResult, out: IO[str]) -> None:

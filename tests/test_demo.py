@@ -29,4 +29,8 @@ def test_demo_delivers_every_played_call_and_ends_with_the_json_summary() -> Non
         "dead_letters": 0,
     }
     assert len(callers) < calls  # regulars called again: found, not created twice
+    # the marketers' table counts every inbound call of the mix
+    inbound = sum(1 for c in plan(calls, rate, seed) if c.facts["direction"] == "in")
+    (total,) = [line for line in proc.stdout.splitlines() if line.startswith("Total ")]
+    assert total.split()[1] == str(inbound)
     assert "Traceback" not in proc.stderr
