@@ -76,6 +76,7 @@ class LookupCache:
         self._clock = clock
         self._max_size = max_size
         self._entries: dict[Any, tuple[float, asyncio.Task[Any]]] = {}
+        self._swept_at = float("-inf")
         self.fetches = 0  # how many real fetches were started (for tests and metrics)
 
     async def get(self, key: Any, fetch: Callable[[], Awaitable[Any]]) -> Any:
@@ -98,8 +99,12 @@ class LookupCache:
                 del self._entries[key]
 
     def _prune(self, now: float) -> None:
-        for k in [k for k, (exp, t) in self._entries.items() if exp <= now and t.done()]:
-            del self._entries[k]
+        # the sweep for expired entries at most once a second (every new caller is a miss:
+        # a sweep per miss is quadratic on a busy PBX); the size bound below holds anyway
+        if now - self._swept_at >= 1.0:
+            self._swept_at = now
+            for k in [k for k, (exp, t) in self._entries.items() if exp <= now and t.done()]:
+                del self._entries[k]
         while len(self._entries) >= self._max_size:  # oldest first (dicts keep insertion order)
             del self._entries[next(iter(self._entries))]
 
@@ -179,6 +184,7 @@ class _Extension:
     current: dict[str, PopCall] = field(default_factory=dict)  # call_id -> call
     history: deque[PopCall] = field(default_factory=deque)
     subscribers: set[_Mailbox] = field(default_factory=set)
+    pruned_at: float = float("-inf")  # last stale sweep (see ScreenPop._prune_stale)
 
 
 class _Mailbox:
@@ -224,6 +230,7 @@ class ScreenPop:
         self._lookups: dict[str, Lookup] = {}  # call key -> lookup, while the call is current
         self._started: dict[str, CallStarted] = {}  # call key -> how it began, until it ends
         self._tasks: set[asyncio.Task[None]] = set()
+        self._started_pruned_at = float("-inf")
         self._closed = False
 
     # --- input: the tracker's updates ---------------------------------------------------
@@ -232,8 +239,12 @@ class ScreenPop:
         """Take one live update; never blocks, never raises (a bad update is logged)."""
         try:
             if isinstance(update, CallStarted):
-                if len(self._started) >= 1000:  # ends lost with a link: keep the map bounded
-                    limit = self._clock() - self._max_call_age_s
+                now = self._clock()
+                # ends lost with a link: keep the map bounded (swept at most once a second:
+                # a busy PBX has well over 1000 calls up, and a sweep per call is quadratic)
+                if len(self._started) >= 1000 and now - self._started_pruned_at >= 1.0:
+                    self._started_pruned_at = now
+                    limit = now - self._max_call_age_s
                     for k in [k for k, c in self._started.items() if c.at < limit]:
                         del self._started[k]
                 self._started[_call_key(update.pbx, update.call_id)] = update
@@ -354,7 +365,9 @@ class ScreenPop:
             lookup.state, lookup.error = "failed", "CRM lookup failed"
             log.warning("screen pop: CRM lookup failed: %s", redact_text(str(err)) or type(err))
         for name, ext in self._extensions.items():
-            if any(c.lookup is lookup for c in (*ext.current.values(), *ext.history)):
+            if ext.subscribers and any(
+                c.lookup is lookup for c in (*ext.current.values(), *ext.history)
+            ):
                 self._publish(name)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -424,7 +437,11 @@ class ScreenPop:
 
     def _prune_stale(self, ext: _Extension) -> None:
         """Drop calls whose end never came (a lost link): a page must not ring forever."""
-        limit = self._clock() - self._max_call_age_s
+        now = self._clock()
+        if now - ext.pruned_at < 1.0:  # once a second at most: a sweep per ring is quadratic
+            return
+        ext.pruned_at = now
+        limit = now - self._max_call_age_s
         for key in [k for k, c in ext.current.items() if c.rang_at < limit]:
             ext.current[key].state, ext.current[key].outcome = "ended", "unknown"
             self._retire(ext, key)

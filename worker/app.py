@@ -13,6 +13,9 @@ The arq settings that matter, and why:
   when retries run out, arq issue 531.)
 - ``expires_extra_ms`` = retry budget + a day: a retrying job must outlive its budget.
 - JSON job serialisation (worker/queue.py), shared with the handoff.
+- Jobs are claimed in one Lua script per poll (:class:`ClaimingWorker`), not with arq's
+  WATCH/MULTI per job id: several workers read the same head of the queue, and arq's way
+  costs each of them four round trips per id, taken or not.
 - SIGTERM: no new jobs, running ones get ``job_timeout`` to finish (so a deploy does not cut
   a CRM write in half), then the rest are cancelled and re-run elsewhere.
 """
@@ -29,6 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -47,6 +52,56 @@ log = logging.getLogger("worker.app")
 MAX_TRIES = 1_000_000_000  # arq's limit, out of the way: the budget is worker/retry.py's
 
 ClientFactory = Callable[[CrmTarget], CrmApi]
+
+# KEYS: the queue. ARGV: now (ms), in-progress lock TTL (ms), its key prefix, how many to
+# claim at most, then job ids. A job is claimed when it is due and no worker holds it (the
+# checks arq's start_jobs makes under WATCH); returns id, score, id, score...
+_CLAIM_LUA = """
+local now, ttl, prefix, limit = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV do
+  if #out >= 2 * limit then break end
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now and redis.call('EXISTS', prefix .. id) == 0 then
+    redis.call('PSETEX', prefix .. id, ttl, '1')
+    out[#out + 1] = id
+    out[#out + 1] = score
+  end
+end
+return out
+"""
+
+
+class ClaimingWorker(Worker):
+    """arq's Worker, claiming the due jobs of one poll in a single atomic script."""
+
+    _claim_script: Any = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if not job_ids:
+            return
+        if self.job_counter >= self.max_jobs:  # full: wait for a job to end, as arq does
+            await self.sem.acquire()
+            self.sem.release()
+        free = self.max_jobs - self.job_counter
+        if free <= 0:
+            return
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(_CLAIM_LUA)
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        claimed = await self._claim_script(
+            keys=[self.queue_name],
+            args=[timestamp_ms(), ttl_ms, in_progress_key_prefix, free, *job_ids],
+        )
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else str(claimed[i])
+            score = int(float(claimed[i + 1]))
+            await self.sem.acquire()  # free slots were counted: this does not wait
+            self.job_counter += 1
+            t = self.loop.create_task(self.run_job(job_id, score))
+            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = t
 
 
 def default_client_factory(target: CrmTarget) -> CrmApi:
@@ -89,7 +144,7 @@ class WorkerService:
         c = self.config
         settings = RedisSettings.from_dsn(self.redis_url)
         settings.conn_retries = 0  # we retry, with a clear log line (see run())
-        worker = Worker(
+        worker = ClaimingWorker(
             functions=[
                 func(deliver_call, name=JOB_FUNCTION, timeout=c.job_timeout_s,
                      max_tries=MAX_TRIES, keep_result=0),

@@ -35,7 +35,7 @@ from telephony.records import CallRecord
 
 from . import stats
 from .policy import DEFAULT_QUEUE
-from .queue import enqueue_call
+from .queue import dumps, enqueue_calls, job_id_of
 from .spool import Spool
 
 log = logging.getLogger("worker.handoff")
@@ -186,8 +186,7 @@ class Handoff:
             items, pos = await loop.run_in_executor(self._io, spool.read, self.batch)
             try:
                 if items:
-                    for item in items:
-                        await self._hand_over(redis, item)
+                    await self._hand_over(redis, items)
                     self.redis_ok = True
                     await loop.run_in_executor(self._io, spool.commit, pos, len(items))
                     self.handed_over += len(items)
@@ -233,21 +232,28 @@ class Handoff:
                     async with asyncio.timeout(self.publish_every_s):
                         await self._wake_drainer.wait()
 
-    async def _hand_over(self, redis: Redis, item: dict[str, Any]) -> None:
-        record = item.get("record")
-        try:
-            await enqueue_call(
-                redis,
-                record,  # type: ignore[arg-type]
-                queue_name=self.queue_name,
-                expires_s=self.job_expires_s,
-                ledger_ttl_s=self.ledger_ttl_s,
-            )
-        except (ValueError, TypeError) as err:
-            # a record no job could use: set it aside for a human, never drop it silently
-            assert self._spool is not None
-            spool = self._spool
-            line = repr(item).encode()
-            await asyncio.get_running_loop().run_in_executor(
-                self._io, spool.reject_line, line, f"not a call record: {err}"
-            )
+    async def _hand_over(self, redis: Redis, items: list[dict[str, Any]]) -> None:
+        """A batch of spooled calls to Redis in one round trip (worker/queue.py)."""
+        good: list[dict[str, Any]] = []
+        for item in items:
+            record = item.get("record")
+            try:
+                job_id_of(record)  # type: ignore[arg-type]
+                dumps(record)  # type: ignore[arg-type]
+            except (ValueError, TypeError, AttributeError) as err:
+                # a record no job could use: set it aside for a human, never drop it silently
+                assert self._spool is not None
+                spool = self._spool
+                line = repr(item).encode()
+                await asyncio.get_running_loop().run_in_executor(
+                    self._io, spool.reject_line, line, f"not a call record: {err}"
+                )
+                continue
+            good.append(record)  # type: ignore[arg-type]
+        await enqueue_calls(
+            redis,
+            good,
+            queue_name=self.queue_name,
+            expires_s=self.job_expires_s,
+            ledger_ttl_s=self.ledger_ttl_s,
+        )

@@ -94,13 +94,14 @@ class Runtime:
 
     async def _deliver(self, record_data: Any, job_id: str) -> str:
         tags = {"call_id": job_id}
-        entry = await ledger_mod.load(self.redis, job_id)
+        now = time.time()
+        entry = await ledger_mod.load_and_begin(self.redis, job_id, now, self.config.ledger_ttl_s)
         if entry.state in FINAL:
             if entry.get("outcome") == "delivered":
                 await self._tell_delivered(record_data, entry)  # the last run may have died first
             return f"nothing to do: already {entry.state}"
         led = CallLedger(self.redis, entry, self.config.ledger_ttl_s, self.outbox)
-        await led.begin_attempt(time.time())
+        led.begun(now)
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
         try:
             async with asyncio.timeout(deadline.remaining()):

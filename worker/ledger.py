@@ -100,6 +100,43 @@ async def load(redis: Redis, job_id: str) -> LedgerEntry:
     return LedgerEntry(job_id, {_s(k): _s(v) for k, v in raw.items()})
 
 
+# KEYS: the ledger. ARGV: now, TTL s, then the final states. The entry as it was; unless
+# that is final, the run is begun in the same step (state running, one more attempt, the
+# budget's start if none yet): one round trip where a read and a write took two.
+_LOAD_AND_BEGIN_LUA = """
+local fields = redis.call('HGETALL', KEYS[1])
+local state = redis.call('HGET', KEYS[1], 'state')
+for i = 3, #ARGV do
+  if state == ARGV[i] then return fields end
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('HSETNX', KEYS[1], 'first_attempt', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return fields
+"""
+
+
+async def load_and_begin(redis: Redis, job_id: str, now: float, ttl_s: float) -> LedgerEntry:
+    """The ledger entry as it was before this run (``load``), and, unless it is final,
+    this run begun in it (what ``CallLedger.begin_attempt`` writes), atomically. The
+    entry returned is as it was; ``CallLedger.begun`` brings the copy up to date."""
+    script = getattr(redis, "_telefum_load_begin", None)
+    if script is None:
+        script = redis.register_script(_LOAD_AND_BEGIN_LUA)
+        redis._telefum_load_begin = script  # type: ignore[attr-defined]
+    raw = await script(keys=[keys.ledger(job_id)], args=[repr(now), int(ttl_s), *sorted(FINAL)])
+    it = iter(raw)
+    return LedgerEntry(job_id, {_s(k): _s(v) for k, v in zip(it, it, strict=True)})
+
+
+# The per-phone lock's release (as redis-py's Lock does it): delete it only if still ours.
+_RELEASE_LOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 async def error_history(redis: Redis, job_id: str) -> list[dict[str, Any]]:
     out = []
     for raw in await redis.lrange(keys.errors(job_id), 0, -1):  # type: ignore[misc]
@@ -181,13 +218,25 @@ class CallLedger:
         self.ttl_s = int(ttl_s)
         self.outbox = outbox
         self.sent_event_this_run = False
+        self._observed: list[tuple[str, str, float]] = []  # CRM latencies not yet in Redis
+
+    def observe_crm(self, op: str, outcome: str, seconds: float) -> None:
+        """A CRM request's latency for the stats, sent with this call's next ledger write
+        (every step ends in one), not in a round trip of its own."""
+        self._observed.append((op, outcome, seconds))
+
+    def _flush_observed(self, tr: Any) -> None:
+        for op, outcome, seconds in self._observed:
+            stats.observe_crm_in(tr, op, outcome, seconds)
+        self._observed.clear()  # once: stats are never worth retrying a write for
 
     @property
     def job_id(self) -> str:
         return self.entry.job_id
 
     async def _hset(self, values: dict[str, str], *, counters: dict[str, int] | None = None,
-                    done: bool = False, redis: Redis | None = None) -> None:  # fmt: skip
+                    done: bool = False, redis: Redis | None = None,
+                    release: tuple[str, bytes] | None = None) -> None:  # fmt: skip
         async with (redis or self.redis).pipeline(transaction=True) as tr:
             tr.hset(self.key, mapping=values)
             tr.expire(self.key, self.ttl_s)
@@ -195,6 +244,9 @@ class CallLedger:
                 tr.zrem(keys.PENDING, self.job_id)
             for name, n in (counters or {}).items():
                 stats.incr_in(tr, name, n)
+            if release is not None:
+                tr.eval(_RELEASE_LOCK_LUA, 1, *release)  # type: ignore[arg-type]
+            self._flush_observed(tr)
             await tr.execute()
         self.entry.fields.update(values)
 
@@ -208,6 +260,12 @@ class CallLedger:
                 )
             raise
 
+    def begun(self, now: float) -> None:
+        """Bring the copy up to date after ``load_and_begin`` began this run in Redis."""
+        self.entry.fields["state"] = RUNNING
+        self.entry.fields["attempts"] = str(self.entry.attempts + 1)
+        self.entry.fields.setdefault("first_attempt", repr(now))
+
     async def begin_attempt(self, now: float) -> None:
         fields = {"state": RUNNING, "attempts": str(self.entry.attempts + 1)}
         if self.entry.first_attempt is None:
@@ -217,12 +275,29 @@ class CallLedger:
     async def contact_sending(self, now: float) -> None:
         await self._hset({"contact_sent_at": repr(now)})
 
-    async def contact_known(self, contact_id: str, typecont: str, *, created: bool) -> None:
-        await self._must_land(
-            {"contact_id": contact_id, "contact_typecont": typecont,
-             "contact_created": "1" if created else "0"},
-            counters={"contacts_created": 1} if created else None,
-        )  # fmt: skip
+    async def contact_known(
+        self, contact_id: str, typecont: str, *, created: bool,
+        event_sending_at: float | None = None, release: tuple[str, bytes] | None = None,
+    ) -> None:  # fmt: skip
+        """The contact the event goes on. Since addevent comes next, its "sending" mark
+        (``event_sending``) may come along (``event_sending_at``), and so may the release of
+        the per-phone lock (``release``: its key and token): one round trip, not three.
+        Only the contact must land if Redis fails; the rest is not retried (the lock
+        expires; no addevent is sent without its mark)."""
+        values = {"contact_id": contact_id, "contact_typecont": typecont,
+                  "contact_created": "1" if created else "0"}  # fmt: skip
+        counters = {"contacts_created": 1} if created else None
+        mark = {"event_sent_at": repr(event_sending_at)} if event_sending_at is not None else {}
+        try:
+            await self._hset(values | mark, counters=counters, release=release)
+        except RedisError:
+            if self.outbox is not None:
+                self.outbox.keep_trying(
+                    lambda redis: self._hset(values, counters=counters, redis=redis), self.job_id
+                )
+            raise
+        if mark:
+            self.sent_event_this_run = True
 
     async def event_sending(self, now: float) -> None:
         await self._hset({"event_sent_at": repr(now)})
@@ -262,6 +337,7 @@ class CallLedger:
                 tr.hdel(self.key, "event_sent_at")
                 if event_uncertain:
                     tr.hset(self.key, "event_uncertain", "1")
+            self._flush_observed(tr)
             await tr.execute()
         if retrying:
             self.entry.fields["state"] = RETRYING
