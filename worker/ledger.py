@@ -131,6 +131,16 @@ async def load_and_begin(redis: Redis, job_id: str, now: float, ttl_s: float) ->
 
 
 # The per-phone lock's release (as redis-py's Lock does it): delete it only if still ours.
+# ARGV: counter name, increment, ...; each counted only if this call never counted it
+_COUNT_ONCE_LUA = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], 'counted:' .. ARGV[i], '1') == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
 _RELEASE_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -242,8 +252,11 @@ class CallLedger:
             tr.expire(self.key, self.ttl_s)
             if done:
                 tr.zrem(keys.PENDING, self.job_id)
-            for name, n in (counters or {}).items():
-                stats.incr_in(tr, name, n)
+            if counters:
+                # once per call: a write whose answer was lost (Redis went away mid-reply)
+                # is written again by the outbox, and must not count the call twice
+                args = [x for name, n in counters.items() for x in (name, str(n))]
+                tr.eval(_COUNT_ONCE_LUA, 2, self.key, stats.COUNTERS, *args)
             if release is not None:
                 tr.eval(_RELEASE_LOCK_LUA, 1, *release)  # type: ignore[arg-type]
             self._flush_observed(tr)

@@ -151,10 +151,11 @@ class Steps:
 
     async def _find(
         self, plan: CallPlan, ledger: CallLedger, deadline: Deadline,
-        release: tuple[str, bytes] | None = None,
+        release: tuple[str, bytes] | None = None, created: bool = False,
     ) -> bool:  # fmt: skip
         """Look the phone up; a match goes to the ledger (with ``release``, the per-phone
-        lock is released in the same write)."""
+        lock is released in the same write; ``created``: the match is the contact a previous
+        run of this call created)."""
         found = await self._timed(
             "find", lambda: self.crm.find(plan.phone, plan.credentials), ledger
         )
@@ -171,7 +172,7 @@ class Steps:
                 extra={"call_id": ledger.job_id},
             )  # fmt: skip
         await ledger.contact_known(
-            first.id, first.typecont or "contact", created=False,
+            first.id, first.typecont or "contact", created=created,
             event_sending_at=self._event_mark(deadline), release=release,
         )  # fmt: skip
         return True
@@ -188,11 +189,14 @@ class Steps:
             raise LockError(f"phone {plan.phone} is locked by another call for too long")
         token = lock.local.token
         held = (str(lock.name), bytes(token)) if token is not None else None
+        # A previous run that sent addcont and died: the contact find shows now is the one it
+        # created (under this lock nobody else creates one for this phone), and it counts so.
+        sent_before = bool(ledger.entry.get("contact_sent_at"))
         try:
-            if await self._find(plan, ledger, deadline, release=held):
+            if await self._find(plan, ledger, deadline, release=held, created=sent_before):
                 held = None  # released with the ledger write
                 return
-            if ledger.entry.get("contact_sent_at"):
+            if sent_before:
                 log.info(
                     "a previous run sent addcont for %s and died; find shows nothing, "
                     "so creating it now", plan.phone, extra={"call_id": ledger.job_id},
