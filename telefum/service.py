@@ -28,7 +28,7 @@ from telefum import private_redis
 from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
 from telefum.attribution import attribution_hook
 from telefum.commands.worker import handoff_from_settings, worker_config_from_settings
-from telefum.config import Settings
+from telefum.config import AmiSettings, Settings
 from telefum.web import Service, bound_port, create_app, start_http
 from telephony.listener import AmiListener
 from telephony.records import CallFinished
@@ -112,7 +112,7 @@ class Bridge:
             self.handoff = handoff_from_settings(s, self.redis_url)
             await self.handoff.start()
             for ami in s.ami:
-                self.listeners.append(self._listener(ami.name))
+                self.listeners.append(self._listener(ami))
         handoff = self.handoff
         self.service = Service(
             s,
@@ -161,8 +161,7 @@ class Bridge:
                  redis.url, redis.data_dir)  # fmt: skip
         return redis
 
-    def _listener(self, pbx: str) -> AmiListener:
-        ami = next(a for a in self.settings.ami if a.name == pbx)
+    def _listener(self, ami: AmiSettings) -> AmiListener:
         tracker = CallTracker(self.settings.calls.rules(pbx=ami.name))
         return AmiListener(
             ami.host,
@@ -213,18 +212,6 @@ class Bridge:
                 private_redis.withdraw(self.settings)
             self.embedded.stop()
             self.embedded = None
-
-    async def run_until(self, stop: asyncio.Event) -> None:
-        """Start, serve until ``stop`` is set (or the worker dies), then stop."""
-        await self.start()
-        try:
-            waiters = [asyncio.create_task(stop.wait())]
-            if self._worker_task is not None:
-                waiters.append(self._worker_task)  # type: ignore[arg-type]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            waiters[0].cancel()
-        finally:
-            await self.stop()
 
     # -- what others read --------------------------------------------------------------------
 
