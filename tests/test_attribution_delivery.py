@@ -18,6 +18,7 @@ import pytest
 from arq import Retry
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from crm_client.client import TelefumClient
 from telefum.attribution import Attribution, attribution_hook
@@ -130,3 +131,24 @@ async def test_a_retried_job_counts_its_call_once_and_a_second_call_as_a_repeat(
     }
     assert row["new_contacts"] == refcrm.count_contacts()
     assert refcrm.count_events() == 2
+
+
+async def test_a_hook_that_finds_redis_away_retries_the_job_and_counts_the_call_once(
+    refcrm: RunningRefCrm, crm_client: TelefumClient, redis_client: Redis
+) -> None:
+    real = attribution_hook(redis_client, SOURCES)
+    told: list[str] = []
+
+    async def flaky(call: CallRecord, entry: LedgerEntry) -> None:
+        told.append(call.call_id)
+        if len(told) == 1:  # the first time, Redis is away
+            raise RedisConnectionError("Redis went away")
+        await real(call, entry)
+
+    rt = runtime(refcrm, crm_client, redis_client, flaky)
+    with pytest.raises(Retry):  # delivered, but not yet counted: arq runs the job again
+        await run_job(rt, record("7.1"))
+    assert refcrm.count_events() == 1 and await counted(redis_client) == []
+    assert (await run_job(rt, record("7.1"))).startswith("nothing to do")
+    assert refcrm.count_events() == 1
+    assert [c.call_id for c in await counted(redis_client)] == ["7.1"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from arq import Retry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from telephony.records import CallRecord
 
@@ -105,9 +106,12 @@ class Runtime:
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
         try:
             async with asyncio.timeout(deadline.remaining()):
-                return await self._run(record_data, led, deadline)
+                outcome = await self._run(record_data, led, deadline)
         except Exception as err:
             return await self._failed(err, led, tags)
+        if led.entry.get("outcome") == "delivered":  # in the CRM and on record: now tell
+            await self._tell_delivered(record_data, led.entry)
+        return outcome
 
     async def _run(self, record_data: Any, led: CallLedger, deadline: Deadline) -> str:
         record = parse_record(record_data)
@@ -128,7 +132,6 @@ class Runtime:
             log.info("call not logged: %s", reason, extra=tags)
             return f"skipped: {reason}"
         created = led.entry.get("contact_created") == "1"
-        await self._tell_delivered(record, led.entry)
         log.info(
             "call delivered: event %s on contact %s%s (attempt %d)",
             event_id, led.entry.contact_id, " (created)" if created else "",
@@ -137,11 +140,18 @@ class Runtime:
         return f"delivered: event {event_id}"
 
     async def _tell_delivered(self, record: Any, entry: ledger_mod.LedgerEntry) -> None:
+        """Run the delivery hook. Redis away: ``Retry``, and the re-run (which finds the
+        call done) tells it again; any other failure is logged, never a reason to redo."""
         if self.on_delivered is None:
             return
         try:
             call = record if isinstance(record, CallRecord) else parse_record(record)
             await self.on_delivered(call, entry)
+        except RedisError as err:
+            delay = backoff_s(entry.attempts, self.config.retry, self.rng)
+            log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
+                        describe(err), delay, extra={"call_id": entry.job_id})  # fmt: skip
+            raise Retry(defer=delay) from err
         except Exception as err:
             log.warning("delivery hook failed: %s", describe(err), extra={"call_id": entry.job_id})
 
