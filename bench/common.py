@@ -44,15 +44,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def peak_rss_bytes() -> int:
-    """The highest resident memory this process reached (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def chunks(blob: bytes, size: int = CHUNK) -> Iterator[bytes]:
     """The blob as a socket would deliver it: ``size``-byte reads, cut anywhere."""
     for i in range(0, len(blob), size):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -45,6 +44,7 @@ from telefum.originate import (
     parse_dial_target,
 )
 from telefum.screenpop import ScreenPop, crm_targets
+from telefum.web import request_token, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,16 @@ class Tokens:
 
     def __init__(self, http: HttpSettings) -> None:
         self._admin = http.token
-        self._report = getattr(http, "report_token", "")
+        self._report = http.report_token
         self._agents = dict(http.agent_tokens)
 
     def is_admin(self, token: str | None) -> bool:
-        return _same(token, self._admin)
+        return token_matches(token, self._admin)
 
     def extension_of(self, token: str | None) -> str | None:
         """The extension whose agent token this is, else None."""
         for ext, tok in self._agents.items():
-            if _same(token, tok):
+            if token_matches(token, tok):
                 return ext
         return None
 
@@ -122,27 +122,10 @@ class Tokens:
         return self.is_admin(token) or self.extension_of(token) is not None
 
     def may_act_for(self, token: str | None, extension: str) -> bool:
-        return self.is_admin(token) or _same(token, self._agents.get(extension, ""))
+        return self.is_admin(token) or token_matches(token, self._agents.get(extension, ""))
 
     def may_read_report(self, token: str | None) -> bool:
-        return self.is_admin(token) or _same(token, self._report)
-
-
-def _same(given: str | None, expected: str) -> bool:
-    """Constant-time equality; an empty expected token never matches (unset = locked)."""
-    if not given or not expected:
-        return False
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
-    """The token of a request: ``Authorization: Bearer``, else a ``token`` field, else query."""
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    if body and isinstance(body.get("token"), str):
-        return str(body["token"])
-    return request.query.get("token") or None
+        return self.is_admin(token) or token_matches(token, self._report)
 
 
 def setup_agent_routes(

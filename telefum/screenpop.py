@@ -401,10 +401,6 @@ class ScreenPop:
         finally:
             ext.subscribers.discard(box)
 
-    def subscriber_count(self, extension: str) -> int:
-        ext = self._extensions.get(extension)
-        return len(ext.subscribers) if ext else 0
-
     async def close(self) -> None:
         """End every open feed (so the web server can stop) and stop pending lookups."""
         self._closed = True

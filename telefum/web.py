@@ -40,11 +40,12 @@ from aiohttp import web
 from telefum import __version__, metrics
 from telefum.config import Settings, split_listen
 from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
+from worker.policy import DEFAULT_QUEUE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Setup = Callable[[web.Application], Any]
 
-QUEUE_NAME = "telefum:queue"  # worker.stats.read_stats's default; arq's queue of call jobs
+QUEUE_NAME = DEFAULT_QUEUE  # arq's queue of call jobs, as the workers and hand-over use it
 
 
 @dataclass
@@ -139,8 +140,9 @@ async def _metrics(request: web.Request) -> web.Response:
 # --- tokens ------------------------------------------------------------------------------
 
 
-def request_token(request: web.Request) -> str | None:
-    """The token a request carries: ``Authorization: Bearer X``, else ``?token=X``.
+def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
+    """The token a request carries: ``Authorization: Bearer X``, else a ``token`` field of
+    ``body`` (a posted form or JSON object), else ``?token=X``.
 
     The query form is for pages opened in a browser and for EventSource, which cannot set
     headers; log lines mask ``token=`` (crm_client.redact).
@@ -149,6 +151,8 @@ def request_token(request: web.Request) -> str | None:
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if body and isinstance(body.get("token"), str):
+        return str(body["token"])
     return request.query.get("token") or None
 
 

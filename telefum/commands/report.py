@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ZoneInfoNotFoundError) as err:
         print(f"telefum report: {err}", file=sys.stderr)
         return 2
+    url = redis_url(settings)
     try:
-        if redis_url(settings) and not args.bridge:
-            report = asyncio.run(_from_redis(settings, since, until, tz))
+        if url and not args.bridge:
+            report = asyncio.run(_from_redis(url, settings, since, until, tz))
         else:
             report = _from_bridge(settings, args, tz)
     except ReportUnavailable as err:
@@ -90,7 +91,7 @@ class ReportUnavailable(Exception):
 
 
 async def _from_redis(
-    settings: Settings, since: float, until: float, tz: tzinfo | None
+    url: str, settings: Settings, since: float, until: float, tz: tzinfo | None
 ) -> dict[str, Any]:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
@@ -98,7 +99,6 @@ async def _from_redis(
     from crm_client.redact import redact_url
     from telefum.attribution import Attribution
 
-    url = redis_url(settings)
     client = aioredis.from_url(url, socket_timeout=10)
     try:
         return await Attribution(client, sources=settings.sources).report(since, until, tz)
