@@ -73,6 +73,7 @@ class TelefumClient:
             raise ValueError(f"not an http(s) URL: {redact_url(rest_url)!r}")
         self.rest_url = rest_url
         self._wire_url = str(URL(rest_url))  # non-ASCII host or path percent-encoded once
+        self._query_sep = "&" if urlsplit(self._wire_url).query else "?"  # for GET fields
         self.base_url = site_base(rest_url)
         self.timeout_s = timeout_s
         self.on_request = on_request
@@ -206,11 +207,9 @@ class TelefumClient:
     ) -> tuple[bytes, str | None]:
         query = encode_params([*params, ("login", creds.login), ("password", creds.password)])
         if method == "GET":
-            sep = "&" if urlsplit(self._wire_url).query else "?"
-            url, data = f"{self._wire_url}{sep}{query}", None
+            url, data = f"{self._wire_url}{self._query_sep}{query}", None
         else:
             url, data = self._wire_url, query.encode("ascii")
-        shown = redact_url(url)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if data else None
         t0 = time.monotonic()
@@ -239,10 +238,11 @@ class TelefumClient:
             ) from None
         except (aiohttp.ClientError, OSError) as err:
             raise TransientCrmError(_describe(err), kind="network", op=op, url=url) from None
-        log.debug(
-            "crm %s %s %s -> HTTP %s, %d bytes in %.3f s",
-            op, method, shown, status, len(body), time.monotonic() - t0,
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):  # redacting the URL is not free: only when shown
+            log.debug(
+                "crm %s %s %s -> HTTP %s, %d bytes in %.3f s",
+                op, method, redact_url(url), status, len(body), time.monotonic() - t0,
+            )  # fmt: skip
         problem = parse.error_for_status(
             status, body, ctype, retry_after=retry_after, location=location
         )

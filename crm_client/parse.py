@@ -33,7 +33,7 @@ from xml.parsers.expat import ExpatError
 import xmltodict
 
 from .errors import CrmError, PermanentCrmError, TransientCrmError, rejected
-from .redact import redact_text
+from .redact import redact_text, redact_url
 from .types import Contact, Created, FindResult
 
 _BOMS = (
@@ -373,7 +373,7 @@ def error_for_status(
             description=desc,
         )  # fmt: skip
     if 300 <= status < 400:
-        target = f" to {location}" if location else ""
+        target = f" to {redact_url(location)}" if location else ""  # may hold user:pw@
         return PermanentCrmError(
             f"HTTP {status} redirect{target}: not followed; point crm.url at the final address",
             kind="http", status=status, description=desc,

@@ -20,6 +20,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 PhoneKey = Callable[[str], "str | None"]
 
@@ -191,21 +192,17 @@ class CrmStore:
 
     def find(self, phone: str) -> list[ContactRow]:
         key = self.key(phone)
-        if key is None:
-            return []
-        rows = self._conn.execute(
-            "SELECT DISTINCT c.* FROM contacts c JOIN phones p ON p.contact_id = c.id"
-            " WHERE p.key = ? ORDER BY c.id",
-            (key,),
-        ).fetchall()
-        return [ContactRow(*r) for r in rows]
+        return [] if key is None else self._with_phone("key", key)
 
     def find_exact(self, phone: str) -> list[ContactRow]:
         """Match the phone only as written (what a naive CRM does; for the quirk)."""
+        return self._with_phone("raw", phone)
+
+    def _with_phone(self, column: Literal["key", "raw"], value: str) -> list[ContactRow]:
         rows = self._conn.execute(
             "SELECT DISTINCT c.* FROM contacts c JOIN phones p ON p.contact_id = c.id"
-            " WHERE p.raw = ? ORDER BY c.id",
-            (phone,),
+            f" WHERE p.{column} = ? ORDER BY c.id",
+            (value,),
         ).fetchall()
         return [ContactRow(*r) for r in rows]
 

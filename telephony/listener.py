@@ -674,12 +674,8 @@ class AmiListener:
             if first.endswith(tag) and first != tag:
                 fixed = {tag: msg[first], **{k: v for k, v in msg.items() if k != first}}
                 self.log.warning("AMI %s: dropped junk before a %s message", self.pbx, tag)
-                if tag == "Event":
-                    proto = self._proto
-                    if proto is not None and "ActionID" in fixed:
-                        proto._route(fixed, arrived)
-                    else:
-                        self._on_event(fixed, arrived)
+                if tag == "Event":  # its ActionID, if any, is no pending action's (_route)
+                    self._on_event(fixed, arrived)
                 return
         self.log.warning("AMI %s: skipping a message that is neither event nor answer: %s",
                          self.pbx, ", ".join(list(msg)[:5]))

@@ -502,10 +502,7 @@ class PbxSimulator:
             (c.id_offset + spans[c.template] for c in calls), default=first_id
         )
         self.last_synth = {"base_time": base_time, "first_id": first_id}
-        stream = synth.generate(
-            n_calls, rate_per_s, seed, base_time=base_time, first_id=first_id
-        )
-        return await self.play(stream, speed=speed)
+        return await self.play(synth.stream(calls), speed=speed)
 
     async def stream_raw(self, source: str | Path | bytes) -> int:
         """Send pre-encoded AMI bytes as they are (a file or a buffer): the fastest way to

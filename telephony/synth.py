@@ -32,6 +32,7 @@ __all__ = [
     "generate",
     "load_templates",
     "plan",
+    "stream",
 ]
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -196,6 +197,14 @@ def generate(
     """
     calls = plan(n_calls, rate_per_s, seed, templates_dir, base_time=base_time,
                  first_id=first_id)
+    return stream(calls, templates_dir)
+
+
+def stream(
+    calls: list[PlannedCall], templates_dir: Path | str | None = None
+) -> Iterator[tuple[float, Message]]:
+    """``(send time, message)`` for calls already planned (``plan``), in time order: what
+    ``generate`` gives, for a caller that needs the plan too without planning twice."""
     return _interleave(calls, {t.name: t for t in load_templates(templates_dir)})
 
 

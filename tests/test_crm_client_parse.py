@@ -123,3 +123,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse.parse_retry_after("Tue, 14 Nov 2023 22:15:00 GMT", now) == 100.0
     assert parse.parse_retry_after("soon", now) is None
     assert parse.parse_retry_after(None, now) is None
+
+
+def test_a_redirect_error_names_its_target_without_the_password_in_it() -> None:
+    err = parse.error_for_status(302, location="https://bridge:S3cr3t@crm.example.com/rest")
+    assert err is not None and "crm.example.com/rest" in str(err)
+    assert "S3cr3t" not in str(err)
