@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 
 from crm_client.errors import PermanentCrmError, TransientCrmError
 from crm_client.types import Contact, Credentials, FindResult
-from worker import dlq, keys
+from tests.conftest import free_port
+from worker import dlq, jobs, keys
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import Runtime
 from worker.ledger import Outbox, error_history, load
@@ -180,6 +181,34 @@ async def test_an_event_whose_answer_was_lost_is_sent_again_and_counted(
     await runtime.deliver(record(), "call:default:1.1")
     assert len(crm.events) == 2
     assert (await read_stats(redis_client, Q))["counters"]["possible_duplicates"] == 1
+
+
+async def test_a_run_that_stops_before_re_sending_an_event_does_not_count_a_duplicate(
+    setup: tuple[Runtime, MemoryCrm], redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, crm = setup
+    crm.after["addevent"] = raising(TransientCrmError("connection reset", kind="network"))
+    with pytest.raises(Retry):
+        await run(runtime, record())
+    with monkeypatch.context() as m:  # too little time left in the run to start addevent
+        m.setattr(jobs, "JOB_MARGIN_S", CONFIG.job_timeout_s - 0.5)
+        with pytest.raises(Retry):
+            await runtime.deliver(record(), "call:default:1.1")
+    assert len(crm.events) == 1
+    await runtime.deliver(record(), "call:default:1.1")
+    assert len(crm.events) == 2
+    assert (await read_stats(redis_client, Q))["counters"]["possible_duplicates"] == 1
+
+
+async def test_a_run_that_cannot_reach_the_ledger_is_retried_not_failed() -> None:
+    """arq fails a job for good on any exception but Retry."""
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
+    runtime = Runtime(CONFIG, redis, {URL: MemoryCrm()}, rng=random.Random(0))
+    try:
+        with pytest.raises(Retry):
+            await runtime.deliver(record(), "call:default:1.1")
+    finally:
+        await redis.aclose()
 
 
 async def test_wrong_credentials_go_straight_to_the_dead_letters_with_the_reason(

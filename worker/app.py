@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from crm_client.redact import redact_url
 
-from . import stats
+from . import keys, stats
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
 from .ledger import Outbox
 from .policy import CrmTarget, WorkerConfig
@@ -95,7 +95,7 @@ class ClaimingWorker(Worker):
             args=[timestamp_ms(), ttl_ms, in_progress_key_prefix, free, *job_ids],
         )
         for i in range(0, len(claimed), 2):
-            job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else str(claimed[i])
+            job_id = keys.text(claimed[i])
             score = int(float(claimed[i + 1]))
             await self.sem.acquire()  # free slots were counted: this does not wait
             self.job_counter += 1

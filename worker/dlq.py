@@ -65,7 +65,7 @@ async def count(redis: Redis) -> int:
 
 async def ids(redis: Redis, limit: int | None = None) -> list[str]:
     end = -1 if limit is None else limit - 1
-    return [m.decode() if isinstance(m, bytes) else m for m in await redis.zrange(keys.DLQ, 0, end)]
+    return [keys.text(m) for m in await redis.zrange(keys.DLQ, 0, end)]
 
 
 async def get(redis: Redis, job_id: str, *, with_errors: bool = True) -> DeadLetter | None:
@@ -108,10 +108,8 @@ async def resolve(redis: Redis, given: str) -> str | None:
     for cand in (given, f"call:{given}"):
         if await redis.zscore(keys.DLQ, cand) is not None:
             return cand
-    matches = [
-        (m.decode() if isinstance(m, bytes) else m)
-        async for m, _ in redis.zscan_iter(keys.DLQ, match=f"call:*:{_glob_escape(given)}")
-    ]
+    pattern = f"call:*:{_glob_escape(given)}"
+    matches = [keys.text(m) async for m, _ in redis.zscan_iter(keys.DLQ, match=pattern)]
     return matches[0] if len(matches) == 1 else None
 
 

@@ -96,7 +96,15 @@ class Runtime:
     async def _deliver(self, record_data: Any, job_id: str) -> str:
         tags = {"call_id": job_id}
         now = time.time()
-        entry = await ledger_mod.load_and_begin(self.redis, job_id, now, self.config.ledger_ttl_s)
+        try:
+            entry = await ledger_mod.load_and_begin(
+                self.redis, job_id, now, self.config.ledger_ttl_s
+            )
+        except RedisError as err:  # nothing begun: arq would fail the job for good on this
+            delay = backoff_s(1, self.config.retry, self.rng)
+            log.warning("ledger unreachable (%s): retrying in %.1fs", describe(err), delay,
+                        extra=tags)  # fmt: skip
+            raise Retry(defer=delay) from err
         if entry.state in FINAL:
             if entry.get("outcome") == "delivered":
                 await self._tell_delivered(record_data, entry)  # the last run may have died first
@@ -213,5 +221,3 @@ async def deliver_call(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     runtime: Runtime = ctx[RUNTIME_KEY]
     return await runtime.deliver(record, ctx["job_id"])
 
-
-ClientFactory = Callable[[CrmTarget], CrmApi]

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 PREFIX = "telefum:"
 PENDING = PREFIX + "pending"
 DLQ = PREFIX + "dlq"
@@ -31,3 +33,8 @@ def errors(job: str) -> str:
 
 def phone_lock(scope: str, phone: str) -> str:
     return f"{PREFIX}lock:{scope}:{phone}"
+
+
+def text(v: Any) -> str:
+    """A Redis reply as text: our clients do not decode, so members and fields are bytes."""
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -52,10 +52,6 @@ ERRORS_KEPT = 50
 log = logging.getLogger("worker.ledger")
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 @dataclass
 class LedgerEntry:
     job_id: str
@@ -95,9 +91,18 @@ class LedgerEntry:
         return json.loads(raw) if raw else None
 
 
+def registered_script(redis: Redis, attr: str, lua: str) -> Any:
+    """A Lua script registered once per client (kept on it as ``attr``), run by its SHA."""
+    script = getattr(redis, attr, None)
+    if script is None:
+        script = redis.register_script(lua)
+        setattr(redis, attr, script)
+    return script
+
+
 async def load(redis: Redis, job_id: str) -> LedgerEntry:
     raw = await redis.hgetall(keys.ledger(job_id))  # type: ignore[misc]
-    return LedgerEntry(job_id, {_s(k): _s(v) for k, v in raw.items()})
+    return LedgerEntry(job_id, {keys.text(k): keys.text(v) for k, v in raw.items()})
 
 
 # KEYS: the ledger. ARGV: now, TTL s, then the final states. The entry as it was; unless
@@ -119,19 +124,16 @@ return fields
 
 async def load_and_begin(redis: Redis, job_id: str, now: float, ttl_s: float) -> LedgerEntry:
     """The ledger entry as it was before this run (``load``), and, unless it is final,
-    this run begun in it (what ``CallLedger.begin_attempt`` writes), atomically. The
-    entry returned is as it was; ``CallLedger.begun`` brings the copy up to date."""
-    script = getattr(redis, "_telefum_load_begin", None)
-    if script is None:
-        script = redis.register_script(_LOAD_AND_BEGIN_LUA)
-        redis._telefum_load_begin = script  # type: ignore[attr-defined]
+    this run begun in it (state running, one more attempt, the budget's start), atomically.
+    The entry returned is as it was; ``CallLedger.begun`` brings the copy up to date."""
+    script = registered_script(redis, "_telefum_load_begin", _LOAD_AND_BEGIN_LUA)
     raw = await script(keys=[keys.ledger(job_id)], args=[repr(now), int(ttl_s), *sorted(FINAL)])
     it = iter(raw)
-    return LedgerEntry(job_id, {_s(k): _s(v) for k, v in zip(it, it, strict=True)})
+    return LedgerEntry(job_id, {keys.text(k): keys.text(v) for k, v in zip(it, it, strict=True)})
 
 
-# The per-phone lock's release (as redis-py's Lock does it): delete it only if still ours.
-# ARGV: counter name, increment, ...; each counted only if this call never counted it
+# KEYS: the ledger, the counters. ARGV: counter name, increment, ...; each counted only if
+# this call never counted it
 _COUNT_ONCE_LUA = """
 for i = 1, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[1], 'counted:' .. ARGV[i], '1') == 1 then
@@ -141,6 +143,7 @@ end
 return 0
 """
 
+# The per-phone lock's release (as redis-py's Lock does it): delete it only if still ours.
 _RELEASE_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -153,7 +156,7 @@ async def error_history(redis: Redis, job_id: str) -> list[dict[str, Any]]:
         try:
             out.append(json.loads(raw))
         except ValueError:
-            out.append({"message": _s(raw)})
+            out.append({"message": keys.text(raw)})
     return out
 
 
@@ -263,13 +266,22 @@ class CallLedger:
             await tr.execute()
         self.entry.fields.update(values)
 
-    async def _must_land(self, values: dict[str, str], **kw: Any) -> None:
+    async def _must_land(
+        self, values: dict[str, str], *, counters: dict[str, int] | None = None,
+        done: bool = False, also: dict[str, str] | None = None,
+        release: tuple[str, bytes] | None = None,
+    ) -> None:  # fmt: skip
+        """Write ``values`` (with ``counters``, ``done``); if Redis fails, the outbox keeps
+        writing them in the background. ``also`` and ``release`` go with the first try
+        only: they are not worth keeping a write alive for."""
         try:
-            await self._hset(values, **kw)
+            await self._hset(values | (also or {}), counters=counters, done=done,
+                             release=release)  # fmt: skip
         except RedisError:
             if self.outbox is not None:
                 self.outbox.keep_trying(
-                    lambda redis: self._hset(values, redis=redis, **kw), self.job_id
+                    lambda redis: self._hset(values, counters=counters, done=done, redis=redis),
+                    self.job_id,
                 )
             raise
 
@@ -278,12 +290,6 @@ class CallLedger:
         self.entry.fields["state"] = RUNNING
         self.entry.fields["attempts"] = str(self.entry.attempts + 1)
         self.entry.fields.setdefault("first_attempt", repr(now))
-
-    async def begin_attempt(self, now: float) -> None:
-        fields = {"state": RUNNING, "attempts": str(self.entry.attempts + 1)}
-        if self.entry.first_attempt is None:
-            fields["first_attempt"] = repr(now)
-        await self._hset(fields)
 
     async def contact_sending(self, now: float) -> None:
         await self._hset({"contact_sent_at": repr(now)})
@@ -301,14 +307,7 @@ class CallLedger:
                   "contact_created": "1" if created else "0"}  # fmt: skip
         counters = {"contacts_created": 1} if created else None
         mark = {"event_sent_at": repr(event_sending_at)} if event_sending_at is not None else {}
-        try:
-            await self._hset(values | mark, counters=counters, release=release)
-        except RedisError:
-            if self.outbox is not None:
-                self.outbox.keep_trying(
-                    lambda redis: self._hset(values, counters=counters, redis=redis), self.job_id
-                )
-            raise
+        await self._must_land(values, counters=counters, also=mark, release=release)
         if mark:
             self.sent_event_this_run = True
 
@@ -355,6 +354,3 @@ class CallLedger:
         if retrying:
             self.entry.fields["state"] = RETRYING
 
-
-def now() -> float:
-    return time.time()

@@ -21,7 +21,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from . import keys, stats
-from .ledger import FINAL
+from .ledger import FINAL, registered_script
 
 JOB_FUNCTION = "deliver_call"
 
@@ -112,15 +112,7 @@ def _script_call(
 
 
 def _script(redis: Redis) -> Any:
-    script = getattr(redis, "_telefum_enqueue", None)
-    if script is None:
-        script = redis.register_script(_ENQUEUE_LUA)
-        redis._telefum_enqueue = script  # type: ignore[attr-defined]
-    return script
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return registered_script(redis, "_telefum_enqueue", _ENQUEUE_LUA)
 
 
 async def enqueue_call(
@@ -144,7 +136,7 @@ async def enqueue_call(
         record, queue_name=queue_name, expires_s=expires_s, ledger_ttl_s=ledger_ttl_s,
         requeue=requeue, defer_s=defer_s,
     )  # fmt: skip
-    return _text(await _script(redis)(keys=keys_, args=args))
+    return keys.text(await _script(redis)(keys=keys_, args=args))
 
 
 async def enqueue_calls(
@@ -169,4 +161,4 @@ async def enqueue_calls(
     async with redis.pipeline(transaction=False) as pipe:
         for keys_, args in calls:
             await script(keys=keys_, args=args, client=pipe)  # queued, not sent yet
-        return [_text(v) for v in await pipe.execute()]
+        return [keys.text(v) for v in await pipe.execute()]

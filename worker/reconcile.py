@@ -40,7 +40,7 @@ async def reconcile_once(
     members = await redis.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=limit)
     recovered = 0
     for raw in members:
-        jid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        jid = keys.text(raw)
         async with redis.pipeline(transaction=False) as p:
             p.exists(job_key_prefix + jid)
             p.exists(in_progress_key_prefix + jid)

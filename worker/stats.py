@@ -108,10 +108,6 @@ async def publish_spool(redis: Redis, listener: str, size: int, ttl_s: float) ->
         await p.execute()
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[str, Any]:
     """Everything above as one dict. Shape (stable; add keys only)::
 
@@ -142,11 +138,11 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
         p.smembers(LISTENERS)
         raw_counters, depth, due, pending, dead, wids, lids = await p.execute()
     counters = {name: 0 for name in COUNTER_NAMES}
-    counters.update({_s(k): int(v) for k, v in raw_counters.items()})
+    counters.update({keys.text(k): int(v) for k, v in raw_counters.items()})
 
-    wids = sorted(_s(w) for w in wids)
-    lids = sorted(_s(x) for x in lids)
-    latency_keys = [_s(k) async for k in redis.scan_iter(match=_CRM + "*", count=100)]
+    wids = sorted(keys.text(w) for w in wids)
+    lids = sorted(keys.text(x) for x in lids)
+    latency_keys = [keys.text(k) async for k in redis.scan_iter(match=_CRM + "*", count=100)]
     async with redis.pipeline(transaction=False) as p:
         for w in wids:
             p.hgetall(f"{keys.PREFIX}stats:worker:{w}")
@@ -158,7 +154,7 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
 
     workers, gone = [], []
     for w, raw in zip(wids, rows[: len(wids)], strict=True):
-        h = {_s(k): _s(v) for k, v in raw.items()}
+        h = {keys.text(k): keys.text(v) for k, v in raw.items()}
         if not h:
             gone.append(w)
             continue
@@ -172,7 +168,7 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
         })  # fmt: skip
     listeners, lgone = [], []
     for x, raw in zip(lids, rows[len(wids) : len(wids) + len(lids)], strict=True):
-        h = {_s(k): _s(v) for k, v in raw.items()}
+        h = {keys.text(k): keys.text(v) for k, v in raw.items()}
         if not h:
             lgone.append(x)
             continue
@@ -190,7 +186,7 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
     latency: dict[str, dict[str, Any]] = {}
     for k, raw in zip(latency_keys, rows[len(wids) + len(lids) :], strict=True):
         op, _, outcome = k[len(_CRM) :].partition(":")
-        h = {_s(a): _s(b) for a, b in raw.items()}
+        h = {keys.text(a): keys.text(b) for a, b in raw.items()}
         cum, buckets = 0, []
         for le in BUCKETS:
             cum += int(h.get(_bucket_name(le), 0))

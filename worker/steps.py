@@ -229,6 +229,7 @@ class Steps:
         if ledger.sent_event_this_run:  # marked with the contact just now (contact_known)
             return await self._send_event(plan, ledger)
         sent = ledger.entry.get("event_sent_at")
+        resend = ""  # why the CRM may already hold this event
         if sent:
             # A run sent addevent and never recorded how it ended: it died, or Redis failed
             # it. If it is alive, its outbox records the answer once Redis is back: give it
@@ -236,20 +237,21 @@ class Steps:
             wait = float(sent) + self.settle_s - time.time()
             if wait > 0:
                 raise OutcomePending(wait)
-            log.warning(
-                "a run sent addevent and never recorded the answer (it died or lost Redis): "
-                "sending again, the CRM may show this call twice",
-                extra={"call_id": ledger.job_id},
-            )
-            await stats.incr(self.redis, "possible_duplicates")
+            resend = "a run sent addevent and never recorded the answer (it died or lost Redis)"
         elif ledger.entry.get("event_uncertain"):
-            log.warning(
+            resend = (
                 "the last addevent got no answer the CRM may have acted on (timeout or a "
-                "dropped connection): sending again, the CRM may show this call twice",
-                extra={"call_id": ledger.job_id},
+                "dropped connection)"
             )
-            await stats.incr(self.redis, "possible_duplicates")
+        # before counting a re-send: a run that stops here sends nothing, and the next
+        # run, finding the same marks, counts it
         deadline.require(self.crm_timeout_s, "addevent")
+        if resend:
+            log.warning(
+                "%s: sending again, the CRM may show this call twice", resend,
+                extra={"call_id": ledger.job_id},
+            )  # fmt: skip
+            await stats.incr(self.redis, "possible_duplicates")
         await ledger.event_sending(time.time())
         return await self._send_event(plan, ledger)
 
