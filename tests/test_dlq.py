@@ -10,20 +10,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from tests.support.redis import inbound_call
 from worker import dlq, keys
+from worker.policy import DEFAULT_QUEUE
 from worker.queue import enqueue_call
 
-Q = "telefum:queue"
+Q = DEFAULT_QUEUE
 
 
 def record(i: int) -> dict[str, Any]:
-    return {
-        "call_id": f"1764158400.{i}", "pbx": "default", "direction": "in",
-        "external": "+79161234567", "did": "+74951234567", "extension": "101",
-        "answered": True, "started_at": "2025-11-26T12:00:00.000Z",
-        "answered_at": "2025-11-26T12:00:06.000Z", "ended_at": "2025-11-26T12:04:00.000Z",
-        "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+    return inbound_call(f"1764158400.{i}")
 
 
 async def dead(redis: Redis, n: int, contact_of_first: str | None = None) -> list[str]:

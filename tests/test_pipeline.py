@@ -21,10 +21,10 @@ import pytest
 from redis.asyncio import Redis
 
 from crm_client.types import Credentials
-from tests.support.redis import HoldingProxy, PipelineCrm, WorkerProcess
+from tests.support.redis import HoldingProxy, PipelineCrm, WorkerProcess, inbound_call
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
-from worker.policy import CallPolicy, CrmTarget, RetryPolicy, WorkerConfig
+from worker.policy import DEFAULT_QUEUE, CallPolicy, CrmTarget, RetryPolicy, WorkerConfig
 from worker.queue import enqueue_call
 from worker.stats import read_stats
 
@@ -49,17 +49,12 @@ def config(crm_url: str, service: Credentials = SERVICE, **kw: Any) -> WorkerCon
 
 
 def call(call_id: str, phone: str = NEW_PHONE, extension: str | None = "102") -> dict[str, Any]:
-    return {
-        "call_id": call_id, "pbx": "default", "direction": "in", "external": phone,
-        "did": "+74951234567", "extension": extension, "answered": True,
-        "started_at": "2025-11-26T12:00:00.000Z", "answered_at": "2025-11-26T12:00:06.000Z",
-        "ended_at": "2025-11-26T12:04:00.000Z", "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+    return inbound_call(call_id, phone, extension=extension)
 
 
 async def enqueue(redis: Redis, *records: dict[str, Any]) -> None:
     for rec in records:
-        await enqueue_call(redis, rec, queue_name="telefum:queue", expires_s=3600,
+        await enqueue_call(redis, rec, queue_name=DEFAULT_QUEUE, expires_s=3600,
                            ledger_ttl_s=3600)  # fmt: skip
 
 

@@ -12,22 +12,18 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tests.conftest import free_port
+from tests.support.redis import inbound_call
 from worker import keys
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
+from worker.policy import DEFAULT_QUEUE
 from worker.stats import read_stats
 
-Q = "telefum:queue"
+Q = DEFAULT_QUEUE
 
 
 def record(i: int) -> dict[str, Any]:
-    return {
-        "call_id": f"1764158400.{i}", "pbx": "default", "direction": "in",
-        "external": "+79161234567", "did": "+74951234567", "extension": "101",
-        "answered": True, "started_at": "2025-11-26T12:00:00.000Z",
-        "answered_at": "2025-11-26T12:00:06.000Z", "ended_at": "2025-11-26T12:04:00.000Z",
-        "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+    return inbound_call(f"1764158400.{i}")
 
 
 async def queued_in_order(redis: Redis, ids: range) -> list[int]:

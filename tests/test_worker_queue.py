@@ -8,22 +8,19 @@ from typing import Any
 from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 
+from tests.support.redis import inbound_call
 from worker import keys
+from worker.policy import DEFAULT_QUEUE
 from worker.queue import ALREADY_QUEUED, QUEUED, enqueue_call, loads
 from worker.reconcile import reconcile_once
 from worker.stats import read_stats
 
-Q = "telefum:queue"
+Q = DEFAULT_QUEUE
 OPTS: dict[str, Any] = {"queue_name": Q, "expires_s": 3600, "ledger_ttl_s": 3600}
 
 
 def record(call_id: str = "1764158400.17", pbx: str = "office") -> dict[str, Any]:
-    return {
-        "call_id": call_id, "pbx": pbx, "direction": "in", "external": "+79161234567",
-        "did": "+74951234567", "extension": "101", "answered": True,
-        "started_at": "2025-11-26T12:00:00.000Z", "answered_at": "2025-11-26T12:00:06.000Z",
-        "ended_at": "2025-11-26T12:04:00.000Z", "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+    return inbound_call(call_id, pbx=pbx)
 
 
 async def test_a_call_enqueued_twice_is_one_job_with_a_deterministic_id(

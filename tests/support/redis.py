@@ -34,6 +34,19 @@ from worker.policy import WorkerConfig
 REPO = Path(__file__).resolve().parents[2]
 
 
+def inbound_call(
+    call_id: str, external: str = "+79161234567", *, pbx: str = "default",
+    extension: str | None = "101",
+) -> dict[str, Any]:
+    """An answered inbound call's record (``CallRecord.to_json`` form), for the queue tests."""
+    return {
+        "call_id": call_id, "pbx": pbx, "direction": "in", "external": external,
+        "did": "+74951234567", "extension": extension, "answered": True,
+        "started_at": "2025-11-26T12:00:00.000Z", "answered_at": "2025-11-26T12:00:06.000Z",
+        "ended_at": "2025-11-26T12:04:00.000Z", "disposition": "answered", "transfers": [],
+    }  # fmt: skip
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
