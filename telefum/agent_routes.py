@@ -11,6 +11,9 @@ Routes (all added by :func:`setup_agent_routes`):
 - ``GET  /report.json?token=T&since=7d&until=&tz=``  the figures
 - ``GET  /ui/{file}``                   the pages' script and style (no secrets in them)
 
+Callers are looked up in the CRM only for an extension someone watches: while its events
+feed is open, and for its current calls when its state is asked for (see ``ScreenPop``).
+
 Tokens: an agent's own token (``[http.agent_tokens]``) opens that extension's page and dials
 from that extension only; the admin token (``[http] token``) does both for any extension;
 the report takes the admin token or ``[http] report_token``. A token travels as
@@ -186,7 +189,7 @@ class _AgentRoutes:
 
     async def agent_state(self, request: web.Request) -> web.Response:
         ext = self._agent(request)
-        return _json(self.screenpop.snapshot(ext))
+        return _json(self.screenpop.watch(ext))  # asking counts as watching: looks up
 
     async def agent_events(self, request: web.Request) -> web.StreamResponse:
         ext = self._agent(request)

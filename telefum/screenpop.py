@@ -3,8 +3,18 @@
 The tracker's live updates (``Ringing``, ``Answered``, ``CallFinished``) come in through
 :meth:`ScreenPop.on_update`, which is synchronous and never waits: it changes the state of
 the extensions concerned, publishes their new snapshot to every open page at once (so the
-caller's number shows the moment the phone rings) and starts the CRM lookup in the
-background; the contacts follow in a second snapshot when the CRM answers.
+caller's number shows the moment the phone rings) and, when someone watches the extension,
+starts the CRM lookup in the background; the contacts follow in a second snapshot when the
+CRM answers.
+
+The caller is looked up only for a *watched* extension: one with an open page
+(:meth:`ScreenPop.subscribe`) or whose snapshot is asked for (:meth:`ScreenPop.watch`, the
+JSON endpoint). A lookup nobody sees is load on the customer's CRM for nothing: looking up
+every call was a third of the CRM's requests and ~15% of the listener's CPU with no page
+open (bench/e2e_bench.py). A page that opens mid-call starts the lookups of the calls
+current then; calls that ended unwatched stay not looked up (lookup state ``none``) in the
+history, shown with the CRM's search link, which is made locally and asks the CRM nothing.
+:meth:`ScreenPop.snapshot` itself never looks up.
 
 Each page subscription receives *whole snapshots* of its extension (current calls and a
 short history), never deltas: a slow or reconnecting browser only needs the latest one, so
@@ -116,7 +126,7 @@ class LookupCache:
 class Lookup:
     """What the CRM said about one call's caller (shared by every extension it rang)."""
 
-    state: LookupState = "none"
+    state: LookupState = "none"  # "none": not looked up (internal call, or nobody watched)
     contacts: list[dict[str, str]] = field(default_factory=list)
     total: int = 0
     search_url: str | None = None
@@ -137,6 +147,7 @@ class PopCall:
     """One call as one agent's page shows it."""
 
     call_id: str
+    pbx: str
     extension: str
     direction: str
     caller: str | None  # the outside party, E.164
@@ -207,7 +218,9 @@ class ScreenPop:
     """Per-extension live call state, the SSE fan-out and the cached CRM lookup.
 
     ``crm_for(pbx)`` says which CRM a PBX's callers are looked up in (``Settings.crm_for``);
-    ``sources`` maps tracking numbers (E.164) to their ad-source labels.
+    ``sources`` maps tracking numbers (E.164) to their ad-source labels. Callers are looked
+    up only while their extension is watched: :meth:`subscribe` (a page's live feed) or
+    :meth:`watch` (one snapshot on request); :meth:`snapshot` alone never asks the CRM.
     """
 
     def __init__(
@@ -271,16 +284,15 @@ class ScreenPop:
         self, extension: str, pbx: str, call_id: str, direction: str, external: str | None,
         did: str | None, at: float,
     ) -> PopCall:
-        """A new call on an extension's page; the CRM lookup starts once per call."""
+        """A new call on an extension's page; the CRM lookup starts once per call, and only
+        when the extension is watched (else when a page opens while the call is current)."""
         key = _call_key(pbx, call_id)
         lookup = self._lookups.get(key)
         if lookup is None:
             lookup = self._lookups[key] = Lookup()
-            if external:
-                lookup.state = "pending"
-                self._spawn(self._lookup(pbx, external, lookup))
         call = PopCall(
             call_id=call_id,
+            pbx=pbx,
             extension=extension,
             direction=direction,
             caller=external,
@@ -289,7 +301,10 @@ class ScreenPop:
             rang_at=at,
             lookup=lookup,
         )
-        self._ext(extension).current[key] = call
+        ext = self._ext(extension)
+        ext.current[key] = call
+        if ext.subscribers:
+            self._start_lookup(call)
         return call
 
     def _answered(self, u: Answered) -> None:
@@ -338,6 +353,29 @@ class ScreenPop:
 
     # --- the CRM lookup -----------------------------------------------------------------
 
+    def _start_lookup(self, call: PopCall) -> None:
+        """Look the call's caller up unless that is done or under way (the lookup is shared
+        by every extension the call rang)."""
+        if call.caller and call.lookup.state == "none" and not self._closed:
+            call.lookup.state = "pending"
+            self._spawn(self._lookup(call.pbx, call.caller, call.lookup))
+
+    def _look_up_current(self, ext: _Extension) -> None:
+        """Someone watches ``ext``: look up its current calls that never were (not the
+        history: a call that ended unwatched stays not looked up)."""
+        self._prune_stale(ext)  # a call whose end was lost is not worth a CRM request
+        for call in ext.current.values():
+            self._start_lookup(call)
+
+    def _search_url(self, pbx: str, phone: str) -> str | None:
+        """The CRM's search link for a phone; made here, no request to the CRM."""
+        try:
+            target = self._crm_for(pbx)
+            return target.client.search_url(for_crm(phone, target.phone_format))
+        except Exception as err:  # no link is better than no page
+            log.debug("screen pop: no CRM search link: %s", redact_text(str(err)) or type(err))
+            return None
+
     async def _lookup(self, pbx: str, phone: str, lookup: Lookup) -> None:
         try:
             target = self._crm_for(pbx)
@@ -378,10 +416,17 @@ class ScreenPop:
     # --- output: snapshots and subscriptions --------------------------------------------
 
     def snapshot(self, extension: str) -> dict[str, Any]:
-        """Everything the agent page of ``extension`` shows, as JSON-ready data."""
+        """Everything the agent page of ``extension`` shows, as JSON-ready data.
+
+        Starts no CRM lookup (see :meth:`watch`); a call never looked up gets the CRM's
+        search link here, made locally when first shown (most are never shown)."""
         ext = self._extensions.get(extension)
         current = sorted(ext.current.values(), key=lambda c: c.rang_at) if ext else []
         history = list(ext.history) if ext else []
+        for call in (*current, *history):
+            lk = call.lookup
+            if lk.state == "none" and call.caller and lk.search_url is None:
+                lk.search_url = self._search_url(call.pbx, call.caller)
         return {
             "extension": extension,
             "at": self._clock(),
@@ -389,12 +434,25 @@ class ScreenPop:
             "history": [c.to_json() for c in history],
         }
 
+    def watch(self, extension: str) -> dict[str, Any]:
+        """The snapshot for someone who asked for it (the JSON endpoint): asking counts as
+        watching, so the lookups of the extension's current calls start first (the answer
+        shows them pending; ask again for the contacts). Open pages use :meth:`subscribe`."""
+        ext = self._extensions.get(extension)
+        if ext is not None:
+            self._look_up_current(ext)
+        return self.snapshot(extension)
+
     @contextlib.asynccontextmanager
     async def subscribe(self, extension: str) -> AsyncIterator[_Subscription]:
-        """Open one page's feed: the current snapshot first, then one per change."""
+        """Open one page's feed: the current snapshot first, then one per change.
+
+        While the feed is open the extension is watched: the lookups of its current calls
+        start now (the first snapshot shows them pending), those of new calls as they ring."""
         box = _Mailbox()
         ext = self._ext(extension)
         ext.subscribers.add(box)
+        self._look_up_current(ext)
         box.put(None if self._closed else self.snapshot(extension))
         try:
             yield _Subscription(box)

@@ -2,7 +2,9 @@
 
 - A simulated ring pops the caller's CRM card link on the agent page (the reference CRM
   holds the contact), within half a second of the ring for the caller's number; an
-  unknown caller gets the CRM's search link.
+  unknown caller gets the CRM's search link. A call that came while the page was closed
+  was never looked up (the CRM is asked only for watched extensions): the page lists it
+  with the CRM's search link, and opening the page does not ask the CRM about it.
 - A click on a ``telf:`` link in the reference CRM's card goes the way it goes on an agent's
   desktop: the browser hands the URL to the ``x-scheme-handler/telf`` handler, which is
   ``telefum dial URL`` (deploy/telefum-dial.desktop), which posts to the bridge, which
@@ -159,6 +161,28 @@ async def test_an_unknown_caller_gets_the_crms_search_link(
     await page.wait_for_selector("#dial-result[data-ok='1']")
     (originate,) = pbx_sim.originates
     assert (originate["Channel"], originate["Exten"]) == ("PJSIP/101", "79035550011")
+
+
+async def test_a_call_missed_while_the_page_was_closed_shows_the_search_link_unasked(
+    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
+    refcrm: RunningRefCrm, traces_dir: Path,
+) -> None:
+    await crm_client.add_contact("+79161234567", "Иван Петров", "contact", None, refcrm.creds())
+    await pbx_sim.play(
+        pbx_sim.prepare_trace(traces_dir / "03-inbound-missed-caller-abandons.ami"), speed=0
+    )
+    await bridge.barrier()
+    page = await open_agent_page(browser, bridge, "101")
+    link = page.locator("[data-testid=recent] a[data-testid=search-link]")
+    await link.wait_for()
+    assert "Not looked up" in await link.inner_text()
+    assert await link.get_attribute("href") == f"{refcrm.base_url}search?phone=%2B79161234567"
+    assert "+7 916 123-45-67" in await page.inner_text("[data-testid=recent]")
+    assert "missed" in await page.inner_text("[data-testid=recent]")
+    assert await page.locator("a[data-testid=card-link]").count() == 0
+    assert bridge.screenpop is not None
+    await bridge.screenpop.idle()
+    assert refcrm.state.requests["find"] == 0
 
 
 # What the desktop does with a telf: URL, in the browser's place (see the module docstring).

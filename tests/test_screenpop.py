@@ -1,12 +1,15 @@
 """Screen pop state and lookup cache: pure logic, driven by tracker updates.
 
 The CRM here is a small in-memory directory (the HTTP and browser tests use the reference
-CRM): what is pinned is what the page is told and how often the CRM is asked.
+CRM): what is pinned is what the page is told and how often the CRM is asked. The CRM is
+asked only for watched extensions, so most tests open the pages first (:func:`watching`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,15 @@ def make_pop(directory: Directory, **kw: object) -> ScreenPop:
     return ScreenPop(lambda pbx: target, sources={DID: "Yandex Direct"}, **kw)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def watching(pop: ScreenPop, *extensions: str) -> AsyncIterator[None]:
+    """The agent pages of ``extensions`` open (their feeds unread) for the block's span."""
+    async with contextlib.AsyncExitStack() as stack:
+        for ext in extensions:
+            await stack.enter_async_context(pop.subscribe(ext))
+        yield
+
+
 def ringing(ext: str, call_id: str = "c1", caller: str | None = CALLER, at: float = 1000.0):
     return Ringing(call_id, ext, caller, DID, "in", at)
 
@@ -90,10 +102,11 @@ async def test_ringing_shows_caller_and_source_before_the_crm_answers() -> None:
 
 async def test_unknown_caller_gets_the_search_link_and_no_cards() -> None:
     pop = make_pop(Directory())
-    pop.on_update(ringing("101"))
-    await pop.idle()
+    async with watching(pop, "101"):
+        pop.on_update(ringing("101"))
+        await pop.idle()
     lookup = pop.snapshot("101")["calls"][0]["lookup"]
-    assert lookup["contacts"] == []
+    assert lookup["state"] == "done" and lookup["contacts"] == []
     assert lookup["search_url"] == f"http://crm.test/search?phone={CALLER}"
 
 
@@ -101,12 +114,13 @@ async def test_a_ring_group_asks_the_crm_once_for_all_its_phones() -> None:
     crm = Directory()
     crm.gate = asyncio.Event()
     pop = make_pop(crm)
-    for ext in ("101", "102", "103"):
-        pop.on_update(ringing(ext))
-    # a second call from the same number moments later (a queue's next round) is cached too
-    pop.on_update(ringing("104", call_id="c2"))
-    crm.gate.set()
-    await pop.idle()
+    async with watching(pop, "101", "102", "103", "104"):
+        for ext in ("101", "102", "103"):
+            pop.on_update(ringing(ext))
+        # a second call from the same number moments later (a queue's next round): cached
+        pop.on_update(ringing("104", call_id="c2"))
+        crm.gate.set()
+        await pop.idle()
     assert crm.finds == [CALLER]
     for ext in ("101", "102", "103", "104"):
         assert pop.snapshot(ext)["calls"][0]["lookup"]["state"] == "done"
@@ -153,15 +167,16 @@ async def test_a_failed_lookup_is_not_cached_and_the_page_keeps_the_search_link(
     crm = Directory()
     crm.fail = True
     pop = make_pop(crm)
-    pop.on_update(ringing("101"))
-    await pop.idle()
-    lookup = pop.snapshot("101")["calls"][0]["lookup"]
-    assert lookup["state"] == "failed"
-    assert lookup["search_url"] == f"http://crm.test/search?phone={CALLER}"
-    assert "hunter2" not in caplog.text
-    crm.fail = False
-    pop.on_update(ringing("102", call_id="c2"))
-    await pop.idle()
+    async with watching(pop, "101", "102"):
+        pop.on_update(ringing("101"))
+        await pop.idle()
+        lookup = pop.snapshot("101")["calls"][0]["lookup"]
+        assert lookup["state"] == "failed"
+        assert lookup["search_url"] == f"http://crm.test/search?phone={CALLER}"
+        assert "hunter2" not in caplog.text
+        crm.fail = False
+        pop.on_update(ringing("102", call_id="c2"))
+        await pop.idle()
     assert pop.snapshot("102")["calls"][0]["lookup"]["state"] == "done"
     assert len(crm.finds) == 2
 
@@ -170,8 +185,9 @@ async def test_phone_is_sent_to_the_crm_in_its_configured_format() -> None:
     crm = Directory()
     target = CrmTarget(crm, Credentials("b", "p"), phone_format="national")
     pop = ScreenPop(lambda pbx: target)
-    pop.on_update(ringing("101"))
-    await pop.idle()
+    async with watching(pop, "101"):
+        pop.on_update(ringing("101"))
+        await pop.idle()
     assert crm.finds == ["89161234567"]
     assert pop.snapshot("101")["calls"][0]["lookup"]["search_url"].endswith("phone=89161234567")
 
@@ -208,9 +224,10 @@ async def test_a_recorded_ring_group_pops_on_both_phones_and_ends_right(traces_d
     crm = Directory({CALLER: [Contact("7", "contact", "Ivan"), Contact("8", "lead", "Olga")]})
     pop = make_pop(crm)
     raw = (traces_dir / "06-inbound-ringgroup-102-answers.ami").read_bytes()
-    for update in CallTracker().feed(parse_trace(raw)):
-        pop.on_update(update)
-    await pop.idle()
+    async with watching(pop, "101", "102"):
+        for update in CallTracker().feed(parse_trace(raw)):
+            pop.on_update(update)
+        await pop.idle()
     (h101,) = pop.snapshot("101")["history"]
     (h102,) = pop.snapshot("102")["history"]
     assert h101["outcome"] == "answered by 102" and h102["outcome"] == "answered"
@@ -223,9 +240,10 @@ async def test_a_click_to_call_pops_on_the_agents_page_once_answered(traces_dir:
     pop = make_pop(crm)
     raw = (traces_dir / "14-outbound-click-to-call-originate.ami").read_bytes()
     updates = CallTracker().feed(parse_trace(raw))
-    for update in updates[:-1]:  # all but CallFinished
-        pop.on_update(update)
-    await pop.idle()
+    async with watching(pop, "101"):
+        for update in updates[:-1]:  # all but CallFinished
+            pop.on_update(update)
+        await pop.idle()
     (call,) = pop.snapshot("101")["calls"]
     assert (call["direction"], call["caller"], call["state"]) == ("out", callee, "answered")
     assert call["lookup"]["contacts"][0]["name"] == "Anna"
@@ -251,3 +269,96 @@ async def test_close_ends_every_open_feed() -> None:
         await pop.close()
         with pytest.raises(StopAsyncIteration):
             await feed.next(1)
+
+
+# --- the CRM is asked only about calls someone watches --------------------------------------
+
+
+async def test_no_crm_lookup_while_no_page_is_open_for_the_extension() -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan")]})
+    pop = make_pop(crm)
+    pop.on_update(ringing("101"))
+    await pop.idle()
+    (call,) = pop.snapshot("101")["calls"]  # the pure snapshot does not look up either
+    await pop.idle()
+    assert crm.finds == []
+    # not looked up, and says so; the search link is made without asking the CRM
+    assert call["caller"] == CALLER
+    assert call["lookup"]["state"] == "none" and call["lookup"]["contacts"] == []
+    assert call["lookup"]["search_url"] == f"http://crm.test/search?phone={CALLER}"
+    # the call ends unwatched: its history entry is not looked up when a page opens later
+    pop.on_update(finished())
+    async with pop.subscribe("101") as feed:
+        snap = await feed.next(1)
+        await pop.idle()
+    assert crm.finds == []
+    assert snap is not None and snap["calls"] == []
+    assert snap["history"][0]["lookup"]["state"] == "none"
+    assert snap["history"][0]["lookup"]["contacts"] == []
+    await pop.close()
+
+
+async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls() -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan")]})
+    pop = make_pop(crm)
+    pop.on_update(ringing("101"))
+    pop.on_update(Answered("c1", "101", 1002.0))
+    await pop.idle()
+    assert crm.finds == []
+    crm.gate = asyncio.Event()  # hold the CRM's answer to see the pending state
+    async with pop.subscribe("101") as feed:
+        first = await feed.next(1)
+        assert first is not None
+        assert first["calls"][0]["lookup"]["state"] == "pending"
+        crm.gate.set()
+        snap = await feed.next(1)
+        async with pop.subscribe("101"):  # a second tab: once per call, no new request
+            await pop.idle()
+    assert snap is not None
+    (call,) = snap["calls"]
+    assert call["state"] == "answered" and call["lookup"]["state"] == "done"
+    assert [c["name"] for c in call["lookup"]["contacts"]] == ["Ivan"]
+    assert crm.finds == [CALLER]
+    await pop.close()
+
+
+async def test_snapshot_request_looks_up_current_calls() -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan")]})
+    pop = make_pop(crm)
+    pop.on_update(ringing("101"))
+    pop.on_update(ringing("102", call_id="c2", caller="+79031112233"))
+    asked = pop.watch("101")
+    assert asked["calls"][0]["lookup"]["state"] == "pending"
+    await pop.idle()
+    assert pop.watch("101")["calls"][0]["lookup"]["contacts"][0]["name"] == "Ivan"
+    assert crm.finds == [CALLER]  # once, and only for the extension asked about
+    assert pop.snapshot("102")["calls"][0]["lookup"]["state"] == "none"
+    assert pop.watch("999")["calls"] == []  # an extension that never rang: nothing to do
+    await pop.close()
+
+
+async def test_a_ring_group_is_looked_up_once_when_one_of_its_phones_is_watched() -> None:
+    crm = Directory({CALLER: [Contact("7", "contact", "Ivan")]})
+    pop = make_pop(crm)
+    async with watching(pop, "102"):
+        pop.on_update(ringing("101"))  # nobody watches 101: no lookup yet
+        await pop.idle()
+        assert crm.finds == []
+        pop.on_update(ringing("102"))  # the same call on a watched phone: looked up
+        pop.on_update(ringing("103"))
+        await pop.idle()
+    assert crm.finds == [CALLER]
+    for ext in ("101", "102", "103"):  # one call, one lookup, shown wherever it rang
+        assert pop.snapshot(ext)["calls"][0]["lookup"]["state"] == "done"
+    await pop.close()
+
+
+async def test_an_internal_call_is_not_looked_up_and_has_no_search_link() -> None:
+    crm = Directory()
+    pop = make_pop(crm)
+    async with watching(pop, "101"):
+        pop.on_update(ringing("101", caller=None))
+        await pop.idle()
+        lookup = pop.snapshot("101")["calls"][0]["lookup"]
+    assert crm.finds == [] and lookup["state"] == "none" and lookup["search_url"] is None
+    await pop.close()

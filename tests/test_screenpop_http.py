@@ -1,13 +1,14 @@
 """The agent page's feed over HTTP, wired the way the service shell wires it
 (``create_agent_services`` + ``setup_agent_routes``), with the reference CRM and a real AMI
-listener on the simulated PBX."""
+listener on the simulated PBX. The reference CRM counts the ``find`` requests it answers:
+the caller is looked up only for a watched extension (an open feed or a state request)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
 from crm_client.client import TelefumClient
-from telefum.agent_routes import create_agent_services, setup_agent_routes
+from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
 from telefum.config import AmiSettings, CrmSettings, Settings
 from telephony.listener import AmiListener
 from telephony.simulator import PbxSimulator
@@ -24,9 +25,22 @@ from tests.support.agents import AGENT_TOKENS, agent_settings, split_at_first_ri
 from tests.support.crm import RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER
 
+CALLER = "+79161234567"  # the caller of the recordings used here
+
+
+@dataclass
+class Bridge:
+    url: str
+    listener: AmiListener
+    services: AgentServices
+
+    async def barrier(self) -> None:
+        """Everything the PBX has sent so far has reached the screen pop."""
+        await self.listener.ping()
+
 
 @pytest.fixture
-async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[str]:
+async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[Bridge]:
     creds = refcrm.creds()
     settings: Settings = replace(
         agent_settings(),
@@ -53,7 +67,7 @@ async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Bridge(f"http://127.0.0.1:{port}", listener, services)
     finally:
         await runner.cleanup()
         await listener.stop()
@@ -71,23 +85,23 @@ async def read_events(resp: Any) -> AsyncIterator[dict[str, Any]]:
             yield json.loads(line[6:])
 
 
-async def test_the_feed_needs_the_extensions_own_token(bridge: str) -> None:
+async def test_the_feed_needs_the_extensions_own_token(bridge: Bridge) -> None:
     async with ClientSession(timeout=ClientTimeout(total=10)) as http:
         for path in ("/agent/101", "/agent/101/events", "/agent/101/state"):
             for q in ("", "?token=wrong", f"?token={AGENT_TOKENS['102']}"):
-                async with http.get(bridge + path + q) as resp:
+                async with http.get(bridge.url + path + q) as resp:
                     assert resp.status == 401, (path, q)
-        async with http.get(f"{bridge}/agent/101?token={AGENT_TOKENS['101']}") as resp:
+        async with http.get(f"{bridge.url}/agent/101?token={AGENT_TOKENS['101']}") as resp:
             assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
             assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
 
 
 async def test_a_ring_reaches_the_feed_with_the_crm_card(
-    bridge: str, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
+    bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
 ) -> None:
     async with TelefumClient(refcrm.rest_url) as crm:
-        cid = await crm.add_contact("+79161234567", "Иван", "contact", None, refcrm.creds())
-    url = f"{bridge}/agent/101/events?token={AGENT_TOKENS['101']}"
+        cid = await crm.add_contact(CALLER, "Иван", "contact", None, refcrm.creds())
+    url = f"{bridge.url}/agent/101/events?token={AGENT_TOKENS['101']}"
     async with (
         ClientSession(timeout=ClientTimeout(total=20)) as http,
         http.get(url) as resp,
@@ -104,7 +118,7 @@ async def test_a_ring_reaches_the_feed_with_the_crm_card(
             snap = await anext(events)
             (call,) = snap["calls"]  # the number shows before the CRM has answered
             assert (call["caller"], call["state"], call["lookup"]["state"]) == (
-                "+79161234567", "ringing", "pending",
+                CALLER, "ringing", "pending",
             )
             await pbx_sim.play(rest, speed=0)
             async for snap in events:
@@ -113,3 +127,82 @@ async def test_a_ring_reaches_the_feed_with_the_crm_card(
     (contact,) = snap["history"][0]["lookup"]["contacts"]
     assert contact["url"] == f"{refcrm.base_url}card?id={cid}&typecont=contact"
     assert snap["history"][0]["outcome"] == "answered"
+    assert refcrm.state.requests["find"] == 1
+
+
+async def test_no_crm_lookup_while_no_page_is_open_for_the_extension(
+    bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
+) -> None:
+    await pbx_sim.play(
+        pbx_sim.prepare_trace(traces_dir / "01-inbound-answered-caller-hangup.ami"), speed=0
+    )
+    await bridge.barrier()
+    await bridge.services.screenpop.idle()
+    assert refcrm.state.requests["find"] == 0
+    # a page opened afterwards shows the call, not looked up, with the CRM's search link
+    url = f"{bridge.url}/agent/101/events?token={AGENT_TOKENS['101']}"
+    async with (
+        ClientSession(timeout=ClientTimeout(total=10)) as http,
+        http.get(url) as resp,
+    ):
+        snap = await anext(read_events(resp))
+    (entry,) = snap["history"]
+    assert entry["caller"] == CALLER and entry["outcome"] == "answered"
+    assert entry["lookup"]["state"] == "none" and entry["lookup"]["contacts"] == []
+    assert entry["lookup"]["search_url"] == f"{refcrm.base_url}search?phone=%2B79161234567"
+    await bridge.services.screenpop.idle()
+    assert refcrm.state.requests["find"] == 0
+
+
+async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls(
+    bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
+) -> None:
+    async with TelefumClient(refcrm.rest_url) as crm:
+        await crm.add_contact(CALLER, "Иван", "contact", None, refcrm.creds())
+    ring, _ = split_at_first_ring(
+        pbx_sim.prepare_trace(traces_dir / "01-inbound-answered-caller-hangup.ami")
+    )
+    await pbx_sim.play(ring, speed=0)
+    await bridge.barrier()
+    await bridge.services.screenpop.idle()
+    assert refcrm.state.requests["find"] == 0
+    url = f"{bridge.url}/agent/101/events?token={AGENT_TOKENS['101']}"
+    async with (
+        ClientSession(timeout=ClientTimeout(total=20)) as http,
+        http.get(url) as resp,
+        asyncio.timeout(10),
+    ):
+        events = read_events(resp)
+        (call,) = (await anext(events))["calls"]
+        assert (call["caller"], call["state"]) == (CALLER, "ringing")
+        assert call["lookup"]["state"] == "pending"  # started by opening the page
+        async for snap in events:  # the contacts follow when the CRM answers
+            if snap["calls"][0]["lookup"]["state"] != "pending":
+                break
+    assert [c["name"] for c in snap["calls"][0]["lookup"]["contacts"]] == ["Иван"]
+    assert refcrm.state.requests["find"] == 1
+
+
+async def test_snapshot_request_looks_up_current_calls(
+    bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
+) -> None:
+    async with TelefumClient(refcrm.rest_url) as crm:
+        await crm.add_contact(CALLER, "Иван", "contact", None, refcrm.creds())
+    ring, _ = split_at_first_ring(
+        pbx_sim.prepare_trace(traces_dir / "01-inbound-answered-caller-hangup.ami")
+    )
+    await pbx_sim.play(ring, speed=0)
+    await bridge.barrier()
+    await bridge.services.screenpop.idle()
+    assert refcrm.state.requests["find"] == 0
+    url = f"{bridge.url}/agent/101/state?token={AGENT_TOKENS['101']}"
+    async with ClientSession(timeout=ClientTimeout(total=10)) as http:
+        async with http.get(url) as resp:
+            (call,) = (await resp.json())["calls"]
+        assert call["caller"] == CALLER and call["lookup"]["state"] == "pending"
+        await bridge.services.screenpop.idle()
+        async with http.get(url) as resp:  # asked again: the contacts, no second lookup
+            (call,) = (await resp.json())["calls"]
+    assert call["lookup"]["state"] == "done"
+    assert [c["name"] for c in call["lookup"]["contacts"]] == ["Иван"]
+    assert refcrm.state.requests["find"] == 1

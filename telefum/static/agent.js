@@ -33,8 +33,13 @@
       box.append(el("span", {class: "quiet", "data-testid": "lookup-pending", text: "Looking up in the CRM…"}));
       return box;
     }
-    if (lk.state === "none") {
-      box.append(el("span", {class: "quiet", text: "Internal call"}));
+    if (lk.state === "none") {  // internal, or rang while no page was open: not looked up
+      if (!call.caller) box.append(el("span", {class: "quiet", text: "Internal call"}));
+      else if (lk.search_url) {
+        box.append(el("a", {href: lk.search_url, target: "_blank", rel: "noopener noreferrer",
+                            class: "search-link", "data-testid": "search-link",
+                            text: "Not looked up: search in the CRM"}));
+      } else box.append(el("span", {class: "quiet", text: "Not looked up in the CRM"}));
       return box;
     }
     const contacts = lk.contacts || [];
