@@ -283,7 +283,7 @@ def _addcont(
         company=_first(params, "company"),
         description=_first(params, "description"),
     )
-    log.info("refcrm: contact %d (%s) created by %s", cid, typecont, login)
+    log.debug("refcrm: contact %d (%s) created by %s", cid, typecont, login)
     return _xml(
         request,
         [("result", "ok"), ("id", str(cid)), ("typecont", typecont),
@@ -311,7 +311,7 @@ def _addevent(
         desc=_first(params, "desc"),
         created_by=login,
     )
-    log.info("refcrm: event %d on contact %d created by %s", idev, contact.id, login)
+    log.debug("refcrm: event %d on contact %d created by %s", idev, contact.id, login)
     return _xml(
         request, [("result", "ok"), ("idev", str(idev)), ("description", MSG_EVENT_ADDED)]
     )

@@ -29,7 +29,6 @@ codec is told ``events``/``variables`` (as the listener does): it then never dec
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import sys
@@ -76,13 +75,6 @@ _STATE_BUSY = "7"
 VARIABLES = frozenset({"DIALSTATUS", "FROM_DID", "__FROM_DID"})
 _NUMBER_RUN = re.compile(r"\+?\d{5,}")
 _TRAILING_DIGITS = re.compile(r"(\d+)#?$")
-
-
-@functools.lru_cache(maxsize=1024)
-def _e164(raw: str | None, country: str) -> str | None:
-    """``to_e164``, remembered: parsing a number costs as much as tracking a dozen events,
-    and a PBX repeats its DIDs, its regular callers, and each call its own numbers."""
-    return to_e164(raw, country)
 
 
 class CallTracker:
@@ -327,12 +319,12 @@ class CallTracker:
             # Callback: Originate rang the outside number first, then an agent.
             call.direction = "out"
             call.originated = True
-            call.external = _e164(msg.get("Exten"), self._country)
+            call.external = to_e164(msg.get("Exten"), self._country)
             return None
         if (ch.kind == TRUNK or context in self._inbound) and context not in self._internal:
             call.direction = "in"
-            call.external = _e164(msg.get("CallerIDNum"), self._country)
-            call.did = _e164(msg.get("Exten"), self._country)
+            call.external = to_e164(msg.get("CallerIDNum"), self._country)
+            call.did = to_e164(msg.get("Exten"), self._country)
             return [self._started(call)]
         call.originated = down
         call.dialler = self._agent(ch)
@@ -367,11 +359,11 @@ class CallTracker:
         ``trunk/79031112233``), else the new leg's caller id or extension."""
         country = self._country
         for m in _NUMBER_RUN.finditer(msg.get("DialString", "")):
-            number = _e164(m.group(0), country)
+            number = to_e164(m.group(0), country)
             if number:
                 return number
         for key in ("DestCallerIDNum", "DestExten", "CallerIDNum", "Exten"):
-            number = _e164(msg.get(key), country)
+            number = to_e164(msg.get(key), country)
             if number:
                 return number
         return None
@@ -557,7 +549,7 @@ class CallTracker:
         if call is not None and ch is call.first and call.direction == "in" and (
             call.external is None
         ):  # the caller id came after the channel (some trunks set it in the dialplan)
-            call.external = _e164(msg.get("CallerIDNum"), self._country)
+            call.external = to_e164(msg.get("CallerIDNum"), self._country)
         return None
 
     def _on_varset(self, msg: Message, arrived: float) -> list[Update] | None:
@@ -570,7 +562,7 @@ class CallTracker:
         elif var in ("FROM_DID", "__FROM_DID"):
             ch = self._channels.get(msg.get("Uniqueid", ""))
             if ch is not None and ch.call.did is None and ch.call.direction == "in":
-                ch.call.did = _e164(msg.get("Value"), self._country)
+                ch.call.did = to_e164(msg.get("Value"), self._country)
         return None
 
     # --- bridges: who is talking to whom --------------------------------------------
@@ -668,7 +660,7 @@ class CallTracker:
         src = self._agent(transferer) or self._ext_or_none(msg.get("TransfererCallerIDNum"))
         target = msg.get("Extension", "")
         dst = target if self.rules.is_extension(target) else (
-            _e164(target, self._country) or target or None
+            to_e164(target, self._country) or target or None
         )
         holder.call.transfers += (Transfer(src, dst, "blind"),)
         return None
