@@ -62,6 +62,31 @@ async def test_submitted_calls_reach_the_queue_in_order(
         await handoff.close()
 
 
+async def test_calls_of_a_busy_moment_share_spool_writes_and_a_lone_call_is_not_held(
+    tmp_path: Path, redis_url: str
+) -> None:
+    handoff = Handoff(redis_url, tmp_path / "spool", linger_s=0.2)
+    await handoff.start()
+    assert handoff._spool is not None
+    writes: list[int] = []
+    append = handoff._spool.append
+    handoff._spool.append = lambda items: (writes.append(len(items)), append(items))[1]  # type: ignore[method-assign]
+    try:
+        t0 = time.monotonic()
+        handoff.submit(record(0))
+        await handoff.flush(5)
+        assert time.monotonic() - t0 < 0.15, "a lone call waited for company"
+        for i in range(1, 11):  # ten calls 5 ms apart, right after a write
+            handoff.submit(record(i))
+            await asyncio.sleep(0.005)
+        await handoff.flush(5)
+        assert writes[0] == 1 and sum(writes) == 11
+        assert len(writes) <= 3, f"ten calls 5 ms apart took {len(writes) - 1} spool writes"
+        assert await handoff.wait_drained(10)
+    finally:
+        await handoff.close()
+
+
 async def test_redis_stopped_and_started_under_the_handoff_loses_nothing(
     tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis
 ) -> None:

@@ -2,10 +2,12 @@
 
 ``submit(record)`` never blocks the listener's event loop: it appends to a buffer and
 returns. A writer task puts buffered calls in the spool (one fsync per batch, in a worker
-thread); a drainer task hands spooled calls to Redis in order (worker/queue.py: one job per
-call, id ``call:{pbx}:{call_id}``, with its ledger), then moves the spool's cursor. While
-Redis is down the drainer retries with backoff and calls accumulate on disk; a restarted
-listener replays what its predecessor had not handed over.
+thread; at most one batch per ``linger_s``, so a busy PBX's calls share fsyncs, spool reads
+and Redis round trips while a lone call is written at once); a drainer task hands spooled
+calls to Redis in order (worker/queue.py: one job per call, id ``call:{pbx}:{call_id}``,
+with its ledger), then moves the spool's cursor. While Redis is down the drainer retries
+with backoff and calls accumulate on disk; a restarted listener replays what its
+predecessor had not handed over.
 
 What is and isn't guaranteed:
 
@@ -54,6 +56,7 @@ class Handoff:
         retry_max_s: float = 2.0,
         publish_every_s: float = 2.0,
         batch: int = 100,
+        linger_s: float = 0.025,
     ) -> None:
         self.redis_url = redis_url
         self.spool_dir = Path(spool_dir)
@@ -64,6 +67,7 @@ class Handoff:
         self.retry_max_s = retry_max_s
         self.publish_every_s = publish_every_s
         self.batch = batch
+        self.linger_s = linger_s
 
         self.redis_ok = False  # the last attempt to reach Redis worked
         self.last_error = ""
@@ -159,9 +163,14 @@ class Handoff:
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._spool is not None
+        last_write = float("-inf")
         while True:
             await self._wake_writer.wait()
+            since = loop.time() - last_write
+            if since < self.linger_s and len(self._buffer) < self.batch and not self._closing:
+                await asyncio.sleep(self.linger_s - since)  # let a busy moment's calls gather
             self._wake_writer.clear()
+            last_write = loop.time()
             while self._buffer:
                 items = self._buffer[:]
                 try:
