@@ -67,7 +67,11 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
 
         async def delivered() -> bool:
             m = await scrape(bridge)
-            return value(m, "telefum_crm_events_created_total") >= 2
+            # CRM latencies come in with the worker's next flush (within a second)
+            return value(m, "telefum_crm_events_created_total") >= 2 and value(
+                m, "telefum_crm_request_duration_seconds_count",
+                operation="addevent", outcome="ok",
+            ) >= 2  # fmt: skip
 
         await until(delivered, timeout=30)
         after = await scrape(bridge)

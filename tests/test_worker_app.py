@@ -7,8 +7,10 @@ import time
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from crm_client.types import Credentials
+from tests.conftest import free_port
 from tests.test_worker_jobs import MemoryCrm, record
 from worker import stats
 from worker.app import WorkerService
@@ -103,6 +105,25 @@ async def test_latency_buckets_read_back_cumulative_with_count_and_sum(
     assert buckets["0.005"] == 1 and buckets["0.025"] == 3 and buckets["2.5"] == 3
     assert buckets["5.0"] == 4 and buckets["+Inf"] == 5
     assert h["count"] == 5 and h["sum_s"] == pytest.approx(63.044)
+
+
+async def test_latencies_counted_while_redis_is_away_are_sent_with_the_next_flush(
+    redis_client: Redis,
+) -> None:
+    tally = stats.LatencyTally()
+    tally.observe("addevent", "ok", 0.04)
+    tally.observe("addevent", "ok", 0.3)
+    away = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    with pytest.raises(RedisError):
+        await tally.flush(away)
+    await away.aclose()
+    tally.observe("addevent", "ok", 0.04)
+    await tally.flush(redis_client)
+    assert not tally
+    h = (await stats.read_stats(redis_client))["crm_latency"]["addevent"]["ok"]
+    buckets = dict((str(le), n) for le, n in h["buckets"])
+    assert buckets["0.05"] == 2 and buckets["0.5"] == 3
+    assert h["count"] == 3 and h["sum_s"] == pytest.approx(0.38)
 
 
 async def test_queue_depth_tells_due_jobs_from_deferred_retries(redis_client: Redis) -> None:

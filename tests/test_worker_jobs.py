@@ -21,7 +21,7 @@ from tests.conftest import free_port
 from worker import dlq, jobs, keys
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import Runtime
-from worker.ledger import Outbox, error_history, load
+from worker.ledger import Outbox, PhoneLock, error_history, load, load_and_begin
 from worker.policy import CrmTarget, RetryPolicy, WorkerConfig
 from worker.queue import enqueue_call
 from worker.stats import read_stats
@@ -129,7 +129,12 @@ async def test_a_new_caller_gets_a_contact_and_the_call_an_event(
     assert stats["pending"] == 0
     counted = ("succeeded", "contacts_created", "events_created")
     assert [stats["counters"][k] for k in counted] == [1, 1, 1]
-    assert stats["crm_latency"]["addevent"]["ok"]["count"] == 1
+    assert stats["crm_latency"] == {}  # counted in memory, sent by the worker's next flush
+    await runtime.latencies.flush(redis_client)
+    latency = (await read_stats(redis_client, Q))["crm_latency"]
+    assert {op: v["ok"]["count"] for op, v in latency.items()} == {
+        "find": 1, "addcont": 1, "addevent": 1,
+    }  # fmt: skip
 
 
 async def test_a_second_run_of_a_delivered_call_does_nothing(
@@ -291,6 +296,39 @@ async def test_two_calls_from_one_new_number_at_once_make_one_contact_and_two_ev
     assert crm.calls.count("addcont") == 1
     assert len(crm.contacts["+79161234567"]) == 1
     assert len(crm.events) == 3
+
+
+async def test_a_run_takes_the_phone_lock_with_its_first_ledger_read(
+    redis_client: Redis,
+) -> None:
+    lock = PhoneLock(keys.phone_lock("crm", "+79161234567"), b"token-1", 30.0)
+    entry, locked = await load_and_begin(redis_client, "call:default:9.1", time.time(), 3600, lock)
+    assert locked and not entry.exists
+    assert await redis_client.get(lock.key) == b"token-1"
+    assert 29_000 < await redis_client.pttl(lock.key) <= 30_000
+    # another call from the same phone does not get it, and its run is begun all the same
+    other = PhoneLock(lock.key, b"token-2", 30.0)
+    _, locked = await load_and_begin(redis_client, "call:default:9.2", time.time(), 3600, other)
+    assert not locked and await redis_client.get(lock.key) == b"token-1"
+    assert (await load(redis_client, "call:default:9.2")).state == "running"
+    await redis_client.delete(lock.key)
+    # a call whose contact is known, or that is done, needs no lock and takes none
+    await redis_client.hset(keys.ledger("call:default:9.2"), "contact_id", "7")  # type: ignore[misc]
+    await redis_client.hset(keys.ledger("call:default:9.3"), "state", "done")  # type: ignore[misc]
+    for job in ("call:default:9.2", "call:default:9.3"):
+        _, locked = await load_and_begin(redis_client, job, time.time(), 3600, other)
+        assert not locked and not await redis_client.exists(lock.key)
+
+
+async def test_a_run_failing_before_its_crm_steps_leaves_the_phone_free(
+    redis_client: Redis,
+) -> None:
+    misconfigured = Runtime(CONFIG, redis_client, {}, rng=random.Random(0))  # no CRM client
+    assert (await run(misconfigured, record())).startswith("dead-lettered")
+    assert [k async for k in redis_client.scan_iter(match=keys.phone_lock("*", "*"))] == []
+    runtime = Runtime(CONFIG, redis_client, {URL: MemoryCrm()}, rng=random.Random(0))
+    assert (await run(runtime, record("1.2"))).startswith("delivered")
+    assert [k async for k in redis_client.scan_iter(match=keys.phone_lock("*", "*"))] == []
 
 
 async def test_an_outbound_call_to_an_unknown_number_is_skipped_not_created(

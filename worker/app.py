@@ -49,6 +49,7 @@ from .steps import CrmApi
 
 log = logging.getLogger("worker.app")
 
+LATENCY_FLUSH_S = 1.0  # how often the CRM latencies counted in memory go to Redis
 MAX_TRIES = 1_000_000_000  # arq's limit, out of the way: the budget is worker/retry.py's
 
 ClientFactory = Callable[[CrmTarget], CrmApi]
@@ -138,6 +139,7 @@ class WorkerService:
         self._clients: dict[str, CrmApi] = {}
         # CRM answers still to be written to the ledger; outlives worker rebuilds
         self.outbox = Outbox(redis_url)
+        self.latencies = stats.LatencyTally()  # outlives a Runtime rebuilt after an outage
         self._started = False  # the current arq worker got as far as on_startup
 
     def build(self) -> Worker:
@@ -178,13 +180,15 @@ class WorkerService:
             if t.url not in self._clients:
                 self._clients[t.url] = self.client_factory(t)
         self.runtime = Runtime(
-            self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered
-        )
+            self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered,
+            latencies=self.latencies,
+        )  # fmt: skip
         self._started = True
         ctx[RUNTIME_KEY] = self.runtime
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(redis)),
             asyncio.create_task(self._reconcile_loop(redis)),
+            asyncio.create_task(self._latency_loop(redis)),
         ]
         log.info(
             "worker %s started: queue %s, CRM %s, %d jobs at once",
@@ -198,6 +202,8 @@ class WorkerService:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        with contextlib.suppress(Exception):
+            await self.latencies.flush(ctx["redis"])
         with contextlib.suppress(Exception):
             await stats.heartbeat_gone(ctx["redis"], self.worker_id)
         for client in self._clients.values():
@@ -226,6 +232,14 @@ class WorkerService:
             except RedisError as err:
                 log.debug("heartbeat not sent: %s", err)
             await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _latency_loop(self, redis: Any) -> None:
+        while True:
+            await asyncio.sleep(LATENCY_FLUSH_S)
+            try:
+                await self.latencies.flush(redis)
+            except RedisError as err:  # kept, and sent with the next flush
+                log.debug("CRM latencies not sent: %s", err)
 
     async def _reconcile_loop(self, redis: Any) -> None:
         c = self.config

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -23,10 +24,11 @@ from redis.exceptions import RedisError
 
 from telephony.records import CallRecord
 
+from . import keys, stats
 from . import ledger as ledger_mod
 from .dlq import dead_letter
-from .ledger import FINAL, CallLedger, Outbox
-from .plan import Skip, plan_call
+from .ledger import FINAL, CallLedger, Outbox, PhoneLock
+from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
 from .retry import backoff_s, decide, describe, is_transient
 from .steps import CrmApi, Deadline, DeadlineNear, Steps
@@ -47,6 +49,9 @@ def parse_record(data: Any) -> CallRecord:
         raise BadRecord(f"call record cannot be read: {describe(err)}") from err
 
 
+Planned = tuple[CallRecord, CrmTarget, CallPlan | Skip]
+"""A job's call, its CRM and what to do, worked out before the run's first Redis round trip."""
+
 OnDelivered = Callable[[CallRecord, ledger_mod.LedgerEntry], Awaitable[object]]
 """Told of each call the CRM holds (the service shell counts it for attribution). It may be
 told twice of one call (a run killed right after delivery is redone), so it must be
@@ -65,6 +70,7 @@ class Runtime:
         rng: random.Random | None = None,
         outbox: Outbox | None = None,
         on_delivered: OnDelivered | None = None,
+        latencies: stats.LatencyTally | None = None,
     ) -> None:
         self.config = config
         self.on_delivered = on_delivered
@@ -74,6 +80,8 @@ class Runtime:
         self.rng = rng or random.Random()
         self.running = 0
         self.done = 0
+        # CRM latencies, sent to Redis by the worker process (app.py) every second
+        self.latencies = latencies if latencies is not None else stats.LatencyTally()
 
     def steps_for(self, target: CrmTarget) -> Steps:
         return Steps(
@@ -83,6 +91,7 @@ class Runtime:
             crm_timeout_s=target.timeout_s,
             lock_ttl_s=self.config.job_timeout_s,
             settle_s=self.config.job_timeout_s + self.config.in_progress_grace_s,
+            latencies=self.latencies,
         )
 
     async def deliver(self, record_data: Any, job_id: str) -> str:
@@ -97,35 +106,65 @@ class Runtime:
         tags = {"call_id": job_id}
         now = time.time()
         try:
-            entry = await ledger_mod.load_and_begin(
-                self.redis, job_id, now, self.config.ledger_ttl_s
+            planned: Planned | Exception = self._plan(record_data)
+        except Exception as err:  # the run reports it, once it has a ledger to record it in
+            planned = err
+        lock = self._phone_lock(planned)
+        try:
+            entry, locked = await ledger_mod.load_and_begin(
+                self.redis, job_id, now, self.config.ledger_ttl_s, lock
             )
         except RedisError as err:  # nothing begun: arq would fail the job for good on this
             delay = backoff_s(1, self.config.retry, self.rng)
             log.warning("ledger unreachable (%s): retrying in %.1fs", describe(err), delay,
                         extra=tags)  # fmt: skip
             raise Retry(defer=delay) from err
+        record = record_data if isinstance(planned, Exception) else planned[0]
         if entry.state in FINAL:
             if entry.get("outcome") == "delivered":
-                await self._tell_delivered(record_data, entry)  # the last run may have died first
+                await self._tell_delivered(record, entry)  # the last run may have died first
             return f"nothing to do: already {entry.state}"
         led = CallLedger(self.redis, entry, self.config.ledger_ttl_s, self.outbox)
         led.begun(now)
+        led.phone_lock = lock if locked else None
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
         try:
-            async with asyncio.timeout(deadline.remaining()):
-                outcome = await self._run(record_data, led, deadline)
-        except Exception as err:
-            return await self._failed(err, led, tags)
+            try:
+                async with asyncio.timeout(deadline.remaining()):
+                    outcome = await self._run(planned, led, deadline)
+            except Exception as err:
+                return await self._failed(err, led, tags)
+        finally:
+            if led.phone_lock is not None:  # taken, and the steps never came to use it
+                await ledger_mod.release_phone_lock(self.redis, led.phone_lock)
         if led.entry.get("outcome") == "delivered":  # in the CRM and on record: now tell
-            await self._tell_delivered(record_data, led.entry)
+            await self._tell_delivered(record, led.entry)
         return outcome
 
-    async def _run(self, record_data: Any, led: CallLedger, deadline: Deadline) -> str:
+    def _plan(self, record_data: Any) -> Planned:
         record = parse_record(record_data)
-        tags = {"call_id": record.call_id, "pbx": record.pbx}
         target = self.config.crm_for(record.pbx)
-        plan = plan_call(record, self.config.calls, target)
+        return record, target, plan_call(record, self.config.calls, target)
+
+    def _phone_lock(self, planned: Planned | Exception) -> PhoneLock | None:
+        """The per-phone lock this run takes with its ledger read, if it may create a
+        contact (a round trip saved per call: see ``ledger.load_and_begin``)."""
+        if isinstance(planned, Exception):
+            return None
+        _, target, plan = planned
+        if isinstance(plan, Skip) or plan.create is None:
+            return None
+        return PhoneLock(
+            keys.phone_lock(target.lock_scope, plan.phone),
+            uuid.uuid4().hex.encode(),
+            self.config.job_timeout_s,
+        )
+
+    async def _run(self, planned: Planned | Exception, led: CallLedger, deadline: Deadline) -> str:
+        if isinstance(planned, Exception):
+            raise planned
+        record, target, plan = planned
+        tags = {"call_id": record.call_id, "pbx": record.pbx}
         if isinstance(plan, Skip):
             await led.skipped(plan.reason, time.time())
             log.info("call not logged: %s", plan.reason, extra=tags)

@@ -105,31 +105,56 @@ async def load(redis: Redis, job_id: str) -> LedgerEntry:
     return LedgerEntry(job_id, {keys.text(k): keys.text(v) for k, v in raw.items()})
 
 
-# KEYS: the ledger. ARGV: now, TTL s, then the final states. The entry as it was; unless
-# that is final, the run is begun in the same step (state running, one more attempt, the
-# budget's start if none yet): one round trip where a read and a write took two.
+# KEYS: the ledger [, the per-phone lock]. ARGV: now, TTL s, lock token, lock TTL ms, then
+# the final states. The entry as it was and whether the lock was taken; unless the entry is
+# final, the run is begun in the same step (state running, one more attempt, the budget's
+# start if none yet) and, when a lock is named and the call has no contact yet, the lock is
+# tried (SET NX PX, as redis-py's Lock takes it): one round trip where three took three.
 _LOAD_AND_BEGIN_LUA = """
 local fields = redis.call('HGETALL', KEYS[1])
 local state = redis.call('HGET', KEYS[1], 'state')
-for i = 3, #ARGV do
-  if state == ARGV[i] then return fields end
+for i = 5, #ARGV do
+  if state == ARGV[i] then return {fields, 0} end
 end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running')
 redis.call('HSETNX', KEYS[1], 'first_attempt', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return fields
+local locked = 0
+if #KEYS > 1 and not redis.call('HGET', KEYS[1], 'contact_id') then
+  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
+end
+return {fields, locked}
 """
 
 
-async def load_and_begin(redis: Redis, job_id: str, now: float, ttl_s: float) -> LedgerEntry:
+@dataclass(frozen=True)
+class PhoneLock:
+    """The per-phone lock a run may take with its ``load_and_begin`` (see worker/steps.py)."""
+
+    key: str
+    token: bytes
+    ttl_s: float
+
+
+async def load_and_begin(
+    redis: Redis, job_id: str, now: float, ttl_s: float, lock: PhoneLock | None = None
+) -> tuple[LedgerEntry, bool]:
     """The ledger entry as it was before this run (``load``), and, unless it is final,
-    this run begun in it (state running, one more attempt, the budget's start), atomically.
+    this run begun in it (state running, one more attempt, the budget's start), atomically;
+    with ``lock``, also whether the per-phone lock was taken (only for a begun run whose
+    call has no contact yet; someone else holding it is not an error: the steps wait for it).
     The entry returned is as it was; ``CallLedger.begun`` brings the copy up to date."""
     script = registered_script(redis, "_telefum_load_begin", _LOAD_AND_BEGIN_LUA)
-    raw = await script(keys=[keys.ledger(job_id)], args=[repr(now), int(ttl_s), *sorted(FINAL)])
+    names = [keys.ledger(job_id)] + ([lock.key] if lock else [])
+    token = lock.token if lock else b""
+    ttl_ms = int(lock.ttl_s * 1000) if lock else 0
+    raw, locked = await script(
+        keys=names, args=[repr(now), int(ttl_s), token, ttl_ms, *sorted(FINAL)]
+    )
     it = iter(raw)
-    return LedgerEntry(job_id, {keys.text(k): keys.text(v) for k, v in zip(it, it, strict=True)})
+    fields = {keys.text(k): keys.text(v) for k, v in zip(it, it, strict=True)}
+    return LedgerEntry(job_id, fields), bool(locked)
 
 
 # KEYS: the ledger, the counters. ARGV: counter name, increment, ...; each counted only if
@@ -148,6 +173,15 @@ _RELEASE_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+async def release_phone_lock(redis: Redis, lock: PhoneLock) -> None:
+    """Release a lock ``load_and_begin`` took that the run never used (it failed or skipped
+    before the steps); if Redis is away, the lock expires on its own."""
+    try:
+        await redis.eval(_RELEASE_LOCK_LUA, 1, lock.key, lock.token)  # type: ignore[misc, arg-type]
+    except RedisError as err:
+        log.warning("could not release the phone lock %s (%s); it expires", lock.key, err)
 
 
 async def error_history(redis: Redis, job_id: str) -> list[dict[str, Any]]:
@@ -231,17 +265,7 @@ class CallLedger:
         self.ttl_s = int(ttl_s)
         self.outbox = outbox
         self.sent_event_this_run = False
-        self._observed: list[tuple[str, str, float]] = []  # CRM latencies not yet in Redis
-
-    def observe_crm(self, op: str, outcome: str, seconds: float) -> None:
-        """A CRM request's latency for the stats, sent with this call's next ledger write
-        (every step ends in one), not in a round trip of its own."""
-        self._observed.append((op, outcome, seconds))
-
-    def _flush_observed(self, tr: Any) -> None:
-        for op, outcome, seconds in self._observed:
-            stats.observe_crm_in(tr, op, outcome, seconds)
-        self._observed.clear()  # once: stats are never worth retrying a write for
+        self.phone_lock: PhoneLock | None = None  # taken by load_and_begin, not yet released
 
     @property
     def job_id(self) -> str:
@@ -262,7 +286,6 @@ class CallLedger:
                 tr.eval(_COUNT_ONCE_LUA, 2, self.key, stats.COUNTERS, *args)
             if release is not None:
                 tr.eval(_RELEASE_LOCK_LUA, 1, *release)  # type: ignore[arg-type]
-            self._flush_observed(tr)
             await tr.execute()
         self.entry.fields.update(values)
 
@@ -349,7 +372,6 @@ class CallLedger:
                 tr.hdel(self.key, "event_sent_at")
                 if event_uncertain:
                     tr.hset(self.key, "event_uncertain", "1")
-            self._flush_observed(tr)
             await tr.execute()
         if retrying:
             self.entry.fields["state"] = RETRYING

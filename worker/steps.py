@@ -3,8 +3,9 @@
 Order of writes, and why:
 
 1. No contact in the ledger: take the per-phone lock (only when this call may create a
-   contact), ``find``; found -> ledger; else mark ``contact_sent_at``, ``addcont``, ledger;
-   release the lock. A retried run that lacks a contact id runs ``find`` again first, so a
+   contact; normally taken with the run's first ledger read, ``ledger.load_and_begin``),
+   ``find``; found -> ledger; else mark ``contact_sent_at``, ``addcont``, ledger; release
+   the lock. A retried run that lacks a contact id runs ``find`` again first, so a
    contact the CRM created while we never got its answer is found, not created twice; and
    two calls from the same new number, run at once, wait for each other on the lock: one
    contact, two events. The lock expires (a killed worker does not hold it for ever) after
@@ -13,8 +14,7 @@ Order of writes, and why:
 
 When step 1 learns the contact, its ledger write also releases the lock and, if there is
 time left to start addevent, carries step 2's mark: one Redis round trip instead of three
-(the worker's CPU goes mostly to round trips). Every step's CRM latency goes to the stats
-with the next ledger write too.
+(the worker's CPU goes mostly to round trips).
 
 What is guaranteed and what is not:
 
@@ -110,8 +110,10 @@ class Steps:
         crm_timeout_s: float,
         lock_ttl_s: float,
         settle_s: float = 0.0,
+        latencies: stats.LatencyTally | None = None,
     ) -> None:
         self.redis = redis
+        self.latencies = latencies if latencies is not None else stats.LatencyTally()
         self.settle_s = settle_s
         self.crm = crm
         self.lock_scope = lock_scope
@@ -121,7 +123,7 @@ class Steps:
     async def _timed(
         self, op: str, call: Callable[[], Awaitable[T]], ledger: CallLedger
     ) -> T:
-        """Run a CRM request; its latency goes to the stats with the ledger's next write."""
+        """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``)."""
         t0 = time.monotonic()
         outcome = "ok"
         try:
@@ -130,7 +132,7 @@ class Steps:
             outcome = "transient" if is_transient(err) else "permanent"
             raise
         finally:
-            ledger.observe_crm(op, outcome, time.monotonic() - t0)
+            self.latencies.observe(op, outcome, time.monotonic() - t0)
 
     async def deliver(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str | None:
         """Run what the ledger says is still to do; the event id, or None when there is no
@@ -185,7 +187,11 @@ class Steps:
             sleep=0.02,
             blocking_timeout=max(1.0, min(self.lock_ttl_s, deadline.remaining() - 1.0)),
         )
-        if not await lock.acquire():
+        taken = ledger.phone_lock
+        if taken is not None and taken.key == lock.name:  # taken with this run's ledger read
+            lock.local.token = taken.token
+            ledger.phone_lock = None  # released below, or with the contact's ledger write
+        elif not await lock.acquire():
             raise LockError(f"phone {plan.phone} is locked by another call for too long")
         token = lock.local.token
         held = (str(lock.name), bytes(token)) if token is not None else None
