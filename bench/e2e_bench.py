@@ -25,13 +25,14 @@ clock through the simulator's raw ``inject``. The ladder's time ``t`` goes out a
 reported (``pbx_lag_p99_s``) since a late PBX makes calls look slower, never faster.
 
 Steps follow each other without a pause, and what the pipeline sees is hangups: a call
-(0-22 s long) started in one step often hangs up in the next. So a step's figures are those
-of the calls that *hung up* during its window, the step's time shifted by a typical call's
-length (7 s; the first window also takes the earlier calls, the last one those that hung up
-after the ladder stopped), and ``hangup_rate`` is the load measured in that window: close
-to the step's rate of new calls. Zero loss is checked for every played call. The ladder stops
-early once, at the end of a step, more than a tenth of a second's calls had hung up over a
-second before and were still not in the CRM.
+(0-22 s long) started in one step often hangs up in the next. So each step is measured in
+its *second half*: latency, CPU and ``hangup_rate`` (the load measured) are those of the
+calls that hung up between the middle and the end of the step, when the step's rate has run
+long enough for its calls to be most of those ending (the mix's median call is 7 s) and the
+next, faster step has not begun (the last step's window runs on to the end: its calls hang
+up after the ladder stops). Zero loss is checked for every played call, each in the step
+during which it hung up. The ladder stops early once, at the end of a step, more than a
+tenth of a second's calls had hung up over a second before and were still not in the CRM.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ REPO = Path(__file__).resolve().parents[1]
 RATES = (50, 100, 150, 200, 250, 300)  # calls per second
 LATENCIES_MS = (0, 50, 200)
 WORKERS = (1, 2)
-STEP_S = 10.0
+STEP_S = 20.0
+MEASURE_FROM = 0.5  # a step is measured from this share of its time to its end
 SEED = 11
 P99_LIMIT_S = 1.0
 LATE_LIMIT = 0.1  # stop the ladder when more than this share of a second's calls is late
@@ -325,7 +327,8 @@ class Pipeline:
 class StepResult:
     rate: float  # calls started per second in the step
     hangup_rate: float  # calls that hung up per second in the step's window (the load)
-    calls: int
+    calls: int  # hung up during the step (each checked for loss)
+    measured: int  # of those, the ones latency is measured on (the step's second half)
     expected: int
     stored: int
     missing: int
@@ -425,12 +428,13 @@ async def run_setting(
         cpu: list[dict[str, float]] = []
         for k, step in enumerate(streams):
             await asyncio.sleep(max(0.0, wall0 + k * step_s - time.time()))
-            before = pipe.cpu()
             lags.append([])
             tasks.append(asyncio.create_task(play_step(pipe.sim, step, wall0, lags[-1])))
+            await asyncio.sleep(max(0.0, wall0 + (k + MEASURE_FROM) * step_s - time.time()))
+            before, t_before = pipe.cpu(), time.time()
             await asyncio.sleep(max(0.0, wall0 + (k + 1) * step_s - time.time()))
-            after = pipe.cpu()
-            cpu.append({n: (after[n] - before[n]) / step_s for n in after})
+            after, span = pipe.cpu(), time.time() - t_before
+            cpu.append({n: (after[n] - before[n]) / span for n in after})
             late = await _late_calls(pipe.redis, streams[: k + 1], time.time() - wall0)
             backlog.append(late)
             say(f"  {step.rate:5g} calls/s: played {len(step.call_ids)} calls; at the "
@@ -446,7 +450,7 @@ async def run_setting(
             if stats["counters"]["enqueued"] >= played and not stats["pending"]:
                 break
             await asyncio.sleep(0.25)
-        await asyncio.sleep(0.5)  # the CRM's last commits
+        await asyncio.sleep(1.2)  # the CRM's last commits, the workers' last latency flush
         result.drain_s = round(time.monotonic() - t_drain, 1)
         for op, outcomes in (await read_stats(pipe.redis))["crm_latency"].items():
             ok = outcomes.get("ok") or {}
@@ -457,18 +461,22 @@ async def run_setting(
         played_streams = streams[: len(tasks)]
         end_of = {cid: t for st in played_streams for cid, t in st.end_of.items()}
         expected = set().union(*(st.expected for st in played_streams))
-        shift = typical_call_s()
         held_so_far = True
         for k, step in enumerate(played_streams):
-            # a step's window: the calls that hung up in it, whichever step started them;
-            # shifted by a typical call's length, so that it holds mostly this step's calls
-            lo, hi = k * step_s + shift, (k + 1) * step_s + shift
+            # the calls that hung up during the step, whichever step started them (the
+            # first step also takes none earlier, the last those after the ladder stopped):
+            # each played call is checked for loss in exactly one step
+            lo, hi = k * step_s, (k + 1) * step_s
             first, last = k == 0, k == len(played_streams) - 1
-            window = [c for c, t in end_of.items()
-                      if (first or t >= lo) and (last or t < hi)]  # fmt: skip
+            hung_up = [c for c, t in end_of.items()
+                       if (first or t >= lo) and (last or t < hi)]  # fmt: skip
+            # ... and of those, the ones the figures are measured on: the step's second half
+            mid = lo + MEASURE_FROM * step_s
+            measured = [c for c in hung_up if end_of[c] >= mid]
             step_result = _step_figures(
-                step.rate, sum(1 for c in window if lo <= end_of[c] < hi) / step_s,
-                window, expected, events, ended, wall0, lags[k], backlog[k], cpu[k],
+                step.rate, sum(1 for c in measured if end_of[c] < hi) / (hi - mid),
+                hung_up, measured, expected, events, ended, wall0, lags[k], backlog[k],
+                cpu[k],
             )  # fmt: skip
             result.steps.append(step_result)
             held_so_far = held_so_far and step_result.held
@@ -481,17 +489,6 @@ async def run_setting(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def typical_call_s() -> float:
-    """The median length of a call in the synthetic mix (by the templates' weights)."""
-    lengths = sorted((t.offsets[-1], t.weight) for t in synth.load_templates())
-    half, seen = sum(w for _, w in lengths) / 2, 0
-    for length, weight in lengths:
-        seen += weight
-        if seen >= half:
-            return length
-    return 0.0
-
-
 async def _late_calls(redis: Redis, streams: list[StepStream], now: float) -> int:
     """Calls that hung up over a second ago and are not delivered yet: more than a few
     means the pipeline has fallen behind (the listener, the queue or the workers)."""
@@ -502,10 +499,12 @@ async def _late_calls(redis: Redis, streams: list[StepStream], now: float) -> in
 
 
 def _step_figures(
-    rate: float, hangup_rate: float, window: list[str], expected_all: set[str],
-    events: dict[str, list[float]], ended: dict[str, tuple[float, ...]], wall0: float,
-    lags: list[float], backlog: int, cpu: dict[str, float],
+    rate: float, hangup_rate: float, window: list[str], measured: list[str],
+    expected_all: set[str], events: dict[str, list[float]], ended: dict[str, tuple[float, ...]],
+    wall0: float, lags: list[float], backlog: int, cpu: dict[str, float],
 ) -> StepResult:  # fmt: skip
+    """Loss over ``window`` (every call that hung up in the step), latency over ``measured``
+    (those of the step's measured part)."""
     latencies = []
     stages: dict[str, list[float]] = {
         "to_queue": [], "queued": [], "in_worker": [], "worker_until_addevent": [],
@@ -513,13 +512,14 @@ def _step_figures(
     }  # fmt: skip
     stored = duplicates = 0
     expected = [c for c in window if c in expected_all]
+    in_measured = set(measured)
     for cid in expected:
         times = events.get(cid)
         if not times:
             continue
         stored += 1
         duplicates += len(times) - 1
-        if cid in ended:
+        if cid in ended and cid in in_measured:
             end, first_seen, first_attempt, done_at, event_sent = ended[cid]
             hangup_wall = end - BASE_TIME + wall0
             latencies.append(min(times) - hangup_wall)
@@ -540,6 +540,7 @@ def _step_figures(
         rate=rate,
         hangup_rate=round(hangup_rate, 1),
         calls=len(window),
+        measured=len(latencies),
         expected=len(expected),
         stored=stored,
         missing=missing,
