@@ -109,7 +109,7 @@ async def load(redis: Redis, job_id: str) -> LedgerEntry:
 # the final states. The entry as it was and whether the lock was taken; unless the entry is
 # final, the run is begun in the same step (state running, one more attempt, the budget's
 # start if none yet) and, when a lock is named and the call has no contact yet, the lock is
-# tried (SET NX PX, as redis-py's Lock takes it): one round trip where three took three.
+# tried (SET NX PX, as redis-py's Lock takes it): one round trip where there were three.
 _LOAD_AND_BEGIN_LUA = """
 local fields = redis.call('HGETALL', KEYS[1])
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -120,9 +120,7 @@ class Steps:
         self.crm_timeout_s = crm_timeout_s
         self.lock_ttl_s = lock_ttl_s
 
-    async def _timed(
-        self, op: str, call: Callable[[], Awaitable[T]], ledger: CallLedger
-    ) -> T:
+    async def _timed(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``)."""
         t0 = time.monotonic()
         outcome = "ok"
@@ -158,9 +156,7 @@ class Steps:
         """Look the phone up; a match goes to the ledger (with ``release``, the per-phone
         lock is released in the same write; ``created``: the match is the contact a previous
         run of this call created)."""
-        found = await self._timed(
-            "find", lambda: self.crm.find(plan.phone, plan.credentials), ledger
-        )
+        found = await self._timed("find", lambda: self.crm.find(plan.phone, plan.credentials))
         if not found.contacts:
             return False
         # Several matches: the event goes on the first, in the CRM's own order (the CRM
@@ -215,7 +211,6 @@ class Steps:
                 lambda: self.crm.add_contact(
                     plan.phone, new.name, new.typecont, new.x_pstn, plan.credentials
                 ),
-                ledger,
             )
             await ledger.contact_known(
                 str(contact_id), new.typecont, created=True,
@@ -269,7 +264,6 @@ class Steps:
             lambda: self.crm.add_event(
                 contact_id, typecont, plan.subject, plan.description, plan.credentials
             ),
-            ledger,
         )
         await ledger.event_created(str(event_id), time.time())
         return str(event_id)
