@@ -154,9 +154,10 @@ async def test_no_crm_lookup_while_no_page_is_open_for_the_extension(
     assert refcrm.state.requests["find"] == 0
 
 
-async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls(
+async def known_caller_rings_unwatched(
     bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
 ) -> None:
+    """A caller the CRM knows rings 101 while no page is open: nothing is looked up yet."""
     async with TelefumClient(refcrm.rest_url) as crm:
         await crm.add_contact(CALLER, "Иван", "contact", None, refcrm.creds())
     ring, _ = split_at_first_ring(
@@ -166,6 +167,12 @@ async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls
     await bridge.barrier()
     await bridge.services.screenpop.idle()
     assert refcrm.state.requests["find"] == 0
+
+
+async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls(
+    bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
+) -> None:
+    await known_caller_rings_unwatched(bridge, pbx_sim, refcrm, traces_dir)
     url = f"{bridge.url}/agent/101/events?token={AGENT_TOKENS['101']}"
     async with (
         ClientSession(timeout=ClientTimeout(total=20)) as http,
@@ -186,15 +193,7 @@ async def test_opening_the_page_mid_call_starts_the_lookup_for_its_current_calls
 async def test_snapshot_request_looks_up_current_calls(
     bridge: Bridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, traces_dir: Path
 ) -> None:
-    async with TelefumClient(refcrm.rest_url) as crm:
-        await crm.add_contact(CALLER, "Иван", "contact", None, refcrm.creds())
-    ring, _ = split_at_first_ring(
-        pbx_sim.prepare_trace(traces_dir / "01-inbound-answered-caller-hangup.ami")
-    )
-    await pbx_sim.play(ring, speed=0)
-    await bridge.barrier()
-    await bridge.services.screenpop.idle()
-    assert refcrm.state.requests["find"] == 0
+    await known_caller_rings_unwatched(bridge, pbx_sim, refcrm, traces_dir)
     url = f"{bridge.url}/agent/101/state?token={AGENT_TOKENS['101']}"
     async with ClientSession(timeout=ClientTimeout(total=10)) as http:
         async with http.get(url) as resp:
