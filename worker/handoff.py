@@ -11,7 +11,7 @@ predecessor had not handed over.
 
 What is and isn't guaranteed:
 
-- A call is durable once the writer has fsync'd it (normally within milliseconds of
+- A call is durable once the writer has fsync'd it (normally within ``linger_s`` of
   ``submit``; ``await flush()`` waits for it). A crash of the listener before that loses
   the calls still in the buffer, as it loses the calls the tracker was still following.
 - Once durable, a call reaches Redis at least once, in submission order; duplicates (after
