@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 SECRET_KEYS = frozenset(
     {"password", "passwd", "pass", "secret", "token", "apikey", "api_key", "key"}
@@ -61,3 +63,19 @@ _QUOTED_SECRET = re.compile(
     r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.)*\2""",
     re.I,
 )
+
+
+def mask_values(text: str, values: Iterable[str]) -> str:
+    """``text`` with each of ``values`` masked wherever it appears, as written and in the
+    forms a server echoes it in (percent-encoded, ``+`` for space, HTML-escaped), then the
+    shapes :func:`redact_text` knows. Masking by shape alone misses a CRM that says
+    ``you sent pass X``; the configured secret itself is what must never be shown."""
+    forms = {
+        form
+        for value in values
+        if value
+        for form in (value, quote(value, safe=""), quote_plus(value), html.escape(value))
+    }
+    for form in sorted(forms, key=len, reverse=True):  # longest first: no half-masked form
+        text = text.replace(form, MASK)
+    return redact_text(text)

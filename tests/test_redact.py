@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
+from urllib.parse import quote, quote_plus
+
 import pytest
 
-from crm_client.redact import redact_text, redact_url
+from crm_client.redact import mask_values, redact_text, redact_url
 
 
 @pytest.mark.parametrize(
@@ -61,3 +64,15 @@ def test_the_worker_process_log_masks_passwords_in_tracebacks_too() -> None:
                                    None, sys.exc_info())  # fmt: skip
     line = _Formatter("%(message)s").format(record)
     assert "RuntimeError" in line and "hunter2" not in line
+
+
+def test_mask_values_hides_a_secret_in_every_form_a_server_echoes_it() -> None:
+    secret = "S3cr3t+пароль/&x"
+    echoed = (
+        f"you sent pass {secret}; as a query {quote(secret, safe='')}; as a form "
+        f"{quote_plus(secret)}; in HTML {html.escape(secret)}"
+    )
+    masked = mask_values(echoed, [secret])
+    assert masked == "you sent pass ***; as a query ***; as a form ***; in HTML ***"
+    assert mask_values("password=other and more", [secret]) == "password=*** and more"
+    assert mask_values("nothing to hide", ["", secret]) == "nothing to hide"
