@@ -74,13 +74,15 @@ FAIL_MODES = {
     "hang": "never answers (the client's timeout ends it)",
 }
 QUIRKS = {
-    "ignore_x_pstn": "addcont drops the source (breaks check-crm 'addcont source')",
-    "no_telf_links": "card shows phones as plain text (breaks 'card page')",
-    "no_total": "find leaves out <total> (breaks 'find unknown', 'find other format')",
+    "ignore_x_pstn": "addcont drops the source (check-crm --strict fails 'source')",
+    "no_telf_links": "card shows phones as plain text (breaks 'telf links')",
+    "no_total": "find leaves out <total> (breaks 'find unknown', 'find')",
     "accept_any_password": "no credential check (breaks 'wrong password')",
     "mislabelled_charset": "declares UTF-8 but answers in windows-1251 (breaks 'encoding')",
-    "exact_phone_match": "phones match only as written (breaks 'find other format')",
-    "search_without_links": "search lists contacts without card links (breaks 'search page')",
+    "exact_phone_match": "phones match only as written (check-crm --strict fails "
+    "'find other formats')",
+    "search_without_links": "search lists contacts without card links (check-crm --strict "
+    "fails 'search links')",
 }
 ALLOWED_METHODS = ("GET", "POST")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

@@ -25,24 +25,29 @@ async def test_a_crm_answering_in_windows_1251_and_saying_so_passes_every_point(
     make_refcrm: MakeCrm,
 ) -> None:
     crm = await make_refcrm(encoding="windows-1251")
-    results = by_point(await check_crm(crm.rest_url, crm.creds()))
-    assert {p: r.reason for p, r in results.items() if r.passed is not True} == {}
+    results = by_point(await check_crm(crm.rest_url, crm.creds(), strict=True))
+    assert {p: r.reason for p, r in results.items() if r.failed} == {}
     assert set(results) == set(POINTS)
+    assert results["encoding"].passed and results["card events"].passed
     # the Cyrillic test record arrived intact, so the CRM really decoded and answered cp1251
     (contact,) = [c for c in crm.state.store.recent() if "check-crm test record" in c.name]
     assert "(тестовая запись)" in contact.name
 
 
-async def test_refused_credentials_fail_the_missing_fields_point_too(
+async def test_refused_credentials_fail_find_quoting_the_crm_and_leave_the_rest_unverified(
     make_refcrm: MakeCrm,
 ) -> None:
     crm = await make_refcrm()
     results = by_point(await check_crm(crm.rest_url, Credentials("bridge", "not-the-password")))
-    missing = results["missing fields"]
-    assert missing.passed is False
-    assert "refused the login" in missing.reason
-    assert "not-the-password" not in missing.reason
+    first = results["find unknown"]
+    assert first.failed
+    assert ("answered <result>error</result> with <description>Неправильный логин или пароль"
+            "</description>") in first.reason
+    for point in ("wrong password", "missing fields"):
+        assert results[point].status == "not verified"
+        assert "the CRM answered the login given with an error" in results[point].reason
     assert not any(r.passed for r in results.values())
+    assert all("not-the-password" not in r.reason for r in results.values())
 
 
 def test_refcrm_access_log_shows_requests_without_passwords(
