@@ -168,3 +168,12 @@ async def test_hide_login_keeps_the_login_out_of_the_output() -> None:
     assert code == 0, out
     assert login not in out
     assert "the login given is the author" in line(out, "author")
+
+
+async def test_skip_pages_still_works_for_old_scripts_and_requests_no_page() -> None:
+    async with spec_crm(pages="server") as crm:
+        code, out = await check(crm, "--skip-pages")
+    assert code == 0, out
+    assert crm.pages_served == []
+    for point in ("card page", "telf links", "search page"):
+        assert "  skip  " in line(out, point) and "--skip-pages" in line(out, point), out

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "it should: for CRMs whose pages are rendered on the server")
     parser.add_argument("--hide-login", action="store_true",
                         help="the login is a secret too (an API key): never print it")
+    parser.add_argument("--skip-pages", action="store_true",
+                        help="do not request /card and /search at all (kept for older scripts: "
+                             "a page behind a sign-in is now reported 'not verified' anyway)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             strict=args.strict,
             hide_login=args.hide_login,
+            skip_pages=args.skip_pages,
         )
     )
     ok = all_passed(results)

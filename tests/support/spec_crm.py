@@ -73,6 +73,7 @@ class SpecCrm:
     contacts: dict[int, _Contact] = field(default_factory=dict)
     events: list[dict[str, str]] = field(default_factory=list)
     seen_passwords: list[str] = field(default_factory=list)
+    pages_served: list[str] = field(default_factory=list)  # paths of /card and /search asked
 
     @property
     def rest_url(self) -> str:
@@ -176,6 +177,7 @@ class SpecCrm:
                           "<button>Войти</button></form>")  # fmt: skip
 
     async def card(self, request: web.Request) -> web.Response:
+        self.pages_served.append(request.path)
         gated = self._gate(request, "Карточка")
         if gated is not None:
             return gated
@@ -192,6 +194,7 @@ class SpecCrm:
         return self._html(c.name, f"<h1>{escape(c.name)}</h1><ul>{phones}</ul>")
 
     async def search(self, request: web.Request) -> web.Response:
+        self.pages_served.append(request.path)
         gated = self._gate(request, "Поиск")
         if gated is not None:
             return gated
