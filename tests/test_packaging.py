@@ -67,19 +67,19 @@ def test_the_wheel_ships_every_trace_with_its_manifest_and_asterisk_config(wheel
 def test_the_simulator_plays_its_traces_from_inside_the_installed_wheel(wheel: Path) -> None:
     # The wheel first on the path: every project module and data file comes from the zip.
     script = (
-        "import pbxsim, telephony\n"
+        "import sys, pbxsim, telephony\n"
         "from pbxsim import synth\n"
         "from pbxsim.server import PbxSimulator\n"
-        "assert pbxsim.__file__.startswith(%r), pbxsim.__file__\n"
-        "assert telephony.__file__.startswith(%r), telephony.__file__\n"
+        "assert pbxsim.__file__.startswith(sys.argv[1]), pbxsim.__file__\n"
+        "assert telephony.__file__.startswith(sys.argv[1]), telephony.__file__\n"
         "calls = synth.plan(20, 5.0, seed=3)\n"
         "messages = sum(1 for _ in synth.stream(calls))\n"
         "trace = PbxSimulator().click_to_call\n"
         "print(len(synth.load_templates()), len(calls), messages > 20 * 20,\n"
         "      trace.is_file() and trace.read_bytes().startswith(b'Asterisk Call Manager'))\n"
-    ) % (str(wheel), str(wheel))
+    )
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, str(wheel)],
         capture_output=True,
         text=True,
         timeout=120,
