@@ -82,7 +82,6 @@ QUIRKS = {
     "exact_phone_match": "phones match only as written (breaks 'find other format')",
     "search_without_links": "search lists contacts without card links (breaks 'search page')",
 }
-ALLOWED_METHODS = ("GET", "POST")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
