@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from crm_client.types import Credentials
+from tests.support.crm import RefCrmProcess
 from tests.support.pbx import TRACES, FaultyPbx
 from tests.test_health_live import LiveBridge, StartBridge, start_bridge, until  # noqa: F401
 from worker.handoff import Handoff
@@ -41,10 +42,10 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
     redis_url: str,
     redis_client: Redis,
     worker_procs: Callable[..., Any],
-    refcrm_proc: Callable[..., Any],
+    refcrm_process: Callable[..., RefCrmProcess],
     tmp_path: Path,
 ) -> None:
-    crm = refcrm_proc({"bridge": "pw"})
+    crm = refcrm_process({"bridge": "pw"})
     worker_procs(WorkerConfig(
         crm=CrmTarget(crm.rest_url, Credentials("bridge", "pw"), timeout_s=5.0),
         job_timeout_s=10.0,
