@@ -118,7 +118,7 @@ def disposition_of(call: Call) -> Disposition:
 
 
 def build_record(call: Call, pbx: str) -> CallRecord:
-    """The public record of a finished call (DESIGN.md, ``telefum replay``)."""
+    """The public record of a finished call (``telefum replay``, docs/architecture.md)."""
     direction: Direction = call.direction or "internal"
     answered = call.answered_at is not None
     if direction == "in":
