@@ -115,7 +115,7 @@ def mib(n: float) -> float:
 def stream_file(
     n_calls: int, rate_per_s: float, seed: int, *, active_only: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """A cached AMI byte stream of ``n_calls`` synthetic calls (``telephony.synth``), as
+    """A cached AMI byte stream of ``n_calls`` synthetic calls (``pbxsim.synth``), as
     the PBX sends it: banner, then each message ``encode``d. ``active_only`` keeps only
     what comes before each call's first Hangup: calls started and still in progress.
 
@@ -126,8 +126,8 @@ def stream_file(
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         return path, json.loads(meta_path.read_text(encoding="utf-8"))
+    from pbxsim.synth import generate
     from telephony.ami import encode
-    from telephony.synth import generate
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     ignore = CACHE_DIR / ".gitignore"  # generated data, never committed

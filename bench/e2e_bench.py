@@ -14,7 +14,7 @@ every played call is looked for in the CRM's own SQLite file afterwards:
 A step *holds* when all its calls arrived once each and p99 < 1 s. Each setting's figure is
 the highest rate held with every lower step held too.
 
-How the PBX side is played, and why: the synthetic mix (``telephony.synth``, a realistic
+How the PBX side is played, and why: the synthetic mix (``pbxsim.synth``, a realistic
 mix of recorded calls, ~100 AMI events per call) costs ~20 us per event to generate and
 encode, about half a core at 200 calls/s on this machine, where a real PBX is another
 machine. So the whole ladder is generated and encoded once, before anything is measured,
@@ -59,9 +59,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import machine_info, write_results
-from telephony import synth
+from pbxsim import synth
+from pbxsim.server import PbxSimulator
 from telephony.ami import encode
-from telephony.simulator import PbxSimulator
 from worker import keys
 from worker.embedded_redis import EmbeddedRedis, _die_with_parent
 from worker.stats import COUNTERS, read_stats

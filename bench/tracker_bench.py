@@ -1,7 +1,7 @@
 """Tracker throughput: AMI bytes to call records on one core, beside a split-only
 baseline and VoIPGRID's cacofonisk on the very same bytes.
 
-The stream is a realistic mix (``telephony.synth``: recorded calls rebased and
+The stream is a realistic mix (``pbxsim.synth``: recorded calls rebased and
 interleaved, about 100 events a call) of at least a million events, ``encode``d once
 and cached under ``bench/.cache/``. Every contender gets it in 64 KiB reads, as a socket
 delivers it, and rates are events per CPU second of this process (one core):

@@ -84,7 +84,6 @@ QUIRKS = {
     "search_without_links": "search lists contacts without card links (check-crm --strict "
     "fails 'search links')",
 }
-ALLOWED_METHODS = ("GET", "POST")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 

@@ -2,8 +2,7 @@
 
 SQLite through the standard library. Every call is one short statement or transaction on
 an indexed column, so the server runs them straight on the event loop. WAL mode lets tests,
-the demo and :func:`count_contacts`/:func:`count_events` read the file while the server
-writes it.
+the demo (:func:`counts`) read the file while the server writes it.
 
 Phones match whatever format they are written in: each phone is stored as written and
 under a key from the injected ``phone_key`` (the CLI gives ``telephony.phones.to_e164``;
@@ -265,15 +264,3 @@ def counts(
     (matched with ``phone_key``: pass the same one the server uses)."""
     with closing(connect(db_path, readonly=True)) as conn:
         return _counts(conn, phone_key, phone)
-
-
-def count_contacts(
-    db_path: str | Path, phone: str | None = None, phone_key: PhoneKey = _identity
-) -> int:
-    return counts(db_path, phone, phone_key)["contacts"]
-
-
-def count_events(
-    db_path: str | Path, phone: str | None = None, phone_key: PhoneKey = _identity
-) -> int:
-    return counts(db_path, phone, phone_key)["events"]

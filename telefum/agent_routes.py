@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -47,7 +48,6 @@ from telefum.originate import (
     parse_dial_target,
 )
 from telefum.screenpop import ScreenPop, crm_targets
-from telefum.web import request_token, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,30 @@ def create_agent_services(
         )
     attribution = Attribution(redis, sources=settings.sources) if redis is not None else None
     return AgentServices(pop, originator, attribution, close_crm)
+
+
+def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
+    """The token a request carries: ``Authorization: Bearer X``, else a ``token`` field of
+    ``body`` (a posted form or JSON object), else ``?token=X``.
+
+    The query form is for pages opened in a browser and for EventSource, which cannot set
+    headers; log lines mask ``token=`` (crm_client.redact).
+    """
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if body and isinstance(body.get("token"), str):
+        return str(body["token"])
+    return request.query.get("token") or None
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison; an empty expected token matches nothing, so a token left
+    unset disables what it guards rather than opening it."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 class Tokens:

@@ -1,7 +1,7 @@
 """``telefum demo``: the whole chain on embedded defaults, end to end, in one process.
 
 A private Redis, the reference CRM on a fresh SQLite file, the PBX simulator playing a
-realistic mix of calls (``telephony.synth``), and the bridge itself (listener, worker, HTTP)
+realistic mix of calls (``pbxsim.synth``), and the bridge itself (listener, worker, HTTP)
 built from a settings.toml written here and read by the real loader. Every part talks to the
 next over real sockets. The summary counts what reached the CRM from the CRM's own database
 and checks it against the bridge's ledger; the last line is one JSON object.
@@ -26,16 +26,16 @@ from aiohttp import web
 
 from crm_client import refcrm_store
 from crm_client.refcrm import create_app as create_crm_app
+from pbxsim.server import PbxSimulator
 from telefum.config import load_settings
 from telefum.progress import Progress
 from telefum.service import Bridge
 from telephony.phones import to_e164
-from telephony.simulator import PbxSimulator
 from worker.stats import read_stats
 
 log = logging.getLogger("telefum.demo")
 
-SOURCES = {  # the synthetic mix's tracking numbers (telephony.synth.TRACKING_NUMBERS)
+SOURCES = {  # the synthetic mix's tracking numbers (pbxsim.synth.TRACKING_NUMBERS)
     "+74951234567": "Yandex Direct",
     "+74951234568": "Google Ads",
     "+74951234569": "Billboard, Leningradskoe sh.",

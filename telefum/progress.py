@@ -1,5 +1,5 @@
-"""A progress bar on stderr for long work (requeueing thousands of dead letters, replaying
-big traces), without a dependency.
+"""A progress bar on stderr for long work (``telefum demo``: calls reaching the CRM),
+without a dependency.
 
 On a terminal it redraws one line (``\\r``) at most ten times a second; when stderr is a
 file or a pipe (logs, CI) it writes a plain line every ``log_every_s`` seconds and one at
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from types import TracebackType
-from typing import IO, TypeVar
-
-T = TypeVar("T")
+from typing import IO
 
 
 class Progress:
@@ -110,16 +108,6 @@ class Progress:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def track(
-    items: Iterable[T], total: int | None = None, label: str = "", **kw: object
-) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar: ``for x in track(xs, len(xs), "replay"): ...``."""
-    with Progress(total, label, **kw) as bar:  # type: ignore[arg-type]
-        for item in items:
-            yield item
-            bar.advance()
 
 
 def _duration(seconds: float) -> str:

@@ -1,37 +1,20 @@
-"""The service's HTTP side: one aiohttp app with ``/health`` and ``/metrics``, and the
-place other parts add their routes (agent page, click-to-call, report).
+"""The service's HTTP side: one aiohttp app serving ``/health`` and ``/metrics``, to which
+other parts add their routes.
 
-Wiring, for ``telefum run`` / ``telefum listen`` (one listener per ``[[ami]]`` entry)::
-
-    service = Service(settings, redis=redis, spool_size=lambda: handoff.spool_size)
-    for ami in settings.ami:
-        tracker = CallTracker(settings.calls.rules(pbx=ami.name))  # records carry the PBX
-        def on_update(update, _pbx=ami.name):
-            if isinstance(update, CallFinished):
-                service.calls.observe(update.record)   # telefum_calls_finished_total
-                handoff.submit(update.record)
-        listeners.append(AmiListener(ami.host, ami.port, ami.username, ami.secret, tracker,
-                                     on_update, pbx=ami.name, ...))
-    service.links = listeners
-    app = create_app(service)
-    setup_agent_routes(app, ...)        # other parts add their routes before serving
-    runner = await start_http(app, settings.http.listen)   # loopback unless configured
-    ...
-    await runner.cleanup()
-
-A setup function takes the app, adds its routes, and finds what it needs with
-``app[SERVICE]`` (settings, listeners, Redis). Anything that *acts* (requeue, originate)
-is wrapped in :func:`require_token` (the ``[http] token``) or checks
-:func:`check_agent_token` (an agent's own token, or the admin token); both compare in
-constant time, and an empty configured token disables the endpoint rather than opening it.
+:class:`Service` is what those two endpoints read (settings, AMI links, Redis, spool size,
+call counts); :func:`create_app` builds the app and runs each setup function given, which
+adds its routes and may read ``app[SERVICE]``; :func:`start_http` serves it on ``[http]
+listen`` (loopback unless configured). ``telefum.service.Bridge`` does all three, with
+``telefum.agent_routes.setup_agent_routes`` as the one setup: the agent pages,
+click-to-call and the report, and the tokens that guard them. ``/health`` and
+``/metrics`` need no token.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +25,6 @@ from telefum.config import Settings, split_listen
 from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
 from worker.policy import DEFAULT_QUEUE
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Setup = Callable[[web.Application], Any]
 
 QUEUE_NAME = DEFAULT_QUEUE  # arq's queue of call jobs, as the workers and hand-over use it
@@ -60,7 +42,6 @@ class Service:
     queue_name: str = QUEUE_NAME
     started_at: float = field(default_factory=time.time)
     spool_watch: SpoolWatch = field(default_factory=SpoolWatch)
-    extra: dict[str, Any] = field(default_factory=dict)  # for other parts' shared objects
 
     async def health(self) -> tuple[Health, Any]:
         """One reading of the world and the verdict on it (the snapshot for /metrics)."""
@@ -135,78 +116,3 @@ async def _metrics(request: web.Request) -> web.Response:
     _, snap = await service.health()
     body = metrics.render(snap, service.calls, service.settings.health)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
-
-
-# --- tokens ------------------------------------------------------------------------------
-
-
-def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
-    """The token a request carries: ``Authorization: Bearer X``, else a ``token`` field of
-    ``body`` (a posted form or JSON object), else ``?token=X``.
-
-    The query form is for pages opened in a browser and for EventSource, which cannot set
-    headers; log lines mask ``token=`` (crm_client.redact).
-    """
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if body and isinstance(body.get("token"), str):
-        return str(body["token"])
-    return request.query.get("token") or None
-
-
-def token_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison; an empty expected token matches nothing."""
-    if not given or not expected:
-        return False
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _unauthorized(reason: str) -> web.HTTPUnauthorized:
-    return web.HTTPUnauthorized(
-        text=json.dumps({"error": reason}),
-        content_type="application/json",
-        headers={"WWW-Authenticate": 'Bearer realm="telefum"'},
-    )
-
-
-def check_admin_token(request: web.Request) -> None:
-    """Raise 401 unless the request carries the ``[http] token`` (403 when none is set)."""
-    expected = request.app[SERVICE].settings.http.token
-    if not expected:
-        raise web.HTTPForbidden(
-            text=json.dumps({"error": "disabled: set [http] token to enable this endpoint"}),
-            content_type="application/json",
-        )
-    given = request_token(request)
-    if given is None:
-        raise _unauthorized("token required")
-    if not token_matches(given, expected):
-        raise _unauthorized("wrong token")
-
-
-def check_agent_token(request: web.Request, extension: str) -> None:
-    """Raise 401 unless the request carries this extension's token or the admin token."""
-    http = request.app[SERVICE].settings.http
-    given = request_token(request)
-    if given is None:
-        raise _unauthorized("token required")
-    own = http.agent_tokens.get(extension, "")
-    # both compared, always, so the timing does not tell which one exists
-    ok_agent = token_matches(given, own)
-    ok_admin = token_matches(given, http.token)
-    if not (ok_agent or ok_admin):
-        raise _unauthorized("wrong token")
-
-
-def require_token(handler: Handler) -> Handler:
-    """Decorator for handlers that act (requeue, originate): the admin token is needed."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        check_admin_token(request)
-        return await handler(request)
-
-    wrapped.__name__ = getattr(handler, "__name__", "handler")
-    wrapped.__doc__ = handler.__doc__
-    return wrapped

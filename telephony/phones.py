@@ -76,8 +76,3 @@ def for_crm(e164: str, fmt: PhoneFormat | str = PhoneFormat.E164) -> str:
     num = phonenumbers.parse(e164, None)
     national = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL)
     return re.sub(r"\D", "", national)
-
-
-def variants(e164: str) -> list[str]:
-    """The same number as people write it: for tests and CRM conformance checks."""
-    return [for_crm(e164, f) for f in PhoneFormat]

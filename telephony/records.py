@@ -1,7 +1,7 @@
 """What the tracker tells the world: call records and live updates.
 
-``CallRecord.to_json()`` is the public ``telefum replay`` contract (DESIGN.md): keep keys
-and meanings stable; add keys only compatibly.
+``CallRecord.to_json()`` is the public ``telefum replay`` contract (docs/architecture.md):
+keep keys and meanings stable; add keys only compatibly.
 """
 
 from __future__ import annotations

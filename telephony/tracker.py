@@ -54,6 +54,7 @@ from telephony.tracker_state import (
     TRUNK,
     Call,
     Channel,
+    ChannelKind,
     build_record,
 )
 
@@ -198,11 +199,15 @@ class CallTracker:
 
     # --- channels and calls ---------------------------------------------------------
 
-    def _classify(self, name: str, context: str, callerid: str) -> tuple[int, str | None]:
+    def _classify(
+        self, name: str, context: str, callerid: str
+    ) -> tuple[ChannelKind, str | None]:
         kind, ext = self._kind_of(name, context, callerid)
         return kind, (sys.intern(ext) if ext else None)  # "101" is shared by all its calls
 
-    def _kind_of(self, name: str, context: str, callerid: str) -> tuple[int, str | None]:
+    def _kind_of(
+        self, name: str, context: str, callerid: str
+    ) -> tuple[ChannelKind, str | None]:
         tech, _, rest = name.partition("/")
         is_ext = self.rules.is_extension
         if tech == "Local":
@@ -255,7 +260,9 @@ class CallTracker:
         for ext in gone.rang:
             if ext not in keep.rang:
                 keep.rang.append(ext)
-        keep.popped += tuple(ext for ext in gone.popped if ext not in keep.popped)
+        keep.ringing_sent_to += tuple(
+            ext for ext in gone.ringing_sent_to if ext not in keep.ringing_sent_to
+        )
         keep.transfers += gone.transfers
         if keep.first_agent is None:
             keep.first_agent = gone.first_agent
@@ -292,7 +299,7 @@ class CallTracker:
     def _pair_local(self, ch: Channel) -> None:
         name = ch.name
         if name.endswith(";2"):
-            ch.two = True
+            ch.onward_half = True
             one = self._local_ones.pop(name[:-1] + "1", None)
             if one is not None:
                 self._link_halves(one, ch)
@@ -301,8 +308,9 @@ class CallTracker:
 
     @staticmethod
     def _link_halves(one: Channel, two: Channel) -> None:
+        """Pair a Local channel's ";1" and ";2" halves (AMI's LocalOne and LocalTwo)."""
         one.sibling, two.sibling = two, one
-        two.two = True
+        two.onward_half = True
         if two.parent is None:
             two.parent = one
         if one.origin:
@@ -378,16 +386,16 @@ class CallTracker:
         if kind == PHONE:
             return ch.ext
         if kind == LOCAL:
-            two = ch if ch.two else ch.sibling
-            if two is not None:
-                child = two.answered_child
+            onward = ch if ch.onward_half else ch.sibling
+            if onward is not None:
+                child = onward.answered_child
                 if child is not None and child is not ch:
                     found = self._agent(child, depth + 1)
                     if found:
                         return found
-                if two.bridge is not None:
-                    for peer in self._bridges.get(two.bridge, ()):
-                        if peer is not two and peer.kind == PHONE:
+                if onward.bridge is not None:
+                    for peer in self._bridges.get(onward.bridge, ()):
+                        if peer is not onward and peer.kind == PHONE:
                             return peer.ext
             return ch.ext
         if kind == TRUNK and ch.parent is not None and ch.parent.kind == LOCAL:
@@ -412,7 +420,7 @@ class CallTracker:
         if src is not None:
             if dest.parent is None:
                 dest.parent = src
-            if src.origin and src.kind == LOCAL and src.two:
+            if src.origin and src.kind == LOCAL and src.onward_half:
                 dest.origin = True
         if dest.origin:
             return None
@@ -471,18 +479,18 @@ class CallTracker:
         return None
 
     def _ringing(self, ch: Channel, t: float) -> list[Update] | None:
-        if ch.rang:
+        if ch.has_rung:
             return None
-        ch.rang = True
+        ch.has_rung = True
         call = ch.call
         if ch.kind != PHONE or ch.origin or not ch.ext:
             return None
         ext = ch.ext
         if ext not in call.rang:
             call.rang.append(ext)
-        if ext in call.popped:
+        if ext in call.ringing_sent_to:
             return None
-        call.popped += (ext,)
+        call.ringing_sent_to += (ext,)
         out: list[Update] = []
         if not call.started_sent:
             if call.direction is None:
@@ -714,7 +722,7 @@ class CallTracker:
         ):
             if cause in BUSY_CAUSES:
                 call.saw_busy = True
-            elif ch.rang:
+            elif ch.has_rung:
                 call.saw_no_answer = True
             elif cause in FAILED_CAUSES:
                 call.saw_failed = True
@@ -728,7 +736,7 @@ class CallTracker:
         ch.call.channels.pop(ch.uid, None)
         if ch.bridge is not None:
             self._leave_bridge(ch)
-        if ch.kind == LOCAL and not ch.two and self._local_ones.get(ch.name) is ch:
+        if ch.kind == LOCAL and not ch.onward_half and self._local_ones.get(ch.name) is ch:
             del self._local_ones[ch.name]
 
     def _finish(self, call: Call, t: float, flags: tuple[str, ...]) -> list[Update]:

@@ -9,14 +9,26 @@ call, and how it turns into the public record, reads in one screen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 from telephony.records import CallRecord, Direction, Disposition, Transfer
 
-# What a channel is, from its name and the context it was created in (see CallRules).
-TRUNK = 0  # an outside line: the caller of an inbound call, the callee of an outbound one
-PHONE = 1  # an extension's phone
-LOCAL = 2  # half of a Local channel pair (ring groups, queues, follow-me, originate)
-OTHER = 3  # anything else (Snoop, Announcer, ConfBridge...): part of the call, never an agent
+
+class ChannelKind(IntEnum):
+    """What a channel is, from its name and the context it was created in (see CallRules)."""
+
+    TRUNK = 0  # an outside line: the caller of an inbound call, the callee of an outbound one
+    PHONE = 1  # an extension's phone
+    LOCAL = 2  # half of a Local channel pair (ring groups, queues, follow-me, originate)
+    OTHER = 3  # anything else (Snoop, Announcer, ConfBridge...): part of the call, never an agent
+
+
+# The kinds as plain names, for the tracker's per-event tests: a module global is several
+# times cheaper to read than ``ChannelKind.PHONE`` (an attribute of the enum class).
+TRUNK = ChannelKind.TRUNK
+PHONE = ChannelKind.PHONE
+LOCAL = ChannelKind.LOCAL
+OTHER = ChannelKind.OTHER
 
 # DialEnd statuses, as Asterisk's DIALSTATUS spells them.
 NO_ANSWER_STATUSES = frozenset({"NOANSWER", "CANCEL"})
@@ -34,15 +46,16 @@ class Channel:
 
     uid: str
     name: str  # kept for Local halves only (pairing ";1" with ";2"); "" otherwise
-    kind: int
+    kind: ChannelKind
     ext: str | None  # the extension this channel stands for (phone, or Local/<ext>@...)
     call: Call
-    two: bool = False  # the ";2" half of a Local pair
+    # the ";2" half of a Local pair: it runs <exten>@<context> and dials on (the phone)
+    onward_half: bool = False
     origin: bool = False
     parent: Channel | None = None  # the channel that dialled it (for ";2": its ";1")
     sibling: Channel | None = None  # the other half of a Local pair
     answered_child: Channel | None = None  # the leg this channel dialled that answered
-    rang: bool = False
+    has_rung: bool = False  # seen ringing (DialState RINGING or Newstate Ringing)
     up: bool = False
     dial_status: str | None = None  # how the dial *to* this channel ended
     bridge: str | None = None
@@ -68,8 +81,8 @@ class Call:
     first_agent: str | None = None  # first extension leg that answered (any direction)
     answered_at: float | None = None
     ended_at: float | None = None
-    rang: list[str] = field(default_factory=list)
-    popped: tuple[str, ...] = ()  # extensions already sent a Ringing update
+    rang: list[str] = field(default_factory=list)  # extensions that rang, in order (the record's)
+    ringing_sent_to: tuple[str, ...] = ()  # extensions a Ringing update went out for
     transfers: tuple[Transfer, ...] = ()
     final_ext: str | None = None
     started_sent: bool = False
@@ -118,7 +131,7 @@ def disposition_of(call: Call) -> Disposition:
 
 
 def build_record(call: Call, pbx: str) -> CallRecord:
-    """The public record of a finished call (DESIGN.md, ``telefum replay``)."""
+    """The public record of a finished call (``telefum replay``, docs/architecture.md)."""
     direction: Direction = call.direction or "internal"
     answered = call.answered_at is not None
     if direction == "in":

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pbxsim.synth import generate
 from telephony.ami import AmiCodec, Message, encode
 from telephony.records import CallFinished, Update
-from telephony.synth import generate
 from telephony.tracker import CallTracker
 
 

@@ -20,9 +20,9 @@ import pytest
 from redis.asyncio import Redis
 
 from crm_client.client import TelefumClient
+from pbxsim.server import PbxSimulator
 from telefum.attribution import Attribution, build_report, parse_since
 from telephony.records import CallFinished, CallRecord
-from telephony.simulator import PbxSimulator
 from tests.support.agents import REPORT_TOKEN, AgentBridge, agent_settings, contacts_by_source
 from tests.support.crm import RunningRefCrm
 

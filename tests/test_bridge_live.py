@@ -22,11 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crm_client.types import Credentials
+from pbxsim.server import PbxSimulator
 from telefum.config import load_settings
 from telefum.service import Bridge, Roles
-from telephony.simulator import PbxSimulator
 from tests.support.crm import RunningRefCrm
-from tests.support.pbx import PBX_SECRET, PBX_USER
+from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
 from worker.embedded_redis import EmbeddedRedis
 from worker.policy import CrmTarget, WorkerConfig
 
@@ -75,7 +75,7 @@ StartBridge = Callable[[Roles], Awaitable[Bridge]]
 
 @pytest.fixture
 async def start_bridge(
-    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, redis_url: str
+    tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, redis_url: str
 ) -> AsyncIterator[StartBridge]:
     started: list[Bridge] = []
 
@@ -117,7 +117,7 @@ async def health_is(bridge: Bridge, status: int, reason: str | None = None) -> d
 
 async def test_health_of_the_real_service_follows_redis_the_ami_link_and_the_workers(
     start_bridge: StartBridge,
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
     redis_server: EmbeddedRedis,
     worker_procs: Callable[..., Any],
 ) -> None:
@@ -168,7 +168,7 @@ def value(m: dict[Any, float], name: str, **labels: str) -> float:
 
 async def test_metrics_and_report_of_the_real_service_follow_the_calls_played(
     start_bridge: StartBridge,
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
     refcrm: RunningRefCrm,
     traces_dir: Path,
 ) -> None:

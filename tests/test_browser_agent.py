@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from crm_client.client import TelefumClient
+from pbxsim.server import PbxSimulator
 from telefum.screenpop import CrmTarget
 from telephony.records import Ringing
-from telephony.simulator import PbxSimulator
 from tests.support.agents import AGENT_TOKENS, AgentBridge, agent_settings, split_at_first_ring
 from tests.support.crm import RunningRefCrm
 
@@ -156,7 +156,7 @@ async def test_an_unknown_caller_gets_the_crms_search_link(
     assert "missed" in await page.inner_text("[data-testid=recent]")
 
     # the agent calls the missed caller back from the page
-    pbx_sim.play_originates = False
+    pbx_sim.click_to_call = None
     await page.click("[data-testid=recent] button.call-back")
     await page.wait_for_selector("#dial-result[data-ok='1']")
     (originate,) = pbx_sim.originates

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from telephony.synth import plan
+from pbxsim.synth import plan
 from tests.support.crm import REPO
 
 

@@ -20,9 +20,8 @@ from telefum.config import HealthSettings, HttpSettings, Settings
 from telefum.web import Service, bound_port, create_app, start_http
 from telephony.listener import AmiListener
 from telephony.records import CallFinished, CallRecord, Update
-from telephony.simulator import PbxSimulator
 from telephony.tracker import CallTracker
-from tests.support.pbx import PBX_SECRET, PBX_USER
+from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
 from worker import stats
 from worker.embedded_redis import EmbeddedRedis
 from worker.policy import CrmTarget, WorkerConfig
@@ -79,7 +78,7 @@ StartBridge = Callable[..., Awaitable[LiveBridge]]
 
 @pytest.fixture
 async def start_bridge(
-    pbx_sim: PbxSimulator, redis_client: Redis
+    pbx_sim: FaultyPbx, redis_client: Redis
 ) -> AsyncIterator[StartBridge]:
     started: list[tuple[AmiListener, web.AppRunner, aiohttp.ClientSession]] = []
 
@@ -154,7 +153,7 @@ async def test_redis_stopped_gives_503_and_started_again_gives_200(
 
 
 async def test_ami_link_cut_gives_503_and_reconnected_gives_200(
-    start_bridge: StartBridge, redis_client: Redis, pbx_sim: PbxSimulator
+    start_bridge: StartBridge, redis_client: Redis, pbx_sim: FaultyPbx
 ) -> None:
     await beat(redis_client, ttl_s=60)
     bridge = await start_bridge()
@@ -172,7 +171,7 @@ async def test_ami_link_cut_gives_503_and_reconnected_gives_200(
 
 
 async def test_rejected_ami_login_is_the_reason_given(
-    start_bridge: StartBridge, redis_client: Redis, pbx_sim: PbxSimulator
+    start_bridge: StartBridge, redis_client: Redis, pbx_sim: FaultyPbx
 ) -> None:
     await beat(redis_client, ttl_s=60)
     bridge = await start_bridge()

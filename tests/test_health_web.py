@@ -1,4 +1,5 @@
-"""The HTTP app other parts plug into: loopback by default, tokens for anything that acts."""
+"""The HTTP app other parts plug into: loopback by default, ``/health`` and ``/metrics``
+open, a setup adds its routes. Who may open the routes that act: test_agent_tokens.py."""
 
 from __future__ import annotations
 
@@ -9,41 +10,23 @@ import pytest
 from aiohttp import web
 
 from telefum.config import HttpSettings, Settings
-from telefum.web import (
-    SERVICE,
-    Service,
-    bound_port,
-    check_agent_token,
-    create_app,
-    require_token,
-    start_http,
-)
+from telefum.web import SERVICE, Service, bound_port, create_app, start_http
 
 Client = Callable[..., Awaitable[tuple[int, str, aiohttp.typedefs.LooseHeaders]]]
 
 
-def setup_acting_routes(app: web.Application) -> None:
-    """What another part's setup looks like: routes that act, guarded by the helpers."""
-    requeued: list[str] = []
+def setup_a_route(app: web.Application) -> None:
+    """What another part's setup looks like: it adds a route that reads the service."""
 
-    @require_token
-    async def requeue(request: web.Request) -> web.Response:
-        requeued.append(request.match_info["id"])
-        return web.json_response({"requeued": requeued})
+    async def listen(request: web.Request) -> web.Response:
+        return web.Response(text=request.app[SERVICE].settings.http.listen)
 
-    async def agent(request: web.Request) -> web.Response:
-        check_agent_token(request, request.match_info["ext"])
-        # the app's shared service is reachable from any route
-        assert request.app[SERVICE].settings.http.listen.startswith("127.0.0.1")
-        return web.Response(text=f"page of {request.match_info['ext']}")
-
-    app.router.add_post("/requeue/{id}", requeue)
-    app.router.add_get("/agent/{ext}", agent)
+    app.router.add_get("/listen", listen)
 
 
 async def serve(http: HttpSettings) -> tuple[web.AppRunner, str]:
     service = Service(Settings(http=http))
-    runner = await start_http(create_app(service, [setup_acting_routes]), http.listen)
+    runner = await start_http(create_app(service, [setup_a_route]), http.listen)
     return runner, f"http://127.0.0.1:{bound_port(runner)}"
 
 
@@ -69,52 +52,9 @@ async def client() -> AsyncIterator[Client]:
 ADMIN = HttpSettings(listen="127.0.0.1:0", token="admin-tok", agent_tokens={"101": "ivan-tok"})
 
 
-async def test_acting_route_without_a_token_is_401(client: Client) -> None:
-    status, body, headers = await client(ADMIN, "POST", "/requeue/j1")
-    assert status == 401 and "token required" in body
-    assert headers["WWW-Authenticate"].startswith("Bearer")
-
-
-async def test_acting_route_with_a_wrong_token_is_401(client: Client) -> None:
-    status, body, _ = await client(
-        ADMIN, "POST", "/requeue/j1", {"Authorization": "Bearer admin-tok-not"}
-    )
-    assert status == 401 and "wrong token" in body
-
-
-async def test_acting_route_with_the_token_acts(client: Client) -> None:
-    bearer = {"Authorization": "Bearer admin-tok"}
-    status, body, _ = await client(ADMIN, "POST", "/requeue/j1", bearer)
-    assert status == 200 and '"j1"' in body
-    status, _, _ = await client(ADMIN, "POST", "/requeue/j2?token=admin-tok")
-    assert status == 200
-
-
-async def test_an_agent_token_does_not_open_acting_routes(client: Client) -> None:
-    status, _, _ = await client(ADMIN, "POST", "/requeue/j1", {"Authorization": "Bearer ivan-tok"})
-    assert status == 401
-
-
-async def test_no_token_configured_disables_acting_routes_rather_than_opening_them(
-    client: Client,
-) -> None:
-    open_http = HttpSettings(listen="127.0.0.1:0")
-    status, body, _ = await client(open_http, "POST", "/requeue/j1")
-    assert status == 403 and "[http] token" in body
-    status, _, _ = await client(open_http, "POST", "/requeue/j1", {"Authorization": "Bearer "})
-    assert status == 403
-
-
-async def test_an_agent_token_opens_its_own_extension_only(client: Client) -> None:
-    assert (await client(ADMIN, "GET", "/agent/101?token=ivan-tok"))[0] == 200
-    assert (await client(ADMIN, "GET", "/agent/102?token=ivan-tok"))[0] == 401
-    assert (await client(ADMIN, "GET", "/agent/102?token=admin-tok"))[0] == 200
-    assert (await client(ADMIN, "GET", "/agent/102"))[0] == 401
-
-
-async def test_extensions_without_a_token_are_not_opened_by_an_empty_one(client: Client) -> None:
-    status, _, _ = await client(ADMIN, "GET", "/agent/103?token=")
-    assert status == 401
+async def test_a_setup_adds_its_routes_and_finds_the_service(client: Client) -> None:
+    status, body, _ = await client(ADMIN, "GET", "/listen")
+    assert status == 200 and body == "127.0.0.1:0"
 
 
 async def test_health_and_metrics_are_served_with_no_token(client: Client) -> None:

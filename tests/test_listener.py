@@ -19,16 +19,15 @@ from typing import Any
 
 import pytest
 
+from pbxsim.rebase import rebase
+from pbxsim.server import load_trace
+from pbxsim.synth import plan
 from telephony.ami import Message, encode, parse_trace
 from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected
-from telephony.rebase import rebase
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
-from telephony.simulator import PbxSimulator, load_trace
-from telephony.synth import plan
 from telephony.tracker import CallTracker
-from tests.support.pbx import PBX_SECRET, PBX_USER
+from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
 
-TRACES = Path(__file__).resolve().parent / "traces"
 MANIFEST = json.loads((TRACES / "manifest.json").read_text())
 TRACE_FILES = [s["file"] for s in MANIFEST["scenarios"]]
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
@@ -78,7 +77,7 @@ Connect = Callable[..., Any]
 
 
 @pytest.fixture
-async def connect(pbx_sim: PbxSimulator) -> AsyncIterator[Connect]:
+async def connect(pbx_sim: FaultyPbx) -> AsyncIterator[Connect]:
     """Start a listener on the simulator (fast timers; expiry off unless asked)."""
     started: list[AmiListener] = []
 
@@ -134,7 +133,7 @@ def live_trace(path: Path, *, shift: float, ids: int) -> list[Message]:
 
 @pytest.mark.parametrize("trace", TRACE_FILES)
 async def test_trace_over_tcp_gives_the_records_of_the_file_and_the_manifest(
-    trace: str, pbx_sim: PbxSimulator, connect: Connect
+    trace: str, pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     scenario = next(s for s in MANIFEST["scenarios"] if s["file"] == trace)
@@ -161,7 +160,7 @@ async def test_trace_over_tcp_gives_the_records_of_the_file_and_the_manifest(
 
 
 async def test_synthetic_mix_over_tcp_gives_every_planned_call(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     played = await pbx_sim.play_synth(40, 50.0, seed=11, speed=0)
@@ -188,7 +187,7 @@ async def test_synthetic_mix_over_tcp_gives_every_planned_call(
 
 
 async def test_cyrillic_caller_name_split_across_two_tcp_writes_arrives_intact(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     name = "Иван Петров"
@@ -213,15 +212,15 @@ async def test_cyrillic_caller_name_split_across_two_tcp_writes_arrives_intact(
 
 
 async def test_silent_peer_is_declared_dead_and_the_link_reconnected(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect(ping_interval=0.05, ping_timeout=0.5)
     await until(lambda: pbx_sim.actions["ping"] >= 3)  # pings answered: the link stays
     assert bridge.listener.reconnects == 0 and pbx_sim.connections == 1
 
-    pbx_sim.answer_pings = False  # the peer still holds the TCP connection, says nothing
+    pbx_sim.silent_actions = {"ping"}  # the peer still holds the TCP connection, says nothing
     await bridge.listener.wait_for_session(2, timeout=5)
-    pbx_sim.answer_pings = True
+    pbx_sim.silent_actions = set()
 
     assert bridge.listener.reconnects == 1
     assert pbx_sim.connections == 2
@@ -233,7 +232,7 @@ async def test_silent_peer_is_declared_dead_and_the_link_reconnected(
 
 
 async def test_exception_in_on_update_is_logged_and_keeps_the_link(
-    pbx_sim: PbxSimulator, connect: Connect, caplog: pytest.LogCaptureFixture
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
 ) -> None:
     finished: list[CallRecord] = []
 
@@ -258,7 +257,7 @@ async def test_exception_in_on_update_is_logged_and_keeps_the_link(
 # --- panoramisk defect 4: handlers doubled on reconnect ----------------------------------
 
 
-async def test_reconnect_does_not_double_events(pbx_sim: PbxSimulator, connect: Connect) -> None:
+async def test_reconnect_does_not_double_events(pbx_sim: FaultyPbx, connect: Connect) -> None:
     bridge = await connect()
     await pbx_sim.play_trace(T01, speed=0)
     await bridge.records(1)
@@ -283,7 +282,7 @@ async def test_reconnect_does_not_double_events(pbx_sim: PbxSimulator, connect: 
 
 
 async def test_action_pending_when_the_link_drops_fails_and_is_not_resent(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     pbx_sim.silent_actions = {"originate"}  # the PBX takes it but has not answered yet
@@ -306,7 +305,7 @@ async def test_action_pending_when_the_link_drops_fails_and_is_not_resent(
 
 
 async def test_originate_without_a_link_fails_at_once_and_sends_nothing(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     pbx_sim.refuse_connections = True
@@ -320,7 +319,7 @@ async def test_originate_without_a_link_fails_at_once_and_sends_nothing(
 
 
 async def test_originate_is_sent_once_and_its_call_is_tracked_as_outbound_by_the_agent(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     bridge = await connect()
     answer = await bridge.listener.originate(
@@ -337,7 +336,7 @@ async def test_originate_is_sent_once_and_its_call_is_tracked_as_outbound_by_the
 
 
 async def test_header_injection_in_an_originate_is_refused(connect: Connect,
-                                                           pbx_sim: PbxSimulator) -> None:
+                                                           pbx_sim: FaultyPbx) -> None:
     bridge = await connect()
     with pytest.raises(ValueError, match="CR/LF"):
         await bridge.listener.originate(
@@ -350,7 +349,7 @@ async def test_header_injection_in_an_originate_is_refused(connect: Connect,
 
 
 async def test_rejected_login_is_reported_and_retried_with_backoff(
-    pbx_sim: PbxSimulator, connect: Connect, caplog: pytest.LogCaptureFixture
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="telephony.listener"):
         bridge = await connect(secret="wrong-secret", wait=False)
@@ -384,7 +383,7 @@ def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
 
 
 async def test_link_cut_mid_call_keeps_the_live_call_and_closes_the_ended_one_once(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     talk = live_trace(T01, shift=0.0, ids=20_000)  # answered at 2 s, ends at 7 s
     missed = live_trace(T03, shift=0.5, ids=30_000)  # rings from 0.5 s, caller gives up at 6.5 s
@@ -424,7 +423,7 @@ async def test_link_cut_mid_call_keeps_the_live_call_and_closes_the_ended_one_on
 
 
 async def test_a_restarted_listener_reports_a_call_in_progress_once_with_its_did(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     talk = live_trace(T01, shift=0.0, ids=40_000)
     hangup_at = next(i for i, m in enumerate(talk) if m["Event"] == "HangupRequest")
@@ -452,7 +451,7 @@ async def test_a_restarted_listener_reports_a_call_in_progress_once_with_its_did
 
 
 async def test_garbage_in_the_stream_is_logged_and_skipped(
-    pbx_sim: PbxSimulator, connect: Connect
+    pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
     events = load_trace(T01)
     bridge = await connect()
@@ -474,7 +473,7 @@ async def test_garbage_in_the_stream_is_logged_and_skipped(
 
 
 async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
-                                                               pbx_sim: PbxSimulator) -> None:
+                                                               pbx_sim: FaultyPbx) -> None:
     bridge = await connect()
     await pbx_sim.inject(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)) * 40)
     await pbx_sim.send(load_trace(T03))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from telephony.ami import parse_trace
 from telephony.tracker import CallTracker
+from tests.support.pbx import TRACES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "ami.md").read_text(encoding="utf-8")
-TRACES = Path(__file__).resolve().parent / "traces"
 
 
 def tracker_events() -> set[str]:

@@ -11,12 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from crm_client.types import Credentials
-from telephony.simulator import PbxSimulator
+from tests.support.crm import RefCrmProcess
+from tests.support.pbx import TRACES, FaultyPbx
 from tests.test_health_live import LiveBridge, StartBridge, start_bridge, until  # noqa: F401
 from worker.handoff import Handoff
 from worker.policy import CrmTarget, WorkerConfig
 
-TRACES = Path(__file__).resolve().parent / "traces"
 ANSWERED = TRACES / "01-inbound-answered-caller-hangup.ami"
 MISSED = TRACES / "03-inbound-missed-caller-abandons.ami"
 
@@ -38,14 +38,14 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
     start_bridge: StartBridge,  # noqa: F811
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
     redis_url: str,
     redis_client: Redis,
     worker_procs: Callable[..., Any],
-    refcrm_proc: Callable[..., Any],
+    refcrm_process: Callable[..., RefCrmProcess],
     tmp_path: Path,
 ) -> None:
-    crm = refcrm_proc({"bridge": "pw"})
+    crm = refcrm_process({"bridge": "pw"})
     worker_procs(WorkerConfig(
         crm=CrmTarget(crm.rest_url, Credentials("bridge", "pw"), timeout_s=5.0),
         job_timeout_s=10.0,
@@ -104,7 +104,7 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
 
 
 async def test_metrics_show_a_cut_link_and_count_the_reconnect(
-    start_bridge: StartBridge, pbx_sim: PbxSimulator  # noqa: F811
+    start_bridge: StartBridge, pbx_sim: FaultyPbx  # noqa: F811
 ) -> None:
     bridge = await start_bridge()
     pbx_sim.refuse_connections = True

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pbxsim.server import PbxSimulator
 from telefum.cli import main
-from telephony.simulator import PbxSimulator
 from tests.support.agents import AGENT_TOKENS, AgentBridge, agent_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 async def bridge(pbx_sim: PbxSimulator) -> AsyncIterator[AgentBridge]:
-    pbx_sim.play_originates = False
+    pbx_sim.click_to_call = None
     async with AgentBridge(agent_settings(), pbx=pbx_sim) as b:
         yield b
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from telephony.simulator import PbxSimulator
+from pbxsim.server import PbxSimulator
 from tests.support.agents import ADMIN_TOKEN, AGENT_TOKENS, AgentBridge, agent_settings
 
 T101 = {"Authorization": f"Bearer {AGENT_TOKENS['101']}"}
@@ -18,7 +18,7 @@ T101 = {"Authorization": f"Bearer {AGENT_TOKENS['101']}"}
 
 @pytest.fixture
 async def bridge(pbx_sim: PbxSimulator) -> AsyncIterator[AgentBridge]:
-    pbx_sim.play_originates = False  # the PBX side of the call is not what these pin
+    pbx_sim.click_to_call = None  # the PBX side of the call is not what these pin
     async with AgentBridge(agent_settings(rate_limit=2), pbx=pbx_sim) as b:
         yield b
 
@@ -136,7 +136,7 @@ async def test_the_rate_limit_answers_429_with_retry_after(
 
 
 async def test_a_pbx_that_refuses_the_originate_gives_502(pbx_sim: PbxSimulator) -> None:
-    pbx_sim.play_originates = False
+    pbx_sim.click_to_call = None
     # an empty channel: the PBX answers "Response: Error" as Asterisk does
     async with AgentBridge(agent_settings(channel=""), pbx=pbx_sim) as b:
         status, answer, _ = await b.post(

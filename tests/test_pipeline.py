@@ -21,7 +21,8 @@ import pytest
 from redis.asyncio import Redis
 
 from crm_client.types import Credentials
-from tests.support.redis import HoldingProxy, PipelineCrm, WorkerProcess, inbound_call
+from tests.support.crm import RefCrmProcess
+from tests.support.redis import HoldingProxy, WorkerProcess, inbound_call
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
 from worker.policy import DEFAULT_QUEUE, CallPolicy, CrmTarget, RetryPolicy, WorkerConfig
@@ -74,7 +75,7 @@ async def settled(
         await asyncio.sleep(0.05)
 
 
-def events_per_call(crm: PipelineCrm) -> Counter[str]:
+def events_per_call(crm: RefCrmProcess) -> Counter[str]:
     out: Counter[str] = Counter()
     for _, _, desc, _ in crm.events():
         m = re.search(r"звонок (\S+)", desc)
@@ -83,7 +84,7 @@ def events_per_call(crm: PipelineCrm) -> Counter[str]:
     return out
 
 
-def contacts_per_phone(crm: PipelineCrm) -> Counter[str]:
+def contacts_per_phone(crm: RefCrmProcess) -> Counter[str]:
     return Counter(phone for _, phone, _, _ in crm.contacts())
 
 
@@ -102,11 +103,11 @@ async def test_a_worker_killed_in_the_middle_of_a_crm_write_leaves_one_contact_a
     op: str,
     fate: str,
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
     holding_proxy_factory: Callable[[str], Any],
     worker_procs: Procs,
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     proxy: HoldingProxy = await holding_proxy_factory(crm.rest_url)
     proxy.hold(op)
     first = worker_procs(config(proxy.url))
@@ -135,13 +136,13 @@ async def test_a_worker_killed_in_the_middle_of_a_crm_write_leaves_one_contact_a
 
 async def test_a_kill_after_the_crm_accepted_addevent_is_the_one_documented_duplicate(
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
     holding_proxy_factory: Callable[[str], Any],
     worker_procs: Procs,
 ) -> None:
     """TelefUM cannot be asked whether it has an event: the call is sent again (never lost)
     and the re-send is counted, as worker/steps.py documents."""
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     proxy: HoldingProxy = await holding_proxy_factory(crm.rest_url)
     proxy.hold("addevent")
     first = worker_procs(config(proxy.url))
@@ -159,9 +160,9 @@ async def test_a_kill_after_the_crm_accepted_addevent_is_the_one_documented_dupl
 
 
 async def test_the_crm_down_for_a_while_then_back_gets_every_call(
-    redis_client: Redis, refcrm_proc: Callable[..., PipelineCrm], worker_procs: Procs
+    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     w = worker_procs(config(crm.rest_url))
     await w.wait_ready(redis_client)
     crm.stop()
@@ -196,10 +197,10 @@ def telefum(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_a_wrong_crm_password_dead_letters_with_the_reason_and_a_requeue_delivers(
     redis_url: str,
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
     worker_procs: Procs,
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     wrong = worker_procs(config(crm.rest_url, Credentials("bridge", "typo")))
     await wrong.wait_ready(redis_client)
     calls = [call(f"3.{i}", f"+7916111111{i}") for i in range(5)]
@@ -229,9 +230,9 @@ async def test_a_wrong_crm_password_dead_letters_with_the_reason_and_a_requeue_d
 
 
 async def test_the_same_new_number_calling_several_times_at_once_makes_one_contact(
-    redis_client: Redis, refcrm_proc: Callable[..., PipelineCrm], worker_procs: Procs
+    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS, extra_args=("--test-control",))
     await crm.control(latency_ms=100)  # every find overlaps the others'
     a, b = worker_procs(config(crm.rest_url)), worker_procs(config(crm.rest_url))
     await a.wait_ready(redis_client)
@@ -249,10 +250,10 @@ async def test_redis_stopped_and_started_under_the_listener_and_workers_loses_no
     tmp_path: Path,
     redis_server: EmbeddedRedis,
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
     worker_procs: Procs,
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     w = worker_procs(config(crm.rest_url))
     await w.wait_ready(redis_client)
     handoff = Handoff(redis_server.url, tmp_path / "spool", retry_max_s=0.2)
@@ -277,9 +278,9 @@ async def test_redis_stopped_and_started_under_the_listener_and_workers_loses_no
 
 
 async def test_agents_own_credentials_make_them_the_author_of_the_event(
-    redis_client: Redis, refcrm_proc: Callable[..., PipelineCrm], worker_procs: Procs
+    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     w = worker_procs(config(crm.rest_url))
     await w.wait_ready(redis_client)
     await enqueue(redis_client, call("6.1", extension="101"), call("6.2", extension="102"))
@@ -293,9 +294,9 @@ async def test_telefum_worker_runs_from_settings_toml_and_stops_on_sigterm(
     tmp_path: Path,
     redis_url: str,
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
 ) -> None:
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     settings = tmp_path / "settings.toml"
     settings.write_text(
         f'[redis]\nurl = "{redis_url}"\n\n'

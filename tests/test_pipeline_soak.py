@@ -14,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from crm_client.client import TelefumClient
-from tests.support.redis import PipelineCrm, WorkerProcess
+from tests.support.crm import RefCrmProcess
+from tests.support.redis import WorkerProcess
 from tests.test_pipeline import (
     SERVICE,
     USERS,
@@ -57,13 +58,13 @@ async def test_a_thousand_calls_give_a_thousand_events_and_one_contact_per_new_n
     tmp_path: Path,
     redis_url: str,
     redis_client: Redis,
-    refcrm_proc: Callable[..., PipelineCrm],
+    refcrm_process: Callable[..., RefCrmProcess],
     worker_procs: Callable[..., WorkerProcess],
 ) -> None:
     rng = random.Random(20261126)
     new = [f"+7916{n:07d}" for n in rng.sample(range(10**7), 300)]
     known = [f"+7925{n:07d}" for n in rng.sample(range(10**7), 50)]
-    crm = refcrm_proc(USERS)
+    crm = refcrm_process(USERS)
     async with TelefumClient(crm.rest_url, timeout_s=5) as client:
         for phone in known:
             await client.add_contact(phone, f"Клиент {phone}", "contact", None, SERVICE)

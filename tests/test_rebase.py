@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 
+from pbxsim.rebase import Rebaser, id_span, rebase
 from telephony.ami import Message, parse_trace
-from telephony.rebase import Rebaser, id_span, rebase
+from tests.support.pbx import TRACES
 
-TRACES = Path(__file__).resolve().parent / "traces"
 UID = re.compile(r"^\d{9,11}\.\d+$")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CHANNEL = re.compile(r"\b[A-Za-z]\w*/[^\s,&|;]*?-[0-9a-f]{8}(?!\w)")

@@ -17,7 +17,7 @@ import pytest
 
 from crm_client import parse
 from crm_client.client import TelefumClient
-from crm_client.refcrm_store import count_contacts, count_events
+from crm_client.refcrm_store import counts
 from crm_client.types import Credentials
 from telefum.commands.refcrm import parse_users
 from tests.support.crm import PHONE_KEY, REPO, RefCrmProcess, RunningRefCrm
@@ -211,9 +211,9 @@ async def test_stats_count_contacts_and_events_in_all_and_by_phone(refcrm: Runni
     assert everything["requests"] == {"addcont": 2, "addevent": 1}
     assert one == {"phone": "89161234567", "contacts": 1, "events": 1}
     # the same counts straight from the SQLite file, as another process would read them
-    assert count_contacts(refcrm.db_path) == 2
-    assert count_events(refcrm.db_path, "+7 916 123-45-67", PHONE_KEY) == 1
-    assert count_contacts(refcrm.db_path, "+79990000001", PHONE_KEY) == 0
+    assert counts(refcrm.db_path)["contacts"] == 2
+    assert counts(refcrm.db_path, "+7 916 123-45-67", PHONE_KEY)["events"] == 1
+    assert counts(refcrm.db_path, "+79990000001", PHONE_KEY)["contacts"] == 0
 
 
 def test_refcrm_process_serves_and_keeps_its_data_across_restarts(
@@ -227,13 +227,12 @@ def test_refcrm_process_serves_and_keeps_its_data_across_restarts(
                                   Credentials("bridge", "secret"))
             return (await crm.find("89161234567", Credentials("bridge", "secret"))).total
 
-    first = refcrm_process(db_path=db)
-    assert asyncio.run(add_and_count(first.rest_url)) == 1
-    first.terminate()
-    assert first.wait(timeout=10) == 0  # SIGTERM: a clean stop
-    second = refcrm_process(db_path=db)
-    assert asyncio.run(add_and_count(second.rest_url)) == 2
-    assert count_contacts(db, "+79161234567", PHONE_KEY) == 2
+    crm = refcrm_process(db_path=db)
+    assert asyncio.run(add_and_count(crm.rest_url)) == 1
+    assert crm.stop() == 0  # SIGTERM: a clean stop
+    crm.start()  # the same port and file
+    assert asyncio.run(add_and_count(crm.rest_url)) == 2
+    assert counts(db, "+79161234567", PHONE_KEY)["contacts"] == 2
 
 
 def test_refcrm_process_test_control_switches_failures_at_run_time(

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
 from crm_client.client import TelefumClient
+from pbxsim.server import PbxSimulator
 from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
 from telefum.config import AmiSettings, CrmSettings, Settings
 from telephony.listener import AmiListener
-from telephony.simulator import PbxSimulator
 from telephony.tracker import CallTracker
 from tests.support.agents import AGENT_TOKENS, agent_settings, split_at_first_ring
 from tests.support.crm import RunningRefCrm

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from telephony.simulator import PbxSimulator
+from pbxsim.server import PbxSimulator
 from tests.conftest import free_port
 from tests.support.crm import REPO, RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER

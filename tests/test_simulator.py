@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 
 import pytest
 
+from pbxsim.server import Script, load_trace
 from telephony.ami import AmiCodec, Message, encode, parse_trace
-from telephony.simulator import PbxSimulator, Script, load_trace
-from tests.support.pbx import PBX_SECRET, PBX_USER
+from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
 
-TRACES = Path(__file__).resolve().parent / "traces"
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
 
 
@@ -64,7 +62,7 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-async def test_banner_then_login_with_the_right_secret_is_accepted(pbx_sim: PbxSimulator) -> None:
+async def test_banner_then_login_with_the_right_secret_is_accepted(pbx_sim: FaultyPbx) -> None:
     client = await RawClient.connect(pbx_sim.port)
     answer = await client.login()
     assert client.codec.banner == "Asterisk Call Manager/11.0.0"
@@ -74,7 +72,7 @@ async def test_banner_then_login_with_the_right_secret_is_accepted(pbx_sim: PbxS
     await client.close()
 
 
-async def test_login_with_a_wrong_secret_is_refused(pbx_sim: PbxSimulator) -> None:
+async def test_login_with_a_wrong_secret_is_refused(pbx_sim: FaultyPbx) -> None:
     client = await RawClient.connect(pbx_sim.port)
     answer = await client.login(secret="not-it")
     assert answer == {"Response": "Error", "ActionID": "L1", "Message": "Authentication failed"}
@@ -85,14 +83,14 @@ async def test_login_with_a_wrong_secret_is_refused(pbx_sim: PbxSimulator) -> No
 
 
 async def test_ping_answers_pong_with_the_action_id_unless_told_to_be_silent(
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
 ) -> None:
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
     await client.send(Action="Ping", ActionID="p-1")
     pong = await client.answer("p-1")
     assert pong["Response"] == "Success" and pong["Ping"] == "Pong"
-    pbx_sim.answer_pings = False
+    pbx_sim.silent_actions = {"ping"}
     await client.send(Action="Ping", ActionID="p-2")
     await client.send(Action="Bogus", ActionID="b-1")  # answered: proves p-2 was read
     assert (await client.answer("b-1"))["Response"] == "Error"
@@ -100,7 +98,7 @@ async def test_ping_answers_pong_with_the_action_id_unless_told_to_be_silent(
     await client.close()
 
 
-async def test_logoff_says_goodbye_and_closes(pbx_sim: PbxSimulator) -> None:
+async def test_logoff_says_goodbye_and_closes(pbx_sim: FaultyPbx) -> None:
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
     await client.send(Action="Logoff", ActionID="bye")
@@ -109,7 +107,7 @@ async def test_logoff_says_goodbye_and_closes(pbx_sim: PbxSimulator) -> None:
 
 
 async def test_core_show_channels_lists_the_channels_of_calls_still_up(
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
 ) -> None:
     events = load_trace(T01)
     answer_at = next(i for i, m in enumerate(events) if m.get("Event") == "BridgeEnter")
@@ -136,7 +134,7 @@ async def test_core_show_channels_lists_the_channels_of_calls_still_up(
     await client.close()
 
 
-async def test_channels_played_while_nobody_listens_still_count(pbx_sim: PbxSimulator) -> None:
+async def test_channels_played_while_nobody_listens_still_count(pbx_sim: FaultyPbx) -> None:
     events = load_trace(T01)
     first_hangup = next(i for i, m in enumerate(events) if m.get("Event") == "Hangup")
     await pbx_sim.send(events[:first_hangup])
@@ -144,7 +142,7 @@ async def test_channels_played_while_nobody_listens_still_count(pbx_sim: PbxSimu
     assert len(pbx_sim.channels()) == 2
 
 
-async def test_one_trace_played_twice_gives_two_distinct_calls(pbx_sim: PbxSimulator) -> None:
+async def test_one_trace_played_twice_gives_two_distinct_calls(pbx_sim: FaultyPbx) -> None:
     first = pbx_sim.prepare_trace(T01)
     second = pbx_sim.prepare_trace(T01)
 
@@ -163,8 +161,8 @@ async def test_one_trace_played_twice_gives_two_distinct_calls(pbx_sim: PbxSimul
     assert first.times[-1] == pytest.approx(second.times[-1])
 
 
-async def test_every_originate_is_answered_queued_and_recorded(pbx_sim: PbxSimulator) -> None:
-    pbx_sim.play_originates = False
+async def test_every_originate_is_answered_queued_and_recorded(pbx_sim: FaultyPbx) -> None:
+    pbx_sim.click_to_call = None
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
     client.writer.write(
@@ -182,7 +180,7 @@ async def test_every_originate_is_answered_queued_and_recorded(pbx_sim: PbxSimul
 
 
 async def test_originate_plays_a_click_to_call_for_the_requested_extension_and_number(
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
 ) -> None:
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
@@ -198,7 +196,7 @@ async def test_originate_plays_a_click_to_call_for_the_requested_extension_and_n
     await client.close()
 
 
-async def test_drop_clients_cuts_the_connection(pbx_sim: PbxSimulator) -> None:
+async def test_drop_clients_cuts_the_connection(pbx_sim: FaultyPbx) -> None:
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
     assert pbx_sim.clients == 1
@@ -208,7 +206,7 @@ async def test_drop_clients_cuts_the_connection(pbx_sim: PbxSimulator) -> None:
     assert pbx_sim.clients == 0
 
 
-async def test_injected_bytes_reach_the_client_verbatim(pbx_sim: PbxSimulator) -> None:
+async def test_injected_bytes_reach_the_client_verbatim(pbx_sim: FaultyPbx) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", pbx_sim.port)
     writer.write(encode({"Action": "Login", "Username": PBX_USER, "Secret": PBX_SECRET}))
     await asyncio.wait_for(reader.readuntil(b"Fully Booted\r\n\r\n"), 5)
@@ -217,7 +215,7 @@ async def test_injected_bytes_reach_the_client_verbatim(pbx_sim: PbxSimulator) -
     writer.close()
 
 
-async def test_refused_connections_are_closed_at_once(pbx_sim: PbxSimulator) -> None:
+async def test_refused_connections_are_closed_at_once(pbx_sim: FaultyPbx) -> None:
     pbx_sim.refuse_connections = True
     reader, writer = await asyncio.open_connection("127.0.0.1", pbx_sim.port)
     data = b"not read"
@@ -228,7 +226,7 @@ async def test_refused_connections_are_closed_at_once(pbx_sim: PbxSimulator) -> 
     writer.close()
 
 
-async def test_playback_keeps_the_recorded_pace_divided_by_speed(pbx_sim: PbxSimulator) -> None:
+async def test_playback_keeps_the_recorded_pace_divided_by_speed(pbx_sim: FaultyPbx) -> None:
     script = pbx_sim.prepare_trace(T01)
     span = script.times[-1] - script.times[0]
     assert span > 5  # the recording lasts ~7 s
@@ -238,7 +236,7 @@ async def test_playback_keeps_the_recorded_pace_divided_by_speed(pbx_sim: PbxSim
     assert 0.35 <= elapsed < 3
 
 
-async def test_every_connected_client_gets_the_whole_stream(pbx_sim: PbxSimulator) -> None:
+async def test_every_connected_client_gets_the_whole_stream(pbx_sim: FaultyPbx) -> None:
     events = load_trace(T01)
     a, b = await RawClient.connect(pbx_sim.port), await RawClient.connect(pbx_sim.port)
     await a.login()
@@ -265,7 +263,7 @@ def test_load_trace_leaves_out_the_recorders_own_session() -> None:
 
 
 async def test_raw_stream_is_sent_verbatim_and_answers_never_land_inside_a_message(
-    pbx_sim: PbxSimulator,
+    pbx_sim: FaultyPbx,
 ) -> None:
     events = load_trace(T01)
     body = b"".join(encode(m) for m in events) * 40  # ~1.5 MB, many write batches

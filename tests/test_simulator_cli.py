@@ -7,15 +7,14 @@ import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from telephony.listener import AmiListener
 from telephony.records import CallFinished, CallRecord, Update
 from telephony.tracker import CallTracker
+from tests.support.pbx import TRACES
 
-TRACES = Path(__file__).resolve().parent / "traces"
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
 T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
 

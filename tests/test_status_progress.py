@@ -1,10 +1,10 @@
-"""The progress bar long commands draw on stderr (dlq requeue --all, replay of big traces)."""
+"""The progress bar long commands draw on stderr (``telefum demo``)."""
 
 from __future__ import annotations
 
 import io
 
-from telefum.progress import Progress, track
+from telefum.progress import Progress
 
 
 class Clock:
@@ -47,12 +47,6 @@ def test_in_a_log_file_it_writes_a_plain_line_every_few_seconds() -> None:
     # the first advance, then every 5 s, then the closing line
     assert [line.split()[1] for line in lines] == ["100", "600", "1100", "1200"]
     assert lines[-1] == "replay 1200 100/s in 12s"
-
-
-def test_track_yields_every_item_and_counts_them() -> None:
-    out = io.StringIO()
-    assert list(track(range(7), 7, "x", stream=out, tty=False)) == list(range(7))
-    assert "7/7" in out.getvalue().splitlines()[-1]
 
 
 def test_callback_form_takes_done_and_total() -> None:

@@ -1,15 +1,14 @@
-"""telephony.synth: a reproducible, realistic mix of calls made from recorded ones."""
+"""pbxsim.synth: a reproducible, realistic mix of calls made from recorded ones."""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from importlib import resources
 
 import pytest
 
-from telephony.records import CallFinished, CallRecord
-from telephony.synth import (
+from pbxsim import traces_dir
+from pbxsim.synth import (
     DEFAULT_BASE_TIME,
     TRACKING_NUMBERS,
     _numbers_of,
@@ -17,6 +16,7 @@ from telephony.synth import (
     load_templates,
     plan,
 )
+from telephony.records import CallFinished, CallRecord
 from telephony.tracker import CallTracker
 
 
@@ -31,8 +31,8 @@ def records_of(stream: list[tuple[float, dict[str, str]]]) -> dict[str, CallReco
     return out
 
 
-def test_templates_ship_inside_the_package() -> None:
-    shipped = {p.name for p in (resources.files("telephony") / "templates").iterdir()}
+def test_templates_are_traces_shipped_inside_the_package() -> None:
+    shipped = {p.name for p in traces_dir().iterdir()}
     templates = load_templates()
     assert {t.name for t in templates} <= shipped
     assert len(templates) >= 9

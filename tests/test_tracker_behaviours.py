@@ -2,7 +2,7 @@
 
 ``Pbx`` writes events with the fields Asterisk 18-22 sends (channel snapshot headers,
 Dest*/Transferer*/... prefixes, Timestamp), modelled on the recorded traces in
-``tests/traces`` and the Asterisk AMI event reference.
+``pbxsim/traces`` and the Asterisk AMI event reference.
 """
 
 from __future__ import annotations

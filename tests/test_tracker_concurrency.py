@@ -8,8 +8,8 @@ from functools import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pbxsim.rebase import id_bounds, rebase
 from telephony.ami import Message
-from telephony.rebase import id_bounds, rebase
 from telephony.records import CallFinished, CallRecord
 from telephony.tracker import CallTracker
 from tests.test_tracker_traces import SCENARIOS, load

@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
+from pbxsim.rebase import id_span, rebase
 from telephony.ami import AmiCodec, Message, encode
-from telephony.rebase import id_span, rebase
 from telephony.records import CallFinished, CallStarted
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker

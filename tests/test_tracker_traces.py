@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pbxsim.rebase import id_span, rebase
 from telephony.ami import Message, parse_trace
-from telephony.rebase import id_span, rebase
 from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
+from tests.support.pbx import TRACES
 
-TRACES = Path(__file__).resolve().parent / "traces"
 MANIFEST = json.loads((TRACES / "manifest.json").read_text(encoding="utf-8"))
 SCENARIOS = {s["file"]: s for s in MANIFEST["scenarios"]}
 DISPOSITIONS = {"ANSWERED": "answered", "NO ANSWER": "no-answer", "BUSY": "busy",

@@ -71,7 +71,6 @@ class Handoff:
 
         self.redis_ok = False  # the last attempt to reach Redis worked
         self.last_error = ""
-        self.handed_over = 0  # calls taken by Redis since start (incl. duplicates ignored)
 
         self._buffer: list[dict[str, Any]] = []
         self._submitted = 0
@@ -198,7 +197,6 @@ class Handoff:
                     await self._hand_over(redis, items)
                     self.redis_ok = True
                     await loop.run_in_executor(self._io, spool.commit, pos, len(items))
-                    self.handed_over += len(items)
                     self._progress.set()
                 elif pos != spool.cursor:  # only unreadable lines: skip past them
                     await loop.run_in_executor(self._io, spool.commit, pos, 0)

@@ -43,8 +43,6 @@ COUNTER_NAMES = (
     "possible_duplicates",  # addevent re-sent after a run died mid-request (see jobs.py)
     "recovered",  # calls re-enqueued by the reconciler after arq lost their job
 )
-OPS = ("find", "addcont", "addevent")
-OUTCOMES = ("ok", "transient", "permanent")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
 
@@ -104,13 +102,6 @@ class LatencyTally:
                     mine[name] = mine.get(name, 0) + n
                 self._sums[k] = self._sums.get(k, 0.0) + sums[k]
             raise
-
-
-async def observe_crm(redis: Redis, op: str, outcome: str, seconds: float) -> None:
-    """One CRM request's latency, straight into its histogram (tests, one-off tools)."""
-    tally = LatencyTally()
-    tally.observe(op, outcome, seconds)
-    await tally.flush(redis)
 
 
 def worker_id() -> str:

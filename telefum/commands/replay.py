@@ -3,7 +3,7 @@
 Reads a raw AMI trace (the bytes an AMI socket delivered) and prints one JSON object per
 finished call (JSON Lines, in the order the calls finished). Calls still open at the end
 of the trace are not printed; stderr says how many. Admins diff this output, so it must
-stay stable: the record keys are the DESIGN.md contract.
+stay stable: the record keys are the contract in docs/architecture.md.
 """
 
 from __future__ import annotations

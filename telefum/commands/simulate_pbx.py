@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from telephony.simulator import PbxSimulator
+from pbxsim.server import PbxSimulator
 
 HELP = "run a simulated Asterisk AMI server that plays recorded traces or a synthetic mix"
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(benchmarks; no rebasing, no pacing, unseen by CoreShowChannels)",
     )
     parser.add_argument("--calls", type=int, default=0, metavar="N",
-                        help="also play N synthetic calls (telephony.synth)")
+                        help="also play N synthetic calls (pbxsim.synth)")
     parser.add_argument("--rate", type=float, default=1.0, metavar="R",
                         help="synthetic calls started per second (default 1)")
     parser.add_argument("--seed", type=int, default=1, metavar="S",

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from pbxsim.server import PbxSimulator, Script
 from telefum.agent_routes import setup_agent_routes
 from telefum.attribution import Attribution
 from telefum.config import HttpSettings, OriginateSettings, Settings
@@ -24,7 +25,6 @@ from telefum.screenpop import CrmTarget, ScreenPop
 from telephony.ami import Message
 from telephony.listener import AmiListener
 from telephony.records import Ringing, Update
-from telephony.simulator import PbxSimulator, Script
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER
 

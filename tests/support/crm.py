@@ -6,10 +6,11 @@
   counts by phone, the rows themselves, and the test-only failure knobs.
 - ``make_refcrm`` (async factory): the same with options (``quirks``, ``latency_s``,
   ``fail_mode``, ``encoding``, ``users``); all are stopped at teardown.
-- :func:`start_refcrm_process`: ``telefum refcrm`` in a separate process, returned once it
-  answers (worker kill tests, the demo). The ``refcrm_process`` fixture is a factory that
-  kills what it started at teardown; anything still alive at the end of the session is
-  killed too, and on Linux a child dies with the process that started it.
+- ``refcrm_process`` (factory): ``telefum refcrm`` in a process of its own, returned once it
+  answers, as a :class:`RefCrmProcess` that can be stopped and started again on the same
+  port and file (the pipeline's worker-kill and CRM-outage tests, the CLI tests). What it
+  started is stopped at teardown, anything still alive at the end of the session too, and
+  on Linux a child dies with the process that started it.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from crm_client.refcrm import STATE, RefCrmState, create_app
-from crm_client.refcrm_store import ContactRow, EventRow
+from crm_client.refcrm_store import ContactRow, EventRow, connect
 from crm_client.types import Credentials
 from telephony.phones import to_e164
 
@@ -136,15 +138,142 @@ async def make_refcrm(
 # --- as a separate process --------------------------------------------------------------
 
 
-class RefCrmProcess(subprocess.Popen[bytes]):
-    """``telefum refcrm`` running; ``base_url``/``rest_url`` are set once it answers."""
+class RefCrmProcess:
+    """``telefum refcrm`` in a process of its own. :meth:`stop` and :meth:`start` bring it
+    back on the same port with the same SQLite file, where its clients look; its log goes
+    to ``<db>.log``; what it stored is read straight from the file."""
 
-    base_url: str = ""
-    rest_url: str = ""
-    log_path: Path | None = None
+    def __init__(
+        self,
+        db: Path,
+        users: Mapping[str, str] = USERS,
+        *,
+        port: int = 0,
+        latency_ms: float = 0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.db = db
+        self.users = dict(users)
+        self.port = port  # 0 until the first start: any free one, kept for restarts
+        self.latency_ms = latency_ms
+        self.extra_args = extra_args
+        self.log_path = db.with_name(db.name + ".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def rest_url(self) -> str:
+        return self.base_url + "rest"
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> RefCrmProcess:
+        """Run it and return once it answers requests."""
+        args = [
+            sys.executable, "-m", "telefum.cli", "refcrm", "--db", str(self.db),
+            "--port", str(self.port), "--host", "127.0.0.1",
+            "--latency-ms", str(self.latency_ms),
+        ]  # fmt: skip
+        for login, password in self.users.items():
+            args += ["--user", f"{login}:{password}"]
+        args += list(self.extra_args)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
+                env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )  # fmt: skip
+        _RUNNING.append(self)
+        try:
+            line = self._ready_line(timeout_s)
+            base_url = line.split(" on ", 1)[1].split(" ", 1)[0]  # http://127.0.0.1:PORT/
+            self.port = int(base_url.rstrip("/").rpartition(":")[2])
+            with urllib.request.urlopen(self.base_url + "_stats", timeout=timeout_s) as resp:
+                json.load(resp)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not stop in time; always reaped (its log is
+        complete then). Returns its exit status (None: it was not running)."""
+        proc, self.proc = self.proc, None
+        if self in _RUNNING:
+            _RUNNING.remove(self)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout_s)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    def _ready_line(self, timeout_s: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"refcrm did not start within {timeout_s:g} s; {self._log_tail()}"
+                )
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not ready:
+                continue
+            line = self.proc.stdout.readline().decode(errors="replace")
+            if not line:  # EOF: it exited
+                self.proc.wait(timeout=5)
+                raise RuntimeError(
+                    f"refcrm exited with {self.proc.returncode}; {self._log_tail()}"
+                )
+            if line.startswith("refcrm listening on "):
+                return line.strip()
+
+    def _log_tail(self) -> str:
+        if not self.log_path.exists():
+            return "no log"
+        return "log: " + self.log_path.read_text(errors="replace")[-2000:]
+
+    # -- what it stored, straight from its SQLite file ------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.db.exists():
+            return []
+        conn = connect(self.db, readonly=True)
+        try:
+            return list(conn.execute(sql, args).fetchall())
+        finally:
+            conn.close()
+
+    def events(self) -> list[tuple[int, str, str, str]]:
+        """(contact_id, subj, desc, created_by), in creation order."""
+        return [tuple(r) for r in self._query(  # type: ignore[misc]
+            'SELECT contact_id, subj, "desc", created_by FROM events ORDER BY id'
+        )]  # fmt: skip
+
+    def contacts(self) -> list[tuple[int, str, str, str]]:
+        """(id, phone as written, x_pstn, created_by)."""
+        return [tuple(r) for r in self._query(  # type: ignore[misc]
+            "SELECT c.id, p.raw, c.x_pstn, c.created_by FROM contacts c "
+            "JOIN phones p ON p.contact_id = c.id ORDER BY c.id"
+        )]  # fmt: skip
+
+    async def control(self, **params: str | int) -> None:
+        """Switch its failure knobs at run time (needs ``--test-control``)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            query = {k: str(v) for k, v in params.items()}
+            async with s.post(self.base_url + "_control", params=query) as r:
+                assert r.status == 200, await r.text()
 
 
-_PROCESSES: list[RefCrmProcess] = []
+_RUNNING: list[RefCrmProcess] = []
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -152,105 +281,26 @@ def _die_with_parent() -> None:  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def start_refcrm_process(
-    db_path: str | Path,
-    port: int,
-    users: Mapping[str, str] = USERS,
-    latency_ms: float = 0,
-    *,
-    extra_args: tuple[str, ...] = (),
-    timeout_s: float = START_TIMEOUT_S,
-) -> RefCrmProcess:
-    """Run ``telefum refcrm`` and return once it accepts requests (``port=0``: any free one;
-    read ``proc.base_url``). Its log goes to ``<db>.log``. Stop it with
-    :func:`stop_refcrm_process` (the ``refcrm_process`` fixture does)."""
-    db_path = Path(db_path)
-    log_path = db_path.with_name(db_path.name + ".log")
-    args = [
-        sys.executable, "-m", "telefum.cli", "refcrm", "--db", str(db_path),
-        "--port", str(port), "--host", "127.0.0.1", "--latency-ms", str(latency_ms),
-    ]  # fmt: skip
-    for login, password in users.items():
-        args += ["--user", f"{login}:{password}"]
-    args += list(extra_args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as log:
-        proc = RefCrmProcess(
-            args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
-            env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
-    _PROCESSES.append(proc)
-    proc.log_path = log_path
-    try:
-        line = _ready_line(proc, timeout_s)
-        proc.base_url = line.split(" on ", 1)[1].split(" ", 1)[0]
-        proc.rest_url = proc.base_url + "rest"
-        with urllib.request.urlopen(proc.base_url + "_stats", timeout=timeout_s) as resp:
-            json.load(resp)
-    except BaseException:
-        stop_refcrm_process(proc)
-        raise
-    return proc
-
-
-def _ready_line(proc: RefCrmProcess, timeout_s: float) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"refcrm did not start within {timeout_s:g} s; {_log_tail(proc)}")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
-            continue
-        line = proc.stdout.readline().decode(errors="replace")
-        if not line:  # EOF: it exited
-            proc.wait(timeout=5)
-            raise RuntimeError(f"refcrm exited with {proc.returncode}; {_log_tail(proc)}")
-        if line.startswith("refcrm listening on "):
-            return line.strip()
-
-
-def _log_tail(proc: RefCrmProcess) -> str:
-    if proc.log_path is None or not proc.log_path.exists():
-        return "no log"
-    return "log: " + proc.log_path.read_text(errors="replace")[-2000:]
-
-
-def stop_refcrm_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it does not stop in time; always reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    if proc in _PROCESSES:
-        _PROCESSES.remove(proc)
-
-
 @pytest.fixture
 def refcrm_process(tmp_path: Path) -> Iterator[Callable[..., RefCrmProcess]]:
-    """Factory: ``refcrm_process(port=0, users=USERS, latency_ms=0, extra_args=())``."""
+    """Factory: ``refcrm_process(users=USERS, *, port=0, latency_ms=0, db_path=None,
+    extra_args=())`` -> a started :class:`RefCrmProcess`; all are stopped at teardown."""
     started: list[RefCrmProcess] = []
 
     def start(
-        port: int = 0, users: Mapping[str, str] = USERS, latency_ms: float = 0,
+        users: Mapping[str, str] = USERS, *, port: int = 0, latency_ms: float = 0,
         db_path: Path | None = None, extra_args: tuple[str, ...] = (),
     ) -> RefCrmProcess:  # fmt: skip
         db = db_path or tmp_path / f"refcrm-proc{len(started)}.sqlite"
-        proc = start_refcrm_process(db, port, users, latency_ms, extra_args=extra_args)
-        started.append(proc)
-        return proc
+        crm = RefCrmProcess(db, users, port=port, latency_ms=latency_ms, extra_args=extra_args)
+        started.append(crm)
+        return crm.start()
 
     try:
         yield start
     finally:
-        for proc in started:
-            stop_refcrm_process(proc)
+        for crm in started:
+            crm.stop()
 
 
 # --- a CRM that answers every bad case real CRMs produce ---------------------------------
@@ -392,8 +442,8 @@ async def hostile_crm() -> AsyncIterator[HostileCrm]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Nothing started here outlives the test run."""
-    for proc in list(_PROCESSES):
-        stop_refcrm_process(proc)
+    for crm in list(_RUNNING):
+        crm.stop()
 
 
 __all__ = [
@@ -404,6 +454,4 @@ __all__ = [
     "RefCrmProcess",
     "RunningRefCrm",
     "start_refcrm",
-    "start_refcrm_process",
-    "stop_refcrm_process",
 ]

@@ -1,21 +1,23 @@
 """A PBX on a socket: an AMI server that speaks enough of the protocol for the bridge.
 
-The demo, the tests and the benchmarks run the bridge against this instead of Asterisk.
-It answers Login (checking the secret), Logoff, Ping, Originate and CoreShowChannels like
-Asterisk does (ActionID echoed), and plays AMI events to every logged-in client: recorded
-traces (rebased by ``telephony.rebase`` so one recording can be played many times, keeping
-its relative timing, optionally sped up) or a synthetic mix from ``telephony.synth``.
+The demo, ``telefum simulate-pbx``, the tests and the benchmarks run the bridge against this
+instead of Asterisk. It answers Login (checking the secret), Logoff, Ping, Originate,
+Getvar and CoreShowChannels like Asterisk does (ActionID echoed), and plays AMI events to
+every logged-in client: recorded traces (rebased by ``pbxsim.rebase`` so one recording can
+be played many times, keeping its relative timing, optionally sped up) or a synthetic mix
+from ``pbxsim.synth``.
 
 It keeps the channels of what it has played, so ``CoreShowChannels`` tells the truth about
 the calls still up, even for calls played while no client was connected (that is how the
 listener's reconciliation is tested). An ``Originate`` is answered "successfully queued",
 recorded in ``originates``, then played as a click-to-call (the recorded trace 14 with the
-requested extension and number swapped in) with an ``OriginateResponse`` for its ActionID.
+requested extension and number swapped in) with an ``OriginateResponse`` for its ActionID;
+``click_to_call=None`` plays nothing.
 
-Test hooks: ``drop_clients()`` cuts every connection, ``inject(b"...")`` writes raw bytes,
-``answer_pings = False`` makes it a silent peer, ``silent_actions = {"originate"}`` leaves
-those actions unanswered (still recorded), ``refuse_connections = True`` keeps the link
-down, ``messages_sent`` counts what went out.
+``inject(b"...")`` writes raw bytes to every client, ``drop_clients()`` cuts every
+connection. A PBX that misbehaves (refuses connections, leaves actions unanswered) is a
+subclass overriding :meth:`PbxSimulator.accepts_connection` and
+:meth:`PbxSimulator.answers`: the tests' one is ``tests/support/pbx.py``.
 
 Sending is built for speed (the benchmarks push well over 100k events/s through it):
 messages are encoded once into a :class:`Script` and written in large batches.
@@ -31,11 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from pbxsim import traces_dir
+from pbxsim.rebase import id_span, rebase
 from telephony.ami import Message, encode, parse_trace
-from telephony.rebase import id_span, rebase
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +47,9 @@ __all__ = ["BANNER", "PbxSimulator", "Script", "load_trace"]
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
-# The recorded click-to-call (AMI Originate Channel=PJSIP/101, Exten=79031112233), from
-# the call templates that ship with the package (telephony/templates, used by synth too).
-CLICK_TO_CALL_TRACE = (
-    Path(__file__).resolve().parent / "templates" / "14-outbound-click-to-call-originate.ami"
-)
+# The recorded click-to-call (AMI Originate Channel=PJSIP/101, Exten=79031112233), one of
+# the traces that ship with the package (pbxsim/traces, synth's templates too).
+CLICK_TO_CALL_TRACE = traces_dir() / "14-outbound-click-to-call-originate.ami"
 _TEMPLATE_EXTENSION = "101"
 _TEMPLATE_NUMBER = "79031112233"
 
@@ -295,20 +297,14 @@ class PbxSimulator:
         username: str = "telefum",
         secret: str = "change-me",
         speed: float = 1.0,
-        click_to_call: Path | None = CLICK_TO_CALL_TRACE,
+        click_to_call: Traversable | None = CLICK_TO_CALL_TRACE,
     ) -> None:
         self.host = host
         self.port = port
         self.username = username
         self.secret = secret  # may be changed while running (tests: a rejected login)
         self.speed = speed  # default pace of play(): 1 = real time, 0 = as fast as possible
-        self.click_to_call = click_to_call
-
-        # test hooks
-        self.answer_pings = True
-        self.silent_actions: set[str] = set()  # action names (lower case) left unanswered
-        self.refuse_connections = False
-        self.play_originates = True  # play the click-to-call trace after each Originate
+        self.click_to_call = click_to_call  # None: an Originate plays no call
 
         # what happened (for tests and the CLI's summary)
         self.originates: list[dict[str, str]] = []
@@ -379,7 +375,18 @@ class PbxSimulator:
         self._login_waiters.append((n, fut))
         await asyncio.wait_for(fut, timeout)
 
-    # -- test hooks ----------------------------------------------------------------------
+    # -- what a misbehaving PBX overrides ------------------------------------------------
+
+    def accepts_connection(self) -> bool:
+        """Whether a new connection is served; False: it is cut at once (AMI down)."""
+        return True
+
+    def answers(self, action: str) -> bool:
+        """Whether an action (its lower-case name) gets an answer; False: it is left
+        unanswered (a hung PBX), an Originate still recorded in ``originates``."""
+        return True
+
+    # -- faults any client may meet ----------------------------------------------------
 
     async def drop_clients(self) -> int:
         """Cut every connection now (no Logoff, no FIN courtesy: a dead link)."""
@@ -490,10 +497,10 @@ class PbxSimulator:
     async def play_synth(
         self, n_calls: int, rate_per_s: float, seed: int, *, speed: float | None = None
     ) -> int:
-        """Generate and play a realistic mix of calls (``telephony.synth``), dated from now
+        """Generate and play a realistic mix of calls (``pbxsim.synth``), dated from now
         and with ids no other play has used. ``synth.plan`` with the same arguments and
         ``**sim.last_synth`` (base_time, first_id) says what each call must come out as."""
-        from telephony import synth  # imported here: only --calls needs the templates
+        from pbxsim import synth  # imported here: only --calls needs the templates
 
         base_time, first_id = time.time(), self._next_id
         calls = synth.plan(n_calls, rate_per_s, seed, base_time=base_time, first_id=first_id)
@@ -562,7 +569,7 @@ class PbxSimulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        if self.refuse_connections:
+        if not self.accepts_connection():
             writer.transport.abort()
             return
         task = asyncio.current_task()
@@ -604,13 +611,12 @@ class PbxSimulator:
             client.writer.close()
         elif not client.authed:
             self._reply(client, action_id, Response="Error", Message="Authentication Required")
-        elif name in self.silent_actions:
+        elif not self.answers(name):
             if name == "originate":
                 self.originates.append(dict(action))
         elif name == "ping":
-            if self.answer_pings:
-                self._reply(client, action_id, Response="Success", Ping="Pong",
-                            Timestamp=f"{time.time():.6f}")
+            self._reply(client, action_id, Response="Success", Ping="Pong",
+                        Timestamp=f"{time.time():.6f}")
         elif name == "coreshowchannels":
             self._core_show_channels(client, action_id)
         elif name == "originate":
@@ -686,7 +692,7 @@ class PbxSimulator:
             return
         self._reply(client, action_id, Response="Success",
                     Message="Originate successfully queued")
-        if self.play_originates:
+        if self.click_to_call is not None:
             task = asyncio.create_task(self._play_click_to_call(fields, action_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -716,11 +722,11 @@ class PbxSimulator:
 
     def _click_to_call_template(self) -> list[Message]:
         if self._template is None:
-            path = self.click_to_call
-            if path is None or not Path(path).is_file():
+            trace = self.click_to_call
+            if trace is None or not trace.is_file():
                 log.warning("PBX simulator: no click-to-call trace at %s; Originate plays "
-                            "nothing", path)
+                            "nothing", trace)
                 self._template = []
             else:
-                self._template = load_trace(path)
+                self._template = load_trace(trace.read_bytes())
         return self._template

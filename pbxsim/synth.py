@@ -2,9 +2,9 @@
 
 The PBX simulator, the tests and the benchmarks need many calls at once: inbound on
 several tracking numbers, missed, busy, ring groups, a queue, outbound, click-to-call,
-transfers. Rather than inventing AMI, each call is a real recording (``templates/*.ami``,
-copies of the project's traces) rebased to fresh ids, times and phone numbers
-(``telephony.rebase``), and the calls are interleaved by time as a busy PBX would send
+transfers. Rather than inventing AMI, each call is a real recording (the traces
+``traces/templates.json`` names) rebased to fresh ids, times and phone numbers
+(``pbxsim.rebase``), and the calls are interleaved by time as a busy PBX would send
 them. The same ``seed`` always gives the same stream, and ``plan`` says what each call
 must come out as (the facts the recording's manifest states, with the new numbers).
 """
@@ -17,15 +17,14 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 from typing import Any
 
+from pbxsim import traces_dir
+from pbxsim.rebase import Rebaser, id_bounds, rebase
 from telephony.ami import Message, parse_trace
-from telephony.rebase import Rebaser, id_bounds, rebase
 
 __all__ = [
-    "DEFAULT_TEMPLATES",
     "TRACKING_NUMBERS",
     "PlannedCall",
     "Template",
@@ -35,7 +34,6 @@ __all__ = [
     "stream",
 ]
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "templates"
 # The DIDs inbound calls arrive on: each stands for an ad source in the CRM.
 TRACKING_NUMBERS = ("74951234567", "74951234568", "74951234569", "74997001122", "78122003344")
 REPEAT_SHARE = 0.2  # calls from a number that called before: find hits, no new contact
@@ -75,15 +73,11 @@ class PlannedCall:
         return str(self.facts["call_id"])
 
 
-def load_templates(templates_dir: Path | str | None = None) -> tuple[Template, ...]:
-    """The templates in a directory: ``templates.json`` names them, their weights and
-    facts; each ``.ami`` file is one recorded call."""
-    return _load(str(Path(templates_dir or DEFAULT_TEMPLATES).resolve()))
-
-
-@lru_cache(maxsize=8)
-def _load(directory: str) -> tuple[Template, ...]:
-    base = Path(directory)
+@cache
+def load_templates() -> tuple[Template, ...]:
+    """The shipped traces' ``templates.json`` names the templates, their weights and
+    facts; each ``.ami`` file it names is one recorded call."""
+    base = traces_dir()
     index = json.loads((base / "templates.json").read_text(encoding="utf-8"))
     out: list[Template] = []
     for entry in index["templates"]:
@@ -126,7 +120,6 @@ def plan(
     n_calls: int,
     rate_per_s: float,
     seed: int,
-    templates_dir: Path | str | None = None,
     *,
     base_time: float = DEFAULT_BASE_TIME,
     first_id: int = 1000,
@@ -134,9 +127,9 @@ def plan(
 ) -> list[PlannedCall]:
     """Which template each call uses, when it starts (Poisson arrivals at ``rate_per_s``),
     its new ids and numbers, and the facts the tracker must report for it."""
-    templates = load_templates(templates_dir)
+    templates = load_templates()
     if not templates:
-        raise ValueError(f"no call templates in {templates_dir or DEFAULT_TEMPLATES}")
+        raise ValueError(f"no call templates in {traces_dir()}")
     if rate_per_s <= 0:
         raise ValueError("rate_per_s must be positive")
     rng = random.Random(seed)
@@ -184,7 +177,6 @@ def generate(
     n_calls: int,
     rate_per_s: float,
     seed: int,
-    templates_dir: Path | str | None = None,
     *,
     base_time: float = DEFAULT_BASE_TIME,
     first_id: int = 1000,
@@ -195,17 +187,14 @@ def generate(
     ``base_time`` plus its send time. Calls are rebased one at a time as they start, so a
     long stream costs little memory. ``plan`` with the same arguments lists the calls.
     """
-    calls = plan(n_calls, rate_per_s, seed, templates_dir, base_time=base_time,
-                 first_id=first_id)
-    return stream(calls, templates_dir)
+    calls = plan(n_calls, rate_per_s, seed, base_time=base_time, first_id=first_id)
+    return stream(calls)
 
 
-def stream(
-    calls: list[PlannedCall], templates_dir: Path | str | None = None
-) -> Iterator[tuple[float, Message]]:
+def stream(calls: list[PlannedCall]) -> Iterator[tuple[float, Message]]:
     """``(send time, message)`` for calls already planned (``plan``), in time order: what
     ``generate`` gives, for a caller that needs the plan too without planning twice."""
-    return _interleave(calls, {t.name: t for t in load_templates(templates_dir)})
+    return _interleave(calls, {t.name: t for t in load_templates()})
 
 
 def _interleave(
