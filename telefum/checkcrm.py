@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 import phonenumbers
+from pydantic import SecretStr
 
 from crm_client import parse
 from crm_client.client import TelefumClient
@@ -309,7 +310,8 @@ class Checker:
         return f"event {created.id} on contact {c.contact.id}"
 
     async def wrong_password(self) -> str:
-        bad = Credentials(self.creds.login, self.creds.password + "-wrong")
+        wrong = SecretStr(self.creds.password.get_secret_value() + "-wrong")
+        bad = Credentials(self.creds.login, wrong)
         params = [("typereq", "find"), ("phone", self.ctx.phone or "0")]
         desc = await self._error_answer("find with a wrong password", "GET", params, bad)
         phone = random_test_phone(self.country, self.rng)

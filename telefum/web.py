@@ -4,14 +4,11 @@ place other parts add their routes (agent page, click-to-call, report).
 Wiring, for ``telefum run`` / ``telefum listen`` (one listener per ``[[ami]]`` entry)::
 
     service = Service(settings, redis=redis, spool_size=lambda: handoff.spool_size)
-    for ami in settings.ami:
-        tracker = CallTracker(settings.calls.rules(pbx=ami.name))  # records carry the PBX
-        def on_update(update, _pbx=ami.name):
-            if isinstance(update, CallFinished):
-                service.calls.observe(update.record)   # telefum_calls_finished_total
-                handoff.submit(update.record)
-        listeners.append(AmiListener(ami.host, ami.port, ami.username, ami.secret, tracker,
-                                     on_update, pbx=ami.name, ...))
+    def on_update(update):
+        if isinstance(update, CallFinished):
+            service.calls.observe(update.record)   # telefum_calls_finished_total
+            handoff.submit(update.record)
+    listeners = [wiring.listener(settings, ami, on_update) for ami in settings.ami]
     service.links = listeners
     app = create_app(service)
     setup_agent_routes(app, ...)        # other parts add their routes before serving
@@ -173,7 +170,7 @@ def _unauthorized(reason: str) -> web.HTTPUnauthorized:
 
 def check_admin_token(request: web.Request) -> None:
     """Raise 401 unless the request carries the ``[http] token`` (403 when none is set)."""
-    expected = request.app[SERVICE].settings.http.token
+    expected = request.app[SERVICE].settings.http.token.get_secret_value()
     if not expected:
         raise web.HTTPForbidden(
             text=json.dumps({"error": "disabled: set [http] token to enable this endpoint"}),
@@ -192,10 +189,10 @@ def check_agent_token(request: web.Request, extension: str) -> None:
     given = request_token(request)
     if given is None:
         raise _unauthorized("token required")
-    own = http.agent_tokens.get(extension, "")
+    own = http.agent_tokens[extension].get_secret_value() if extension in http.agent_tokens else ""
     # both compared, always, so the timing does not tell which one exists
     ok_agent = token_matches(given, own)
-    ok_admin = token_matches(given, http.token)
+    ok_admin = token_matches(given, http.token.get_secret_value())
     if not (ok_agent or ok_admin):
         raise _unauthorized("wrong token")
 

@@ -15,6 +15,8 @@ import os
 import sys
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from crm_client.redact import redact_url
 from crm_client.types import Credentials
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     results = asyncio.run(
         check_crm(
             args.url,
-            Credentials(args.login, args.password),
+            Credentials(args.login, SecretStr(args.password)),
             country=args.country,
             timeout_s=args.timeout,
             check_pages=not args.skip_pages,
