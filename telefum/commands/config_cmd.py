@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from typing import Any
 
-from telefum.config import load_or_exit, settings_to_toml
+import tomli_w
+from pydantic import Secret, SecretStr
+
+from telefum.config import Settings, load_or_exit
 
 HELP = "check settings.toml (and TELEFUM_* overrides) and print the effective configuration"
 
@@ -42,3 +47,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"# overridden by the environment: {', '.join(settings.env_overrides)}")
     print(settings_to_toml(settings), end="")
     return 0
+
+
+def settings_to_toml(settings: Settings, mask_secrets: bool = True) -> str:
+    """The effective settings as TOML: what ``telefum config check`` prints (masked)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret | SecretStr):
+            return str(value) if mask_secrets else value.get_secret_value()
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return getattr(value, "value", value)  # an enum: its value
+
+    doc = plain(settings.model_dump())
+    if len(doc["ami"]) == 1:
+        doc["ami"] = doc["ami"][0]  # written as [ami], as the file usually has it
+    return tomli_w.dumps(doc)
