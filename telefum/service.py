@@ -107,7 +107,7 @@ class Bridge:
         worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
         self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
-            self.handoff = wiring.handoff(s, self.redis_url)
+            self.handoff = wiring.handoff(s, worker_config, self.redis_url)
             await self.handoff.start()
             for ami in s.ami:
                 self.listeners.append(wiring.listener(s, ami, self._on_update))

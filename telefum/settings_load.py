@@ -41,6 +41,7 @@ Loc = tuple[str | int, ...]  # a key as pydantic locates it: ("ami", 0, "port")
 
 
 def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
+    """``telefum.config.load_settings_from``: the settings, or :class:`ConfigError`."""
     if path is None and environ.get(CONFIG_ENV):
         path = environ[CONFIG_ENV]
     file = "(embedded defaults)" if path is None else str(path)
@@ -144,7 +145,10 @@ class _Environment:
                 guess = difflib.get_close_matches(name.upper(), _variables(), n=1, cutoff=0.6)
                 hint = f' (did you mean "{guess[0]}"?)' if guess else ""
                 self.warnings.append(f"environment variable {name} is not a setting{hint}")
-            elif parts[0] == "ami" and len(parts) > 1:
+            elif parts == ["ami"]:  # reaches nothing: the library cannot set [[ami]] whole
+                self.warnings.append(f"environment variable {name} is not a setting "
+                                     '(did you mean "TELEFUM_AMI__<KEY>"?)')  # fmt: skip
+            elif parts[0] == "ami":
                 ami.append((low, parts[1:]))
             else:
                 self.origin[tuple(parts)] = name

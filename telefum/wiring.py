@@ -33,11 +33,13 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def handoff(settings: Settings, redis_url: str, listener_id: str | None = None) -> Handoff:
-    """The listener's hand-over to Redis (start it with ``await handoff.start()``)."""
+def handoff(
+    settings: Settings, config: WorkerConfig, redis_url: str, listener_id: str | None = None
+) -> Handoff:
+    """The listener's hand-over to Redis, queueing the way the workers of ``config`` read
+    (start it with ``await handoff.start()``)."""
     from worker.handoff import Handoff
 
-    config = worker_config(settings)
     return Handoff(
         redis_url,
         settings.spool_dir,

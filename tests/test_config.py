@@ -505,3 +505,20 @@ def test_the_demo_settings_give_no_warnings(tmp_path: Path) -> None:
     secrets = DemoSecrets.generate()
     text = settings_text(tmp_path, 5038, "http://127.0.0.1:8080/rest", secrets)
     assert load(tmp_path, text).warnings() == []
+
+
+def test_the_packages_whose_classes_are_sections_do_not_import_the_shell() -> None:
+    """[calls], [worker], [crm] are types of telephony/, worker/, crm_client/: they may use
+    pydantic, never telefum (nor telephony and crm_client each other)."""
+    import ast
+
+    forbidden = {"telephony": {"telefum", "worker", "crm_client"},
+                 "crm_client": {"telefum", "worker", "telephony"}, "worker": {"telefum"}}  # fmt: skip
+    wrong = []
+    for package, others in forbidden.items():
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in others]
+    assert wrong == []
