@@ -205,7 +205,8 @@ class TelefumClient:
     async def _send(
         self, op: str, method: str, params: list[tuple[str, str]], creds: Credentials
     ) -> tuple[bytes, str | None]:
-        query = encode_params([*params, ("login", creds.login), ("password", creds.password)])
+        password = creds.password.get_secret_value()
+        query = encode_params([*params, ("login", creds.login), ("password", password)])
         if method == "GET":
             url, data = f"{self._wire_url}{self._query_sep}{query}", None
         else:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pydantic
+from pydantic import ConfigDict, SecretStr
 
-@dataclass(frozen=True, slots=True)
+
+@pydantic.dataclasses.dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class Credentials:
-    """A CRM user's login: the CRM records this user as author of what it creates."""
+    """A CRM user's login: the CRM records this user as author of what it creates.
+
+    Also the type of one ``[crm.agents."101"]`` table in settings.toml. The password is a
+    ``SecretStr``: shown as ``**********`` wherever the object is printed or dumped; the
+    client reads it with ``get_secret_value()`` when it builds a request.
+    """
 
     login: str
-    password: str
-
-    def __repr__(self) -> str:  # never show the password
-        return f"Credentials(login={self.login!r}, password='***')"
+    password: SecretStr
 
 
 @dataclass(frozen=True, slots=True)

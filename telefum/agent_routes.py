@@ -29,7 +29,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from importlib import resources
@@ -47,7 +47,7 @@ from telefum.originate import (
     RateLimited,
     parse_dial_target,
 )
-from telefum.screenpop import ScreenPop, crm_targets
+from telefum.screenpop import ScreenPop
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ _CSP = (
 @dataclass
 class AgentServices:
     """The three things the agent routes serve, built from the settings by
-    :func:`create_agent_services`; ``aclose()`` at shutdown."""
+    ``telefum.wiring.agent_services``; ``aclose()`` at shutdown."""
 
     screenpop: ScreenPop
     originator: Originator | None
@@ -74,33 +74,6 @@ class AgentServices:
     async def aclose(self) -> None:
         await self.screenpop.close()
         await self._close_crm()
-
-
-def create_agent_services(
-    settings: Settings,
-    *,
-    listeners: Mapping[str, Any] | None = None,
-    redis: Any = None,
-) -> AgentServices:
-    """Build the screen pop (CRM clients per ``[crm]``), the originator (on the listener of
-    ``[originate] pbx``, else the first ``[[ami]]``) and the attribution store (on ``redis``,
-    a ``redis.asyncio.Redis``). ``listeners``: PBX name -> ``AmiListener``; None or no
-    match: click-to-call answers 503. ``redis`` None: the report answers 503."""
-    crm_for, close_crm = crm_targets(settings)
-    pop = ScreenPop(
-        crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s
-    )
-    originator = None
-    pbx = settings.originate.pbx or settings.ami[0].name
-    if listeners and pbx in listeners:
-        originator = Originator(
-            listeners[pbx].originate,
-            settings.originate,
-            default_country=settings.calls.default_country,
-            extension_pattern=settings.calls.extension_pattern,
-        )
-    attribution = Attribution(redis, sources=settings.sources) if redis is not None else None
-    return AgentServices(pop, originator, attribution, close_crm)
 
 
 def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
@@ -131,9 +104,9 @@ class Tokens:
     """Who a token is: the admin, the report reader, or the agent of one extension."""
 
     def __init__(self, http: HttpSettings) -> None:
-        self._admin = http.token
-        self._report = http.report_token
-        self._agents = dict(http.agent_tokens)
+        self._admin = http.token.get_secret_value()
+        self._report = http.report_token.get_secret_value()
+        self._agents = {ext: t.get_secret_value() for ext, t in http.agent_tokens.items()}
 
     def is_admin(self, token: str | None) -> bool:
         return token_matches(token, self._admin)

@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import aiohttp
 import phonenumbers
+from pydantic import SecretStr
 
 from crm_client import parse
 from crm_client.client import TelefumClient
@@ -159,7 +160,7 @@ class Checker:
         self.country = country
         self.strict = strict
         self.login_shown = "the login given" if hide_login else creds.login
-        self.secrets = [creds.password, *([creds.login] if hide_login else [])]
+        self.secrets = [creds.password.get_secret_value(), *([creds.login] if hide_login else [])]
         self.rng = rng or random.SystemRandom()
         self.session = session
         self.timeout_s = timeout_s
@@ -437,9 +438,9 @@ class Checker:
     async def wrong_password(self) -> str:
         self._need_login()
         password = secrets.token_urlsafe(18)  # random: nothing of the real one in it
-        while password == self.creds.password:
+        while password == self.creds.password.get_secret_value():
             password = secrets.token_urlsafe(18)
-        bad = Credentials(self.creds.login, password)
+        bad = Credentials(self.creds.login, SecretStr(password))
         spec = "spec §2: «Ответ в случае ошибки авторизации»"
         phone = self.ctx.phone or random_test_phone(self.country, self.rng)
         desc = await self._expect_error(

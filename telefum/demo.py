@@ -83,9 +83,28 @@ class DemoResult:
         return not self.problems
 
 
-def settings_text(work: Path, pbx_port: int, pbx_secret: str, crm_url: str,
-                  passwords: dict[str, str], token: str) -> str:  # fmt: skip
+@dataclass(frozen=True)
+class DemoSecrets:
+    """New each run: the CRM passwords (per login), the PBX's AMI secret, the admin token
+    (an agent's token is it, "-" and the extension). Long enough not to be warned about."""
+
+    passwords: dict[str, str]
+    pbx: str
+    token: str
+
+    @classmethod
+    def generate(cls) -> DemoSecrets:
+        logins = ("bridge", *AGENTS.values())
+        return cls(
+            {login: secrets.token_urlsafe(9) for login in logins},
+            secrets.token_urlsafe(9),
+            secrets.token_urlsafe(12),
+        )
+
+
+def settings_text(work: Path, pbx_port: int, crm_url: str, keys: DemoSecrets) -> str:
     """The demo's settings.toml: defaults everywhere except where the demo's parts live."""
+    passwords, token = keys.passwords, keys.token
     agents = "".join(
         f'[crm.agents."{ext}"]\nlogin = "{login}"\npassword = "{passwords[login]}"\n\n'
         for ext, login in AGENTS.items()
@@ -100,7 +119,7 @@ spool_dir = "{work / "spool"}"
 host = "127.0.0.1"
 port = {pbx_port}
 username = "telefum"
-secret = "{pbx_secret}"
+secret = "{keys.pbx}"
 
 [redis]
 url = ""   # a private Redis
@@ -136,7 +155,8 @@ async def run_demo(opts: DemoOptions, out: IO[str] = sys.stdout) -> DemoResult:
 
 async def _run(opts: DemoOptions, work: Path, out: IO[str]) -> DemoResult:
     t0 = time.monotonic()
-    passwords = {login: secrets.token_urlsafe(9) for login in ("bridge", *AGENTS.values())}
+    keys = DemoSecrets.generate()
+    passwords, token = keys.passwords, keys.token
     db = work / "crm.sqlite"
     crm = web.AppRunner(
         create_crm_app(db, passwords, functools.partial(to_e164, default_country="RU")),
@@ -146,15 +166,10 @@ async def _run(opts: DemoOptions, work: Path, out: IO[str]) -> DemoResult:
     site = web.TCPSite(crm, "127.0.0.1", 0)
     await site.start()
     crm_base = f"http://127.0.0.1:{crm.addresses[0][1]}"
-    pbx_secret = secrets.token_urlsafe(9)
-    sim = PbxSimulator(secret=pbx_secret, speed=opts.speed)
+    sim = PbxSimulator(secret=keys.pbx, speed=opts.speed)
     await sim.start()
-    token = secrets.token_urlsafe(12)
     config = work / "settings.toml"
-    config.write_text(
-        settings_text(work, sim.port, pbx_secret, f"{crm_base}/rest", passwords, token),
-        encoding="utf-8",
-    )
+    config.write_text(settings_text(work, sim.port, f"{crm_base}/rest", keys), encoding="utf-8")
     settings = load_settings(config)
     bridge = Bridge(settings, embedded_redis_dir=work / "redis")
     try:

@@ -19,8 +19,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pydantic
+from pydantic import ConfigDict, Field
+
 from crm_client.redact import redact_text
-from telefum.config import HealthSettings
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class HealthSettings:
+    """When ``GET /health`` says 503 (``[health]``)."""
+
+    # 0: report the age of the last AMI event but never fail on it (a quiet PBX is fine)
+    max_event_age_s: float = Field(default=0.0, ge=0, strict=True)
+    # a worker whose last heartbeat is older than this is gone
+    worker_heartbeat_max_age_s: float = Field(default=30.0, ge=1, strict=True)
+    # a spool that holds calls and has not shrunk for this long is stuck
+    spool_stall_s: float = Field(default=60.0, ge=1, strict=True)
+    redis_timeout_s: float = Field(default=2.0, ge=0.1, strict=True)
 
 
 class AmiLinkView(Protocol):

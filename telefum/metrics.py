@@ -50,8 +50,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from telefum import __version__
-from telefum.config import HealthSettings
-from telefum.health import Snapshot
+from telefum.health import HealthSettings, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

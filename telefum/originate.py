@@ -16,13 +16,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import phonenumbers
+import pydantic
+from pydantic import AfterValidator, ConfigDict, Field
 
-from telefum.config import OriginateSettings
 from telephony.listener import AmiNotConnected
 from telephony.phones import PhoneFormat, for_crm, to_e164
+from worker.policy import check_template
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,47 @@ class OriginateFailed(Exception):
     def __init__(self, reason: str, *, link_down: bool = False) -> None:
         self.link_down = link_down
         super().__init__(reason)
+
+
+# --- the settings ([originate]) -----------------------------------------------------------
+
+ORIGINATE_CLASSES = ("national", "international", "premium")
+NUMBER_FIELDS = ("e164", "digits", "national", "extension")  # see number_fields()
+
+
+def _allow(value: tuple[str, ...]) -> tuple[str, ...]:
+    for v in value:
+        if v not in ORIGINATE_CLASSES and not re.fullmatch(r"!?\+\d[\d*]*", v):
+            raise ValueError(
+                'expected "national", "international", "premium" or an E.164 pattern such as '
+                f'"+375*" (with "!" in front to refuse it), got "{v}"'
+            )
+    return value
+
+
+def _template(*known: str) -> AfterValidator:
+    return AfterValidator(lambda v: check_template(v, known))
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class OriginateSettings:
+    """Click-to-call (``[originate]``): how ``POST /originate`` dials and what it may dial."""
+
+    channel: Annotated[str, _template("extension")] = "PJSIP/{extension}"  # rung first
+    context: str = "from-internal"  # the dialplan context the outside number is dialled in
+    # the number as the dialplan wants it: {e164} +79161234567, {digits} 79161234567,
+    # {national} 89161234567 (a prefix for an outside line goes in front: "9{national}")
+    exten: Annotated[str, _template(*NUMBER_FIELDS)] = "{digits}"
+    # shown on the agent's phone while it rings first; empty: the PBX's default
+    caller_id: Annotated[str, _template(*NUMBER_FIELDS)] = "{digits}"
+    # what may be dialled: "national" (the default country's numbers), "international",
+    # "premium" (premium-rate and shared-cost numbers: refused unless listed), or E.164
+    # patterns with * ("+375*" allows, "!+7495*" refuses; refusals win)
+    allow: Annotated[tuple[str, ...], AfterValidator(_allow)] = ("national",)
+    rate_limit: int = Field(default=5, ge=1, strict=True)  # originates per extension...
+    rate_window_s: float = Field(default=60.0, ge=1, strict=True)  # ...per this window
+    timeout_s: float = Field(default=30.0, ge=1, le=300, strict=True)  # agent phone rings
+    pbx: str = ""  # the [[ami]] name that dials; empty: the first
 
 
 # --- the allow-list (pure) ----------------------------------------------------------------

@@ -34,8 +34,8 @@ def withdraw(settings: Settings) -> None:
 def redis_url(settings: Settings) -> str:
     """``[redis] url``; when empty, the URL of a running ``telefum run``'s private Redis;
     else ""."""
-    if settings.redis.url:
-        return settings.redis.url
+    if settings.redis.url.get_secret_value():
+        return settings.redis.url.get_secret_value()
     try:
         return (data_dir(settings) / URL_FILE).read_text(encoding="utf-8").strip()
     except OSError:

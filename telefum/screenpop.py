@@ -60,8 +60,9 @@ class CrmDirectory(Protocol):
 
 
 @dataclass(frozen=True)
-class CrmTarget:
-    """One CRM as the screen pop uses it: the client, whose login looks up, how phones look."""
+class CrmLookup:
+    """One CRM as the screen pop looks callers up in it: the client, whose login looks up,
+    how phones look (built by ``telefum.wiring.crm_lookups`` from a ``[crm]``)."""
 
     client: CrmDirectory
     creds: Credentials
@@ -225,7 +226,7 @@ class ScreenPop:
 
     def __init__(
         self,
-        crm_for: Callable[[str], CrmTarget],
+        crm_for: Callable[[str], CrmLookup],
         *,
         sources: Mapping[str, str] | None = None,
         cache_ttl_s: float = 5.0,
@@ -535,35 +536,6 @@ class _Subscription:
         if snap is None:
             raise StopAsyncIteration
         return snap
-
-
-def crm_targets(
-    settings: Any, *, timeout_s: float = 4.0
-) -> tuple[Callable[[str], CrmTarget], Callable[[], Awaitable[None]]]:
-    """``crm_for`` for :class:`ScreenPop` from ``telefum.config.Settings``: one client per
-    CRM (the global ``[crm]`` and each PBX's own), looking up with the service account.
-
-    The lookup timeout is short on purpose: a pop that comes after the call was answered
-    helps nobody; the page shows the search link meanwhile. Returns ``(crm_for, close)``.
-    """
-    from crm_client.client import TelefumClient
-
-    clients: dict[str, TelefumClient] = {}
-
-    def crm_for(pbx: str) -> CrmTarget:
-        crm = settings.crm_for(pbx)
-        client = clients.get(crm.url)
-        if client is None:
-            client = clients[crm.url] = TelefumClient(
-                crm.url, timeout_s=min(timeout_s, crm.timeout_s)
-            )
-        return CrmTarget(client, crm.service, crm.phone_format, name=crm.url)
-
-    async def close() -> None:
-        for client in clients.values():
-            await client.close()
-
-    return crm_for, close
 
 
 def _call_key(pbx: str, call_id: str) -> str:

@@ -24,15 +24,13 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from crm_client.redact import redact_url
-from telefum import private_redis
-from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
+from telefum import private_redis, wiring
+from telefum.agent_routes import AgentServices, setup_agent_routes
 from telefum.attribution import attribution_hook
-from telefum.commands.worker import handoff_from_settings, worker_config_from_settings
-from telefum.config import AmiSettings, Settings
+from telefum.config import Settings
 from telefum.web import Service, bound_port, create_app, start_http
 from telephony.listener import AmiListener
 from telephony.records import CallFinished
-from telephony.tracker import CallTracker
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
@@ -68,7 +66,7 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.roles = roles
-        self.redis_url = redis_url or settings.redis.url
+        self.redis_url = redis_url or settings.redis.url.get_secret_value()
         self.worker_id = worker_id
         self.client_factory = client_factory
         self.embedded_redis_dir = embedded_redis_dir
@@ -106,13 +104,13 @@ class Bridge:
             # worker.embedded_redis); it answers PING within a fraction of a second
             self.embedded = self._start_embedded()
             self.redis_url = self.embedded.url
-        worker_config = worker_config_from_settings(s)  # ValueError: a setting does not fit
+        worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
         self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
-            self.handoff = handoff_from_settings(s, self.redis_url)
+            self.handoff = wiring.handoff(s, worker_config, self.redis_url)
             await self.handoff.start()
             for ami in s.ami:
-                self.listeners.append(self._listener(ami))
+                self.listeners.append(wiring.listener(s, ami, self._on_update))
         handoff = self.handoff
         self.service = Service(
             s,
@@ -120,7 +118,7 @@ class Bridge:
             redis=self.redis,
             spool_size=(lambda: handoff.spool_size) if handoff is not None else None,
         )
-        self.agents = create_agent_services(
+        self.agents = wiring.agent_services(
             s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis
         )
         if self.roles.http:
@@ -160,21 +158,6 @@ class Bridge:
         log.info("[redis] url is empty: started a private Redis at %s (data in %s)",
                  redis.url, redis.data_dir)  # fmt: skip
         return redis
-
-    def _listener(self, ami: AmiSettings) -> AmiListener:
-        tracker = CallTracker(self.settings.calls.rules(pbx=ami.name))
-        return AmiListener(
-            ami.host,
-            ami.port,
-            ami.username,
-            ami.secret,
-            tracker,
-            self._on_update,
-            ping_interval=ami.ping_interval_s,
-            ping_timeout=ami.ping_timeout_s,
-            reconnect_max=ami.reconnect_max_s,
-            pbx=ami.name,
-        )
 
     def _on_update(self, update: Any) -> None:
         """Every tracker update, from every PBX: quick, never blocking the AMI reader."""

@@ -16,14 +16,73 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import pydantic
 from aiohttp import web
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 
 from telefum import __version__, metrics
-from telefum.config import Settings, split_listen
 from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
 from worker.policy import DEFAULT_QUEUE
+
+if TYPE_CHECKING:
+    from telefum.config import Settings
+
+
+# --- the settings ([http]) -----------------------------------------------------------------
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8088"`` / ``"[::1]:8088"`` -> (host, port); port 0: the OS picks one."""
+    host, sep, port_s = listen.rpartition(":")
+    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+        raise ValueError(f'expected "host:port" such as "127.0.0.1:8088", got "{listen}"')
+    return host.strip("[]"), int(port_s)
+
+
+def _listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+def _token(token: SecretStr) -> SecretStr:
+    if not token.get_secret_value():
+        raise ValueError("expected a non-empty token")
+    return token
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class HttpSettings:
+    """``[http]``: where ``/health``, ``/metrics`` and the agent endpoints listen, and the
+    tokens that open them."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8088"  # loopback by default
+    # required for anything that acts (requeue, originate); empty: acting endpoints refuse
+    token: SecretStr = SecretStr("")
+    # read-only: the /report page and `telefum report` (the admin token works too)
+    report_token: SecretStr = SecretStr("")
+    # extension -> that agent's own token
+    agent_tokens: dict[str, Annotated[SecretStr, AfterValidator(_token)]] = Field(
+        default_factory=dict
+    )
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def local_url(self, port: int | None = None) -> str:
+        """Where a client on this machine reaches the service (a wildcard address means
+        loopback); ``port``: the one actually bound, when ``listen`` says 0."""
+        host = self.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port if port is None else port}"
+
 
 Setup = Callable[[web.Application], Any]
 

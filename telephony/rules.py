@@ -1,39 +1,60 @@
 """How a PBX's dialplan maps onto directions, DIDs and extensions (``[calls]``).
 
 Defaults fit FreePBX and a plain Asterisk with PJSIP trunks; admins change them in
-``settings.toml``. The tracker only reads this; it never guesses from hard-coded names.
+``settings.toml``, whose ``[calls]`` section is this class (validated by pydantic). The
+tracker only reads this; it never guesses from hard-coded names.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated
 
-DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-did-direct", "ext-did")
-DEFAULT_INTERNAL_CONTEXTS = ("from-internal",)
+import phonenumbers
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"expected a regular expression ({err})") from None
+    return value
+
+
+def _country(value: str) -> str:
+    if value not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f'expected a two-letter country code such as "RU" or "DE", got "{value}"')
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CallRules:
-    default_country: str = "RU"
-    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
-    internal_contexts: tuple[str, ...] = DEFAULT_INTERNAL_CONTEXTS
+    # country of numbers written without one
+    default_country: Annotated[str, AfterValidator(_country)] = "RU"
+    inbound_contexts: tuple[str, ...] = ("from-trunk", "from-pstn", "from-did-direct", "ext-did")
+    internal_contexts: tuple[str, ...] = ("from-internal",)
     # A channel is a trunk (outside line) when its name matches; e.g. PJSIP/trunk-00000000,
     # SIP/provider-0001, DAHDI/i1/... . Endpoints named like an extension are phones.
-    trunk_channel_pattern: str = r"^(?:PJSIP|SIP|IAX2)/(?!\d{2,5}-)[^/]+-[0-9a-f]+$|^DAHDI/"
+    trunk_channel_pattern: Regex = r"^(?:PJSIP|SIP|IAX2)/(?!\d{2,5}-)[^/]+-[0-9a-f]+$|^DAHDI/"
     # An extension: 2 to 5 digits.
-    extension_pattern: str = r"^\d{2,5}$"
+    extension_pattern: Regex = r"^\d{2,5}$"
     # A call with no hangup for this long is closed and reported, flagged "stale".
-    max_call_age_s: float = 12 * 3600.0
-    pbx: str = "default"
+    max_call_age_s: float = Field(default=12 * 3600.0, ge=1, strict=True)
 
-    # Compiled forms, built once.
-    trunk_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    extension_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    # Compiled forms, built once (on first use: the instance is frozen).
+    @cached_property
+    def trunk_re(self) -> re.Pattern[str]:
+        return re.compile(self.trunk_channel_pattern)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "trunk_re", re.compile(self.trunk_channel_pattern))
-        object.__setattr__(self, "extension_re", re.compile(self.extension_pattern))
+    @cached_property
+    def extension_re(self) -> re.Pattern[str]:
+        return re.compile(self.extension_pattern)
 
     def is_trunk_channel(self, channel: str) -> bool:
         return bool(self.trunk_re.search(channel))

@@ -81,12 +81,13 @@ _TRAILING_DIGITS = re.compile(r"(\d+)#?$")
 class CallTracker:
     """Builds calls from AMI events. ``handle`` never raises on malformed input."""
 
-    def __init__(self, rules: CallRules | None = None) -> None:
+    def __init__(self, rules: CallRules | None = None, pbx: str = "default") -> None:
+        """``pbx``: the ``[[ami]]`` name every record of this tracker carries."""
         self.rules = rules if rules is not None else CallRules()
         self._country = self.rules.default_country
         self._inbound = frozenset(self.rules.inbound_contexts)
         self._internal = frozenset(self.rules.internal_contexts)
-        self._pbx = self.rules.pbx
+        self._pbx = pbx
         self._calls: dict[str, Call] = {}  # call id -> call
         self._by_linkedid: dict[str, Call] = {}  # every Linkedid of a live call -> call
         self._channels: dict[str, Channel] = {}  # Uniqueid -> live channel

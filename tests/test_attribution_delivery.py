@@ -26,7 +26,7 @@ from telephony.records import CallRecord
 from tests.support.crm import RunningRefCrm
 from worker.jobs import OnDelivered, Runtime
 from worker.ledger import LedgerEntry, load
-from worker.policy import CrmTarget, RetryPolicy, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, RetryPolicy, WorkerConfig
 from worker.queue import enqueue_call
 
 SOURCES = {"+74951234567": "Yandex Direct"}
@@ -55,9 +55,9 @@ def runtime(
 ) -> Runtime:
     """One worker process's job runtime (a new one per 'process')."""
     config = WorkerConfig(
-        crm=CrmTarget(refcrm.rest_url, refcrm.creds(), timeout_s=2.0),
+        crm=CrmTarget(refcrm.rest_url, "bridge", refcrm.creds().password, timeout_s=2.0),
         retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=60),
-        job_timeout_s=5.0,
+        calls=CallPolicy(job_timeout_s=5.0),
     )
     return Runtime(config, redis, {refcrm.rest_url: client}, rng=random.Random(0),
                    on_delivered=hook)  # fmt: skip

@@ -21,14 +21,13 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crm_client.types import Credentials
 from pbxsim.server import PbxSimulator
 from telefum.config import load_settings
 from telefum.service import Bridge, Roles
 from tests.support.crm import RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
 from worker.embedded_redis import EmbeddedRedis
-from worker.policy import CrmTarget, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, WorkerConfig
 
 TOKEN = "bridge-live-admin-token"
 ANSWERED = "01-inbound-answered-caller-hangup.ami"  # +79161234567 -> +74951234567, answered
@@ -123,8 +122,8 @@ async def test_health_of_the_real_service_follows_redis_the_ami_link_and_the_wor
 ) -> None:
     """``telefum listen`` with separate workers: every outage is the reason, then 200."""
     worker_config = WorkerConfig(
-        crm=CrmTarget("http://127.0.0.1:9/rest", Credentials("u", "p"), timeout_s=1.0),
-        job_timeout_s=5.0,
+        crm=CrmTarget("http://127.0.0.1:9/rest", "u", "p", timeout_s=1.0),
+        calls=CallPolicy(job_timeout_s=5.0),
         heartbeat_s=0.2,  # its heartbeat expires 0.6 s after it dies
     )
     bridge = await start_bridge(Roles(listen=True, work=False, http=True))

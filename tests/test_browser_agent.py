@@ -28,7 +28,7 @@ import pytest
 
 from crm_client.client import TelefumClient
 from pbxsim.server import PbxSimulator
-from telefum.screenpop import CrmTarget
+from telefum.screenpop import CrmLookup
 from telephony.records import Ringing
 from tests.support.agents import AGENT_TOKENS, AgentBridge, agent_settings, split_at_first_ring
 from tests.support.crm import RunningRefCrm
@@ -68,7 +68,7 @@ async def crm_client(refcrm: RunningRefCrm) -> AsyncIterator[TelefumClient]:
 async def bridge(
     pbx_sim: PbxSimulator, refcrm: RunningRefCrm, crm_client: TelefumClient
 ) -> AsyncIterator[AgentBridge]:
-    target = CrmTarget(crm_client, refcrm.creds(), "e164", name=refcrm.rest_url)
+    target = CrmLookup(crm_client, refcrm.creds(), "e164", name=refcrm.rest_url)
     async with AgentBridge(agent_settings(), pbx=pbx_sim, crm_for=lambda pbx: target) as b:
         yield b
 

@@ -3,7 +3,6 @@ PBXs, clear errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -11,13 +10,8 @@ from pathlib import Path
 import pytest
 
 from crm_client.types import Credentials
-from telefum.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    load_settings_from,
-    settings_to_toml,
-)
+from telefum.commands.config_cmd import settings_to_toml
+from telefum.config import ConfigError, Settings, load_settings, load_settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "settings.toml"
@@ -59,7 +53,7 @@ def test_shipped_settings_toml_loads_with_the_design_values() -> None:
     s = load_settings_from(SHIPPED, {})
     assert s.ami[0].host == "127.0.0.1" and s.ami[0].port == 5038
     assert s.ami[0].username == "telefum"
-    assert s.redis.url == ""
+    assert s.redis.url.get_secret_value() == ""
     assert s.crm.url == "https://crm.example.com/rest"
     assert s.crm.phone_format == "e164"
     assert s.crm.credentials_for("101") == Credentials("ivan", "change-me")
@@ -110,14 +104,15 @@ def test_telefum_config_env_names_the_file_when_no_path_is_given(tmp_path: Path)
 
 def test_env_overrides_a_secret_from_the_file(tmp_path: Path) -> None:
     s = load(tmp_path, MINIMAL, {"TELEFUM_CRM__PASSWORD": "from-env"})
-    assert s.crm.password == "from-env"
+    assert s.crm.password.get_secret_value() == "from-env"
     assert s.env_overrides == ("TELEFUM_CRM__PASSWORD",)
 
 
 def test_a_secret_may_live_only_in_the_environment(tmp_path: Path) -> None:
     text = MINIMAL.replace('password = "crm-secret"\n', "")
     assert "crm.password" in str(error_of(tmp_path, text))
-    assert load(tmp_path, text, {"TELEFUM_CRM__PASSWORD": "p"}).crm.password == "p"
+    s = load(tmp_path, text, {"TELEFUM_CRM__PASSWORD": "p"})
+    assert s.crm.password.get_secret_value() == "p"
 
 
 def test_env_values_are_coerced_to_the_key_type(tmp_path: Path) -> None:
@@ -139,7 +134,7 @@ def test_env_values_are_coerced_to_the_key_type(tmp_path: Path) -> None:
     assert s.worker.log_internal is True
     assert s.calls.inbound_contexts == ("from-trunk", "from-sip")
     assert s.worker.create_contacts_for == ("in", "out")
-    assert s.redis.url == "redis://127.0.0.1:6390/1"
+    assert s.redis.url.get_secret_value() == "redis://127.0.0.1:6390/1"
     assert s.spool_dir == "/var/lib/telefum/spool"
 
 
@@ -172,7 +167,7 @@ def test_env_sets_one_agents_password(tmp_path: Path) -> None:
 
 def test_env_overrides_apply_to_the_embedded_defaults_too() -> None:
     s = load_settings_from(None, {"TELEFUM_REDIS__URL": "redis://r:6379/0"})
-    assert s.redis.url == "redis://r:6379/0"
+    assert s.redis.url.get_secret_value() == "redis://r:6379/0"
     assert s.crm == Settings().crm  # a section made by the env alone keeps its defaults
 
 
@@ -210,7 +205,8 @@ def test_two_pbxs_each_with_a_name_and_one_with_its_own_crm(tmp_path: Path) -> N
     assert [a.name for a in s.ami] == ["office", "branch"]
     assert s.crm_for("office") is s.crm
     branch = s.crm_for("branch")
-    assert branch.url == "https://branch.example.com/rest" and branch.password == "b"
+    assert branch.url == "https://branch.example.com/rest"
+    assert branch.password.get_secret_value() == "b"
     # what the branch CRM does not say comes from [crm], but not another CRM's agents
     assert branch.login == "bridge" and branch.phone_format == "digits"
     assert branch.credentials_for("101") == Credentials("bridge", "b")
@@ -218,7 +214,8 @@ def test_two_pbxs_each_with_a_name_and_one_with_its_own_crm(tmp_path: Path) -> N
 
 def test_env_override_reaches_one_pbx_by_name(tmp_path: Path) -> None:
     s = load(tmp_path, TWO_PBX, {"TELEFUM_AMI__BRANCH__SECRET": "new"})
-    assert s.pbx("branch").secret == "new" and s.pbx("office").secret == "s1"
+    assert s.pbx("branch").secret.get_secret_value() == "new"
+    assert s.pbx("office").secret.get_secret_value() == "s1"
 
 
 def test_env_override_for_ami_is_ambiguous_with_several_pbxs(tmp_path: Path) -> None:
@@ -330,7 +327,9 @@ def test_effective_config_masks_every_secret(tmp_path: Path) -> None:
     text = settings_to_toml(load(tmp_path, WITH_SECRETS))
     for secret in SECRETS:
         assert secret not in text
-    assert 'password = "***"' in text and 'secret = "***"' in text and 'token = "***"' in text
+    masked = '"**********"'  # pydantic's SecretStr, as it shows itself
+    assert f"password = {masked}" in text and f"secret = {masked}" in text
+    assert f"token = {masked}" in text
 
 
 def test_repr_of_settings_shows_no_secret(tmp_path: Path) -> None:
@@ -342,7 +341,7 @@ def test_repr_of_settings_shows_no_secret(tmp_path: Path) -> None:
 def test_unmasked_effective_config_loads_back_to_the_same_settings(tmp_path: Path) -> None:
     original = load(tmp_path, WITH_SECRETS)
     again = load_settings_from(write(tmp_path, settings_to_toml(original, False), "again.toml"), {})
-    assert again == dataclasses.replace(original, source_file=again.source_file)
+    assert again.model_dump() == original.model_dump()  # every key, secrets by value
 
 
 def test_unmasked_multi_pbx_config_loads_back_to_the_same_settings(tmp_path: Path) -> None:
@@ -356,3 +355,173 @@ def test_load_settings_reads_the_process_environment(
 ) -> None:
     monkeypatch.setenv("TELEFUM_CRM__LOGIN", "from-process-env")
     assert load_settings(write(tmp_path, MINIMAL)).crm.login == "from-process-env"
+
+
+# --- the shipped example shows the defaults ------------------------------------------------
+
+# Where settings.toml shows something other than the code's default, on purpose.
+DOCUMENTED_OVERRIDES = {
+    "crm.url": "an example address to replace; the embedded default is a local reference CRM",
+    "crm.agents": "an example agent",
+    "sources": "an example tracking number",
+    "http.agent_tokens": "an example agent token (commented out)",
+}
+
+
+def _section(header: str) -> str:
+    """`crm.agents."101"` -> "crm.agents.101" (TOML's own key syntax)."""
+    doc, path = tomllib.loads(f"[{header}]\n"), []
+    while doc:
+        ((key, doc),) = doc.items()
+        path.append(key)
+    return ".".join(path)
+
+
+def _shown_values() -> list[tuple[str, object]]:
+    """Every `key = value` of settings.toml, written or commented out ("# key = value"),
+    with its section; not the commented multi-PBX example (indented further)."""
+    shown, section = [], ""
+    for line in SHIPPED.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[\[?([^\]]+)\]\]?", line):
+            section = _section(m.group(1))
+            continue
+        text = line[2:] if line.startswith("# ") else line
+        if not re.match(r'^([a-z_]+|"[^"]+")\s*=', text):
+            continue
+        ((key, value),) = tomllib.loads(text).items()
+        shown.append((f"{section}.{key}" if section else key, value))
+    return shown
+
+
+def _default(dotted: str) -> object:
+    value: object = Settings().model_dump()
+    for part in dotted.split("."):
+        value = value[0] if isinstance(value, tuple) else value  # [ami]: the one PBX
+        value = value[part]  # type: ignore[index]
+    if hasattr(value, "get_secret_value"):
+        return value.get_secret_value()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_the_shipped_settings_toml_shows_the_code_defaults_or_a_documented_override() -> None:
+    shown = _shown_values()
+    assert len(shown) > 50  # every section's keys
+    differ = [
+        f"{key} = {value!r} (default {_default(key)!r})"
+        for key, value in shown
+        if not any(key == o or key.startswith(o + ".") for o in DOCUMENTED_OVERRIDES)
+        and value != _default(key)
+    ]
+    assert differ == []
+    for override in DOCUMENTED_OVERRIDES:
+        assert any(k == override or k.startswith(override + ".") for k, _ in shown), override
+
+
+# --- settings that reach the code they configure ----------------------------------------------
+
+
+def test_subject_internal_is_a_worker_setting_and_reaches_the_worker(tmp_path: Path) -> None:
+    from telefum.wiring import worker_config
+
+    text = MINIMAL + '[worker]\nlog_internal = true\nsubject_internal = "Между своими"\n'
+    config = worker_config(load(tmp_path, text))
+    assert config.calls.subject_internal == "Между своими"
+
+
+def test_the_worker_gets_the_settings_sections_themselves(tmp_path: Path) -> None:
+    """One hop: [worker] is the worker's CallPolicy, [crm] its CrmTarget, not copies."""
+    from telefum.wiring import worker_config
+
+    s = load(tmp_path, TWO_PBX)
+    config = worker_config(s)
+    assert config.calls is s.worker and config.crm is s.crm
+    assert config.crm_for("branch") is s.pbx("branch").crm
+    assert config.job_timeout_s == s.worker.job_timeout_s
+    assert config.retry.total_s == s.worker.retry_total_s
+
+
+# --- values refused that used to pass -------------------------------------------------------
+
+
+def test_an_empty_ami_host_is_refused(tmp_path: Path) -> None:
+    err = error_of(tmp_path, MINIMAL.replace('host = "pbx.local"', 'host = ""'))
+    assert err.key == "ami.host" and "non-empty" in err.problem
+
+
+def test_a_crm_url_with_a_fragment_is_refused(tmp_path: Path) -> None:
+    """Everything after "#" never reaches the CRM: every find would be an empty query."""
+    text = MINIMAL.replace("crm.example.com/rest", "crm.example.com/rest#main")
+    err = error_of(tmp_path, text)
+    assert err.key == "crm.url" and "#fragment" in err.problem
+
+
+def test_an_unknown_section_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    err = error_of(tmp_path, MINIMAL, {"TELEFUM_REDDIS__URL": "redis://r:6379/0"})
+    assert err.key == "reddis (from TELEFUM_REDDIS__URL)"
+    assert 'unknown section (did you mean "redis"?)' in err.problem
+
+
+# --- warnings: runs, but should not stay so ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "guess"),
+    [("TELEFUM_AMI_SECRET", "TELEFUM_AMI__SECRET"), ("TELEFUM_SPOOLDIR", "TELEFUM_SPOOL_DIR")],
+)
+def test_a_telefum_variable_that_reaches_no_key_is_warned_about(
+    tmp_path: Path, name: str, guess: str
+) -> None:
+    s = load(tmp_path, MINIMAL, {name: "x"})
+    assert s.env_overrides == ()
+    (warning,) = [w for w in s.warnings() if name in w]
+    assert f'did you mean "{guess}"' in warning
+
+
+def test_variables_other_parts_read_are_not_warned_about(tmp_path: Path) -> None:
+    env = {"TELEFUM_CONFIG": "x", "TELEFUM_AGENT_TOKEN": "t", "TELEFUM_BRIDGE_URL": "u"}
+    assert [w for w in load(tmp_path, MINIMAL, env).warnings() if "TELEFUM_" in w] == []
+
+
+def test_the_shipped_placeholder_secrets_are_warned_about() -> None:
+    warnings = load_settings_from(SHIPPED, {}).warnings()
+    for what in ("ami.secret", "crm.password", 'crm.agents."101".password'):
+        assert any(w.startswith(what) and '"change-me"' in w for w in warnings), what
+
+
+def test_short_tokens_are_warned_about_and_long_ones_are_not(tmp_path: Path) -> None:
+    text = MINIMAL + '[http]\ntoken = "t"\nreport_token = "r-0123456789abcdef"\n'
+    text += '[http.agent_tokens]\n"101" = "short-101"\n'
+    warnings = load(tmp_path, text).warnings()
+    assert "http.token has 1 characters: use at least 16" in warnings
+    assert 'http.agent_tokens."101" has 9 characters: use at least 16' in warnings
+    assert not any("report_token" in w for w in warnings)
+    assert not any("change-me" in w for w in warnings)  # MINIMAL has real secrets
+
+
+def test_the_demo_settings_give_no_warnings(tmp_path: Path) -> None:
+    """The demo generates its secrets: none of them may look like a placeholder."""
+    from telefum.demo import DemoSecrets, settings_text
+
+    secrets = DemoSecrets.generate()
+    text = settings_text(tmp_path, 5038, "http://127.0.0.1:8080/rest", secrets)
+    assert load(tmp_path, text).warnings() == []
+
+
+def test_the_packages_whose_classes_are_sections_do_not_import_the_shell() -> None:
+    """[calls], [worker], [crm] are types of telephony/, worker/, crm_client/: they may use
+    pydantic, never telefum (nor telephony and crm_client each other)."""
+    import ast
+
+    forbidden = {
+        "telephony": {"telefum", "worker", "crm_client"},
+        "crm_client": {"telefum", "worker", "telephony"},
+        "worker": {"telefum"},
+    }
+    wrong = []
+    for package, others in forbidden.items():
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in others]
+    assert wrong == []

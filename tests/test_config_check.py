@@ -41,7 +41,7 @@ def test_good_config_prints_the_effective_settings_with_secrets_masked(tmp_path:
     assert "TELEFUM_HTTP__TOKEN" in done.stdout  # says what the environment changed
     for secret in ("ami-secret-value", "crm-secret-value", "tok-value-123"):
         assert secret not in done.stdout + done.stderr
-    assert done.stdout.count('"***"') == 3
+    assert done.stdout.count('"**********"') == 3  # pydantic's SecretStr, as it shows itself
 
 
 def test_the_shipped_settings_toml_passes() -> None:
@@ -56,6 +56,8 @@ BAD = {
     "unknown section": (GOOD + "[reddis]\nurl = \"\"\n", "reddis", 'did you mean "redis"'),
     "bad enum": (GOOD + 'phone_format = "intl"\n', "crm.phone_format", '"national"'),
     "invalid toml": (GOOD + "[http\n", "invalid TOML", f"(at line {GOOD.count(chr(10)) + 1},"),
+    "url fragment": (GOOD.replace("/rest", "/rest#x"), "crm.url", "#fragment"),
+    "empty host": (GOOD.replace('"pbx.local"', '""'), "ami.host", "non-empty"),
 }
 
 
@@ -92,3 +94,50 @@ def test_bad_env_override_fails_the_same_way(tmp_path: Path) -> None:
     done = check("--config", str(path), env={"TELEFUM_AMI__PORT": "50x"})
     assert done.returncode == 2
     assert "ami.port (from TELEFUM_AMI__PORT): expected an integer" in done.stderr
+
+
+def test_bad_env_section_names_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(GOOD)
+    done = check("--config", str(path), env={"TELEFUM_REDDIS__URL": "redis://r:6379/0"})
+    assert done.returncode == 2
+    assert "reddis (from TELEFUM_REDDIS__URL): unknown section" in done.stderr
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8088", "[::]:8088"])
+@pytest.mark.parametrize("quiet", [[], ["--quiet"], ["-q"]])
+def test_listening_on_all_interfaces_is_warned_about_even_when_quiet(
+    tmp_path: Path, listen: str, quiet: list[str]
+) -> None:
+    """The systemd unit runs `config check --quiet` before it starts: the journal shows it."""
+    path = tmp_path / "settings.toml"
+    path.write_text(GOOD + f'[http]\nlisten = "{listen}"\n')
+    done = check("--config", str(path), *quiet)
+    assert done.returncode == 0, done.stderr
+    assert "reachable from the network" in done.stderr
+    assert (done.stdout == "") == bool(quiet)
+
+
+def test_a_variable_that_reaches_no_key_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(GOOD)
+    done = check("--config", str(path), "-q", env={"TELEFUM_AMI_SECRET": "s3cret-value"})
+    assert done.returncode == 0, done.stderr
+    assert 'TELEFUM_AMI_SECRET is not a setting (did you mean "TELEFUM_AMI__SECRET"?)' in (
+        done.stderr
+    )
+    assert "s3cret-value" not in done.stderr
+
+
+def test_the_shipped_placeholder_secrets_are_warned_about_and_pass() -> None:
+    done = check("--config", "settings.toml", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.count('"change-me"') == 3  # [ami] secret, [crm] and agent 101 password
+
+
+def test_a_good_config_with_long_secrets_gives_no_warning(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(GOOD)
+    done = check("--config", str(path), "--quiet")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

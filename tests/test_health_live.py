@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from crm_client.types import Credentials
 from telefum.config import HealthSettings, HttpSettings, Settings
 from telefum.web import Service, bound_port, create_app, start_http
 from telephony.listener import AmiListener
@@ -24,7 +23,7 @@ from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
 from worker import stats
 from worker.embedded_redis import EmbeddedRedis
-from worker.policy import CrmTarget, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, WorkerConfig
 
 HEALTH = HealthSettings(worker_heartbeat_max_age_s=5, redis_timeout_s=1.0)
 
@@ -88,7 +87,7 @@ async def start_bridge(
         **service_kw: Any,
     ) -> LiveBridge:
         settings = Settings(health=health, http=HttpSettings(listen="127.0.0.1:0"))
-        tracker = CallTracker(settings.calls.rules(pbx="office"))  # records carry the PBX
+        tracker = CallTracker(settings.calls, pbx="office")  # records carry the PBX
         box: list[LiveBridge] = []
 
         def on_update(update: Update) -> None:
@@ -192,8 +191,8 @@ async def test_workers_gone_gives_503_and_a_new_worker_gives_200(
 ) -> None:
     """Real worker processes: one SIGKILLed stops beating and its heartbeat expires."""
     config = WorkerConfig(
-        crm=CrmTarget("http://127.0.0.1:9/rest", Credentials("u", "p"), timeout_s=1.0),
-        job_timeout_s=5.0,
+        crm=CrmTarget("http://127.0.0.1:9/rest", "u", "p", timeout_s=1.0),
+        calls=CallPolicy(job_timeout_s=5.0),
         heartbeat_s=0.2,  # heartbeat TTL: 3 beats = 0.6 s
     )
     bridge = await start_bridge()

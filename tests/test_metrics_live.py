@@ -10,12 +10,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from crm_client.types import Credentials
 from tests.support.crm import RefCrmProcess
 from tests.support.pbx import TRACES, FaultyPbx
 from tests.test_health_live import LiveBridge, StartBridge, start_bridge, until  # noqa: F401
 from worker.handoff import Handoff
-from worker.policy import CrmTarget, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, WorkerConfig
 
 ANSWERED = TRACES / "01-inbound-answered-caller-hangup.ami"
 MISSED = TRACES / "03-inbound-missed-caller-abandons.ami"
@@ -47,8 +46,8 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
 ) -> None:
     crm = refcrm_process({"bridge": "pw"})
     worker_procs(WorkerConfig(
-        crm=CrmTarget(crm.rest_url, Credentials("bridge", "pw"), timeout_s=5.0),
-        job_timeout_s=10.0,
+        crm=CrmTarget(crm.rest_url, "bridge", "pw", timeout_s=5.0),
+        calls=CallPolicy(job_timeout_s=10.0),
         heartbeat_s=0.5,
     ))  # fmt: skip
     handoff = Handoff(redis_url, tmp_path / "spool", publish_every_s=0.2)

@@ -37,10 +37,11 @@ NEW_PHONE = "+79161234567"
 def config(crm_url: str, service: Credentials = SERVICE, **kw: Any) -> WorkerConfig:
     """Fast clocks for tests: a killed worker's job is re-run ~3.5 s after it started."""
     base = WorkerConfig(
-        crm=CrmTarget(crm_url, service, {"101": Credentials("ivan", "ivan-pw")}, timeout_s=1.0),
-        calls=CallPolicy(description="Длительность {duration}; звонок {call_id}"),
+        crm=CrmTarget(crm_url, service.login, service.password,
+                      agents={"101": Credentials("ivan", "ivan-pw")}, timeout_s=1.0),
+        calls=CallPolicy(description="Длительность {duration}; звонок {call_id}",
+                         job_timeout_s=3.0),
         retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=120),
-        job_timeout_s=3.0,
         in_progress_grace_s=0.5,
         poll_delay_s=0.05,
         heartbeat_s=0.5,

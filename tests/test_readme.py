@@ -2,8 +2,8 @@
 keys, environment variables, HTTP paths, make targets and links all exist.
 
 These are the things that drift when code changes and prose does not. Commands are parsed
-with the real CLI parser; settings keys are looked up in the schema dataclasses of
-telefum/config.py, so a renamed option or key fails here, naming the README line.
+with the real CLI parser; settings keys are looked up in the settings' pydantic schema
+(telefum/config.py), so a renamed option or key fails here, naming the README line.
 """
 
 from __future__ import annotations
@@ -153,14 +153,20 @@ def readme_commands() -> list[tuple[int, list[str]]]:
 
 
 def _unwrap(tp: Any) -> Any:
-    """`CrmSettings | None` -> CrmSettings; `tuple[AmiSettings, ...]` -> AmiSettings."""
+    """`CrmTarget | None` -> CrmTarget; `tuple[AmiSettings, ...]` -> AmiSettings."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
         origin = typing.get_origin(tp)
-    if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+    if origin is tuple and _fields(typing.get_args(tp)[0]):
         return typing.get_args(tp)[0]
     return tp
+
+
+def _fields(tp: Any) -> dict[str, Any]:
+    """A section's keys -> their types (a pydantic model or dataclass); {} for a value."""
+    fields = getattr(tp, "__pydantic_fields__", None) if isinstance(tp, type) else None
+    return {name: f.annotation for name, f in (fields or {}).items()}
 
 
 def schema_node(path: list[str]) -> Any:
@@ -170,13 +176,10 @@ def schema_node(path: list[str]) -> Any:
     tp: Any = Settings
     for part in path:
         tp = _unwrap(tp)
-        if dataclasses.is_dataclass(tp):
-            fields = {
-                f.name for f in dataclasses.fields(tp) if not f.metadata.get("internal")
-            }
-            if part not in fields:
+        if _fields(tp):
+            if part not in _fields(tp):
                 raise KeyError(part)
-            tp = typing.get_type_hints(tp)[part]
+            tp = _fields(tp)[part]
         elif typing.get_origin(tp) is dict:
             tp = typing.get_args(tp)[1]
         else:
@@ -300,8 +303,7 @@ def test_every_settings_section_and_key_the_readme_names_exists() -> None:
 
 def test_the_readme_names_every_section_of_the_settings() -> None:
     sections = {p[0] for _, p in readme_settings_references()}
-    schema = {f.name for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
-    assert schema - sections - {"spool_dir"} == set()
+    assert set(_fields(Settings)) - sections - {"spool_dir"} == set()
     assert "`spool_dir`" in README.read_text(encoding="utf-8")
 
 
@@ -326,16 +328,10 @@ def _settings_regions() -> dict[str, str]:
 
 
 def _schema_paths(tp: Any = Settings, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    tp = _unwrap(tp)
-    if not dataclasses.is_dataclass(tp):
-        return
-    hints = typing.get_type_hints(tp)
-    for f in dataclasses.fields(tp):
-        if f.metadata.get("internal"):
-            continue
-        yield (*path, f.name)
-        if not (path and path[-1] == "ami" and f.name == "crm"):  # [ami.crm] is a [crm]
-            yield from _schema_paths(hints[f.name], (*path, f.name))
+    for name, annotation in _fields(_unwrap(tp)).items():
+        yield (*path, name)
+        if not (path and path[-1] == "ami" and name == "crm"):  # [ami.crm] is a [crm]
+            yield from _schema_paths(annotation, (*path, name))
 
 
 def test_the_shipped_settings_toml_documents_every_key_the_loader_accepts() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from crm_client.types import Contact, Credentials, FindResult
-from telefum.screenpop import CrmTarget, LookupCache, ScreenPop
+from telefum.screenpop import CrmLookup, LookupCache, ScreenPop
 from telephony.ami import parse_trace
 from telephony.records import Answered, CallFinished, CallRecord, Ringing
 from telephony.tracker import CallTracker
@@ -50,7 +50,7 @@ class Directory:
 
 
 def make_pop(directory: Directory, **kw: object) -> ScreenPop:
-    target = CrmTarget(directory, Credentials("bridge", "secret"))
+    target = CrmLookup(directory, Credentials("bridge", "secret"))
     return ScreenPop(lambda pbx: target, sources={DID: "Yandex Direct"}, **kw)  # type: ignore[arg-type]
 
 
@@ -183,7 +183,7 @@ async def test_a_failed_lookup_is_not_cached_and_the_page_keeps_the_search_link(
 
 async def test_phone_is_sent_to_the_crm_in_its_configured_format() -> None:
     crm = Directory()
-    target = CrmTarget(crm, Credentials("b", "p"), phone_format="national")
+    target = CrmLookup(crm, Credentials("b", "p"), phone_format="national")
     pop = ScreenPop(lambda pbx: target)
     async with watching(pop, "101"):
         pop.on_update(ringing("101"))

@@ -1,5 +1,5 @@
 """The agent page's feed over HTTP, wired the way the service shell wires it
-(``create_agent_services`` + ``setup_agent_routes``), with the reference CRM and a real AMI
+(``telefum.wiring.agent_services`` + ``setup_agent_routes``), with the reference CRM and a real AMI
 listener on the simulated PBX. The reference CRM counts the ``find`` requests it answers:
 the caller is looked up only for a watched extension (an open feed or a state request)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,15 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from crm_client.client import TelefumClient
 from pbxsim.server import PbxSimulator
-from telefum.agent_routes import AgentServices, create_agent_services, setup_agent_routes
-from telefum.config import AmiSettings, CrmSettings, Settings
+from telefum.agent_routes import AgentServices, setup_agent_routes
+from telefum.config import AmiSettings, Settings
+from telefum.wiring import agent_services
 from telephony.listener import AmiListener
 from telephony.tracker import CallTracker
 from tests.support.agents import AGENT_TOKENS, agent_settings, split_at_first_ring
 from tests.support.crm import RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER
+from worker.policy import CrmTarget
 
 CALLER = "+79161234567"  # the caller of the recordings used here
 
@@ -42,17 +44,17 @@ class Bridge:
 @pytest.fixture
 async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[Bridge]:
     creds = refcrm.creds()
-    settings: Settings = replace(
-        agent_settings(),
-        crm=CrmSettings(url=refcrm.rest_url, login=creds.login, password=creds.password),
-        ami=(AmiSettings(name="office"),),
-    )
+    settings: Settings = agent_settings().model_copy(update={
+        "crm": CrmTarget(url=refcrm.rest_url, login=creds.login, password=creds.password),
+        "ami": (AmiSettings(name="office", host="127.0.0.1", username=PBX_USER,
+                            secret=PBX_SECRET),),
+    })  # fmt: skip
     services_box: list[Any] = []
     listener = AmiListener(
         "127.0.0.1", pbx_sim.port, PBX_USER, PBX_SECRET, CallTracker(),
         lambda u: services_box[0].screenpop.on_update(u),
     )
-    services = create_agent_services(settings, listeners={"office": listener})
+    services = agent_services(settings, listeners={"office": listener})
     services_box.append(services)
     await listener.start()
     await listener.wait_for_session(1, timeout=10)

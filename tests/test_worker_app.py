@@ -9,18 +9,17 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from crm_client.types import Credentials
 from tests.conftest import free_port
 from tests.test_worker_jobs import MemoryCrm, record
 from worker import stats
 from worker.app import WorkerService
 from worker.embedded_redis import EmbeddedRedis
-from worker.policy import CrmTarget, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, WorkerConfig
 from worker.queue import enqueue_call
 
 CONFIG = WorkerConfig(
-    crm=CrmTarget("http://crm.test/rest", Credentials("bridge", "pw"), timeout_s=1.0),
-    job_timeout_s=3.0, poll_delay_s=0.05, heartbeat_s=0.2, reconcile_s=1.0,
+    crm=CrmTarget("http://crm.test/rest", "bridge", "pw", timeout_s=1.0),
+    calls=CallPolicy(job_timeout_s=3.0), poll_delay_s=0.05, heartbeat_s=0.2, reconcile_s=1.0,
 )  # fmt: skip
 
 

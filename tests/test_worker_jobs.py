@@ -22,16 +22,16 @@ from worker import dlq, jobs, keys
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import Runtime
 from worker.ledger import Outbox, PhoneLock, error_history, load, load_and_begin
-from worker.policy import CrmTarget, RetryPolicy, WorkerConfig
+from worker.policy import CallPolicy, CrmTarget, RetryPolicy, WorkerConfig
 from worker.queue import enqueue_call
 from worker.stats import read_stats
 
 SERVICE = Credentials("bridge", "pw")
 URL = "http://crm.test/rest"
 CONFIG = WorkerConfig(
-    crm=CrmTarget(URL, SERVICE, timeout_s=1.0),
+    crm=CrmTarget(URL, SERVICE.login, SERVICE.password, timeout_s=1.0),
     retry=RetryPolicy(first_delay_s=0.1, max_delay_s=1.0, total_s=60),
-    job_timeout_s=3.0,
+    calls=CallPolicy(job_timeout_s=3.0),
 )
 Q = CONFIG.queue_name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from crm_client.types import Credentials
 from telephony.records import CallRecord
@@ -11,7 +12,7 @@ from worker.policy import CallPolicy, CrmTarget, WorkerConfig
 
 SERVICE = Credentials("bridge", "s3cret")
 IVAN = Credentials("ivan", "ivan-pw")
-CRM = CrmTarget("http://crm.test/rest", SERVICE, {"101": IVAN})
+CRM = CrmTarget("http://crm.test/rest", SERVICE.login, SERVICE.password, agents={"101": IVAN})
 T0 = 1_764_158_400.0  # 2025-11-26 12:00:00 UTC
 
 
@@ -25,15 +26,19 @@ def call(**kw: object) -> CallRecord:
     return CallRecord(**base)  # type: ignore[arg-type]
 
 
-def planned(record: CallRecord, policy: CallPolicy | None = None, crm: CrmTarget = CRM) -> CallPlan:
-    plan = plan_call(record, policy or CallPolicy(), crm)
+def planned(
+    record: CallRecord,
+    policy: CallPolicy | None = None,
+    crm: CrmTarget = CRM,
+    sources: dict[str, str] | None = None,
+) -> CallPlan:
+    plan = plan_call(record, policy or CallPolicy(), crm, sources or {})
     assert isinstance(plan, CallPlan), plan
     return plan
 
 
 def test_answered_inbound_call_is_logged_with_duration_extension_and_source() -> None:
-    policy = CallPolicy(sources={"+74951234567": "Yandex Direct"})
-    plan = planned(call(), policy)
+    plan = planned(call(), sources={"+74951234567": "Yandex Direct"})
     assert plan.subject == "Входящий звонок"
     assert plan.description == (
         "Длительность 3:54; добавочный 101; номер +74951234567 (Yandex Direct)"
@@ -57,7 +62,7 @@ def test_outbound_call_uses_the_outbound_subject_and_never_creates_by_default() 
 
 
 def test_inbound_call_from_an_unknown_number_may_create_a_contact_with_the_did_as_source() -> None:
-    crm = CrmTarget("http://crm.test/rest", SERVICE, phone_format="national")
+    crm = CrmTarget("http://crm.test/rest", "bridge", "s3cret", phone_format="national")
     plan = planned(call(), crm=crm)
     assert plan.create is not None
     assert plan.create.x_pstn == "84951234567"
@@ -108,10 +113,14 @@ def test_a_recording_url_is_appended_when_configured() -> None:
 
 
 def test_templates_with_unknown_placeholders_are_refused_at_configuration() -> None:
-    with pytest.raises(ValueError, match=r"description: unknown placeholder \{durration\}"):
+    with pytest.raises(ValidationError) as err:
         CallPolicy(description="Длительность {durration}")
-    with pytest.raises(ValueError, match="create_contacts_for"):
+    (problem,) = err.value.errors()
+    assert problem["loc"] == ("description",)
+    assert "unknown placeholder {durration}" in problem["msg"]
+    with pytest.raises(ValidationError) as err:
         CallPolicy(create_contacts_for=("inbound",))
+    assert err.value.errors()[0]["loc"][0] == "create_contacts_for"
 
 
 def test_render_drops_parts_and_groups_whose_values_are_all_empty() -> None:
@@ -131,15 +140,18 @@ def test_durations_read_as_minutes_and_seconds(seconds: float, text: str) -> Non
 
 def test_worker_config_refuses_a_job_timeout_shorter_than_a_crm_request() -> None:
     with pytest.raises(ValueError, match="job_timeout_s"):
-        WorkerConfig(crm=CrmTarget("http://x/rest", SERVICE, timeout_s=30), job_timeout_s=30)
+        WorkerConfig(
+            crm=CrmTarget("http://x/rest", SERVICE.login, SERVICE.password, timeout_s=30),
+            calls=CallPolicy(job_timeout_s=30),
+        )
 
 
 def test_worker_config_round_trips_through_json() -> None:
     config = WorkerConfig(
         crm=CRM,
-        crm_by_pbx={"office": CrmTarget("http://other/rest", SERVICE, phone_format="digits")},
-        calls=CallPolicy(sources={"+74951234567": "Яндекс"}, create_contacts_for=("in", "out")),
-        job_timeout_s=12,
+        crm_by_pbx={"office": CrmTarget("http://other/rest", "b", "p", phone_format="digits")},
+        calls=CallPolicy(create_contacts_for=("in", "out"), job_timeout_s=12),
+        sources={"+74951234567": "Яндекс"},
     )
     again = WorkerConfig.from_json(__import__("json").loads(config.dumps()))
     assert again == config

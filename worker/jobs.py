@@ -144,7 +144,8 @@ class Runtime:
     def _plan(self, record_data: Any) -> Planned:
         record = parse_record(record_data)
         target = self.config.crm_for(record.pbx)
-        return record, target, plan_call(record, self.config.calls, target)
+        plan = plan_call(record, self.config.calls, target, self.config.sources)
+        return record, target, plan
 
     def _phone_lock(self, planned: Planned | Exception) -> PhoneLock | None:
         """The per-phone lock this run takes with its ledger read, if it may create a

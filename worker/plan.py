@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from crm_client.types import Credentials
 from telephony.phones import for_crm
 from telephony.records import CallRecord
 
 from .policy import CallPolicy, CrmTarget
+
+NO_SOURCES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,10 @@ def call_kind(record: CallRecord) -> str:
     return "out" if record.answered else "out-unanswered"
 
 
-def plan_call(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> CallPlan | Skip:
+def plan_call(
+    record: CallRecord, calls: CallPolicy, crm: CrmTarget, sources: Mapping[str, str] = NO_SOURCES
+) -> CallPlan | Skip:
+    """``sources``: tracking number (E.164) -> its ``[sources]`` label."""
     kind = call_kind(record)
     if kind == "missed" and not calls.log_missed:
         return Skip("missed calls are not logged (log_missed = false)")
@@ -68,7 +75,7 @@ def plan_call(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> CallPlan
     if not record.external:
         return Skip("no outside number (anonymous caller or internal call)")
 
-    values = template_values(record, calls, crm)
+    values = template_values(record, calls, crm, sources)
     subject = {
         "in": calls.subject_in,
         "missed": calls.subject_missed,
@@ -103,14 +110,16 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def template_values(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> dict[str, str]:
+def template_values(
+    record: CallRecord, calls: CallPolicy, crm: CrmTarget, sources: Mapping[str, str] = NO_SOURCES
+) -> dict[str, str]:
     phone = for_crm(record.external, crm.phone_format) if record.external else ""
     values = {
         "duration": format_duration(record.talk_s) if record.answered else "",
         "ring": format_duration(record.ring_s),
         "extension": record.extension or "",
         "did": record.did or "",
-        "source": calls.sources.get(record.did, "") if record.did else "",
+        "source": sources.get(record.did, "") if record.did else "",
         "phone": phone,
         "direction": record.direction,
         "disposition": record.disposition,

@@ -1,8 +1,9 @@
 """What the worker does with a finished call, as plain values the shell fills in.
 
-``worker/`` never reads ``settings.toml`` (the service shell does and builds these), so a
-worker can also be started from a JSON file (``python -m worker --config-json F``), and
-tests build them directly.
+``worker/`` never reads ``settings.toml``: the service shell does, and two of its sections
+are the classes here (pydantic validates them there): ``[worker]`` is :class:`CallPolicy`,
+``[crm]`` (and a PBX's own ``[ami.crm]``) is :class:`CrmTarget`. A worker can also be started
+from a JSON file (``python -m worker --config-json F``), and tests build them directly.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import pydantic
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr
+
+from crm_client.redact import redact_url
 from crm_client.types import Credentials
 from telephony.phones import PhoneFormat
 
@@ -35,33 +41,53 @@ PLACEHOLDERS = frozenset(
     }
 )
 
-DEFAULT_DESCRIPTION = "Длительность {duration}; добавочный {extension}; номер {did} ({source})"
+RETRY_BUDGET_S = 24 * 3600.0  # [worker] retry_total_s: how long a call may keep failing
 
 
-def check_template(template: str, what: str) -> None:
-    """ValueError naming the template and the placeholder when a template cannot render."""
+def check_template(template: str, known: Collection[str]) -> str:
+    """``template`` when ``str.format`` can fill it from ``known`` names, else ValueError
+    naming what is wrong (a typo fails at start, not at the first call). The one template
+    check: the worker's texts here, the click-to-call templates in ``telefum.originate``."""
     try:
         names = [n for _, n, _, _ in string.Formatter().parse(template) if n is not None]
     except ValueError as err:
-        raise ValueError(f"{what}: malformed template {template!r}: {err}") from None
+        raise ValueError(f'expected a template, got "{template}" ({err})') from None
     for name in names:
-        if name not in PLACEHOLDERS:
-            known = ", ".join(sorted(PLACEHOLDERS))
-            raise ValueError(f"{what}: unknown placeholder {{{name}}} (known: {known})")
+        if name not in known:
+            listed = ", ".join("{" + n + "}" for n in sorted(known))
+            raise ValueError(f"unknown placeholder {{{name}}} (known: {listed})")
+    return template
 
 
-@dataclass(frozen=True)
+CallTemplate = Annotated[str, AfterValidator(lambda v: check_template(v, PLACEHOLDERS))]
+
+
+def _crm_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f'expected an http(s) URL such as "https://crm.example.com/rest", '
+            f'got "{redact_url(value)}"'
+        )
+    if "#" in value:  # everything after it would never reach the CRM: empty queries
+        raise ValueError(f'expected a URL without a "#fragment", got "{redact_url(value)}"')
+    return value
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CrmTarget:
-    """One CRM endpoint and whose credentials to use there."""
+    """One CRM endpoint and whose credentials to use there (``[crm]``, or ``[ami.crm]``)."""
 
-    url: str
-    service: Credentials  # the service account: calls without an agent of their own
-    agents: Mapping[str, Credentials] = field(default_factory=dict)  # extension -> own creds
-    phone_format: str = PhoneFormat.E164.value
-    timeout_s: float = 10.0
+    url: Annotated[str, AfterValidator(_crm_url)]  # the TelefUM /rest endpoint
+    login: str  # the service account: calls without an agent of their own
+    password: SecretStr
+    phone_format: PhoneFormat = PhoneFormat.E164  # how phones are sent to the CRM
+    timeout_s: float = Field(default=10.0, ge=0.1, strict=True)  # one request's time limit
+    agents: dict[str, Credentials] = field(default_factory=dict)  # extension -> own creds
 
-    def __post_init__(self) -> None:
-        PhoneFormat(self.phone_format)  # ValueError on an unknown format
+    @property
+    def service(self) -> Credentials:
+        return Credentials(self.login, self.password)
 
     def credentials_for(self, extension: str | None) -> Credentials:
         """The agent's own credentials when we have them, else the service account."""
@@ -75,31 +101,35 @@ class CrmTarget:
         return hashlib.sha1(self.url.encode()).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
+Direction = Literal["in", "out", "internal"]
+_Bool = Annotated[bool, Field(strict=True)]  # a file's 1 or "yes" is not taken for true
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CallPolicy:
-    """Which calls are logged and what the CRM is told (``[worker]`` + ``[sources]``)."""
+    """``[worker]``: which calls are logged, what the CRM is told, how long delivery may take."""
 
-    log_missed: bool = True  # inbound nobody answered
-    log_internal: bool = False  # needs an outside number: internal calls usually have none
-    log_unanswered_outbound: bool = True
-    create_contacts_for: tuple[str, ...] = ("in",)  # directions that auto-create a contact
-    contact_name: str = "Новый контакт {phone}"
+    log_missed: _Bool = True  # inbound nobody answered
+    log_internal: _Bool = False  # needs an outside number: internal calls usually have none
+    log_unanswered_outbound: _Bool = True
+    create_contacts_for: tuple[Direction, ...] = ("in",)  # directions that auto-create a contact
+    contact_name: CallTemplate = "Новый контакт {phone}"
     contact_type: str = "contact"
-    subject_in: str = "Входящий звонок"
-    subject_out: str = "Исходящий звонок"
-    subject_missed: str = "Пропущенный звонок"
-    subject_internal: str = "Внутренний звонок"
-    description: str = DEFAULT_DESCRIPTION
-    recording_url: str = ""  # e.g. "https://pbx.example.com/rec/{call_id}.wav"
-    sources: Mapping[str, str] = field(default_factory=dict)  # tracking number E.164 -> label
-
-    def __post_init__(self) -> None:
-        for f in ("contact_name", "subject_in", "subject_out", "subject_missed",
-                  "subject_internal", "description", "recording_url"):  # fmt: skip
-            check_template(getattr(self, f), f)
-        bad = [d for d in self.create_contacts_for if d not in ("in", "out", "internal")]
-        if bad:
-            raise ValueError(f"create_contacts_for: unknown direction {bad[0]!r}")
+    subject_in: CallTemplate = "Входящий звонок"
+    subject_out: CallTemplate = "Исходящий звонок"
+    subject_missed: CallTemplate = "Пропущенный звонок"
+    subject_internal: CallTemplate = "Внутренний звонок"
+    description: CallTemplate = (
+        "Длительность {duration}; добавочный {extension}; номер {did} ({source})"
+    )
+    recording_url: CallTemplate = ""  # e.g. "https://pbx.example.com/rec/{call_id}.wav"
+    # transient failures are retried (backoff + jitter) this long, then dead-lettered
+    retry_total_s: float = Field(default=RETRY_BUDGET_S, ge=0, strict=True)
+    # Short on purpose: a SIGKILLed worker's job is re-run only when arq's in-progress lock
+    # expires, job_timeout_s + in_progress_grace_s after it started.
+    job_timeout_s: float = Field(default=30.0, ge=1, strict=True)
+    # jobs in flight per worker process: they overlap CRM round trips
+    max_jobs: int = Field(default=50, ge=1, strict=True)
 
 
 @dataclass(frozen=True)
@@ -114,7 +144,7 @@ class RetryPolicy:
     factor: float = 2.0
     max_delay_s: float = 600.0
     jitter: float = 0.25  # each delay is scaled by a random factor in [1 - j, 1 + j]
-    total_s: float = 24 * 3600.0
+    total_s: float = RETRY_BUDGET_S
 
     def __post_init__(self) -> None:
         if self.first_delay_s <= 0 or self.max_delay_s < self.first_delay_s:
@@ -136,13 +166,10 @@ class WorkerConfig:
 
     crm: CrmTarget
     crm_by_pbx: Mapping[str, CrmTarget] = field(default_factory=dict)  # a PBX's own CRM
-    calls: CallPolicy = CallPolicy()
+    calls: CallPolicy = field(default_factory=CallPolicy)
+    sources: Mapping[str, str] = field(default_factory=dict)  # tracking number E.164 -> label
     retry: RetryPolicy = RetryPolicy()
     queue_name: str = DEFAULT_QUEUE
-    max_jobs: int = 50  # jobs in flight per worker process: they overlap CRM round trips
-    # Short on purpose: a SIGKILLed worker's job is re-run only when arq's in-progress lock
-    # expires, job_timeout_s + in_progress_grace_s after it started.
-    job_timeout_s: float = 30.0
     in_progress_grace_s: float = 10.0  # arq's own margin is 10 s
     # how often an idle worker looks at the queue: a finished call waits for the next look
     # (arq's 0.5 s default was most of a call's hangup-to-CRM time); ~20 cheap reads/s
@@ -158,8 +185,14 @@ class WorkerConfig:
                 f"job_timeout_s ({self.job_timeout_s:g}) must exceed the CRM timeout "
                 f"({slowest:g}) by at least {2 * JOB_MARGIN_S:g} s, or no CRM write could start"
             )
-        if self.max_jobs < 1:
-            raise ValueError("max_jobs must be at least 1")
+
+    @property
+    def job_timeout_s(self) -> float:
+        return self.calls.job_timeout_s
+
+    @property
+    def max_jobs(self) -> int:
+        return self.calls.max_jobs
 
     def crm_for(self, pbx: str) -> CrmTarget:
         return self.crm_by_pbx.get(pbx, self.crm)
@@ -172,45 +205,14 @@ class WorkerConfig:
     # --- a JSON form, for ``python -m worker --config-json`` and subprocess tests ---------
 
     def to_json(self) -> dict[str, Any]:
-        def target(t: CrmTarget) -> dict[str, Any]:
-            d = asdict(t)
-            d["service"] = _creds_json(t.service)
-            d["agents"] = {k: _creds_json(v) for k, v in t.agents.items()}
-            return d
-
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["crm"] = target(self.crm)
-        out["crm_by_pbx"] = {k: target(v) for k, v in self.crm_by_pbx.items()}
-        out["calls"] = asdict(self.calls) | {"sources": dict(self.calls.sources)}
-        out["retry"] = asdict(self.retry)
-        return out
+        """Plain JSON values, passwords in clear: the worker's own config file."""
+        plain: dict[str, Any] = json.loads(json.dumps(_JSON.dump_python(self), default=_reveal))
+        return plain
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> WorkerConfig:
-        def target(t: Mapping[str, Any]) -> CrmTarget:
-            return CrmTarget(
-                url=t["url"],
-                service=_creds(t["service"]),
-                agents={k: _creds(v) for k, v in t.get("agents", {}).items()},
-                phone_format=t.get("phone_format", "e164"),
-                timeout_s=float(t.get("timeout_s", 10.0)),
-            )
-
-        calls = dict(d.get("calls", {}))
-        if "create_contacts_for" in calls:
-            calls["create_contacts_for"] = tuple(calls["create_contacts_for"])
-        scalars = {
-            f.name: d[f.name]
-            for f in fields(cls)
-            if f.name not in ("crm", "crm_by_pbx", "calls", "retry") and f.name in d
-        }
-        return cls(
-            crm=target(d["crm"]),
-            crm_by_pbx={k: target(v) for k, v in d.get("crm_by_pbx", {}).items()},
-            calls=CallPolicy(**calls),
-            retry=RetryPolicy(**d.get("retry", {})),
-            **scalars,
-        )
+        """ValueError (pydantic's, naming the key) when ``d`` is not a WorkerConfig."""
+        return _JSON.validate_python(d)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False, indent=2)
@@ -219,9 +221,8 @@ class WorkerConfig:
         return replace(self, **changes)
 
 
-def _creds(d: Mapping[str, str]) -> Credentials:
-    return Credentials(d["login"], d["password"])
+_JSON: pydantic.TypeAdapter[WorkerConfig] = pydantic.TypeAdapter(WorkerConfig)
 
 
-def _creds_json(c: Credentials) -> dict[str, str]:
-    return {"login": c.login, "password": c.password}
+def _reveal(value: Any) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)

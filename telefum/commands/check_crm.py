@@ -18,6 +18,8 @@ import os
 import sys
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from crm_client.redact import mask_values, redact_url
 from crm_client.types import Credentials
 
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     results = asyncio.run(
         check_crm(
             args.url,
-            Credentials(args.login, args.password),
+            Credentials(args.login, SecretStr(args.password)),
             country=args.country,
             timeout_s=args.timeout,
             strict=args.strict,

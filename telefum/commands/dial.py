@@ -104,7 +104,8 @@ def resolve_agent(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
     extension = args.extension or environ.get(EXTENSION_ENV) or file.get("extension")
     token = environ.get(TOKEN_ENV) or file.get("token")
     if not token and settings is not None and extension:
-        token = settings.http.agent_tokens.get(extension)
+        known = settings.http.agent_tokens.get(extension)
+        token = known.get_secret_value() if known is not None else None
     if not token:
         raise UsageError(
             f"no agent token: set {TOKEN_ENV}, or put token = \"...\" in {agent_file(environ)}"

@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
         url = url or redis_url(settings)
         try:
-            from telefum.commands.worker import worker_config_from_settings
+            from telefum.wiring import worker_config
 
-            config: WorkerConfig = worker_config_from_settings(settings)
+            config: WorkerConfig = worker_config(settings)
             queue, expires_s, ledger_ttl_s = (
                 config.queue_name, config.job_expires_s, config.ledger_ttl_s,
             )  # fmt: skip

@@ -32,7 +32,7 @@ def _rules(config: str | None) -> CallRules:
     """The [calls] rules of --config, else of $TELEFUM_CONFIG, else the defaults."""
     from telefum.config import load_settings
 
-    return load_settings(config).calls.rules()
+    return load_settings(config).calls
 
 
 def run(args: argparse.Namespace) -> int:

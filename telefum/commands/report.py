@@ -110,7 +110,7 @@ async def _from_redis(
 
 def _from_bridge(settings: Settings, args: argparse.Namespace, tz: tzinfo | None) -> dict[str, Any]:
     bridge = args.bridge or settings.http.local_url()
-    token = settings.http.report_token or settings.http.token
+    token = (settings.http.report_token or settings.http.token).get_secret_value()
     query = {"since": args.since, **({"until": args.until} if args.until else {})}
     if tz is not None:
         query["tz"] = str(tz)

@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace, roles: Roles, name: str) -> int:
     """Load the settings, run the bridge with these roles until SIGINT/SIGTERM."""
-    from telefum.config import load_or_exit
+    from telefum.config import load_or_exit, log_warnings
     from telefum.service import Bridge, BridgeError, signal_stop
 
     settings = load_or_exit(args.config)
+    log_warnings(settings)
 
     async def main() -> int:
         bridge = Bridge(settings, roles, redis_url=args.redis_url)

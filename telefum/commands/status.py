@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def base_url(listen: str) -> str:
     """Where to reach the service from this machine, given its ``[http] listen``."""
-    from telefum.config import split_listen
+    from telefum.web import split_listen
 
     host, port = split_listen(listen)
     if host in ("0.0.0.0", ""):

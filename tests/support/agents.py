@@ -21,7 +21,7 @@ from telefum.agent_routes import setup_agent_routes
 from telefum.attribution import Attribution
 from telefum.config import HttpSettings, OriginateSettings, Settings
 from telefum.originate import Originator
-from telefum.screenpop import CrmTarget, ScreenPop
+from telefum.screenpop import CrmLookup, ScreenPop
 from telephony.ami import Message
 from telephony.listener import AmiListener
 from telephony.records import Ringing, Update
@@ -48,7 +48,7 @@ class AgentBridge:
 
     settings: Settings
     pbx: PbxSimulator | None = None
-    crm_for: Callable[[str], CrmTarget] | None = None
+    crm_for: Callable[[str], CrmLookup] | None = None
     redis: Any = None
     url: str = ""
     updates: list[tuple[float, Update]] = field(default_factory=list)
@@ -120,7 +120,7 @@ class AgentBridge:
             return resp.status, await resp.text(), resp.headers
 
 
-def _no_crm(pbx: str) -> CrmTarget:
+def _no_crm(pbx: str) -> CrmLookup:
     raise RuntimeError("no CRM in this test")
 
 
