@@ -5,7 +5,9 @@ or has a kept result, and it cannot tell "already delivered" from "never seen". 
 Lua script, atomic in Redis, writes the arq job exactly as arq would (same keys, same
 serialisation via ``arq.jobs.serialize_job``) together with the ledger, the pending set and
 the counters, after checking the ledger: a call the ledger says is done (or dead, or dropped)
-is not run again however often the listener hands it over. A script rather than
+is not run again however often the listener hands it over. An inbound call is also noted
+as its caller's first call if it is the earliest (``first_call.py``), before any worker can
+run it. A script rather than
 WATCH/MULTI: one round trip per call instead of five, and a batch of calls
 (:func:`enqueue_calls`, the listener's hand-over) in one round trip for them all.
 """
@@ -21,6 +23,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from . import keys, stats
+from .first_call import note_of
 from .ledger import FINAL, registered_script
 
 JOB_FUNCTION = "deliver_call"
@@ -52,9 +55,9 @@ def job_id_of(record: dict[str, Any]) -> str:
     return keys.job_id(pbx, call_id)
 
 
-# KEYS: ledger, job, pending, dlq, counters, arq result, arq retry, queue
+# KEYS: ledger, job, pending, dlq, counters, arq result, arq retry, queue, caller's first calls
 # ARGV: requeue ("1"/""), record JSON, pbx, call id, now, ledger TTL s, job bytes,
-#       job TTL ms, queue score, job id
+#       job TTL ms, queue score, job id, first-call entry JSON ("": none), its start
 _ENQUEUE_LUA = """
 local final = {FINAL}
 local state = redis.call('HGET', KEYS[1], 'state') or ''
@@ -81,6 +84,13 @@ else
   redis.call('HSET', KEYS[1], 'state', 'queued')
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[11] ~= '' then  -- kept as long as the caller has a ledger (see first_call.py)
+  local cur = redis.call('HGET', KEYS[9], ARGV[3])
+  if (not cur) or tonumber(ARGV[12]) < tonumber(cjson.decode(cur)['started_at']) then
+    redis.call('HSET', KEYS[9], ARGV[3], ARGV[11])
+  end
+  redis.call('EXPIRE', KEYS[9], ARGV[6])
+end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[10])
 -- arq refuses an id with a kept result; and its try counter must start over
 redis.call('DEL', KEYS[6], KEYS[7])
@@ -99,14 +109,17 @@ def _script_call(
     now = time.time()
     enqueue_ms = int(now * 1000)
     job = serialize_job(JOB_FUNCTION, (record,), {}, None, enqueue_ms, serializer=dumps)
+    note = note_of(record)
+    caller, first, first_at = note if note else ("", "", 0.0)
     keys_ = [
         keys.ledger(jid), job_key_prefix + jid, keys.PENDING, keys.DLQ, stats.COUNTERS,
-        result_key_prefix + jid, retry_key_prefix + jid, queue_name,
+        result_key_prefix + jid, retry_key_prefix + jid, queue_name, keys.first_inbound(caller),
     ]  # fmt: skip
     args = [
         "1" if requeue else "", json.dumps(record, ensure_ascii=False),
         record.get("pbx") or "default", record["call_id"], repr(now), int(ledger_ttl_s), job,
         int((expires_s + defer_s) * 1000), enqueue_ms + int(defer_s * 1000), jid,
+        first, repr(first_at),
     ]  # fmt: skip
     return keys_, args
 
