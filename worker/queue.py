@@ -15,6 +15,7 @@ WATCH/MULTI: one round trip per call instead of five, and a batch of calls
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from redis.asyncio import Redis
 from . import keys, stats
 from .first_call import note_of
 from .ledger import FINAL, registered_script
+
+log = logging.getLogger("worker.queue")
 
 JOB_FUNCTION = "deliver_call"
 
@@ -161,7 +164,8 @@ async def enqueue_calls(
     ledger_ttl_s: float,
 ) -> list[str]:
     """:func:`enqueue_call` for several calls in one round trip (each call atomic on its
-    own); the outcomes in order. ValueError before anything is sent: a record has no usable
+    own); the outcomes in order. A call not queued (a replayed or re-spooled call id) gets
+    an info line saying why. ValueError before anything is sent: a record has no usable
     call id (check them with :func:`job_id_of` first)."""
     calls = [
         _script_call(r, queue_name=queue_name, expires_s=expires_s,
@@ -174,4 +178,19 @@ async def enqueue_calls(
     async with redis.pipeline(transaction=False) as pipe:
         for keys_, args in calls:
             await script(keys=keys_, args=args, client=pipe)  # queued, not sent yet
-        return [keys.text(v) for v in await pipe.execute()]
+        outcomes = [keys.text(v) for v in await pipe.execute()]
+    for record, outcome in zip(records, outcomes, strict=True):
+        if outcome != QUEUED:  # a replay, or the spool handing a call over again
+            log.info(
+                "call handed over again, not queued: %s", _NOT_AGAIN.get(outcome, outcome),
+                extra={"call_id": record["call_id"], "pbx": record.get("pbx") or "default"},
+            )  # fmt: skip
+    return outcomes
+
+
+_NOT_AGAIN = {
+    ALREADY_QUEUED: "its job is already queued, retrying or running",
+    "done": "already done (delivered, or not logged by policy)",
+    "dead": "it is in the dead letters (telefum dlq requeue delivers it)",
+    "dropped": "it was dropped from the dead letters (telefum dlq drop)",
+}
