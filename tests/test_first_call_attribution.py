@@ -190,6 +190,18 @@ async def test_the_earliest_call_is_on_record_whatever_order_calls_are_queued_in
     assert 3500 < await redis_client.ttl(keys.first_inbound(CALLER)) <= 3600
 
 
+async def test_an_unreadable_first_call_entry_is_replaced_and_the_call_still_queued(
+    redis_client: Redis,
+) -> None:
+    await redis_client.hset(keys.first_inbound(CALLER), "default", "not json")
+    rec = call("5.1", YANDEX, 60)
+    outcome = await enqueue_call(redis_client, rec, queue_name=DEFAULT_QUEUE, expires_s=60,
+                                 ledger_ttl_s=60)  # fmt: skip
+    assert outcome == "queued"
+    [first] = await first_calls(redis_client, CALLER)
+    assert (first.call_id, first.did) == ("5.1", YANDEX)
+
+
 async def test_the_contact_name_follows_the_first_call_as_its_source_does(
     refcrm: RunningRefCrm, crm_client: TelefumClient, redis_client: Redis
 ) -> None:

@@ -89,7 +89,9 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if ARGV[11] ~= '' then  -- kept as long as the caller has a ledger (see first_call.py)
   local cur = redis.call('HGET', KEYS[9], ARGV[3])
-  if (not cur) or tonumber(ARGV[12]) < tonumber(cjson.decode(cur)['started_at']) then
+  local ok, known = pcall(cjson.decode, cur or '')
+  local at = ok and type(known) == 'table' and tonumber(known['started_at'])
+  if (not at) or tonumber(ARGV[12]) < at then
     redis.call('HSET', KEYS[9], ARGV[3], ARGV[11])
   end
   redis.call('EXPIRE', KEYS[9], ARGV[6])
