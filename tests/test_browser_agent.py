@@ -294,9 +294,9 @@ async def test_an_internal_call_says_internal_and_an_unreadable_number_says_unkn
     ))  # fmt: skip
     await pbx_sim.play(ring, speed=0)
     await page.wait_for_selector("[data-testid=pop][data-state=ringing]")
-    assert await page.inner_text("[data-testid=pop] [data-testid=caller]") == "Unknown number"
     crm = await page.inner_text("[data-testid=pop] .crm")
-    assert crm == "No number to look up in the CRM"
+    assert crm == "No number to look up in the CRM"  # not "Internal call"
+    assert await page.inner_text("[data-testid=pop] [data-testid=caller]") == "Unknown number"
     await pbx_sim.play(rest, speed=0)
     await page.wait_for_selector("[data-testid=recent]")
     assert await page.inner_text("[data-testid=recent-caller]") == "Unknown number"
