@@ -10,8 +10,8 @@ Kinds of call and what happens to them (defaults in brackets):
 - no outside number (anonymous caller, internal): skipped, there is nobody to find.
 
 A contact is created when ``find`` gives nothing and the call's direction is in
-``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled; by
-the time it is created, the number the caller dialled first (``first_call.py``).
+``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled
+first: this call's, or an earlier call's that has not reached the CRM yet (``first_call.py``).
 """
 
 from __future__ import annotations
