@@ -14,6 +14,9 @@ TTL is the ledger's, renewed whenever one of the caller's calls is queued or req
 outlives every ledger of the caller's calls: a call that can still be delivered has its
 first call on record.
 
+Every inbound call counts, also one the policy does not log (a missed call with
+``log_missed = false``): the caller dialled that number all the same.
+
 Not covered: a call still in progress (not yet handed over) when a later call from the same
 number is delivered; a caller whose earliest call came in before the bridge kept this record.
 """
