@@ -5,6 +5,9 @@ calls :meth:`Attribution.record_delivery` once a call reached the CRM, saying wh
 contact was created for it. Each inbound call is one row in Redis, written once per call
 (a retried job cannot count twice), plus the time each caller first called each tracking
 number, so "first call" vs "repeat call" is right even when deliveries come out of order.
+A new contact is credited to the tracking number it carries as ``x_pstn``: the one its
+caller dialled first, which is another call's when a later call reached the CRM first
+(``worker/first_call.py``).
 
 Keys (``telefum:attr:`` prefix):
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -69,6 +72,10 @@ class AttributedCall:
     new_contact: bool  # the bridge created the CRM contact for this call
     contact_id: str | None = None
     extension: str | None = None
+    # a new contact's x_pstn (its caller's first tracking number) and that number's label:
+    # where the report counts the new contact; None: this call's own number
+    contact_number: str | None = None
+    contact_source: str | None = None
     first_call: bool | None = None  # filled when read: this caller's first call to this number
 
     def to_json(self) -> dict[str, Any]:
@@ -90,7 +97,16 @@ class AttributedCall:
             new_contact=bool(d.get("new_contact", False)),
             contact_id=d.get("contact_id"),
             extension=d.get("extension"),
+            contact_number=d.get("contact_number"),
+            contact_source=d.get("contact_source"),
         )
+
+    @property
+    def credited(self) -> tuple[str, str]:
+        """The (tracking number, source) that counts this call's new contact."""
+        if self.contact_number is None:
+            return self.tracking_number, self.source
+        return self.contact_number, self.contact_source or UNLABELLED
 
 
 class Attribution:
@@ -119,17 +135,23 @@ class Attribution:
         contact_created: bool,
         contact_id: str | None = None,
         source: str | None = None,
+        contact_did: str | None = None,
     ) -> bool:
         """Count one delivered call; True if counted now, False if already counted or not
         inbound. Call it after the call's job succeeded (a retry of the same call is a no-op).
 
         ``source``: the label the event carried; None looks the tracking number up in
-        ``[sources]``.
+        ``[sources]``. ``contact_did``: the tracking number the created contact got as
+        ``x_pstn`` ("" none), when it may differ from this call's (the ledger says).
         """
         if record.direction != "in":
             return False
         did = record.did or NO_NUMBER
         label = source if source is not None else self._sources.get(did, UNLABELLED)
+        contact_number = contact_source = None
+        if contact_created and contact_did is not None and contact_did != did:
+            contact_number = contact_did or NO_NUMBER
+            contact_source = self._sources.get(contact_number, UNLABELLED)
         row = AttributedCall(
             call_id=record.call_id,
             pbx=record.pbx,
@@ -142,6 +164,8 @@ class Attribution:
             new_contact=contact_created,
             contact_id=contact_id,
             extension=record.extension,
+            contact_number=contact_number,
+            contact_source=contact_source,
         )
         member = f"{record.pbx}:{record.call_id}"
         first_key = f"{did}|{record.external}" if record.external else ""
@@ -177,7 +201,10 @@ class Attribution:
         return out
 
     async def report(self, since: float, until: float, tz: tzinfo | None = None) -> dict[str, Any]:
-        return build_report(await self.calls(since, until), since=since, until=until, tz=tz)
+        return build_report(
+            await self.calls(since, until), since=since, until=until, tz=tz,
+            sources=self._sources,
+        )  # fmt: skip
 
 
 def _with_first(r: AttributedCall, first: bool | None) -> AttributedCall:
@@ -199,13 +226,14 @@ FIGURES = (
 )
 
 
-def figures(calls: Iterable[AttributedCall]) -> dict[str, Any]:
-    """The marketer's figures for a set of calls.
+def figures(calls: Iterable[AttributedCall], new_contacts: int) -> dict[str, Any]:
+    """The marketer's figures for a set of calls, and the new contacts credited to them.
 
-    ``missed``: not answered (gave up, busy, failed). ``first_calls``/``repeat_calls``: the
-    caller's first call to this tracking number ever (as far as the bridge's store goes
-    back), or a later one; anonymous callers are neither. ``median_wait_s``: how long
-    callers rang before they were answered or gave up.
+    ``missed``: not answered (gave up, busy, failed). ``new_contacts``: contacts the bridge
+    created whose ``x_pstn`` is this number (see :attr:`AttributedCall.credited`).
+    ``first_calls``/``repeat_calls``: the caller's first call to this tracking number ever
+    (as far as the bridge's store goes back), or a later one; anonymous callers are neither.
+    ``median_wait_s``: how long callers rang before they were answered or gave up.
     """
     cs = list(calls)
     waits = [c.ring_s for c in cs]
@@ -213,7 +241,7 @@ def figures(calls: Iterable[AttributedCall]) -> dict[str, Any]:
         "calls": len(cs),
         "answered": sum(1 for c in cs if c.answered),
         "missed": sum(1 for c in cs if not c.answered),
-        "new_contacts": sum(1 for c in cs if c.new_contact),
+        "new_contacts": new_contacts,
         "first_calls": sum(1 for c in cs if c.first_call is True),
         "repeat_calls": sum(1 for c in cs if c.first_call is False),
         "median_wait_s": round(statistics.median(waits), 1) if waits else None,
@@ -221,32 +249,47 @@ def figures(calls: Iterable[AttributedCall]) -> dict[str, Any]:
 
 
 def build_report(
-    calls: Iterable[AttributedCall], *, since: float, until: float, tz: tzinfo | None = None
-) -> dict[str, Any]:
-    """Totals, per tracking number and source, and per day (in ``tz``; local by default)."""
+    calls: Iterable[AttributedCall], *, since: float, until: float, tz: tzinfo | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Totals, per tracking number and source, and per day (in ``tz``; local by default).
+
+    A new contact counts on the day of the call that created it, for the number it carries
+    (:attr:`AttributedCall.credited`). Every number of ``sources`` (``[sources]``) has a row,
+    with zeros when it had no calls: a campaign that brought nobody shows as such.
+    """
     cs = sorted(calls, key=lambda c: c.started_at)
     zone = tz if tz is not None else datetime.now().astimezone().tzinfo or UTC
     per_number: dict[tuple[str, str], list[AttributedCall]] = defaultdict(list)
     per_day: dict[tuple[str, str, str], list[AttributedCall]] = defaultdict(list)
+    credits: Counter[tuple[str, str]] = Counter()
+    day_credits: Counter[tuple[str, str, str]] = Counter()
     for c in cs:
         day = datetime.fromtimestamp(c.started_at, zone).date().isoformat()
         per_number[(c.tracking_number, c.source)].append(c)
         per_day[(day, c.tracking_number, c.source)].append(c)
+        if c.new_contact:
+            credits[c.credited] += 1
+            day_credits[(day, *c.credited)] += 1
+    rows = set(per_number) | set(credits)
+    listed = {n for n, _ in rows}
+    rows |= {(n, label) for n, label in (sources or {}).items() if n not in listed}
     numbers = [
-        {"tracking_number": n, "source": s, **figures(group)}
-        for (n, s), group in per_number.items()
+        {"tracking_number": n, "source": s, **figures(per_number.get((n, s), ()), credits[(n, s)])}
+        for n, s in rows
     ]
     numbers.sort(key=lambda r: (-r["calls"], r["tracking_number"], r["source"]))
     days = [
-        {"day": d, "tracking_number": n, "source": s, **figures(group)}
-        for (d, n, s), group in sorted(per_day.items())
-    ]
+        {"day": d, "tracking_number": n, "source": s,
+         **figures(per_day.get((d, n, s), ()), day_credits[(d, n, s)])}
+        for d, n, s in sorted(set(per_day) | set(day_credits))
+    ]  # fmt: skip
     return {
         "since": _iso(since, zone),
         "until": _iso(until, zone),
         "tz": str(zone),
         "period_days": _days(since, until, zone),
-        "totals": figures(cs),
+        "totals": figures(cs, sum(credits.values())),
         "numbers": numbers,
         "days": days,
     }
@@ -303,6 +346,7 @@ def attribution_hook(redis: Any, sources: dict[str, str]) -> OnDelivered:
             record,
             contact_created=entry.get("contact_created") == "1",
             contact_id=entry.contact_id,
+            contact_did=entry.fields.get("contact_did"),
         )
 
     return on_delivered

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from crm_client.redact import redact_line
+from telephony.records import iso_utc
 
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -28,11 +29,14 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and the extra fields (call_id, pbx)."""
+    """One JSON object per line: ts, level, logger, msg, and the extra fields (call_id, pbx).
+
+    ``ts`` is UTC with milliseconds (``2026-11-26T12:00:00.120Z``), the form call records
+    use: lines of one busy second keep their order in a log shipper that re-sorts them."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact_line(record.getMessage()),

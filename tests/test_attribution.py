@@ -130,6 +130,42 @@ def test_report_groups_per_number_and_per_day_in_the_given_zone() -> None:
     ]
 
 
+async def test_a_new_contact_counts_for_the_number_its_caller_dialled_first(
+    redis_client: Redis,
+) -> None:
+    google = "+74951234568"
+    attr = Attribution(redis_client, sources={DID: "Yandex Direct", google: "Google Ads"})
+    # the later call (Google) reached the CRM first and made the contact, with x_pstn = DID
+    assert await attr.record_delivery(record("9.2", did=google, at=1_800_003_600.0),
+                                      contact_created=True, contact_did=DID)  # fmt: skip
+    assert await attr.record_delivery(record("9.1"), contact_created=False)
+    rep = await attr.report(1_799_990_000.0, 1_800_010_000.0, UTC)
+    figures = {r["tracking_number"]: (r["calls"], r["new_contacts"], r["first_calls"])
+               for r in rep["numbers"]}  # fmt: skip
+    assert figures == {DID: (1, 1, 1), google: (1, 0, 1)}
+    assert rep["totals"]["new_contacts"] == 1
+    assert [(d["tracking_number"], d["new_contacts"]) for d in rep["days"]] == [
+        (DID, 1), (google, 0),
+    ]  # fmt: skip
+
+
+async def test_a_configured_source_without_calls_is_reported_with_zeros(
+    redis_client: Redis,
+) -> None:
+    avito = "+78122003344"
+    attr = Attribution(redis_client, sources={DID: "Yandex Direct", avito: "Avito"})
+    assert await attr.record_delivery(record("10.1"), contact_created=True)
+    rep = await attr.report(1_799_990_000.0, 1_800_010_000.0, UTC)
+    assert [(r["tracking_number"], r["source"], r["calls"]) for r in rep["numbers"]] == [
+        (DID, "Yandex Direct", 1), (avito, "Avito", 0),
+    ]  # fmt: skip
+    zero = rep["numbers"][1]
+    assert {k: zero[k] for k in ("answered", "missed", "new_contacts", "median_wait_s")} == {
+        "answered": 0, "missed": 0, "new_contacts": 0, "median_wait_s": None,
+    }  # fmt: skip
+    assert rep["totals"]["calls"] == 1
+
+
 def test_periods_are_read_as_people_write_them() -> None:
     now = 1_800_000_000.0
     assert parse_since("7d", now) == now - 7 * 86400

@@ -20,6 +20,7 @@ import asyncio
 import os
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ from typing import Any
 import pytest
 
 from crm_client.client import TelefumClient
-from pbxsim.server import PbxSimulator
+from pbxsim.server import PbxSimulator, Script
 from telefum.screenpop import CrmLookup
-from telephony.records import Ringing
+from telephony.ami import Message
+from telephony.records import Ringing, Update
+from telephony.tracker import CallTracker
 from tests.support.agents import AGENT_TOKENS, AgentBridge, agent_settings, split_at_first_ring
 from tests.support.crm import RunningRefCrm
+from tests.test_tracker_behaviours import Pbx, phone_call
 
 pytestmark = pytest.mark.browser
 
@@ -244,3 +248,90 @@ async def test_a_telf_click_in_the_crm_card_dials_from_the_agents_extension(
     assert await link.inner_text() == "Анна Смирнова"
     assert "answered" in await agent_page.inner_text("[data-testid=recent]")
     await context.close()
+
+
+# --- what the page says and how it lays a call out ------------------------------------------
+
+
+class RecordingTracker(CallTracker):
+    """A tracker that keeps the AMI messages it is fed, to play them through the PBX."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[Message] = []
+
+    def handle(self, msg: Message, now: float) -> list[Update]:
+        self.messages.append(dict(msg))
+        return super().handle(msg, now)
+
+
+def internal_call_102_to_101() -> tuple[Script, Script]:
+    """Extension 102 dials 101, 101 answers: AMI as Asterisk sends it (tests' ``Pbx``)."""
+    tracker = RecordingTracker()
+    pbx = Pbx(tracker, t0=time.time())
+    p102 = phone_call(pbx, "102", "101")
+    p101 = pbx.phone("101", p102)
+    pbx.dial(p102, p101, "101")
+    pbx.ring(p102, p101)
+    ringing = len(tracker.messages)
+    pbx.wait(2)
+    pbx.answer(p102, p101)
+    b = pbx.bridge(p101, p102)
+    pbx.wait(7)
+    pbx.hangup(p101, bridge=b)
+    pbx.hangup(p102, bridge=b)
+    msgs = tracker.messages
+    return Script.from_messages(msgs[:ringing]), Script.from_messages(msgs[ringing:])
+
+
+async def test_an_internal_call_says_internal_and_an_unreadable_number_says_unknown(
+    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, traces_dir: Path
+) -> None:
+    page = await open_agent_page(browser, bridge, "101")
+    # an outside caller whose number the PBX gave as "12": no E.164 number, yet not internal
+    ring, rest = split_at_first_ring(pbx_sim.prepare_trace(
+        traces_dir / "01-inbound-answered-caller-hangup.ami", number_map={"79161234567": "12"}
+    ))  # fmt: skip
+    await pbx_sim.play(ring, speed=0)
+    await page.wait_for_selector("[data-testid=pop][data-state=ringing]")
+    crm = await page.inner_text("[data-testid=pop] .crm")
+    assert crm == "No number to look up in the CRM"  # not "Internal call"
+    assert await page.inner_text("[data-testid=pop] [data-testid=caller]") == "Unknown number"
+    await pbx_sim.play(rest, speed=0)
+    await page.wait_for_selector("[data-testid=recent]")
+    assert await page.inner_text("[data-testid=recent-caller]") == "Unknown number"
+    assert "Internal call" not in await page.inner_text("#recent")
+
+    ring, rest = internal_call_102_to_101()
+    await pbx_sim.play(ring, speed=0)
+    await page.wait_for_selector("[data-testid=pop][data-state=ringing]")
+    assert await page.inner_text("[data-testid=pop] [data-testid=caller]") == "Internal call"
+    assert await page.inner_text("[data-testid=pop] .crm") == ""
+    await pbx_sim.play(rest, speed=0)
+    await page.wait_for_selector("[data-testid=recent] >> nth=1")
+    callers = await page.locator("[data-testid=recent-caller]").all_inner_texts()
+    assert callers == ["Internal call", "Unknown number"]
+
+
+async def test_recent_calls_give_the_card_link_room_and_keep_call_back_in_its_row(
+    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
+    refcrm: RunningRefCrm, traces_dir: Path,
+) -> None:
+    name = "Иван Петрович Сидоров"
+    await crm_client.add_contact("+79161234567", name, "contact", None, refcrm.creds())
+    page = await open_agent_page(browser, bridge, "101")
+    await pbx_sim.play(
+        pbx_sim.prepare_trace(traces_dir / "01-inbound-answered-caller-hangup.ami"), speed=0
+    )
+    link = page.locator("[data-testid=recent] a[data-testid=card-link]")
+    await link.wait_for()
+    row = await page.locator("[data-testid=recent]").bounding_box()
+    box = await link.bounding_box()
+    button = await page.locator("[data-testid=recent] button.call-back").bounding_box()
+    line = float(await link.evaluate("a => parseFloat(getComputedStyle(a).lineHeight)"))
+    assert await link.inner_text() == name
+    assert box["height"] < 1.5 * line, f"the name wraps in a squeezed column: {box}"
+    # the button sits in its own row, at its right end
+    assert row["x"] <= button["x"] and button["x"] + button["width"] <= row["x"] + row["width"]
+    assert row["y"] <= button["y"] and button["y"] + button["height"] <= row["y"] + row["height"]
+    assert button["x"] > box["x"] + box["width"]

@@ -4,6 +4,7 @@ figures the bridge stored, and the quiet days of the period are on the chart too
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -63,3 +64,43 @@ async def test_report_page_shows_the_figures_and_a_bar_per_day(
     await until(
         lambda: page.inner_text("[data-testid=total-row]"), lambda t: t.split("\t")[2] == "2"
     )
+
+
+async def test_the_chart_keeps_every_day_label_inside_it(
+    browser: Any,  # noqa: F811
+    bridge: AgentBridge,
+) -> None:
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    for since in ("30d", "90d"):  # many days: the last label sits right at the edge
+        await page.goto(f"{bridge.url}/report?token={REPORT_TOKEN}&since={since}")
+        await page.wait_for_selector("body[data-loaded='1']")
+        width = float(await page.locator("[data-testid=chart] svg").evaluate(
+            "s => s.viewBox.baseVal.width"
+        ))  # fmt: skip
+        spans = await page.locator("[data-testid=chart] text.axis").evaluate_all(
+            "ts => ts.map(t => [t.textContent, t.getBBox().x, t.getBBox().x + t.getBBox().width])"
+        )
+        days = [(text, x0, x1) for text, x0, x1 in spans if "-" in text]
+        assert days[-1][0] == time.strftime("%m-%d", time.localtime()), days[-1]
+        clipped = [(t, x0, x1) for t, x0, x1 in days if x0 < 0 or x1 > width]
+        assert clipped == [], f"{since}: labels outside the chart's {width} units: {clipped}"
+
+
+async def test_a_configured_source_without_calls_is_a_row_of_zeros_on_the_page(
+    browser: Any,  # noqa: F811
+    redis_client: Redis,
+) -> None:
+    await fill(redis_client)
+    settings = agent_settings()
+    settings.sources["+78122003344"] = "Avito"
+    async with AgentBridge(settings, redis=redis_client) as b:
+        page = await browser.new_page()
+        page.set_default_timeout(10_000)
+        await page.goto(f"{b.url}/report?token={REPORT_TOKEN}&since=7d")
+        await page.wait_for_selector("body[data-loaded='1']")
+        rows = [r.split("\t") for r in
+                await page.locator("[data-testid=number-row]").all_inner_texts()]  # fmt: skip
+        assert rows[-1] == ["+78122003344", "Avito", "0", "0", "0", "0", "0", "0", "–"]
+        legend = await page.inner_text("#legend")
+        assert "Avito" not in legend  # no bars, no colour to explain

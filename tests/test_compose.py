@@ -4,8 +4,12 @@ workers, persistent Redis, loopback-only ports and no root."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +177,33 @@ def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
         command = next(a for a in argv[1:] if not a.startswith("-"))
         assert command in COMMANDS
         parse(["telefum", *argv[1:]])
+
+
+def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -> None:
+    """Install as the units' header says (a venv at /opt/telefum, pip install the
+    checkout), here under tmp_path: every ``Documentation=`` file must then exist."""
+    docs = {
+        url
+        for unit in UNITS
+        for line in unit.read_text().splitlines() if line.startswith("Documentation=")
+        for url in line.removeprefix("Documentation=").split()
+    }  # fmt: skip
+    assert docs, "the units name no documentation"
+    assert all(u.startswith("file:///opt/telefum/") for u in docs), docs
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "tests", "bench", "build", "*.egg-info", "__pycache__", ".*_cache",
+    ))  # fmt: skip
+    venv = tmp_path / "opt-telefum"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300)
+    made = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(src)])
+    assert made.returncode == 0, made.stderr[-3000:]
+    [wheel] = tmp_path.glob("telefum_bridge-*.whl")
+    venv_made = run([sys.executable, "-m", "venv", str(venv)])
+    assert venv_made.returncode == 0, venv_made.stderr
+    installed = run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", str(wheel)])
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    missing = [u for u in sorted(docs)
+               if not (venv / u.removeprefix("file:///opt/telefum/")).is_file()]  # fmt: skip
+    assert missing == [], f"a pip install does not create {missing}"

@@ -6,9 +6,12 @@ import contextlib
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,20 @@ def test_the_cli_logs_json_to_stderr_without_secrets(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "redis-pw" not in done.stderr + done.stdout
     assert "redis.url" in done.stderr
+
+
+def test_json_timestamps_are_utc_iso_8601_with_milliseconds(redis_url: str) -> None:
+    """As journald and log shippers get them: ``telefum --log-json worker`` as a process."""
+    before = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "telefum.cli", "--log-json", "worker", "--burst",
+         "--redis-url", redis_url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert lines and all(set(line) >= {"ts", "level", "logger", "msg"} for line in lines)
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line["ts"]
+        at = datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert before - 1 <= at.timestamp() <= time.time() + 1

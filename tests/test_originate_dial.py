@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from pbxsim.server import PbxSimulator
 from telefum.cli import main
-from tests.support.agents import AGENT_TOKENS, AgentBridge, agent_settings
+from tests.support.agents import ADMIN_TOKEN, AGENT_TOKENS, AgentBridge, agent_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,3 +110,63 @@ def test_the_desktop_entry_hands_telf_urls_to_telefum_dial() -> None:
     exec_ = section["Exec"].split()
     assert exec_[:2] == ["telefum", "dial"] and exec_[-1] == "%u"
     assert section["Type"] == "Application" and section["Terminal"] == "false"
+
+
+# --- the command as the desktop runs it: a process of its own ----------------------------
+
+
+async def dial_process(
+    *args: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``telefum dial ARGS`` as a process, with no agent file and no TELEFUM_* of ours."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
+    base["TELEFUM_AGENT_FILE"] = str(tmp_path / "no-agent.toml")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "telefum.cli", "dial", *args, cwd=REPO, env=base | (env or {}),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def bridge_settings(bridge: AgentBridge, tmp_path: Path, http: str) -> Path:
+    host, port = bridge.url.removeprefix("http://").split(":")
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[http]\nlisten = "{host}:{port}"\n{http}')
+    return config
+
+
+async def test_without_an_extension_it_says_an_extension_is_needed(
+    bridge: AgentBridge, pbx_sim: PbxSimulator, tmp_path: Path
+) -> None:
+    code, _, err = await dial_process("--bridge", bridge.url, "telf:+79161234567",
+                                      tmp_path=tmp_path)  # fmt: skip
+    assert code == 2
+    assert "which extension dials?" in err and "--extension" in err, err
+    assert "TELEFUM_AGENT_TOKEN" not in err
+
+    # on the bridge's machine: its settings hold tokens, but none says which extension
+    tokens = f'token = "{ADMIN_TOKEN}"\n[http.agent_tokens]\n"101" = "{AGENT_TOKENS["101"]}"\n'
+    config = bridge_settings(bridge, tmp_path, tokens)
+    code, _, err = await dial_process("--config", str(config), "telf:+79161234567",
+                                      tmp_path=tmp_path)  # fmt: skip
+    assert code == 2 and "which extension dials?" in err, err
+
+    # the admin token names no extension either: the bridge's 400 is said the same way
+    code, _, err = await dial_process(
+        "--bridge", bridge.url, "telf:+79161234567", tmp_path=tmp_path,
+        env={"TELEFUM_AGENT_TOKEN": ADMIN_TOKEN},
+    )  # fmt: skip
+    assert code == 2 and "which extension dials?" in err, err
+    assert pbx_sim.originates == []
+
+
+async def test_with_config_the_admin_token_dials_for_an_extension_without_a_token_of_its_own(
+    bridge: AgentBridge, pbx_sim: PbxSimulator, tmp_path: Path
+) -> None:
+    config = bridge_settings(bridge, tmp_path, f'token = "{ADMIN_TOKEN}"\n')
+    code, out, err = await dial_process("--config", str(config), "-e", "102",
+                                        "telf:84951234567", tmp_path=tmp_path)  # fmt: skip
+    assert code == 0, err
+    assert "calling +74951234567" in out
+    assert [o["Channel"] for o in pbx_sim.originates] == ["PJSIP/102"]

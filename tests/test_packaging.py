@@ -27,6 +27,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "docs", src / "docs")  # data-files: the units' Documentation=
     dist = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
         [

@@ -159,3 +159,34 @@ async def test_the_report_page_and_its_figures_need_a_report_token(redis_client:
             "/report.json", params={"token": REPORT_TOKEN, "since": "soon"}
         )
         assert status == 400 and "7d" in body
+
+
+AVITO = "+78122003344"
+
+
+def test_a_configured_source_with_no_calls_is_a_row_of_zeros_in_the_table_and_csv(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(config.read_text() + f'"{AVITO}" = "Avito"\n')
+    assert main(["report", "--config", str(config), "--since", "1d"]) == 0
+    out = capsys.readouterr().out
+    [avito] = [ln.split() for ln in out.splitlines() if ln.startswith(AVITO)]
+    assert avito == [AVITO, "Avito", "0", "0", "0", "0", "0", "0", "-"], out
+    assert main(["report", "--config", str(config), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert (rows[-1]["tracking_number"], rows[-1]["calls"], rows[-1]["median_wait_s"]) == (
+        AVITO, "0", "",
+    )  # fmt: skip
+
+
+async def test_report_json_lists_a_configured_source_with_no_calls(redis_client: Redis) -> None:
+    await fill(redis_client)
+    settings = agent_settings()
+    settings.sources[AVITO] = "Avito"
+    async with AgentBridge(settings, redis=redis_client) as bridge:
+        status, body, _ = await bridge.get("/report.json", params={"token": REPORT_TOKEN})
+    assert status == 200
+    rows = {r["tracking_number"]: r for r in json.loads(body)["numbers"]}
+    assert (rows[AVITO]["source"], rows[AVITO]["calls"], rows[AVITO]["first_calls"]) == (
+        "Avito", 0, 0,
+    )  # fmt: skip

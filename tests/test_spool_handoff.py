@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import free_port
-from tests.support.redis import inbound_call
+from tests.support.crm import RefCrmProcess
+from tests.support.redis import WorkerProcess, inbound_call
 from worker import keys
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
-from worker.policy import DEFAULT_QUEUE
+from worker.policy import DEFAULT_QUEUE, CallPolicy, CrmTarget, WorkerConfig
 from worker.stats import read_stats
 
 Q = DEFAULT_QUEUE
@@ -225,3 +229,35 @@ async def test_a_record_that_is_not_a_call_is_set_aside_and_the_rest_goes_throug
         assert "not a call record" in rejected and "call id" in rejected
     finally:
         await handoff.close()
+
+
+async def test_a_replayed_call_that_was_delivered_gets_a_line_naming_it(
+    tmp_path: Path, redis_url: str, redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess], worker_procs: Callable[..., WorkerProcess],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    crm = refcrm_process({"bridge": "bridge-pw"})
+    w = worker_procs(WorkerConfig(crm=CrmTarget(crm.rest_url, "bridge", "bridge-pw", timeout_s=1.0),
+                                  calls=CallPolicy(job_timeout_s=3.0)))  # fmt: skip
+    await w.wait_ready(redis_client)
+    call = inbound_call("1764158400.7", pbx="office")
+    caplog.set_level(logging.INFO, logger="worker.queue")
+    handoff = Handoff(redis_url, tmp_path / "spool")
+    await handoff.start()
+    try:
+        handoff.submit(call)
+        deadline = time.monotonic() + 20
+        while (await read_stats(redis_client))["counters"]["succeeded"] < 1:
+            assert time.monotonic() < deadline, w.log()
+            await asyncio.sleep(0.05)
+        assert not [r for r in caplog.records if r.name == "worker.queue"]  # queued: no line
+
+        handoff.submit(call)  # the same call id again: a PBX trace played twice
+        assert await handoff.wait_drained(10)
+    finally:
+        await handoff.close()
+    [line] = [r for r in caplog.records if r.name == "worker.queue"]
+    assert line.levelno == logging.INFO
+    assert (line.call_id, line.pbx) == ("1764158400.7", "office")  # type: ignore[attr-defined]
+    assert "already done" in line.getMessage()
+    assert len(crm.events()) == 1

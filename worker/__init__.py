@@ -5,6 +5,7 @@ Where things are::
 
     handoff.py   listener side: submit(record) -> fsync'd spool (spool.py) -> queue.py
     queue.py     enqueue one call atomically with its ledger; job id call:{pbx}:{call_id}
+    first_call.py  each caller's earliest inbound call: the source of a contact created later
     ledger.py    what the CRM has already accepted, per call (arq is the queue, not the ledger)
     jobs.py      the arq job: read the ledger, plan, run the steps, apply the retry decision
     plan.py      pure: which calls are logged, subject/description templates, credentials
@@ -23,7 +24,9 @@ Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
 - every queued call ends delivered, skipped by policy (with the reason), or in the
   dead-letter store (with every attempt's error); never silently dropped, whatever arq
   does with the job (expiry, timeout, a crashed worker: see reconcile.py);
-- a contact is created at most once per phone number and CRM;
+- a contact is created at most once per phone number and CRM, with ``x_pstn`` the number
+  its caller dialled first among the calls queued so far, whatever order they are
+  delivered in (first_call.py);
 - an event is written once, except in one window TelefUM cannot close: the CRM accepted
   addevent and the worker died (or the request timed out) before the answer reached the
   ledger. Then it is sent again (a duplicate rather than a loss), logged and counted in

@@ -27,6 +27,7 @@ from telephony.records import CallRecord
 from . import keys, stats
 from . import ledger as ledger_mod
 from .dlq import dead_letter
+from .first_call import FirstCalls
 from .ledger import FINAL, CallLedger, Outbox, PhoneLock
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
@@ -92,6 +93,7 @@ class Runtime:
             lock_ttl_s=self.config.job_timeout_s,
             settle_s=self.config.job_timeout_s + self.config.in_progress_grace_s,
             latencies=self.latencies,
+            first_calls=FirstCalls(self.redis, self.config),
         )
 
     async def deliver(self, record_data: Any, job_id: str) -> str:

@@ -5,6 +5,7 @@
 ``telefum:pending``              zset: job ids accepted and not yet delivered/dead, by enqueue time
 ``telefum:dlq``                  zset: dead-lettered job ids, by time of death
 ``telefum:lock:{crm}:{phone}``   the per-phone lock around find + addcont
+``telefum:first-in:{phone}``     hash: a caller's earliest inbound call per PBX (first_call.py)
 ``telefum:stats:*``              counters, latency buckets, heartbeats (worker/stats.py)
 """
 
@@ -33,6 +34,10 @@ def errors(job: str) -> str:
 
 def phone_lock(scope: str, phone: str) -> str:
     return f"{PREFIX}lock:{scope}:{phone}"
+
+
+def first_inbound(phone: str) -> str:
+    return f"{PREFIX}first-in:{phone}"
 
 
 def text(v: Any) -> str:

@@ -18,6 +18,7 @@ contact_id         the CRM contact the event goes on (found or created)
 contact_typecont   its typecont
 contact_created    "1" if we created it (addcont), "0" if found
 contact_sent_at    set just before addcont: a later run knows it may have been created
+contact_did        with it: the tracking number (E.164) sent as the new contact's x_pstn
 event_id           idev of the event: once set, the call is in the CRM
 event_sent_at      set just before addevent, removed when that run records its failure: a
                    later run that still finds it knows a run died (or lost Redis) mid-addevent
@@ -314,8 +315,8 @@ class CallLedger:
         self.entry.fields["attempts"] = str(self.entry.attempts + 1)
         self.entry.fields.setdefault("first_attempt", repr(now))
 
-    async def contact_sending(self, now: float) -> None:
-        await self._hset({"contact_sent_at": repr(now)})
+    async def contact_sending(self, now: float, did: str = "") -> None:
+        await self._hset({"contact_sent_at": repr(now), "contact_did": did})
 
     async def contact_known(
         self, contact_id: str, typecont: str, *, created: bool,

@@ -10,7 +10,8 @@ Kinds of call and what happens to them (defaults in brackets):
 - no outside number (anonymous caller, internal): skipped, there is nobody to find.
 
 A contact is created when ``find`` gives nothing and the call's direction is in
-``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled.
+``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled
+first: this call's, or an earlier call's that has not reached the CRM yet (``first_call.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class NewContact:
     name: str
     typecont: str
     x_pstn: str  # the DID formatted for the CRM; "" when the call has none
+    did: str  # that DID in E.164 (the ledger keeps it for the report); "" when none
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class CallPlan:
     create: NewContact | None  # None: never create a contact for this call
     subject: str
     description: str
+    record: CallRecord  # the call (a contact is finally made from its caller's first call)
 
 
 @dataclass(frozen=True)
@@ -86,19 +89,32 @@ def plan_call(
     description = render(calls.description, values)
     if values["recording_url"] and "{recording_url}" not in calls.description:
         description = "; ".join(p for p in (description, f"запись {values['recording_url']}") if p)
-    create = None
-    if record.direction in calls.create_contacts_for:
-        create = NewContact(
-            name=render(calls.contact_name, values) or values["phone"],
-            typecont=calls.contact_type,
-            x_pstn=for_crm(record.did, crm.phone_format) if record.did else "",
-        )
     return CallPlan(
         phone=values["phone"],
         credentials=crm.credentials_for(record.extension),
-        create=create,
+        create=_new_contact(record, values, calls, crm),
         subject=render(subject, values),
         description=description,
+        record=record,
+    )
+
+
+def new_contact(record: CallRecord, calls: CallPolicy, crm: CrmTarget) -> NewContact | None:
+    """The contact ``record`` creates when ``find`` knows nobody; None: its direction is not
+    in ``create_contacts_for``."""
+    return _new_contact(record, template_values(record, calls, crm), calls, crm)
+
+
+def _new_contact(
+    record: CallRecord, values: dict[str, str], calls: CallPolicy, crm: CrmTarget
+) -> NewContact | None:
+    if record.direction not in calls.create_contacts_for:
+        return None
+    return NewContact(
+        name=render(calls.contact_name, values) or values["phone"],
+        typecont=calls.contact_type,
+        x_pstn=for_crm(record.did, crm.phone_format) if record.did else "",
+        did=record.did or "",
     )
 
 

@@ -5,7 +5,9 @@ or has a kept result, and it cannot tell "already delivered" from "never seen". 
 Lua script, atomic in Redis, writes the arq job exactly as arq would (same keys, same
 serialisation via ``arq.jobs.serialize_job``) together with the ledger, the pending set and
 the counters, after checking the ledger: a call the ledger says is done (or dead, or dropped)
-is not run again however often the listener hands it over. A script rather than
+is not run again however often the listener hands it over. An inbound call is also noted
+as its caller's first call if it is the earliest (``first_call.py``), before any worker can
+run it. A script rather than
 WATCH/MULTI: one round trip per call instead of five, and a batch of calls
 (:func:`enqueue_calls`, the listener's hand-over) in one round trip for them all.
 """
@@ -13,6 +15,7 @@ WATCH/MULTI: one round trip per call instead of five, and a batch of calls
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -21,7 +24,10 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from . import keys, stats
+from .first_call import note_of
 from .ledger import FINAL, registered_script
+
+log = logging.getLogger("worker.queue")
 
 JOB_FUNCTION = "deliver_call"
 
@@ -52,9 +58,9 @@ def job_id_of(record: dict[str, Any]) -> str:
     return keys.job_id(pbx, call_id)
 
 
-# KEYS: ledger, job, pending, dlq, counters, arq result, arq retry, queue
+# KEYS: ledger, job, pending, dlq, counters, arq result, arq retry, queue, caller's first calls
 # ARGV: requeue ("1"/""), record JSON, pbx, call id, now, ledger TTL s, job bytes,
-#       job TTL ms, queue score, job id
+#       job TTL ms, queue score, job id, first-call entry JSON ("": none), its start
 _ENQUEUE_LUA = """
 local final = {FINAL}
 local state = redis.call('HGET', KEYS[1], 'state') or ''
@@ -81,6 +87,15 @@ else
   redis.call('HSET', KEYS[1], 'state', 'queued')
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[11] ~= '' then  -- kept as long as the caller has a ledger (see first_call.py)
+  local cur = redis.call('HGET', KEYS[9], ARGV[3])
+  local ok, known = pcall(cjson.decode, cur or '')
+  local at = ok and type(known) == 'table' and tonumber(known['started_at'])
+  if (not at) or tonumber(ARGV[12]) < at then
+    redis.call('HSET', KEYS[9], ARGV[3], ARGV[11])
+  end
+  redis.call('EXPIRE', KEYS[9], ARGV[6])
+end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[10])
 -- arq refuses an id with a kept result; and its try counter must start over
 redis.call('DEL', KEYS[6], KEYS[7])
@@ -99,14 +114,17 @@ def _script_call(
     now = time.time()
     enqueue_ms = int(now * 1000)
     job = serialize_job(JOB_FUNCTION, (record,), {}, None, enqueue_ms, serializer=dumps)
+    note = note_of(record)
+    caller, first, first_at = note if note else ("", "", 0.0)
     keys_ = [
         keys.ledger(jid), job_key_prefix + jid, keys.PENDING, keys.DLQ, stats.COUNTERS,
-        result_key_prefix + jid, retry_key_prefix + jid, queue_name,
+        result_key_prefix + jid, retry_key_prefix + jid, queue_name, keys.first_inbound(caller),
     ]  # fmt: skip
     args = [
         "1" if requeue else "", json.dumps(record, ensure_ascii=False),
         record.get("pbx") or "default", record["call_id"], repr(now), int(ledger_ttl_s), job,
         int((expires_s + defer_s) * 1000), enqueue_ms + int(defer_s * 1000), jid,
+        first, repr(first_at),
     ]  # fmt: skip
     return keys_, args
 
@@ -148,7 +166,8 @@ async def enqueue_calls(
     ledger_ttl_s: float,
 ) -> list[str]:
     """:func:`enqueue_call` for several calls in one round trip (each call atomic on its
-    own); the outcomes in order. ValueError before anything is sent: a record has no usable
+    own); the outcomes in order. A call not queued (a replayed or re-spooled call id) gets
+    an info line saying why. ValueError before anything is sent: a record has no usable
     call id (check them with :func:`job_id_of` first)."""
     calls = [
         _script_call(r, queue_name=queue_name, expires_s=expires_s,
@@ -161,4 +180,19 @@ async def enqueue_calls(
     async with redis.pipeline(transaction=False) as pipe:
         for keys_, args in calls:
             await script(keys=keys_, args=args, client=pipe)  # queued, not sent yet
-        return [keys.text(v) for v in await pipe.execute()]
+        outcomes = [keys.text(v) for v in await pipe.execute()]
+    for record, outcome in zip(records, outcomes, strict=True):
+        if outcome != QUEUED:  # a replay, or the spool handing a call over again
+            log.info(
+                "call handed over again, not queued: %s", _NOT_AGAIN.get(outcome, outcome),
+                extra={"call_id": record["call_id"], "pbx": record.get("pbx") or "default"},
+            )  # fmt: skip
+    return outcomes
+
+
+_NOT_AGAIN = {
+    ALREADY_QUEUED: "its job is already queued, retrying or running",
+    "done": "already done (delivered, or not logged by policy)",
+    "dead": "it is in the dead letters (telefum dlq requeue delivers it)",
+    "dropped": "it was dropped from the dead letters (telefum dlq drop)",
+}

@@ -4,7 +4,8 @@ Order of writes, and why:
 
 1. No contact in the ledger: take the per-phone lock (only when this call may create a
    contact; normally taken with the run's first ledger read, ``ledger.load_and_begin``),
-   ``find``; found -> ledger; else mark ``contact_sent_at``, ``addcont``, ledger; release
+   ``find``; found -> ledger; else look up the caller's first call (``first_call.py``: the
+   contact gets its tracking number), mark ``contact_sent_at``, ``addcont``, ledger; release
    the lock. A retried run that lacks a contact id runs ``find`` again first, so a
    contact the CRM created while we never got its answer is found, not created twice; and
    two calls from the same new number, run at once, wait for each other on the lock: one
@@ -46,6 +47,7 @@ from redis.exceptions import LockError
 from crm_client.types import Credentials, FindResult
 
 from . import keys, stats
+from .first_call import FirstCalls
 from .ledger import CallLedger
 from .plan import CallPlan
 from .retry import is_transient
@@ -111,8 +113,10 @@ class Steps:
         lock_ttl_s: float,
         settle_s: float = 0.0,
         latencies: stats.LatencyTally | None = None,
+        first_calls: FirstCalls | None = None,
     ) -> None:
         self.redis = redis
+        self.first_calls = first_calls
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
         self.settle_s = settle_s
         self.crm = crm
@@ -203,9 +207,11 @@ class Steps:
                     "a previous run sent addcont for %s and died; find shows nothing, "
                     "so creating it now", plan.phone, extra={"call_id": ledger.job_id},
                 )  # fmt: skip
-            deadline.require(self.crm_timeout_s, "addcont")
             new = plan.create
-            await ledger.contact_sending(time.time())
+            if self.first_calls is not None:
+                new = await self.first_calls.contact_for(plan.record, new)
+            deadline.require(self.crm_timeout_s, "addcont")
+            await ledger.contact_sending(time.time(), did=new.did)
             contact_id = await self._timed(
                 "addcont",
                 lambda: self.crm.add_contact(

@@ -7,8 +7,10 @@ running bridge to ring the agent's phone and then dial the number (``POST /origi
 Where the agent's details come from, first found wins:
 
 - extension: ``--extension``, ``$TELEFUM_AGENT_EXTENSION``, the agent file's ``extension``
-- token: ``$TELEFUM_AGENT_TOKEN``, the agent file's ``token``, ``[http.agent_tokens]`` of
-  ``--config`` (on the bridge's own machine)
+  (an agent's own token names it, so it may be left out then)
+- token: ``$TELEFUM_AGENT_TOKEN``, the agent file's ``token``, else, with ``--config`` (on
+  the bridge's own machine), the extension's ``[http.agent_tokens]`` entry or the admin
+  ``[http] token``
 - bridge: ``--bridge``, ``$TELEFUM_BRIDGE_URL``, the agent file's ``bridge``, ``[http] listen``
   of ``--config``
 
@@ -73,6 +75,13 @@ class UsageError(Exception):
     pass
 
 
+def extension_needed(environ: Mapping[str, str]) -> str:
+    return (
+        f"which extension dials? give --extension (-e) EXT, set {EXTENSION_ENV}, "
+        f'or put extension = "..." in {agent_file(environ)}'
+    )
+
+
 def agent_file(environ: Mapping[str, str]) -> Path:
     if environ.get(AGENT_FILE_ENV):
         return Path(environ[AGENT_FILE_ENV])
@@ -103,9 +112,11 @@ def resolve_agent(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         settings = load_or_exit(args.config)
     extension = args.extension or environ.get(EXTENSION_ENV) or file.get("extension")
     token = environ.get(TOKEN_ENV) or file.get("token")
+    if not token and not extension:  # no token of the agent's own to say who dials
+        raise UsageError(extension_needed(environ))
     if not token and settings is not None and extension:
         known = settings.http.agent_tokens.get(extension)
-        token = known.get_secret_value() if known is not None else None
+        token = (known or settings.http.token).get_secret_value() or None
     if not token:
         raise UsageError(
             f"no agent token: set {TOKEN_ENV}, or put token = \"...\" in {agent_file(environ)}"
@@ -158,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as err:
         return _say(args, 2, str(err))
     status, answer = post_originate(agent, number)
+    if status == 400 and not agent.extension:  # the admin's token: it names no extension
+        return _say(args, 2, extension_needed(os.environ))
     if 200 <= status < 300:
         shown = answer.get("number", number)
         ext = answer.get("extension", agent.extension)

@@ -25,6 +25,13 @@
 
   const STATE_TEXT = {ringing: "Ringing", answered: "Talking", ended: "Ended"};
 
+  // Who is on the other end, as the agent reads it: an internal call has no outside number;
+  // an outside call without one had its number withheld or unreadable.
+  function who(call) {
+    if (call.caller) return call.caller_display || call.caller;
+    return call.direction === "internal" ? "Internal call" : "Unknown number";
+  }
+
   // The CRM part of a call: the card links, or the search link when there is no single match.
   function crmLinks(call) {
     const lk = call.lookup || {};
@@ -34,8 +41,11 @@
       return box;
     }
     if (lk.state === "none") {  // internal, or rang while no page was open: not looked up
-      if (!call.caller) box.append(el("span", {class: "quiet", text: "Internal call"}));
-      else if (lk.search_url) {
+      if (!call.caller) {
+        if (call.direction !== "internal") {
+          box.append(el("span", {class: "quiet", text: "No number to look up in the CRM"}));
+        }
+      } else if (lk.search_url) {
         box.append(el("a", {href: lk.search_url, target: "_blank", rel: "noopener noreferrer",
                             class: "search-link", "data-testid": "search-link",
                             text: "Not looked up: search in the CRM"}));
@@ -75,7 +85,6 @@
   }
 
   function popCard(call) {
-    const who = call.caller_display || call.caller || "unknown number";
     const tracking = call.did
       ? el("div", {class: "tracking", "data-testid": "tracking"},
            (call.direction === "in" ? "Called " : "Via ") + (call.did_display || call.did),
@@ -86,7 +95,7 @@
       el("div", {class: "row"},
         el("span", {class: "badge", "data-testid": "state", text: STATE_TEXT[call.state] || call.state}),
         el("span", {class: "dir", text: call.direction === "out" ? "outgoing" : call.direction === "in" ? "incoming" : "internal"})),
-      el("div", {class: "caller", "data-testid": "caller", text: who}),
+      el("div", {class: "caller", "data-testid": "caller", text: who(call)}),
       tracking,
       crmLinks(call));
   }
@@ -94,7 +103,7 @@
   function recentItem(call) {
     return el("li", {"data-testid": "recent", "data-call-id": call.call_id},
       el("span", {class: "when", text: time(call.rang_at)}),
-      el("span", {class: "caller", text: call.caller_display || call.caller || "unknown"}),
+      el("span", {class: "caller", "data-testid": "recent-caller", text: who(call)}),
       el("span", {class: "outcome outcome-" + (call.outcome || "").split(" ")[0], text: call.outcome || ""}),
       el("span", {class: "source", text: call.source || ""}),
       crmLinks(call),
@@ -108,7 +117,7 @@
     for (const call of snap.calls) now.append(popCard(call));
     $("recent").replaceChildren(...snap.history.map(recentItem));
     const ringing = snap.calls.find((c) => c.state === "ringing");
-    document.title = ringing ? "☎ " + (ringing.caller_display || ringing.caller || "call") : baseTitle;
+    document.title = ringing ? "☎ " + who(ringing) : baseTitle;
   }
 
   function setLink(state, text) {

@@ -34,7 +34,7 @@
 
   // Stacked bars: one bar per day, one colour per tracking number/source, height = calls.
   function chart(report) {
-    const series = report.numbers.map(label);
+    const series = report.numbers.filter((r) => r.calls).map(label);  // a row of zeros has no bar
     const days = [...new Set([...(report.period_days || []), ...report.days.map((d) => d.day)])].sort();
     const box = $("chart");
     box.replaceChildren();
@@ -42,12 +42,13 @@
     if (!report.days.length) { box.append(cell("p", "No calls in this period.", "quiet")); return; }
     const perDay = days.map((day) => report.days.filter((d) => d.day === day));
     const max = Math.max(1, ...perDay.map((ds) => ds.reduce((s, d) => s + d.calls, 0)));
-    const W = 720, H = 240, left = 36, bottom = 28, top = 10;
-    const slot = (W - left) / days.length, bw = Math.max(4, Math.min(48, slot * 0.7));
+    // right: room for half of the last day's label, centred under its bar
+    const W = 720, H = 240, left = 36, right = 20, bottom = 28, top = 10;
+    const slot = (W - left - right) / days.length, bw = Math.max(4, Math.min(48, slot * 0.7));
     const y = (v) => top + (H - top - bottom) * (1 - v / max);
     const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "calls per day by source"});
     for (const v of [0, Math.ceil(max / 2), max]) {
-      root.append(svg("line", {x1: left, x2: W, y1: y(v), y2: y(v), class: "grid"}));
+      root.append(svg("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
       root.append(svg("text", {x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "axis"}, String(v)));
     }
     days.forEach((day, i) => {
