@@ -125,6 +125,13 @@ class CallTracker:
         """Calls in progress (not yet reported)."""
         return len(self._calls)
 
+    @property
+    def live_ids(self) -> frozenset[str]:
+        """Every Linkedid and Uniqueid of the calls in progress. A CDR call holding one of
+        them is not over (its CDR rows are not all written): backfill leaves it to the live
+        path (``telephony.cdr.backfill(skip=...)``)."""
+        return frozenset(self._by_linkedid).union(self._channels)
+
     def handle(self, msg: Message, arrived: float) -> list[Update]:
         """Feed one AMI message (``arrived``: when it came in, Unix seconds)."""
         handler = self._handlers.get(msg.get("Event"))

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.support.crm",
     "tests.support.redis",
     "tests.support.pbx",
+    "tests.support.cdr_db",
 ]
 
 # Real Asterisk recordings (copied from the project's shared traces, with manifest.json
