@@ -516,3 +516,15 @@ async def test_backfill_window_gives_records_to_submit_and_leaves_out_live_calls
     done = await backfill_window(source, RULES, *span(overlap), skip={"1795727935.36"})
     assert sorted(r.call_id for r in done.records) == ["1795727933.32", "1795727934.34"]
     assert done.skipped == {"known": 1} and len(done.window.calls) == 3
+
+
+def test_a_database_server_that_is_not_installed_fails_naming_the_make_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.support import cdr_db
+
+    monkeypatch.setattr(cdr_db.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cdr_db.glob, "glob", lambda pattern: [])
+    for start in (cdr_db.start_mariadb, cdr_db.start_postgres):
+        with pytest.raises(cdr_db.DbServerError, match="make db-deps"):
+            start()
