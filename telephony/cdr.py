@@ -265,10 +265,6 @@ def _channel_key(name: str) -> str:
     return name[:-2] if name.startswith("Local/") and name[-2:] in (";1", ";2") else name
 
 
-def _overlap(a: CdrRow, b: CdrRow) -> bool:
-    return a.start <= b.end + 1 and b.start <= a.end + 1
-
-
 def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
     """Rows -> calls (see the module doc), ordered by the time each call ended."""
     rows = list(rows)
@@ -286,17 +282,21 @@ def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
             parent[max(ra, rb)] = min(ra, rb)
 
     first_with: dict[tuple[str, str], int] = {}
-    by_channel: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         for key in (("L", r.linkedid), ("U", r.uniqueid)):
             if key[1]:
                 union(i, first_with.setdefault(key, i))
+    # A channel name's rows, by start: those whose times overlap (1 s slack) are one channel.
+    current: dict[str, tuple[float, int]] = {}  # name -> (end of its current run, a row)
+    for i in sorted(range(len(rows)), key=lambda i: (rows[i].start, rows[i].end)):
+        r = rows[i]
         for name in {_channel_key(r.channel), _channel_key(r.dstchannel)} - {""}:
-            seen = by_channel.setdefault(name, [])
-            for j in seen:
-                if _overlap(r, rows[j]):
-                    union(i, j)
-            seen.append(i)
+            run = current.get(name)
+            if run is not None and r.start <= run[0] + 1:
+                union(i, run[1])
+                current[name] = (max(run[0], r.end), run[1])
+            else:
+                current[name] = (r.end, i)
     groups: dict[int, list[CdrRow]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(find(i), []).append(r)

@@ -101,6 +101,21 @@ def test_ring_group_and_queue_legs_that_rang_out_are_no_transfer() -> None:
         assert (record.extension, record.rang) == ("102", ("101", "102"))
 
 
+def test_a_queue_trying_agents_one_after_another_is_no_transfer() -> None:
+    # Queue(support) with strategy linear: 101 rings out for 15 s, then 102 answers
+    caller = {"src": "79031234455", "dst": "queue", "dcontext": "inbound-routes",
+              "channel": "PJSIP/trunk-0000000d", "lastapp": "Queue", "lastdata": "support",
+              "uniqueid": "1795727844.17", "linkedid": "1795727844.17"}  # fmt: skip
+    legs = [
+        row(**caller, dstchannel="PJSIP/101-0000000e", disposition="NO ANSWER",
+            start="2026-11-26 21:20:00", end="2026-11-26 21:20:15", billsec="15"),
+        row(**caller, dstchannel="PJSIP/102-0000000f", start="2026-11-26 21:20:15",
+            end="2026-11-26 21:20:40", billsec="25"),
+    ]  # fmt: skip
+    record = record_of(group_calls(legs)[0], RULES)
+    assert (record.extension, record.rang, record.transfers) == ("102", ("101", "102"), ())
+
+
 def test_queue_answer_is_when_the_agent_leg_began_not_the_pbx_answering_the_caller() -> None:
     (record,) = records(rows_of(CLASSES["queue"])).values()
     pbx_answer = datetime(2026, 11, 26, 21, 17, 24, tzinfo=UTC).timestamp()

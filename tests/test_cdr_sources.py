@@ -107,6 +107,26 @@ async def test_csv_round_trip_gives_the_tracker_s_records(master_csv: Path) -> N
     assert_like_live(got, slack_s=1.0, did=False)  # the recorded dialplan leaves no DID here
 
 
+REAL = Path(__file__).resolve().parent / "cdr_traces"
+
+
+@pytest.mark.parametrize(
+    "csv", sorted(REAL.glob("*.cdr.csv")), ids=lambda p: p.name.removesuffix(".cdr.csv")
+)
+async def test_master_csv_asterisk_wrote_gives_the_tracker_s_records(csv: Path) -> None:
+    live = live_records(REAL / csv.name.replace(".cdr.csv", ".ami"))
+    since = min(r.started_at for r in live.values()) - 1
+    until = max(r.ended_at for r in live.values()) + 1
+    source = open_source(csv_settings(csv))
+    assert source is not None
+    window = await source.read(since, until)
+    got, skipped = backfill(window.calls, RULES)
+    assert (window.bad_rows, skipped) == (0, {})
+    assert sorted(r.call_id for r in got) == sorted(live)
+    for record in got:
+        assert differences(record, live[record.call_id], did=False) == [], record.call_id
+
+
 async def test_csv_with_linkedid_column_gives_the_same_records(tmp_path: Path) -> None:
     path = tmp_path / "Master.csv"
     path.write_text("".join(csv_line(c, newcolumns=True) for c in all_cdrs()), encoding="utf-8")
