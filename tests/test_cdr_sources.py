@@ -7,6 +7,7 @@ back through the source and mapped, give the records the tracker made of the sam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -227,6 +228,27 @@ async def test_csv_old_rows_without_uniqueid_are_kept_apart_as_unmatchable(
     assert skipped == {"no id": 1}
 
 
+@pytest.mark.parametrize(
+    ("options", "call_ids"),
+    [({"uniqueid": True, "userfield": False}, ["1795727781.0"]),  # 17 fields: uniqueid
+     ({"uniqueid": False, "userfield": True}, [""]),  # 17 fields: userfield, no id
+     ({"uniqueid": False, "userfield": False, "newcolumns": True}, ["1795727781.0"])],
+)  # fmt: skip
+async def test_csv_columns_are_told_from_the_field_count_and_content(
+    tmp_path: Path, options: dict[str, bool], call_ids: list[str]
+) -> None:
+    cdrs = trace_cdrs(TRACES / "01-inbound-answered-caller-hangup.ami")
+    line = csv_line(cdrs[0], **options)
+    if options.get("userfield"):  # a userfield the dialplan set, not an id
+        line = line.replace(',""\n', ',"vip"\n')
+    path = tmp_path / "Master.csv"
+    path.write_text(line, encoding="utf-8")
+    source = open_source(csv_settings(path))
+    assert source is not None
+    window = await source.read(*span(cdrs))
+    assert [c.call_id for c in window.calls] == call_ids and window.bad_rows == 0
+
+
 async def test_csv_missing_file_is_worth_retrying_and_says_what_to_check(tmp_path: Path) -> None:
     source = open_source(csv_settings(tmp_path / "cdr-csv" / "Master.csv"))
     assert source is not None
@@ -362,6 +384,27 @@ async def test_mysql_server_down_is_worth_retrying() -> None:
     with pytest.raises(CdrUnavailable, match="cannot read") as err:
         await source.read(0, 1)
     assert err.value.retry and PASSWORD not in str(err.value)
+
+
+async def test_a_server_that_accepts_but_never_answers_is_a_timeout_worth_retrying() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # no greeting, ever
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for kind, dsn in (("mysql", f"mysql://127.0.0.1:{port}/asteriskcdrdb"),
+                          ("postgres", f"postgresql://127.0.0.1:{port}/asterisk")):
+            settings = CdrSourceSettings(kind=kind, dsn=dsn, user="telefum",  # type: ignore[arg-type]
+                                         password=PASSWORD, timeout_s=0.5)  # fmt: skip
+            source = open_source(settings)
+            assert source is not None
+            with pytest.raises(CdrUnavailable) as err:
+                await source.read(0, 1)
+            assert err.value.retry, kind
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_mysql_rows_in_another_encoding_are_read(mariadb: DbServer) -> None:
