@@ -45,24 +45,30 @@ What each field of the record comes from, with the same ``[calls]`` rules
   context before dialling leaves no DID in ``Master.csv``).
 - who answered: the phone behind the first leg of the outside party (through Local
   pairs) that a *person* answered (``ANSWERED`` to a phone, or to an outside number the
-  call was forwarded to): never the PBX answering the trunk for an IVR or a queue.
+  call was forwarded to: then the phone that rang before, whose forward it is): never the
+  PBX answering the trunk for an IVR or a queue. A phone whose call another phone picked
+  up (directed or group pickup, INVITE with Replaces) did not answer it, though its row
+  may say ``ANSWERED``: Asterisk gives the picked channel a row of its own that reached
+  nobody, and the caller's next row goes to the picker, who answered (and never rang).
 - times: ``started_at`` = the earliest row's ``start``; ``ended_at`` = the latest row's
   ``end`` (``start`` + ``duration`` where the backend has no ``end`` column);
-  ``answered_at`` = that answering leg's end - billsec, so that a plain call's talk time
-  is its ``billsec`` and its ring time its duration - billsec.
+  ``answered_at`` = that answering leg's ``answer`` (else its end - billsec): ring and
+  talk are then each right to the second.
 - disposition: answered; else a leg that rang out (``NO ANSWER``, ``CANCEL``) before a
   busy one (``BUSY``) before an unreachable one (``FAILED``, ``CONGESTION``), as the
   tracker orders them.
 - transfers: the outside party's legs in order: a leg to another agent that begins after
   the current agent answered is a transfer; blind when the outside party ran the dialplan
   again for it (another ``lastapp``/``lastdata``), attended when only its bridge changed.
-- ``rang``: every phone dialled, in order; ``final_extension``: the agent of the last
-  answered leg of the outside party.
+  A leg to another caller's trunk (an agent joined two callers) is a transfer to that
+  caller's number.
+- ``rang``: every phone dialled, in order (not a picker); ``final_extension``: the agent
+  of the last answered leg of the outside party (null when that was another caller).
 
 What a CDR cannot know, and the record then says instead:
 
 - times are whole seconds (the PBX cuts them): each time is up to 1 s early, 2 s for
-  ``ended_at`` without an ``end`` column;
+  ``ended_at`` without an ``end`` column; ring and talk within 1 s;
 - the answer of an agent in a queue, or after an IVR, when the PBX answered the caller
   first: the answering leg's billsec counts from when the queue offered the call to that
   agent, so ``answered_at`` is that moment, not the agent's pickup (the agent's own ring
@@ -143,11 +149,14 @@ class CdrRow:
     uniqueid: str = ""
     linkedid: str = ""
     did: str = ""
+    answer: float | None = None  # None where the backend has no answer column
 
     @property
     def answered_at(self) -> float:
-        """When this leg was answered, as its billsec says."""
-        return self.end - self.billsec
+        """When this leg was answered: its ``answer`` (cut to the second like ``start``,
+        so ring = answer - start is right to the second), else end - billsec."""
+        at = self.answer if self.answer is not None else self.end - self.billsec
+        return min(max(at, self.start), self.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +225,7 @@ def make_row(
     if end < start:
         raise CdrRowError("ends before it starts")
     billsec = min(number("billsec") or 0.0, end - start)
+    answer = _time(v.get("answer"), tz, "answer")
     channel = text("channel")
     if not channel:
         raise CdrRowError("no channel")
@@ -223,7 +233,7 @@ def make_row(
         start=start, end=end, billsec=billsec, disposition=text("disposition").upper(),
         channel=channel, dstchannel=text("dstchannel"), src=text("src"), dst=text("dst"),
         dcontext=text("dcontext"), lastapp=text("lastapp"), lastdata=text("lastdata"),
-        uniqueid=text("uniqueid"), linkedid=text("linkedid"), did=text("did"),
+        uniqueid=text("uniqueid"), linkedid=text("linkedid"), did=text("did"), answer=answer,
     )  # fmt: skip
 
 
@@ -328,6 +338,8 @@ class _Leg:
     target: str | None  # the agent, else the outside number the leg dialled
     answered: bool  # a person answered it
     answered_at: float
+    picked: bool = False  # its phone rang, and another phone picked the call up
+    pickup: bool = False  # the leg of the phone that picked it up (it never rang)
 
 
 class _Call:
@@ -381,22 +393,50 @@ class _Call:
 
     def legs(self, anchor: str) -> list[_Leg]:
         """Every row the outside party's channel ``anchor`` took part in, in order."""
-        out = []
+        out: list[_Leg] = []
+        country = self.rules.default_country
         for r in self.call.rows:
             if r.channel == anchor:
                 agent, leaf = self.reached(r)
                 target = agent
-                if target is None and self.kind_b(r)[0] == TRUNK:
-                    target = _dialled_number(r, self.rules.default_country)
+                kind = self.kind_b(r)[0]
+                picked = kind == PHONE and self.picked(r)
+                if picked:
+                    leaf = None
+                if kind == TRUNK and agent is None:
+                    other = self.by_channel.get(r.dstchannel)
+                    if other:  # joined with another caller: their number
+                        target = to_e164(other[0].src, country)
+                    else:  # forwarded outside: on behalf of the phone that rang before
+                        target = _dialled_number(r, country)
+                        agent = next(
+                            (x.agent for x in reversed(out) if x.agent and not x.answered),
+                            None,
+                        )
             elif r.dstchannel == anchor:  # an outbound call's trunk, as party B
                 agent = self.agent_a(r)
                 leaf = r if r.disposition == ANSWERED else None
                 target = agent
+                picked = False
             else:
                 continue
             at = leaf.answered_at if leaf is not None else r.end
-            out.append(_Leg(r, agent, target, leaf is not None, at))
+            leg = _Leg(r, agent, target, leaf is not None, at, picked=picked)
+            before = out[-1] if out else None
+            leg.pickup = (
+                before is not None and before.picked and self.kind_b(r)[0] == PHONE
+                and (r.lastapp, r.lastdata) == (before.row.lastapp, before.row.lastdata)
+            )  # fmt: skip
+            out.append(leg)
         return out
+
+    def picked(self, row: CdrRow) -> bool:
+        """The phone ``row`` dialled never answered: another phone picked the call up
+        (directed or group pickup, an INVITE with Replaces). Asterisk then gives the
+        ringing phone's channel a row of its own (``AppDial``, to the pickup code) that
+        reached nobody, and the caller's next row goes to the picking phone."""
+        own = self.by_channel.get(row.dstchannel, [])
+        return bool(own) and all(not r.dstchannel and r.disposition != ANSWERED for r in own)
 
     def agent_a(self, row: CdrRow) -> str | None:
         kind, ext = self.kind_a(row)
@@ -504,20 +544,17 @@ def record_of(call: CdrCall, rules: CallRules) -> CallRecord:
     if direction == "out" and _click_to_call(c, first):
         started = first.answered_at  # the agent's pickup: the PBX dials out from then on
         answered_at = started if answered_at is not None else None
-    final = None
-    answered_legs = sorted(
-        (leg for leg in legs if leg.answered and leg.agent), key=lambda leg: leg.answered_at
-    )
-    if answered_legs:
-        final = answered_legs[-1].agent
-    if final is None and answered_at is not None:
-        final = extension
+    # who had the outside party last: the agent of its last answered leg (None when that
+    # was another outside party it was joined with)
+    answered_legs = sorted((leg for leg in legs if leg.answered), key=lambda leg: leg.answered_at)
+    final = answered_legs[-1].agent if answered_legs else None
     if answered_at is not None:
         answered_at = min(max(answered_at, started), ended)
+    pickups = {id(leg.row) for leg in legs if leg.pickup}
     rang: list[str] = []
     for r in sorted(call.rows, key=lambda r: (r.start, _channel_seq(r.dstchannel))):
         kind, ext = c.kind_b(r)
-        if kind == PHONE and ext and ext not in rang:
+        if kind == PHONE and ext and ext not in rang and id(r) not in pickups:
             rang.append(ext)
     return CallRecord(
         call_id=call.call_id,

@@ -91,7 +91,7 @@ def test_attended_transfer_rows_of_four_channels_are_one_call() -> None:
 def test_blind_transfer_is_told_from_the_caller_running_the_dialplan_again() -> None:
     record = records(rows_of(CLASSES["blind-transfer"]))["1795727886.24"]
     assert record.transfers == (Transfer("101", "102", "blind"),)
-    assert record.talk_s == pytest.approx(11.0)  # first answer to the end, gap included
+    assert record.talk_s == 12.0  # first answer to the end, the transfer included (as live)
 
 
 def test_ring_group_and_queue_legs_that_rang_out_are_no_transfer() -> None:
@@ -119,9 +119,9 @@ def test_a_queue_trying_agents_one_after_another_is_no_transfer() -> None:
 def test_queue_answer_is_when_the_agent_leg_began_not_the_pbx_answering_the_caller() -> None:
     (record,) = records(rows_of(CLASSES["queue"])).values()
     pbx_answer = datetime(2026, 11, 26, 21, 17, 24, tzinfo=UTC).timestamp()
-    leg_102 = datetime(2026, 11, 26, 21, 17, 26, tzinfo=UTC).timestamp()  # end 34 - billsec 8
+    leg_102 = datetime(2026, 11, 26, 21, 17, 25, tzinfo=UTC).timestamp()  # its row's start
     assert record.answered_at == leg_102 != pbx_answer
-    assert record.talk_s == 8.0  # the answering leg's billsec
+    assert (record.extension, record.talk_s) == ("102", 9.0)  # live: 28.7 s, 5.5 s
 
 
 def test_click_to_call_starts_at_the_agent_pickup_and_its_ring_is_not_known() -> None:
