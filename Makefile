@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench browser-deps clean
+.PHONY: demo test lint typecheck unit bench browser-deps db-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ browser-deps:
 	      || echo "warning: could not install chromium; browser tests will fail"; \
 	  else echo "warning: chromium missing and not root; browser tests will fail"; fi; }
 
+# Debian's MariaDB and PostgreSQL servers for the CDR source tests: the tests start their own
+# throwaway servers from these binaries (no system service is used); only when we may install.
+db-deps:
+	@{ command -v mariadbd >/dev/null 2>&1 || test -x /usr/sbin/mariadbd; } && \
+	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      mariadb-server postgresql >/dev/null) \
+	      || echo "warning: could not install mariadb-server/postgresql; CDR tests will fail"; \
+	  else echo "warning: mariadb-server or postgresql missing and not root; CDR tests will fail"; fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -32,7 +43,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: $(STAMP) browser-deps lint typecheck
+test: $(STAMP) browser-deps db-deps lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

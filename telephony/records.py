@@ -13,6 +13,9 @@ from typing import Any, Literal
 Direction = Literal["in", "out", "internal"]
 Disposition = Literal["answered", "no-answer", "busy", "failed"]
 TransferKind = Literal["blind", "attended"]
+# Where a record came from: the AMI event stream as it happened, or the PBX's call detail
+# records read afterwards (telephony/cdr.py) for a call the bridge did not see end.
+Source = Literal["live", "cdr"]
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -54,6 +57,7 @@ class CallRecord:
     final_extension: str | None = None  # who had the caller last (after transfers)
     flags: tuple[str, ...] = ()  # "reconciled" (closed after a link loss), "stale" (max age)
     pbx: str = "default"
+    source: Source = "live"
 
     @property
     def ring_s(self) -> float:
@@ -67,7 +71,9 @@ class CallRecord:
         return round(max(0.0, self.ended_at - self.answered_at), 2)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The public record; ``source`` only when it is not the live stream, so that what
+        ``telefum replay`` prints for a trace never changes."""
+        out: dict[str, Any] = {
             "call_id": self.call_id,
             "direction": self.direction,
             "external": self.external,
@@ -86,6 +92,9 @@ class CallRecord:
             "flags": list(self.flags),
             "pbx": self.pbx,
         }
+        if self.source != "live":
+            out["source"] = self.source
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CallRecord:
@@ -117,6 +126,7 @@ class CallRecord:
             final_extension=d.get("final_extension"),
             flags=tuple(d.get("flags", ())),
             pbx=d.get("pbx", "default"),
+            source=d.get("source", "live"),
         )
 
 

@@ -56,6 +56,7 @@ from telephony.tracker_state import (
     Channel,
     ChannelKind,
     build_record,
+    channel_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -64,18 +65,12 @@ __all__ = ["VARIABLES", "CallTracker"]
 
 Handler = Callable[[Message, float], "list[Update] | None"]
 
-# Channel technologies that are never a person's phone.
-_VIRTUAL_TECHS = frozenset(
-    {"Snoop", "Announcer", "CBAnn", "CBRec", "Recorder", "Bridge", "Message", "Multicast",
-     "UnicastRTP", "AudioSocket", "ConfBridge", "Parked", "Surrogate"}
-)
 _STATE_RINGING = "5"
 _STATE_UP = "6"
 _STATE_BUSY = "7"
 # The only VarSet variables ``_on_varset`` reads (about half a real stream is VarSet).
 VARIABLES = frozenset({"DIALSTATUS", "FROM_DID", "__FROM_DID"})
 _NUMBER_RUN = re.compile(r"\+?\d{5,}")
-_TRAILING_DIGITS = re.compile(r"(\d+)#?$")
 
 
 class CallTracker:
@@ -131,6 +126,13 @@ class CallTracker:
     def active_count(self) -> int:
         """Calls in progress (not yet reported)."""
         return len(self._calls)
+
+    @property
+    def live_ids(self) -> frozenset[str]:
+        """Every Linkedid and Uniqueid of the calls in progress. A CDR call holding one of
+        them is not over (its CDR rows are not all written): backfill leaves it to the live
+        path (``telephony.cdr.backfill(skip=...)``)."""
+        return frozenset(self._by_linkedid).union(self._channels)
 
     def handle(self, msg: Message, arrived: float) -> list[Update]:
         """Feed one AMI message (``arrived``: when it came in, Unix seconds)."""
@@ -203,30 +205,8 @@ class CallTracker:
     def _classify(
         self, name: str, context: str, callerid: str
     ) -> tuple[ChannelKind, str | None]:
-        kind, ext = self._kind_of(name, context, callerid)
+        kind, ext = channel_kind(self.rules, name, context, callerid)
         return kind, (sys.intern(ext) if ext else None)  # "101" is shared by all its calls
-
-    def _kind_of(
-        self, name: str, context: str, callerid: str
-    ) -> tuple[ChannelKind, str | None]:
-        tech, _, rest = name.partition("/")
-        is_ext = self.rules.is_extension
-        if tech == "Local":
-            exten = rest.rpartition(";")[0].partition("@")[0]
-            if is_ext(exten):
-                return LOCAL, exten
-            m = _TRAILING_DIGITS.search(exten)  # FreePBX follow-me: Local/FMGL-101#@...
-            return LOCAL, (m.group(1) if m and is_ext(m.group(1)) else None)
-        if context not in self._internal and self.rules.is_trunk_channel(name):
-            return TRUNK, None
-        if tech in _VIRTUAL_TECHS:
-            return OTHER, None
-        endpoint = rest.rpartition("-")[0] or rest
-        if is_ext(endpoint):
-            return PHONE, endpoint
-        if is_ext(callerid):
-            return PHONE, callerid
-        return OTHER, None
 
     def _channel(self, msg: Message) -> Channel | None:
         """The live channel a message is about; merges calls when Asterisk has moved the

@@ -8,10 +8,12 @@ call, and how it turns into the public record, reads in one screen.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from telephony.records import CallRecord, Direction, Disposition, Transfer
+from telephony.rules import CallRules
 
 
 class ChannelKind(IntEnum):
@@ -29,6 +31,40 @@ TRUNK = ChannelKind.TRUNK
 PHONE = ChannelKind.PHONE
 LOCAL = ChannelKind.LOCAL
 OTHER = ChannelKind.OTHER
+
+# Channel technologies that are never a person's phone.
+_VIRTUAL_TECHS = frozenset(
+    {"Snoop", "Announcer", "CBAnn", "CBRec", "Recorder", "Bridge", "Message", "Multicast",
+     "UnicastRTP", "AudioSocket", "ConfBridge", "Parked", "Surrogate"}
+)
+_TRAILING_DIGITS = re.compile(r"(\d+)#?$")
+
+
+def channel_kind(
+    rules: CallRules, name: str, context: str, callerid: str
+) -> tuple[ChannelKind, str | None]:
+    """What a channel is (TRUNK, PHONE, LOCAL, OTHER) and the extension it stands for, from
+    its name, the context it was created in and its caller id. The tracker asks it of every
+    new channel; the CDR mapping (telephony/cdr.py) of the channels a CDR row names."""
+    tech, _, rest = name.partition("/")
+    is_ext = rules.is_extension
+    if tech == "Local":
+        exten = rest.rpartition(";")[0].partition("@")[0]
+        if is_ext(exten):
+            return LOCAL, exten
+        m = _TRAILING_DIGITS.search(exten)  # FreePBX follow-me: Local/FMGL-101#@...
+        return LOCAL, (m.group(1) if m and is_ext(m.group(1)) else None)
+    if context not in rules.internal_contexts and rules.is_trunk_channel(name):
+        return TRUNK, None
+    if tech in _VIRTUAL_TECHS:
+        return OTHER, None
+    endpoint = rest.rpartition("-")[0] or rest
+    if is_ext(endpoint):
+        return PHONE, endpoint
+    if is_ext(callerid):
+        return PHONE, callerid
+    return OTHER, None
+
 
 # DialEnd statuses, as Asterisk's DIALSTATUS spells them.
 NO_ANSWER_STATUSES = frozenset({"NOANSWER", "CANCEL"})

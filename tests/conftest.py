@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.support.crm",
     "tests.support.redis",
     "tests.support.pbx",
+    "tests.support.cdr_db",
 ]
 
 
