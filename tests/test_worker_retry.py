@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.policy import RetryPolicy
-from worker.retry import backoff_s, decide, describe, is_transient
+from worker.retry import decide, describe, is_transient
 
 
 class CrmError(Exception):
@@ -50,13 +50,13 @@ def test_backoff_grows_exponentially_within_the_jitter_and_is_capped() -> None:
     rng = random.Random(7)
     for attempt, base in [(1, 5), (2, 10), (3, 20), (4, 40), (8, 600), (30, 600)]:
         for _ in range(50):
-            d = backoff_s(attempt, POLICY, rng)
+            d = POLICY.backoff(rng).delay(attempt)
             assert min(base * 0.75, 600) <= d <= min(base * 1.25, 600)
 
 
 def test_jitter_spreads_retries_of_calls_that_failed_together() -> None:
     rng = random.Random(1)
-    delays = {round(backoff_s(3, POLICY, rng), 3) for _ in range(20)}
+    delays = {round(POLICY.backoff(rng).delay(3), 3) for _ in range(20)}
     assert len(delays) > 10
 
 

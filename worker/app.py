@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from crm_client.redact import redact_url
+from telephony.backoff import Backoff
 
 from . import keys, stats
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
@@ -268,7 +270,7 @@ class WorkerService:
                 log.error("%d CRM answer(s) could not be recorded in the ledger", left)
 
     async def _run(self, retry_max_s: float) -> None:
-        delay = 0.5
+        backoff = Backoff(min(0.5, retry_max_s), retry_max_s)
         while True:
             worker = self.build()
             self._started = False
@@ -284,14 +286,14 @@ class WorkerService:
                 return  # arq's own signal handler stopped the worker
             except (RedisError, OSError) as err:
                 if self._started:
-                    delay = 0.5  # it had been running: a fresh outage, start over
+                    backoff.reset()  # it had been running: a fresh outage, start over
+                delay = backoff.next(time.monotonic())
                 log.warning(
                     "Redis at %s unreachable (%s); retrying in %.1fs",
                     redact_url(self.redis_url), err, delay,
                 )  # fmt: skip
                 await self._close(worker)
                 await asyncio.sleep(delay)
-                delay = min(retry_max_s, delay * 2)
                 continue
             await self._close(worker)
             return

@@ -30,7 +30,7 @@ from .dlq import dead_letter
 from .ledger import FINAL, CallLedger, Outbox, PhoneLock
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
-from .retry import backoff_s, decide, describe, is_transient
+from .retry import decide, describe, is_transient
 from .steps import CrmApi, Deadline, DeadlineNear, Steps
 
 log = logging.getLogger("worker.jobs")
@@ -78,6 +78,7 @@ class Runtime:
         self.clients = clients
         self.outbox = outbox or Outbox()
         self.rng = rng or random.Random()
+        self.backoff = config.retry.backoff(self.rng)  # when Redis fails the bookkeeping
         self.running = 0
         self.done = 0
         # CRM latencies, sent to Redis by the worker process (app.py) every second
@@ -115,7 +116,7 @@ class Runtime:
                 self.redis, job_id, now, self.config.ledger_ttl_s, lock
             )
         except RedisError as err:  # nothing begun: arq would fail the job for good on this
-            delay = backoff_s(1, self.config.retry, self.rng)
+            delay = self.backoff.delay(1)
             log.warning("ledger unreachable (%s): retrying in %.1fs", describe(err), delay,
                         extra=tags)  # fmt: skip
             raise Retry(defer=delay) from err
@@ -195,7 +196,7 @@ class Runtime:
             call = record if isinstance(record, CallRecord) else parse_record(record)
             await self.on_delivered(call, entry)
         except RedisError as err:
-            delay = backoff_s(entry.attempts, self.config.retry, self.rng)
+            delay = self.backoff.delay(entry.attempts)
             log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
                         describe(err), delay, extra={"call_id": entry.job_id})  # fmt: skip
             raise Retry(defer=delay) from err
@@ -236,7 +237,7 @@ class Runtime:
         except Exception as bookkeeping:
             # Redis went away while we wrote down the failure: arq retries the job later,
             # and the ledger (whatever reached it) tells that run where to resume.
-            delay = backoff_s(attempt, self.config.retry, self.rng)
+            delay = self.backoff.delay(attempt)
             log.warning(
                 "could not record a failure (%s): retrying in %.1fs",
                 describe(bookkeeping), delay, extra=tags,

@@ -1,7 +1,8 @@
 """The one place that decides what a failure means: retry later, or dead-letter now.
 
 - transient (the CRM or the network may be fine later: timeouts, refused connections, 5xx,
-  429, Redis hiccups) -> retry after an exponential backoff with jitter, capped;
+  429, Redis hiccups) -> retry after the policy's backoff (``telephony.backoff``:
+  exponential with jitter, capped);
 - permanent (wrong credentials, a request the CRM rejects, a record we cannot read, a bug)
   -> dead letter at once: retrying cannot help, and ops must look;
 - transient but the call has been failing for longer than the retry budget -> dead letter.
@@ -49,13 +50,6 @@ def describe(err: BaseException) -> str:
     return redact_text(f"{type(err).__name__}: {msg}")[:500]
 
 
-def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
-    """Delay before retry number ``attempt`` (1 = after the first failure)."""
-    base = min(policy.max_delay_s, policy.first_delay_s * policy.factor ** max(0, attempt - 1))
-    r = (rng or random).random()
-    return min(policy.max_delay_s, base * (1 - policy.jitter + 2 * policy.jitter * r))
-
-
 def decide(
     err: BaseException,
     *,
@@ -68,7 +62,7 @@ def decide(
     what = describe(err)
     if not is_transient(err):
         return Decision(False, 0.0, f"permanent: {what}")
-    delay = backoff_s(attempt, policy, rng)
+    delay = policy.backoff(rng).delay(attempt)
     retry_after = getattr(err, "retry_after", None)  # HTTP 429's Retry-After: the CRM's wish
     if isinstance(retry_after, int | float) and retry_after > delay:
         delay = min(float(retry_after), max(policy.max_delay_s, delay))
