@@ -30,16 +30,14 @@ from .dlq import dead_letter
 from .ledger import FINAL, CallLedger, Outbox, PhoneLock
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
-from .retry import decide, describe, is_transient
-from .steps import CrmApi, Deadline, DeadlineNear, Steps
+from .retry import decide, describe, is_transient, may_have_acted
+from .steps import CrmApi, Deadline, Steps
 
 log = logging.getLogger("worker.jobs")
 
 
 class BadRecord(ValueError):
     """The job's call record cannot be read: permanent (retrying reads the same bytes)."""
-
-    transient = False
 
 
 def parse_record(data: Any) -> CallRecord:
@@ -226,12 +224,10 @@ class Runtime:
             "transient": is_transient(err),
             "action": f"retry in {decision.delay_s:.1f}s" if decision.retry else "dead letter",
         }
-        # did the CRM perhaps act on a request whose answer we never got?
-        uncertain = getattr(err, "kind", None) in ("timeout", "network", "bad_response") or (
-            isinstance(err, TimeoutError) and not isinstance(err, DeadlineNear)
-        )
         try:
-            await led.add_error(history, retrying=decision.retry, event_uncertain=uncertain)
+            await led.add_error(
+                history, retrying=decision.retry, event_uncertain=may_have_acted(err)
+            )
             if not decision.retry:
                 await dead_letter(self.redis, led.job_id, decision.reason, now)
         except Exception as bookkeeping:
