@@ -21,6 +21,14 @@ Built on panoramisk 1.4 where it is sound, replaced where it is not:
   ``on_update``, wired once in the constructor), and a rejected login retries forever at a
   fixed interval without a word (we log it, expose ``login_error`` and back off).
 
+Reconnecting (``telephony.backoff``): a refused or dropped link is retried every
+``reconnect_min`` to twice that (0.5-1 s) for its first ``reconnect_fast_for`` seconds
+(10 s), so a PBX that restarts is back within a second of listening again; after that the
+delays double, from 2-4 times ``reconnect_min`` (1-2 s) up to ``reconnect_max`` (``[ami]
+reconnect_max_s``), each drawn at random within a third of its centre so that several
+bridges do not reconnect in step. A rejected login skips the fast phase: a wrong secret is
+not fixed in seconds, and a PBX's fail2ban counts failed logins.
+
 Every (re)connect sends ``CoreShowChannels`` and hands the snapshot to
 ``tracker.reconcile(snapshot, now)`` the moment its ``CoreShowChannelsComplete`` is read,
 inside the same read: events before it in the stream reach the tracker before the snapshot,
@@ -35,7 +43,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -45,6 +52,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
+from telephony.backoff import Backoff
 from telephony.records import CallStarted, Update
 
 __all__ = [
@@ -279,6 +287,7 @@ class AmiListener:
         reconnect_max: float = 60.0,
         pbx: str = "default",
         reconnect_min: float = 0.5,
+        reconnect_fast_for: float = 10.0,
         connect_timeout: float = 10.0,
         action_timeout: float = 10.0,
         expire_interval: float = 1.0,
@@ -293,6 +302,14 @@ class AmiListener:
         self.ping_timeout = ping_timeout
         self.reconnect_max = reconnect_max
         self.reconnect_min = min(reconnect_min, reconnect_max)
+        # uniform within [2/3, 4/3] of each centre: fast [min, 2 min], then [2 min, 4 min],
+        # [4 min, 8 min]... capped at max; a rejected login goes straight to the latter
+        slow_first = min(3 * self.reconnect_min, reconnect_max)
+        self._reconnect = Backoff(
+            slow_first, reconnect_max, jitter=1 / 3,
+            fast_s=1.5 * self.reconnect_min, fast_for_s=reconnect_fast_for,
+        )  # fmt: skip
+        self._relogin = Backoff(slow_first, reconnect_max, jitter=1 / 3)
         self.connect_timeout = connect_timeout
         self.action_timeout = action_timeout
         self.expire_interval = expire_interval
@@ -458,15 +475,15 @@ class AmiListener:
         # ``_stopping`` is checked as well as cancellation: in Python 3.11, a cancel that
         # lands while an action's future is being failed by the same close can surface as
         # that failure (asyncio.wait_for returns the done future's exception instead).
-        attempt = 0
         while not self._stopping:
             sessions_before = self.sessions
+            backoff = self._reconnect
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except AmiLoginRejected:
-                pass  # logged at error in _session
+                backoff = self._relogin  # logged at error in _session
             except (OSError, TimeoutError, EOFError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 self.log.warning("AMI %s: link to %s:%s: %s", self.pbx, self.host, self.port,
@@ -479,16 +496,11 @@ class AmiListener:
             if self._stopping:
                 return
             if self.sessions > sessions_before:  # it got as far as a live session
-                attempt = 0
-            delay = self._backoff(attempt)
-            attempt += 1
+                self._reconnect.reset()
+                self._relogin.reset()
+            delay = backoff.next(time.monotonic())
             self.log.info("AMI %s: reconnecting in %.2fs", self.pbx, delay)
             await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
-        cap = min(self.reconnect_max, self.reconnect_min * (2 ** min(attempt, 32)))
-        return random.uniform(cap / 2, cap)
 
     async def _session(self) -> None:
         """Connect, log in, reconcile, then serve until the link is lost (always raises)."""
