@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from telephony.ami import Message, encode, parse_trace
-from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected
+from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, _Action
 from telephony.rebase import rebase
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.simulator import PbxSimulator, load_trace
@@ -368,6 +368,13 @@ async def test_rejected_login_is_reported_and_retried_with_backoff(
     pbx_sim.secret = "wrong-secret"  # the admin fixes the PBX side
     await listener.wait_for_session(1, timeout=5)
     assert listener.login_error is None
+
+
+async def test_a_login_action_never_shows_its_secret() -> None:
+    """panoramisk's send logs an action it fails to write with %r."""
+    login = _Action({"Action": "Login", "Username": "telefum", "Secret": "s3cr3t-pw"})
+    assert "s3cr3t-pw" not in repr(login) and "s3cr3t-pw" not in f"{login!r}"
+    assert "telefum" in repr(login)
 
 
 async def test_a_rejected_login_skips_the_fast_phase_and_backs_off_at_once(
