@@ -5,11 +5,13 @@
         cid = await crm.add_contact("+79161234567", "Иван", "contact", "+74951234567", creds)
         idev = await crm.add_event(cid, "contact", "Входящий звонок", "Длительность 3:54", creds)
 
-Every failure is a :class:`~crm_client.errors.CrmError` whose ``transient`` says whether a
-retry can help; nothing else escapes (bar cancellation). ``find`` and ``addcont`` are GET
-requests, ``addevent`` a form POST, as the protocol's examples show. Values are
-percent-encoded in full (``+`` as ``%2B``, space as ``%20``), so a server that decodes the
-query as a form does not turn ``+7901...`` into `` 7901...``.
+Every failure is a :class:`~crm_client.errors.CrmError`: a
+:class:`~crm_client.errors.Transient` one when a retry can help (its ``may_have_acted``
+says whether the CRM may already have acted on the request); nothing else escapes (bar
+cancellation). ``find`` and ``addcont`` are GET requests, ``addevent`` a form POST, as the
+protocol's examples show. Values are percent-encoded in full (``+`` as ``%2B``, space as
+``%20``), so a server that decodes the query as a form does not turn ``+7901...`` into
+`` 7901...``.
 
 Credentials are per call, not per client: the CRM records the user whose credentials came
 with a request as the author, so the worker passes each agent's own.
@@ -31,7 +33,7 @@ import aiohttp
 from yarl import URL
 
 from . import parse
-from .errors import CrmError, PermanentCrmError, TransientCrmError
+from .errors import CrmError, PermanentCrmError, Transient, TransientCrmError
 from .redact import redact_text, redact_url
 from .types import Created, Credentials, FindResult
 
@@ -186,10 +188,10 @@ class TelefumClient:
                 log.exception("crm %s: could not read the answer", op)
                 raise TransientCrmError(
                     f"could not read the answer: {type(err).__name__}", kind="bad_response",
-                    op=op, url=self.rest_url,
+                    may_have_acted=True, op=op, url=self.rest_url,
                 ) from None
         except CrmError as err:
-            outcome = "transient" if err.transient else "permanent"
+            outcome = "transient" if isinstance(err, Transient) else "permanent"
             raise
         except BaseException:
             outcome = "transient"  # cancelled (e.g. shutdown): not the CRM's fault
@@ -226,8 +228,10 @@ class TelefumClient:
         except CrmError as err:
             raise err.at(op, url) from None
         except TimeoutError:  # asyncio's and aiohttp's timeouts are both TimeoutError
+            # may have acted: the total timeout does not tell whether it hit before sending
             raise TransientCrmError(
-                f"no answer within {self.timeout_s:g} s", kind="timeout", op=op, url=url
+                f"no answer within {self.timeout_s:g} s", kind="timeout", may_have_acted=True,
+                op=op, url=url,
             ) from None
         except aiohttp.InvalidURL as err:
             raise PermanentCrmError(
@@ -235,10 +239,17 @@ class TelefumClient:
             ) from None
         except aiohttp.ClientPayloadError as err:
             raise TransientCrmError(
-                f"answer cut off: {_describe(err)}", kind="network", op=op, url=url
+                f"answer cut off: {_describe(err)}", kind="network", may_have_acted=True,
+                op=op, url=url,
             ) from None
-        except (aiohttp.ClientError, OSError) as err:
-            raise TransientCrmError(_describe(err), kind="network", op=op, url=url) from None
+        except aiohttp.ClientConnectorError as err:  # refused, DNS, TLS: nothing was sent
+            raise TransientCrmError(
+                _describe(err), kind="network", may_have_acted=False, op=op, url=url
+            ) from None
+        except (aiohttp.ClientError, OSError) as err:  # reset or closed once connected
+            raise TransientCrmError(
+                _describe(err), kind="network", may_have_acted=True, op=op, url=url
+            ) from None
         if log.isEnabledFor(logging.DEBUG):  # redacting the URL is not free: only when shown
             log.debug(
                 "crm %s %s %s -> HTTP %s, %d bytes in %.3f s",
@@ -259,7 +270,7 @@ class TelefumClient:
             if size > self.max_body_bytes:
                 raise TransientCrmError(
                     f"answer larger than {self.max_body_bytes} bytes", kind="bad_response",
-                    status=resp.status,
+                    may_have_acted=True, status=resp.status,
                 )  # fmt: skip
             chunks.append(chunk)
         return b"".join(chunks)

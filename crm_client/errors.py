@@ -1,16 +1,29 @@
-"""Every way a TelefUM request can fail, as one of two exceptions the worker decides on.
+"""Every way a TelefUM request can fail, and the one exception taxonomy of the bridge.
 
-``err.transient`` is the one attribute a caller needs: True when the same request may work
-later (retry with backoff), False when it cannot (dead-letter, tell ops).
+:class:`Transient` is the base of every failure that may pass (the worker retries it with
+backoff); anything else is permanent (dead-letter, tell ops). A transient failure carries
 
-Transient (:class:`TransientCrmError`):
-  ``network``      connection refused/reset, DNS, TLS, the connection dropped mid-body
-  ``timeout``      no complete answer within the client's timeout
-  ``http``         HTTP 5xx, and 408 (the server itself says "try again")
-  ``rate_limited`` HTTP 429
+- ``retry_after``: the seconds the other side asked us to wait (HTTP Retry-After), or None;
+- ``may_have_acted``: True when the request may have reached the CRM and been acted on
+  although no answer we could use came back, so that sending it again may write twice;
+  False when it surely was not acted on.
+
+The worker's own transient failures (``worker.steps``) derive from :class:`Transient` too.
+
+Transient (:class:`TransientCrmError`), by ``kind``, with ``may_have_acted``:
+  ``network``      refused, DNS, TLS, unreachable: the request was never sent (False);
+                   the connection reset or closed after the request was sent, or the
+                   answer cut off mid-body (True)
+  ``timeout``      no complete answer within the client's timeout (True: we cannot tell
+                   whether the CRM got the request)
+  ``http``         HTTP 503 and 408: the server turned the request away unprocessed
+                   (False); 500, a gateway's 502/504, other 5xx: the CRM, or the server
+                   behind the gateway, may have acted before failing (True)
+  ``rate_limited`` HTTP 429 (False)
                    (429 and 5xx keep the server's Retry-After in ``retry_after``, seconds)
   ``bad_response`` an answer we cannot read: empty body, an HTML page, truncated or
-                   garbled XML, an ``ok`` without the id it must carry.
+                   garbled XML, an ``ok`` without the id it must carry (True: it answered,
+                   so it had the request).
 
   Why unreadable answers are transient: in practice they come from what stands in front
   of a CRM, not from the request: a proxy's "502 Bad Gateway" page served with status 200,
@@ -46,10 +59,17 @@ Kind = Literal[
 ]
 
 
-class CrmError(Exception):
-    """Base of every crm_client failure. Read ``transient``; the rest is for people."""
+class Transient(Exception):
+    """A failure that may pass: retry later. Subclasses set ``may_have_acted`` (see above);
+    left unset it is True, the safe side: a possible duplicate is counted, never hidden."""
 
-    transient: bool = False
+    retry_after: float | None = None
+    may_have_acted: bool = True
+
+
+class CrmError(Exception):
+    """Base of every crm_client failure. Whether it is :class:`Transient` is what a caller
+    decides on; ``kind`` and the rest are for people."""
 
     def __init__(
         self,
@@ -60,7 +80,6 @@ class CrmError(Exception):
         url: str | None = None,
         op: str | None = None,
         status: int | None = None,
-        retry_after: float | None = None,
     ) -> None:
         self.message = redact_text(message)
         self.kind: Kind = kind
@@ -69,7 +88,6 @@ class CrmError(Exception):
         self.url = redact_url(url) if url else None
         self.op = op
         self.status = status
-        self.retry_after = retry_after
         super().__init__(self.message)
 
     def at(self, op: str, url: str) -> CrmError:
@@ -100,16 +118,30 @@ def _rebuild(cls: type[CrmError], state: dict[str, Any]) -> CrmError:
     return err
 
 
-class TransientCrmError(CrmError):
-    """The CRM or the path to it may be fine later: retry with backoff."""
+class TransientCrmError(CrmError, Transient):
+    """The CRM or the path to it may be fine later: retry with backoff. Every raise says
+    whether the CRM may have acted on the request (``may_have_acted``)."""
 
-    transient = True
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: Kind,
+        may_have_acted: bool,
+        retry_after: float | None = None,
+        description: str | None = None,
+        url: str | None = None,
+        op: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, kind=kind, description=description, url=url, op=op,
+                         status=status)  # fmt: skip
+        self.may_have_acted = may_have_acted
+        self.retry_after = retry_after
 
 
 class PermanentCrmError(CrmError):
     """Retrying the same request cannot help: credentials, the request, or configuration."""
-
-    transient = False
 
 
 # Descriptions that mean "wrong credentials" in the wild (the protocol's is the first).

@@ -76,7 +76,10 @@ def snippet(text: str, limit: int = _MAX_SNIPPET) -> str:
 
 
 def _bad(message: str, description: str | None = None) -> TransientCrmError:
-    return TransientCrmError(message, kind="bad_response", description=description)
+    """An answer we cannot read. The CRM answered, so it had the request: it may have acted."""
+    return TransientCrmError(
+        message, kind="bad_response", may_have_acted=True, description=description
+    )
 
 
 def decode_body(body: bytes, content_type: str | None) -> tuple[str, list[str]]:
@@ -341,6 +344,13 @@ def body_description(body: bytes, content_type: str | None) -> str | None:
     return text_of(doc.get("description")) or None
 
 
+# Transient statuses that say the request was turned away before any processing: 408 (the
+# server gave up waiting for it), 503 (unavailable: maintenance, overload). Any other 5xx
+# may come after the CRM acted: a 500 from a script that failed after its INSERT, a
+# gateway's 502/504 while the application behind it carried on.
+TURNED_AWAY = frozenset({408, 503})
+
+
 def error_for_status(
     status: int,
     body: bytes = b"",
@@ -359,12 +369,13 @@ def error_for_status(
         wait = parse_retry_after(retry_after, now)
         hint = f" (Retry-After {wait:.0f} s)" if wait is not None else ""
         return TransientCrmError(
-            f"HTTP 429 Too Many Requests{hint}{said}",
-            kind="rate_limited", status=status, description=desc, retry_after=wait,
+            f"HTTP 429 Too Many Requests{hint}{said}", kind="rate_limited",
+            may_have_acted=False, status=status, description=desc, retry_after=wait,
         )  # fmt: skip
     if status >= 500 or status == 408:  # a 503 may say when to come back, too
         return TransientCrmError(
             f"HTTP {status}{said}", kind="http", status=status, description=desc,
+            may_have_acted=status not in TURNED_AWAY,
             retry_after=parse_retry_after(retry_after, now),
         )  # fmt: skip
     if status in (401, 403):
@@ -382,4 +393,6 @@ def error_for_status(
         return PermanentCrmError(
             f"HTTP {status}{said}", kind="http", status=status, description=desc
         )
-    return TransientCrmError(f"unexpected HTTP {status}{said}", kind="bad_response", status=status)
+    return TransientCrmError(
+        f"unexpected HTTP {status}{said}", kind="bad_response", may_have_acted=True, status=status
+    )

@@ -1,25 +1,35 @@
 """The AMI link: login, keep-alive watchdog, reconnect with backoff, reconciliation, actions.
 
-Built on panoramisk 1.4 where it is sound, replaced where it is not:
+Built on panoramisk 1.4 (tests/test_library_contracts.py pins what is relied on):
 
-- kept: ``panoramisk.actions.Action`` (ActionID generation, wire encoding, the rules for
-  when a multi-message answer such as ``EventList: start`` ... ``*Complete`` is done),
-  ``panoramisk.message.Message`` (the answer handed back to callers, with ``.success``)
-  and ``panoramisk.ami_protocol.AMIProtocol`` as the base of our protocol (transport and
-  the table of actions waiting for an answer);
-- replaced ``AMIProtocol.data_received``: panoramisk decodes each network read on its own
-  (``decode(encoding, 'ignore')``), which silently drops a UTF-8 character split across two
-  reads (a Cyrillic caller name loses letters). We split whole messages with
-  ``telephony.ami.AmiCodec`` first and decode only whole messages;
-- replaced ``AMIProtocol.close``: it puts unanswered actions on ``awaiting_actions`` and
-  ``Manager`` re-sends them after the next login, so an ``Originate`` could ring twice.
-  Here an action left unanswered by a disconnect fails with :class:`AmiActionLost`;
+- used as it is: ``panoramisk.actions.Action`` (ActionID generation, wire encoding, the
+  rules for when a multi-message answer such as ``EventList: start`` ... ``*Complete`` is
+  done), ``panoramisk.message.Message`` (the answer handed back to callers, with
+  ``.success``), and ``panoramisk.ami_protocol.AMIProtocol``: the transport, the table of
+  actions waiting for an answer, ``send``, and ``handle_message``, which matches each
+  answer to its action;
+- replaced in ``_AmiProtocol``: ``data_received`` (panoramisk decodes each network read on
+  its own, ``decode(encoding, 'ignore')``, which silently drops a UTF-8 character split
+  across two reads: a Cyrillic caller name loses letters; we split whole messages with
+  ``telephony.ami.AmiCodec`` first, decode only whole messages, and only the events the
+  tracker reads) and ``connection_lost`` (panoramisk's hands unanswered actions to its
+  ``Manager`` for re-sending after the next login, so an ``Originate`` could ring twice;
+  here an action left unanswered by a disconnect fails with :class:`AmiActionLost`);
 - not used: ``Manager``. Its ping never looks at the reply (a dead peer looks connected:
   we add a watchdog), its ``dispatch`` runs callbacks inside ``data_received`` so one
   exception drops the link (ours are guarded), ``register_event`` appends a handler on every
   call so registering on reconnect doubles events (we have no registry: one tracker and one
-  ``on_update``, wired once in the constructor), and a rejected login retries forever at a
-  fixed interval without a word (we log it, expose ``login_error`` and back off).
+  ``on_update``, wired once in the constructor), its reconnect waits a fixed whole number of
+  seconds with no connect timeout, and a rejected login retries forever at that interval
+  without a word (we log it, expose ``login_error`` and back off).
+
+Reconnecting (``telephony.backoff``): a refused or dropped link is retried every
+``reconnect_min`` to twice that (0.5-1 s) for its first ``reconnect_fast_for`` seconds
+(10 s), so a PBX that restarts is back within a second of listening again; after that the
+delays double, from 2-4 times ``reconnect_min`` (1-2 s) up to ``reconnect_max`` (``[ami]
+reconnect_max_s``), each drawn at random within a third of its centre so that several
+bridges do not reconnect in step. A rejected login skips the fast phase: a wrong secret is
+not fixed in seconds, and a PBX's fail2ban counts failed logins.
 
 Every (re)connect sends ``CoreShowChannels`` and hands the snapshot to
 ``tracker.reconcile(snapshot, now)`` the moment its ``CoreShowChannelsComplete`` is read,
@@ -35,7 +45,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -45,6 +54,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
+from telephony.backoff import Backoff
 from telephony.records import CallStarted, Update
 
 __all__ = [
@@ -117,16 +127,50 @@ def _adopted_without_did(updates: Iterable[Update], snapshot: list[Message]) -> 
     return out
 
 
+class _Reply(PanoramiskMessage):
+    """panoramisk's Message for one message of an answer, keeping the plain dict it was
+    made from (the tracker takes plain dicts, not panoramisk's case-insensitive ones)."""
+
+    def __init__(self, plain: Message) -> None:
+        super().__init__(plain)
+        self.plain = plain
+
+
 class _Action(Action):
-    """panoramisk's Action that also keeps the plain messages of its answer (the tracker
-    takes plain dicts, not panoramisk's case-insensitive ones)."""
+    """panoramisk's Action, told of each message of its answer by panoramisk's
+    ``handle_message``: it keeps them as plain dicts (``raw``), calls ``on_done`` the moment
+    the answer is complete (in stream order, before the next message of the same read is
+    handled), and turns a malformed answer into a failed action instead of an exception
+    that would skip the rest of the read."""
 
     def __init__(
         self, *args: Any, on_done: Callable[[_Action], None] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self.raw: list[Message] = []
-        self.on_done = on_done  # called in stream order when the answer is complete
+        self.on_done = on_done
+
+    def add_message(self, message: PanoramiskMessage) -> bool | None:
+        """True when the answer is complete (panoramisk then forgets the action)."""
+        if isinstance(message, _Reply):
+            self.raw.append(message.plain)
+        try:
+            finished: bool | None = super().add_message(message)
+        except Exception as exc:
+            log.warning("AMI: malformed answer to %s: %r", self.get("Action"), exc)
+            if not self.future.done():
+                self.future.set_exception(AmiError(f"malformed answer: {exc!r}"))
+            finished = True
+        if finished and self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception:
+                log.exception("AMI: handling the answer to %s failed", self.get("Action"))
+        return finished
+
+    def __repr__(self) -> str:  # panoramisk logs a failed send with %r: never the secret
+        shown = {k: ("***" if k.lower() == "secret" else v) for k, v in self.items()}
+        return f"<Action {shown}>"
 
 
 def _unsafe_value(value: object) -> bool:
@@ -135,8 +179,21 @@ def _unsafe_value(value: object) -> bool:
 
 
 class _AmiProtocol(AMIProtocol):
-    """One TCP connection. Created per connection, holds a reference to its listener; it
-    registers nothing anywhere, so a reconnect cannot double a handler."""
+    """One TCP connection on panoramisk's protocol: its transport, its table of actions
+    waiting for an answer (``responses``), ``send`` and ``handle_message`` are used as they
+    are. Two methods are replaced (tests/test_library_contracts.py pins why):
+
+    - ``data_received``: panoramisk decodes each network read on its own, which drops a
+      UTF-8 character split across two reads, and builds a case-insensitive Message of
+      every event; here whole messages are split first (``telephony.ami.AmiCodec``, which
+      decodes only the events the tracker reads) and events go straight to the listener;
+      answers go to panoramisk's ``handle_message``.
+    - ``connection_lost``: panoramisk's hands unanswered actions to its ``Manager`` to be
+      re-sent after the next login (an ``Originate`` could ring twice); here they fail
+      with :class:`AmiActionLost`.
+
+    Created per connection, holding a reference to its listener; it registers nothing
+    anywhere, so a reconnect cannot double a handler."""
 
     def __init__(self, listener: AmiListener) -> None:
         self._listener = listener
@@ -152,23 +209,7 @@ class _AmiProtocol(AMIProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # transport, closed, responses table
         self.log = log
-        self.encoding = "utf-8"
-
-    # -- sending -------------------------------------------------------------------------
-
-    def send(self, data: Any, as_list: bool | None = None) -> asyncio.Future[Any]:
-        """Write one action; its future gets the answer. Unlike panoramisk's ``send`` this
-        never logs the action (a Login carries the secret) and refuses a closed link."""
-        action = data if isinstance(data, Action) else _Action(data, as_list=as_list)
-        if self.closed or self.transport is None or self.transport.is_closing():
-            if not action.future.done():
-                action.future.set_exception(AmiActionLost("the AMI link is down; not sent"))
-            return action.future
-        self.responses[action.id] = action
-        self.transport.write(str(action).encode("utf-8"))
-        return action.future
-
-    # -- receiving -----------------------------------------------------------------------
+        self.encoding = "utf-8"  # panoramisk's send encodes actions with it
 
     def data_received(self, data: bytes) -> None:
         arrived = time.time()
@@ -181,68 +222,23 @@ class _AmiProtocol(AMIProtocol):
             for msg in codec.feed(data):
                 if "Event" in msg and "ActionID" not in msg:
                     on_event(msg, arrived)  # the hot path: guarded inside
+                elif msg.get("ActionID") in self.responses:
+                    self.handle_message(_Reply(msg))  # part of an answer: panoramisk's
+                elif "Event" in msg:
+                    on_event(msg, arrived)
+                elif "Response" in msg:
+                    log.debug("AMI: answer to no pending action (ActionID %r)",
+                              msg.get("ActionID"))  # fmt: skip
                 else:
-                    self._route(msg, arrived)
+                    listener._on_malformed(msg, arrived)
         except Exception:  # last line of defence: never let asyncio drop the link
             log.exception("AMI: unexpected error while reading; input skipped")
         if codec.passed_over != passed:  # events the tracker does not read still count
             listener.events_received += codec.passed_over - passed
             listener.last_event_at = arrived
 
-    def _route(self, msg: Message, arrived: float) -> None:
-        action_id = msg.get("ActionID")
-        if action_id is not None:
-            action = self.responses.get(action_id)
-            if action is not None:
-                self._answer(action_id, action, msg)
-                return
-        if "Event" in msg:
-            self._listener._on_event(msg, arrived)
-        elif "Response" in msg:
-            log.debug("AMI: answer to no pending action (ActionID %r)", action_id)
-        else:
-            self._listener._on_malformed(msg, arrived)
-
-    def _answer(self, action_id: str, action: _Action, msg: Message) -> None:
-        action.raw.append(msg)
-        try:
-            finished = action.add_message(PanoramiskMessage(msg))
-        except Exception as exc:  # a malformed answer must not break the link
-            log.warning("AMI: malformed answer to %s: %r", action.get("Action"), exc)
-            if not action.future.done():
-                action.future.set_exception(AmiError(f"malformed answer: {exc!r}"))
-            finished = True
-        if finished or action.future.done():
-            self.responses.pop(action_id, None)
-            if action.on_done is not None:
-                try:
-                    action.on_done(action)
-                except Exception:
-                    log.exception("AMI: handling the answer to %s failed", action.get("Action"))
-
-    # -- closing -------------------------------------------------------------------------
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail_pending()
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    def close(self) -> None:
-        """Close the link; pending actions fail (panoramisk queued them for re-sending)."""
-        self._fail_pending()
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(Exception):
-                self.transport.close()
-
-    def abort(self) -> None:
-        self._fail_pending()
-        self.closed = True
-        with contextlib.suppress(Exception):
-            self.transport.abort()
-
-    def _fail_pending(self) -> None:
         pending = {id(a): a for a in self.responses.values()}
         self.responses.clear()
         for action in pending.values():
@@ -252,6 +248,8 @@ class _AmiProtocol(AMIProtocol):
                     AmiActionLost(f"link lost before the PBX answered {action.get('Action')!s}")
                 )
                 fut.exception()  # mark retrieved: a Ping nobody awaits must not warn
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
 
 class AmiListener:
@@ -279,6 +277,7 @@ class AmiListener:
         reconnect_max: float = 60.0,
         pbx: str = "default",
         reconnect_min: float = 0.5,
+        reconnect_fast_for: float = 10.0,
         connect_timeout: float = 10.0,
         action_timeout: float = 10.0,
         expire_interval: float = 1.0,
@@ -293,6 +292,14 @@ class AmiListener:
         self.ping_timeout = ping_timeout
         self.reconnect_max = reconnect_max
         self.reconnect_min = min(reconnect_min, reconnect_max)
+        # uniform within [2/3, 4/3] of each centre: fast [min, 2 min], then [2 min, 4 min],
+        # [4 min, 8 min]... capped at max; a rejected login goes straight to the latter
+        slow_first = min(3 * self.reconnect_min, reconnect_max)
+        self._reconnect = Backoff(
+            slow_first, reconnect_max, jitter=1 / 3,
+            fast_s=1.5 * self.reconnect_min, fast_for_s=reconnect_fast_for,
+        )  # fmt: skip
+        self._relogin = Backoff(slow_first, reconnect_max, jitter=1 / 3)
         self.connect_timeout = connect_timeout
         self.action_timeout = action_timeout
         self.expire_interval = expire_interval
@@ -351,7 +358,7 @@ class AmiListener:
                 await task
         proto = self._proto
         if proto is not None:
-            proto.abort()
+            proto.transport.abort()
         for cb in list(self._callbacks):
             cb.cancel()
         self.connected = False
@@ -442,7 +449,9 @@ class AmiListener:
         on_done: Callable[[_Action], None] | None = None,
     ) -> _Action:
         action = _Action(dict(fields), as_list=as_list, on_done=on_done)
-        fut = proto.send(action)
+        if proto.closed or proto.transport.is_closing():  # panoramisk's send would write it
+            raise AmiActionLost("the AMI link is down; not sent")
+        fut = proto.send(action, as_list=as_list)  # a failed write logs repr(): no secret
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -458,15 +467,15 @@ class AmiListener:
         # ``_stopping`` is checked as well as cancellation: in Python 3.11, a cancel that
         # lands while an action's future is being failed by the same close can surface as
         # that failure (asyncio.wait_for returns the done future's exception instead).
-        attempt = 0
         while not self._stopping:
             sessions_before = self.sessions
+            backoff = self._reconnect
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except AmiLoginRejected:
-                pass  # logged at error in _session
+                backoff = self._relogin  # logged at error in _session
             except (OSError, TimeoutError, EOFError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 self.log.warning("AMI %s: link to %s:%s: %s", self.pbx, self.host, self.port,
@@ -479,16 +488,11 @@ class AmiListener:
             if self._stopping:
                 return
             if self.sessions > sessions_before:  # it got as far as a live session
-                attempt = 0
-            delay = self._backoff(attempt)
-            attempt += 1
+                self._reconnect.reset()
+                self._relogin.reset()
+            delay = backoff.next(time.monotonic())
             self.log.info("AMI %s: reconnecting in %.2fs", self.pbx, delay)
             await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
-        cap = min(self.reconnect_max, self.reconnect_min * (2 ** min(attempt, 32)))
-        return random.uniform(cap / 2, cap)
 
     async def _session(self) -> None:
         """Connect, log in, reconcile, then serve until the link is lost (always raises)."""
@@ -625,7 +629,7 @@ class AmiListener:
             except AmiActionTimeout:
                 proto.dead = f"no answer to Ping within {self.ping_timeout:.1f}s; peer dead"
                 self.log.warning("AMI %s: %s", self.pbx, proto.dead)
-                proto.abort()
+                proto.transport.abort()
                 return
             except AmiActionLost:
                 return
@@ -636,7 +640,7 @@ class AmiListener:
         proto, self._proto = self._proto, None
         if proto is not None:
             self._malformed += proto.codec.skipped
-            proto.abort()
+            proto.transport.abort()
         if was_connected:
             if self._stopping:
                 self.log.info("AMI %s: link closed", self.pbx)

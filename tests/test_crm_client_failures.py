@@ -1,5 +1,6 @@
 """The client against a hostile CRM over real sockets: every bad answer real CRMs give is
-classified right (``err.transient``), keeps the CRM's words, and never shows the password."""
+classified right (:class:`Transient` or not, and whether the CRM may have acted), keeps the
+CRM's words, and never shows the password."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from crm_client.client import TelefumClient
-from crm_client.errors import CrmError, PermanentCrmError, TransientCrmError
+from crm_client.errors import CrmError, PermanentCrmError, Transient, TransientCrmError
 from crm_client.types import Credentials
 from tests.conftest import free_port
 from tests.support.crm import HostileCrm
@@ -72,7 +73,7 @@ async def test_each_bad_answer_becomes_one_classified_error_without_the_password
             await call(client, op)
     err = info.value
     assert err.kind == kind
-    assert err.transient is (cls is TransientCrmError)
+    assert isinstance(err, Transient) is (cls is TransientCrmError)
     assert err.op == op
     assert words in str(err)
     assert err.url is not None and err.url.startswith(hostile_crm.url(case))
@@ -80,6 +81,44 @@ async def test_each_bad_answer_becomes_one_classified_error_without_the_password
     assert err.__context__ is None or err.__suppress_context__
     logging.getLogger("test").error("CRM failed", exc_info=err)
     assert_no_secret(*error_texts(err), *(caplog.text, *[r.getMessage() for r in caplog.records]))
+
+
+# case, op, whether the CRM may have acted on the request (a retry may write twice)
+ACTED = [
+    ("html", "addevent", True),  # it answered, if unreadably: it had the request
+    ("garbage", "addevent", True),
+    ("empty", "addevent", True),
+    ("truncated_xml", "addevent", True),
+    ("ok_without_id", "addcont", True),
+    ("truncated_transfer", "addevent", True),  # the answer was cut off
+    ("drop", "addevent", True),  # it read the request and hung up
+    ("slow", "addevent", True),  # no answer in time: we cannot tell
+    ("500", "addevent", True),  # failed, maybe after its INSERT
+    ("502", "addevent", True),  # the application behind the gateway may have carried on
+    ("504", "addevent", True),
+    ("503", "addevent", False),  # unavailable: turned away before any processing
+    ("408", "addevent", False),  # the server gave up waiting for the request
+    ("429", "addcont", False),  # rate limited: refused unprocessed
+]
+
+
+@pytest.mark.parametrize(("case", "op", "acted"), ACTED, ids=[a[0] for a in ACTED])
+async def test_each_transient_failure_says_whether_the_crm_may_have_acted(
+    hostile_crm: HostileCrm, case: str, op: str, acted: bool
+) -> None:
+    async with TelefumClient(hostile_crm.url(case), timeout_s=0.5) as client:
+        with pytest.raises(TransientCrmError) as info:
+            await call(client, op)
+    assert info.value.may_have_acted is acted
+    assert len(hostile_crm.seen) == 1  # the request reached the server, once
+
+
+async def test_a_refused_connection_surely_did_not_reach_the_crm() -> None:
+    url = f"http://127.0.0.1:{free_port()}/rest"  # nothing listens there
+    async with TelefumClient(url, timeout_s=5) as client:
+        with pytest.raises(TransientCrmError) as info:
+            await client.add_event("3453", "contact", "Входящий звонок", "3:54", CREDS)
+    assert (info.value.kind, info.value.may_have_acted) == ("network", False)
 
 
 async def test_the_crm_description_is_kept_on_error_answers(hostile_crm: HostileCrm) -> None:
@@ -223,11 +262,13 @@ def test_client_repr_and_bad_url_error_hide_the_password() -> None:
 
 
 def test_errors_pickle_with_their_classification() -> None:
-    err = TransientCrmError("HTTP 429", kind="rate_limited", retry_after=3.0, status=429)
+    err = TransientCrmError(
+        "HTTP 429", kind="rate_limited", may_have_acted=False, retry_after=3.0, status=429
+    )
     err.at("find", "http://crm/rest?login=a&password=S3cr3t")
     back = pickle.loads(pickle.dumps(err))
-    assert (type(back), back.transient, back.kind, back.retry_after) == (
-        TransientCrmError, True, "rate_limited", 3.0
+    assert (type(back), back.kind, back.may_have_acted, back.retry_after) == (
+        TransientCrmError, "rate_limited", False, 3.0
     )
     assert str(back) == str(err)
     assert_no_secret(str(back), repr(back))

@@ -9,6 +9,7 @@ retried in silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from pbxsim.rebase import rebase
 from pbxsim.server import load_trace
 from pbxsim.synth import plan
 from telephony.ami import Message, encode, parse_trace
-from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected
+from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, _Action
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
@@ -368,15 +369,96 @@ async def test_rejected_login_is_reported_and_retried_with_backoff(
     assert listener.login_error is None
 
 
-def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
-    listener = AmiListener("127.0.0.1", 1, "u", "s", SeenTracker(), lambda u: None,
-                           reconnect_min=0.5, reconnect_max=8.0)
-    delays = [[listener._backoff(n) for _ in range(200)] for n in range(8)]
-    for n, ds in enumerate(delays):
-        cap = min(8.0, 0.5 * 2**n)
-        assert all(cap / 2 <= d <= cap for d in ds)
-        assert max(ds) - min(ds) > cap / 10  # jittered, not one fixed value
-    assert max(delays[-1]) <= 8.0
+async def test_a_login_action_never_shows_its_secret() -> None:
+    """panoramisk's send logs an action it fails to write with %r."""
+    login = _Action({"Action": "Login", "Username": "telefum", "Secret": "s3cr3t-pw"})
+    assert "s3cr3t-pw" not in repr(login) and "s3cr3t-pw" not in f"{login!r}"
+    assert "telefum" in repr(login)
+
+
+async def test_a_rejected_login_skips_the_fast_phase_and_backs_off_at_once(
+    pbx_sim: FaultyPbx, connect: Connect
+) -> None:
+    """A wrong secret is not fixed in seconds, and a PBX's fail2ban counts failed logins:
+    no burst of fast retries (a refused link would get ~13 within this second)."""
+    await connect(secret="wrong-secret", wait=False, reconnect_min=0.05, reconnect_max=0.8)
+    await asyncio.sleep(1.0)
+    assert 2 <= pbx_sim.failed_logins <= 6
+
+
+# --- reconnect fast: a refused or dropped link is back within a second ------------------
+
+
+class Attempts:
+    """The times the listener connected to the simulator, sampled every few ms."""
+
+    def __init__(self, pbx_sim: FaultyPbx) -> None:
+        self.sim = pbx_sim
+        self.times: list[float] = []
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        seen = self.sim.connections
+        while True:
+            await asyncio.sleep(0.005)
+            now = self.sim.connections
+            self.times.extend([time.monotonic()] * (now - seen))
+            seen = now
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@pytest.mark.parametrize("outage", ["dropped", "refused"])
+async def test_a_pbx_away_for_7_s_is_reconnected_within_a_second_of_coming_back(
+    pbx_sim: FaultyPbx, connect: Connect, outage: str
+) -> None:
+    """Issue 15: with the backoff doubling from 0.5 s, a 7 s outage became a 13 s gap.
+    Production timings ([ami] reconnect_max_s = 60); "dropped": a proxy in front of a PBX
+    that is down accepts and closes at once; "refused": nothing listens on the port."""
+    bridge = await connect(reconnect_min=0.5, reconnect_max=60.0)
+    attempts = Attempts(pbx_sim)
+    if outage == "dropped":
+        pbx_sim.refuse_connections = True
+        await pbx_sim.drop_clients()
+    else:
+        await pbx_sim.stop()
+    await asyncio.sleep(7.0)
+    if outage == "dropped":
+        pbx_sim.refuse_connections = False
+    else:
+        await pbx_sim.start()  # the same port
+    back = time.monotonic()
+    await bridge.listener.wait_for_session(2, timeout=10)
+    await attempts.stop()
+
+    assert time.monotonic() - back < 1.5
+    if outage == "dropped":  # every attempt of the outage within about a second of the last
+        assert len(attempts.times) >= 7
+        assert max(attempts.gaps()) < 1.3
+
+
+async def test_a_link_away_past_the_fast_phase_backs_off_exponentially(
+    pbx_sim: FaultyPbx, connect: Connect
+) -> None:
+    bridge = await connect(reconnect_min=0.02, reconnect_max=0.64, reconnect_fast_for=0.3)
+    attempts = Attempts(pbx_sim)
+    pbx_sim.refuse_connections = True
+    await pbx_sim.drop_clients()
+    await asyncio.sleep(2.5)
+    await attempts.stop()
+    pbx_sim.refuse_connections = False
+    await bridge.listener.wait_for_session(2, timeout=5)
+
+    gaps = attempts.gaps()
+    assert len(attempts.times) <= 30  # retrying every 0.02-0.04 s throughout: about 80
+    assert gaps[-1] >= 0.3  # the last delays are near the cap (0.64 s, within a third)
+    assert max(gaps[:3]) < 0.2  # the first ones were fast
 
 
 # --- link cut mid-call, reconciliation --------------------------------------------------

@@ -80,6 +80,20 @@ class MemoryCrm:
         return str(len(self.events))
 
 
+def unavailable() -> TransientCrmError:
+    """HTTP 503: turned away before the CRM did anything."""
+    return TransientCrmError("HTTP 503", kind="http", may_have_acted=False)
+
+
+def reset() -> TransientCrmError:
+    """The connection dropped after the request was sent: the CRM may have acted."""
+    return TransientCrmError("connection reset", kind="network", may_have_acted=True)
+
+
+def timed_out() -> TransientCrmError:
+    return TransientCrmError("no answer within 1 s", kind="timeout", may_have_acted=True)
+
+
 def raising(err: Exception) -> Callable[[], Awaitable[None]]:
     async def hook() -> None:
         raise err
@@ -151,7 +165,7 @@ async def test_a_retry_after_a_failed_addevent_reuses_the_contact(
     setup: tuple[Runtime, MemoryCrm],
 ) -> None:
     runtime, crm = setup
-    crm.before["addevent"] = raising(TransientCrmError("HTTP 503", kind="http"))
+    crm.before["addevent"] = raising(unavailable())
     with pytest.raises(Retry):
         await run(runtime, record())
     assert crm.calls == ["find", "addcont", "addevent"]
@@ -165,7 +179,7 @@ async def test_a_contact_created_whose_answer_was_lost_is_found_not_created_agai
     setup: tuple[Runtime, MemoryCrm],
 ) -> None:
     runtime, crm = setup
-    crm.after["addcont"] = raising(TransientCrmError("connection reset", kind="network"))
+    crm.after["addcont"] = raising(reset())
     with pytest.raises(Retry):
         await run(runtime, record())
     assert crm.contacts == {"+79161234567": ["101"]}  # the CRM made it; we never heard
@@ -180,7 +194,7 @@ async def test_an_event_whose_answer_was_lost_is_sent_again_and_counted(
 ) -> None:
     """The documented window: no way to ask the CRM, so at-least-once, and it is counted."""
     runtime, crm = setup
-    crm.after["addevent"] = raising(TransientCrmError("connection reset", kind="network"))
+    crm.after["addevent"] = raising(reset())
     with pytest.raises(Retry):
         await run(runtime, record())
     await runtime.deliver(record(), "call:default:1.1")
@@ -188,11 +202,33 @@ async def test_an_event_whose_answer_was_lost_is_sent_again_and_counted(
     assert (await read_stats(redis_client, Q))["counters"]["possible_duplicates"] == 1
 
 
+@pytest.mark.parametrize(
+    ("err", "stored"),
+    [
+        (TransientCrmError("connection refused", kind="network", may_have_acted=False), False),
+        (TransientCrmError("HTTP 503", kind="http", may_have_acted=False), False),
+        (TransientCrmError("HTTP 500", kind="http", may_have_acted=True), True),
+    ],
+    ids=["refused", "503", "500-after-storing"],
+)
+async def test_only_an_addevent_the_crm_may_have_acted_on_counts_as_a_possible_duplicate(
+    setup: tuple[Runtime, MemoryCrm], redis_client: Redis, err: TransientCrmError, stored: bool
+) -> None:
+    runtime, crm = setup
+    (crm.after if stored else crm.before)["addevent"] = raising(err)
+    with pytest.raises(Retry):
+        await run(runtime, record())
+    await runtime.deliver(record(), "call:default:1.1")
+    assert len(crm.events) == (2 if stored else 1)
+    counters = (await read_stats(redis_client, Q))["counters"]
+    assert counters.get("possible_duplicates", 0) == (1 if err.may_have_acted else 0)
+
+
 async def test_a_run_that_stops_before_re_sending_an_event_does_not_count_a_duplicate(
     setup: tuple[Runtime, MemoryCrm], redis_client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime, crm = setup
-    crm.after["addevent"] = raising(TransientCrmError("connection reset", kind="network"))
+    crm.after["addevent"] = raising(reset())
     with pytest.raises(Retry):
         await run(runtime, record())
     with monkeypatch.context() as m:  # too little time left in the run to start addevent
@@ -246,7 +282,7 @@ async def test_transient_failures_beyond_the_budget_end_in_the_dead_letters(
     runtime = Runtime(config, redis_client, {URL: crm}, rng=random.Random(0))
     outcomes = []
     for _ in range(10):
-        crm.before["find"] = raising(TransientCrmError("no answer within 1 s", kind="timeout"))
+        crm.before["find"] = raising(timed_out())
         try:
             outcomes.append(await run(runtime, record()))
             break

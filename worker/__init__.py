@@ -10,7 +10,8 @@ Where things are::
     jobs.py      the arq job: read the ledger, plan, run the steps, apply the retry decision
     plan.py      pure: which calls are logged, subject/description templates, credentials
     steps.py     find -> addcont (under a per-phone lock) -> addevent, each resumable
-    retry.py     transient -> backoff + jitter within the budget; else dead letter
+    retry.py     by exception type: Transient (crm_client.errors) -> the policy's backoff
+                 (telephony/backoff.py) within the budget; else dead letter
     dlq.py       the dead-letter store: list, requeue, drop
     reconcile.py re-enqueues calls the ledger still owes but arq lost
     stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()

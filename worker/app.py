@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from crm_client.redact import redact_url
+from telephony.backoff import Backoff
 
 from . import keys, stats
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
@@ -75,18 +77,21 @@ return out
 
 
 class ClaimingWorker(Worker):
-    """arq's Worker, claiming the due jobs of one poll in a single atomic script."""
+    """arq's Worker, claiming the due jobs of one poll in a single atomic script.
+
+    arq 0.28 has no public way to change how jobs are claimed, so ``start_jobs`` is
+    replaced; polling, running, retrying and shutting down stay arq's. What it relies on
+    (arq calls it only with a free slot; the semaphore, job count and task table that arq's
+    completion callback and shutdown read; ``run_job``; the in-progress key) and that it
+    claims exactly the jobs arq's own ``start_jobs`` would are pinned by
+    tests/test_library_contracts.py, which fails on any other arq version.
+    """
 
     _claim_script: Any = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        if not job_ids:
-            return
-        if self.job_counter >= self.max_jobs:  # full: wait for a job to end, as arq does
-            await self.sem.acquire()
-            self.sem.release()
-        free = self.max_jobs - self.job_counter
-        if free <= 0:
+        free = self.max_jobs - self.job_counter  # arq polls only when this is above 0
+        if not job_ids or free <= 0:
             return
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(_CLAIM_LUA)
@@ -96,9 +101,11 @@ class ClaimingWorker(Worker):
             args=[timestamp_ms(), ttl_ms, in_progress_key_prefix, free, *job_ids],
         )
         for i in range(0, len(claimed), 2):
-            job_id = keys.text(claimed[i])
-            score = int(float(claimed[i + 1]))
-            await self.sem.acquire()  # free slots were counted: this does not wait
+            job_id, score = keys.text(claimed[i]), int(float(claimed[i + 1]))
+            # arq's bookkeeping of a job it has claimed, as in its start_jobs: a slot of the
+            # semaphore (free slots were counted: this does not wait) and of the count, both
+            # given back by arq's callback when the job's task ends
+            await self.sem.acquire()
             self.job_counter += 1
             t = self.loop.create_task(self.run_job(job_id, score))
             t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
@@ -268,7 +275,7 @@ class WorkerService:
                 log.error("%d CRM answer(s) could not be recorded in the ledger", left)
 
     async def _run(self, retry_max_s: float) -> None:
-        delay = 0.5
+        backoff = Backoff(min(0.5, retry_max_s), retry_max_s)
         while True:
             worker = self.build()
             self._started = False
@@ -284,14 +291,14 @@ class WorkerService:
                 return  # arq's own signal handler stopped the worker
             except (RedisError, OSError) as err:
                 if self._started:
-                    delay = 0.5  # it had been running: a fresh outage, start over
+                    backoff.reset()  # it had been running: a fresh outage, start over
+                delay = backoff.next(time.monotonic())
                 log.warning(
                     "Redis at %s unreachable (%s); retrying in %.1fs",
                     redact_url(self.redis_url), err, delay,
                 )  # fmt: skip
                 await self._close(worker)
                 await asyncio.sleep(delay)
-                delay = min(retry_max_s, delay * 2)
                 continue
             await self._close(worker)
             return

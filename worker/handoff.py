@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from crm_client.redact import redact_url
+from telephony.backoff import Backoff
 from telephony.records import CallRecord
 
 from . import stats
@@ -187,7 +188,7 @@ class Handoff:
         loop = asyncio.get_running_loop()
         spool, redis = self._spool, self._redis
         assert spool is not None and redis is not None
-        delay = 0.05
+        backoff = Backoff(min(0.05, self.retry_max_s), self.retry_max_s)
         outage_since: float | None = None
         last_publish = 0.0
         while True:
@@ -213,7 +214,7 @@ class Handoff:
                         time.monotonic() - outage_since,
                     )
                     outage_since = None
-                delay = 0.05
+                backoff.reset()
             except (RedisError, OSError) as err:
                 self.redis_ok = False
                 self.last_error = str(err)
@@ -224,8 +225,7 @@ class Handoff:
                         redact_url(self.redis_url), err, self.spool_dir,
                     )  # fmt: skip
                 self._progress.set()
-                await asyncio.sleep(delay)
-                delay = min(self.retry_max_s, delay * 2)
+                await asyncio.sleep(backoff.next(time.monotonic()))
                 continue
             except Exception:  # a bug must not stop the hand-over for good
                 log.exception("handing over spooled calls failed; retrying")

@@ -31,16 +31,14 @@ from .first_call import FirstCalls
 from .ledger import FINAL, CallLedger, Outbox, PhoneLock
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
-from .retry import backoff_s, decide, describe, is_transient
-from .steps import CrmApi, Deadline, DeadlineNear, Steps
+from .retry import decide, describe, is_transient, may_have_acted
+from .steps import CrmApi, Deadline, Steps
 
 log = logging.getLogger("worker.jobs")
 
 
 class BadRecord(ValueError):
     """The job's call record cannot be read: permanent (retrying reads the same bytes)."""
-
-    transient = False
 
 
 def parse_record(data: Any) -> CallRecord:
@@ -79,6 +77,7 @@ class Runtime:
         self.clients = clients
         self.outbox = outbox or Outbox()
         self.rng = rng or random.Random()
+        self.backoff = config.retry.backoff(self.rng)  # when Redis fails the bookkeeping
         self.running = 0
         self.done = 0
         # CRM latencies, sent to Redis by the worker process (app.py) every second
@@ -117,7 +116,7 @@ class Runtime:
                 self.redis, job_id, now, self.config.ledger_ttl_s, lock
             )
         except RedisError as err:  # nothing begun: arq would fail the job for good on this
-            delay = backoff_s(1, self.config.retry, self.rng)
+            delay = self.backoff.delay(1)
             log.warning("ledger unreachable (%s): retrying in %.1fs", describe(err), delay,
                         extra=tags)  # fmt: skip
             raise Retry(defer=delay) from err
@@ -198,7 +197,7 @@ class Runtime:
             call = record if isinstance(record, CallRecord) else parse_record(record)
             await self.on_delivered(call, entry)
         except RedisError as err:
-            delay = backoff_s(entry.attempts, self.config.retry, self.rng)
+            delay = self.backoff.delay(entry.attempts)
             log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
                         describe(err), delay, extra={"call_id": entry.job_id})  # fmt: skip
             raise Retry(defer=delay) from err
@@ -228,18 +227,16 @@ class Runtime:
             "transient": is_transient(err),
             "action": f"retry in {decision.delay_s:.1f}s" if decision.retry else "dead letter",
         }
-        # did the CRM perhaps act on a request whose answer we never got?
-        uncertain = getattr(err, "kind", None) in ("timeout", "network", "bad_response") or (
-            isinstance(err, TimeoutError) and not isinstance(err, DeadlineNear)
-        )
         try:
-            await led.add_error(history, retrying=decision.retry, event_uncertain=uncertain)
+            await led.add_error(
+                history, retrying=decision.retry, event_uncertain=may_have_acted(err)
+            )
             if not decision.retry:
                 await dead_letter(self.redis, led.job_id, decision.reason, now)
         except Exception as bookkeeping:
             # Redis went away while we wrote down the failure: arq retries the job later,
             # and the ledger (whatever reached it) tells that run where to resume.
-            delay = backoff_s(attempt, self.config.retry, self.rng)
+            delay = self.backoff.delay(attempt)
             log.warning(
                 "could not record a failure (%s): retrying in %.1fs",
                 describe(bookkeeping), delay, extra=tags,

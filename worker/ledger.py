@@ -42,6 +42,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from telephony.backoff import Backoff
+
 from . import keys, stats
 
 QUEUED, RUNNING, RETRYING, DONE, DEAD, DROPPED = (
@@ -225,9 +227,9 @@ class Outbox:
         if self.redis_url and self._redis is None:
             self._redis = Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=5)
         deadline = time.monotonic() + self.give_up_s
-        delay = 0.05
+        backoff = Backoff(0.05, 2.0)
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next(time.monotonic()))
             try:
                 await write(self._redis)
             except RedisError:
@@ -236,7 +238,6 @@ class Outbox:
                         "gave up recording a CRM answer in the ledger", extra={"call_id": job_id}
                     )
                     return
-                delay = min(2.0, delay * 2)
                 continue
             log.info("recorded a CRM answer after Redis came back", extra={"call_id": job_id})
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 
 from crm_client.redact import redact_url
 from crm_client.types import Credentials
+from telephony.backoff import Backoff
 from telephony.phones import PhoneFormat
 
 # Placeholders the subject, description, contact name and recording URL templates may use.
@@ -147,10 +149,15 @@ class RetryPolicy:
     total_s: float = RETRY_BUDGET_S
 
     def __post_init__(self) -> None:
-        if self.first_delay_s <= 0 or self.max_delay_s < self.first_delay_s:
-            raise ValueError("retry delays: need 0 < first_delay_s <= max_delay_s")
-        if self.factor < 1 or not 0 <= self.jitter < 1 or self.total_s < 0:
-            raise ValueError("retry: need factor >= 1, 0 <= jitter < 1, total_s >= 0")
+        self.backoff()  # ValueError on delays that make no backoff
+        if self.total_s < 0:
+            raise ValueError("retry: need total_s >= 0")
+
+    def backoff(self, rng: random.Random | None = None) -> Backoff:
+        """The delays between a call's attempts (``Backoff.delay(attempt)``)."""
+        return Backoff(
+            self.first_delay_s, self.max_delay_s, factor=self.factor, jitter=self.jitter, rng=rng
+        )
 
 
 DEFAULT_QUEUE = "telefum:queue"

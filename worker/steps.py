@@ -44,6 +44,7 @@ from typing import Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
+from crm_client.errors import Transient
 from crm_client.types import Credentials, FindResult
 
 from . import keys, stats
@@ -71,16 +72,18 @@ class CrmApi(Protocol):
     ) -> str: ...
 
 
-class DeadlineNear(TimeoutError):
-    """Too little time left in this run to start a CRM write: retry at once, in a new run."""
+class DeadlineNear(Transient, TimeoutError):
+    """Too little time left in this run to start a CRM write: retry at once, in a new run.
+    Nothing was sent."""
 
-    transient = True
+    may_have_acted = False
 
 
-class OutcomePending(Exception):
-    """Another run's addevent answer may still be on its way to the ledger: look later."""
+class OutcomePending(Transient):
+    """Another run's addevent answer may still be on its way to the ledger: look later.
+    Nothing was sent by this run."""
 
-    transient = True
+    may_have_acted = False
 
     def __init__(self, wait_s: float) -> None:
         super().__init__(

@@ -339,6 +339,15 @@ async def _truncated_transfer(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _drop(request: web.Request) -> web.StreamResponse:
+    """Reads the whole request, then closes the connection without a word: a CRM (or the
+    proxy in front of it) that died while processing it."""
+    await request.read()
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()  # goes nowhere: the connection is closed
+
+
 async def _slow(request: web.Request) -> web.StreamResponse:
     await asyncio.Event().wait()  # cancelled when the client gives up (handler_cancellation)
     raise AssertionError("unreachable")
@@ -390,6 +399,13 @@ HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
     "500": _static(
         b"<html><head><title>500 Internal Server Error</title></head></html>", "text/html", 500
     ),
+    "408": _static(b"Request Timeout", "text/plain", 408),
+    "502": _static(
+        b"<html><head><title>502 Bad Gateway</title></head></html>", "text/html", 502
+    ),
+    "504": _static(
+        b"<html><head><title>504 Gateway Time-out</title></head></html>", "text/html", 504
+    ),
     "503": _static(
         "<response><result>error</result><description>Ведутся технические работы"
         "</description></response>".encode(), "text/xml; charset=utf-8", 503,
@@ -399,6 +415,7 @@ HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
     "redirect": _static(b"", "text/html", 302,
                         {"Location": "https://crm.example.com/login?login=x&password=S3cr3t"}),
     "slow": _slow,
+    "drop": _drop,
 }
 
 
