@@ -36,6 +36,7 @@ from telefum.web import HttpSettings
 from telephony.phones import to_e164
 from telephony.rules import CallRules
 from worker.policy import CallPolicy, CrmTarget
+from worker.redis_url import RedisAddress
 
 CONFIG_ENV = "TELEFUM_CONFIG"  # path of settings.toml when no --config is given
 PLACEHOLDER = "change-me"  # the shipped example's secrets: warned about
@@ -64,11 +65,15 @@ class SecretUrl(Secret[str]):
 
 
 def _redis_url(url: SecretUrl) -> SecretUrl:
-    if url.get_secret_value() and not re.match(r"(redis|rediss|unix)://", url.get_secret_value()):
+    if not url.get_secret_value():
+        return url
+    try:
+        RedisAddress.parse(url.get_secret_value())  # what every client of the bridge reads
+    except ValueError as err:
         raise ValueError(
             f'expected empty (a private Redis) or a URL such as "redis://127.0.0.1:6379/0", '
-            f'got "{url}"'
-        )
+            f'got "{url}" ({err})'
+        ) from None
     return url
 
 

@@ -34,6 +34,7 @@ from telephony.records import CallFinished
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
+from worker.redis_url import redis_client
 
 log = logging.getLogger("telefum.service")
 
@@ -105,7 +106,7 @@ class Bridge:
             self.embedded = self._start_embedded()
             self.redis_url = self.embedded.url
         worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
-        self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        self.redis = redis_client(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
             self.handoff = wiring.handoff(s, worker_config, self.redis_url)
             await self.handoff.start()
@@ -154,9 +155,9 @@ class Bridge:
         data = self.embedded_redis_dir or private_redis.data_dir(self.settings)
         redis = EmbeddedRedis(data, appendonly=True).start()
         if self.embedded_redis_dir is None:
-            private_redis.publish(self.settings, redis.url)
-        log.info("[redis] url is empty: started a private Redis at %s (data in %s)",
-                 redis.url, redis.data_dir)  # fmt: skip
+            private_redis.publish(self.settings, redis.address)
+        log.info("[redis] url is empty: started a private Redis at %s (data and password "
+                 "in %s)", redis.address, redis.data_dir)  # fmt: skip
         return redis
 
     def _on_update(self, update: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -30,7 +31,8 @@ def _alive(pid: int) -> bool:
 
 def test_starts_on_loopback_and_answers_ping(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "r") as server:
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.address == f"redis://127.0.0.1:{server.port}/0"
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
         client = redis.Redis.from_url(server.url)
         assert client.ping() is True
         assert client.config_get("bind")["bind"] == "127.0.0.1"
@@ -113,3 +115,53 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> Non
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+def test_a_client_without_the_password_is_refused(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "r") as server:
+        for password in (None, "wrong"):
+            client = redis.Redis(host="127.0.0.1", port=server.port, password=password)
+            with pytest.raises(redis.AuthenticationError):
+                client.lpush("telefum:queue", "a forged call")
+            client.close()
+        assert not _ping(server.port)
+        assert _ping(server.port, password=server.password)
+
+
+def test_its_password_is_generated_once_kept_0600_in_a_0700_folder_and_not_in_ps(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(tmp_path / "r", appendonly=True).start()
+    try:
+        password = server.password
+        assert len(password) >= 32
+        assert (tmp_path / "r" / "password").read_text().strip() == password
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert password.encode() not in cmdline
+        server.restart()
+        assert _ping(server.port, password=password)  # the same password after a restart
+        assert EmbeddedRedis(tmp_path / "r").password == password  # and for the next one
+        assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "r").iterdir()}
+        assert {"password", "appendonly.aof", "redis.log"} <= set(files)
+        assert set(files.values()) == {0o600}, files
+    finally:
+        server.cleanup()
+
+
+def test_a_folder_an_older_version_left_open_is_closed(tmp_path: Path) -> None:
+    data = tmp_path / "r"
+    data.mkdir(mode=0o755)
+    (data / "appendonly.aof").write_bytes(b"")
+    (data / "appendonly.aof").chmod(0o644)
+    with EmbeddedRedis(data, appendonly=True):
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data / "appendonly.aof").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("password", ["p@ss:w/rd%41-пароль", 'sp ace "quote" \\back\\'])
+def test_any_password_reaches_the_server_unharmed(tmp_path: Path, password: str) -> None:
+    with EmbeddedRedis(tmp_path / "r", password=password) as server:
+        client = redis.Redis(host="127.0.0.1", port=server.port, password=password)
+        assert client.ping() is True
+        client.close()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -201,9 +202,20 @@ async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
     await until(events_in(refcrm, 1), "event in the CRM", [run])
     redis_dir = tmp_path / "redis"  # beside the spool
     assert any(redis_dir.iterdir())
+    assert _redis_servers_under(redis_dir)
+    # closed to other local users: a password in a 0600 file, the folders 0700
+    assert stat.S_IMODE(redis_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in redis_dir.iterdir()}
+    assert {"password", "url"} <= set(modes) and set(modes.values()) == {0o600}, modes
+    password = (redis_dir / "password").read_text().strip()
+    assert password not in (redis_dir / "url").read_text()
     # ops commands with the same settings find the private Redis while it runs
     dlq = await telefum("dlq", "list", "--config", str(config))
     assert await asyncio.wait_for(dlq.proc.wait(), TIMEOUT_S) == 0, dlq.tail()
+    status = await telefum("status", "--check-worker", "--config", str(config))
+    assert await asyncio.wait_for(status.proc.wait(), TIMEOUT_S) == 0, status.tail()
+    assert password not in run.log.read_text(errors="replace")
     assert await run.terminate() == 0
     dlq = await telefum("dlq", "list", "--config", str(config))
     assert await asyncio.wait_for(dlq.proc.wait(), TIMEOUT_S) == 2  # and know when it is gone
@@ -211,13 +223,14 @@ async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
 
 
 def _redis_servers_under(data_dir: Path) -> list[int]:
-    """Pids of live redis-server processes started with ``--dir data_dir``."""
+    """Pids of live redis-server processes working in ``data_dir`` (its ``--dir``: Redis
+    rewrites its command line, so that is read from its working directory)."""
     pids = []
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             args = (proc / "cmdline").read_bytes().split(b"\0")
             if proc.name.isdigit() and b"redis-server" in args[0] and (
-                str(data_dir).encode() in args
+                Path(os.readlink(proc / "cwd")) == data_dir.resolve()
             ):
                 pids.append(int(proc.name))
     return pids

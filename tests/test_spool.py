@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
-from worker.spool import REJECTED, Spool
+from worker.spool import CURSOR, REJECTED, Spool
 
 
 def items(start: int, n: int) -> list[dict[str, int]]:
@@ -111,3 +113,22 @@ def test_a_lost_cursor_means_everything_is_handed_over_again_not_lost(tmp_path: 
     spool.close()
     (tmp_path / "cursor.json").write_text("{garbage")
     assert drain(Spool(tmp_path)) == [0, 1, 2]
+
+
+def test_the_spool_is_0700_and_every_file_in_it_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        directory = tmp_path / "spool"
+        directory.mkdir(mode=0o755)
+        (directory / CURSOR).write_text('{"segment": 1, "offset": 0}')  # left by an old version
+        spool = Spool(directory, rotate_bytes=64)
+        spool.append(items(0, 5))
+        spool.reject_line(b"not json", "a test")
+        assert drain(spool) == list(range(5))  # commits, rotates: new segment and cursor
+        spool.append(items(5, 1))
+        spool.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert {CURSOR, REJECTED} < set(modes) and set(modes.values()) == {0o600}, modes

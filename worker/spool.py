@@ -16,6 +16,9 @@ ledger), so that costs nothing. A line torn by a crash mid-write (no newline at 
 the last segment) is set aside in ``rejected.jsonl`` at open. Segments that are fully
 handed over are deleted.
 
+The directory is 0700 and its files 0600 (``private_files``): call records are nobody
+else's business, and a local user must not slip a forged call in.
+
 Not thread-safe on purpose: the handoff does all spool I/O in one worker thread.
 """
 
@@ -27,6 +30,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .private_files import open_append, private_dir, write_private
 
 log = logging.getLogger("worker.spool")
 
@@ -54,16 +59,16 @@ class Spool:
         self.dir = Path(directory)
         self.rotate_bytes = rotate_bytes
         self.rejected = 0  # lines set aside since open
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self._segments = self._list_segments()
         if not self._segments:
             self._segments = [1]
-            self._path(1).touch()
+            open_append(self._path(1)).close()
             _fsync_dir(self.dir)
         self.cursor = self._load_cursor()
         self._recover_torn_tail()
         self._drop_consumed_segments()
-        self._writer = open(self._path(self.active), "ab")  # noqa: SIM115 - kept open
+        self._writer = open_append(self._path(self.active))  # kept open
         self.pending = self._count_pending()
 
     # --- files -----------------------------------------------------------------------------
@@ -99,9 +104,8 @@ class Spool:
         return pos
 
     def _save_cursor(self) -> None:
-        tmp = self.dir / (CURSOR + ".tmp")
-        tmp.write_text(json.dumps({"segment": self.cursor.segment, "offset": self.cursor.offset}))
-        os.replace(tmp, self.dir / CURSOR)
+        cursor = {"segment": self.cursor.segment, "offset": self.cursor.offset}
+        write_private(self.dir / CURSOR, json.dumps(cursor).encode())
 
     def _recover_torn_tail(self) -> None:
         path = self._path(self.active)
@@ -119,7 +123,7 @@ class Spool:
         """Keep an unusable line in ``rejected.jsonl`` (fsync'd) for a human to look at."""
         log.error("spool: set aside an unreadable line (%s) in %s", why, self.dir / REJECTED)
         entry = {"why": why, "line": line.decode("utf-8", errors="replace")}
-        with open(self.dir / REJECTED, "ab") as f:
+        with open_append(self.dir / REJECTED) as f:
             f.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
@@ -204,7 +208,7 @@ class Spool:
         old = self.active
         self._writer.close()
         self._segments.append(old + 1)
-        self._writer = open(self._path(old + 1), "ab")  # noqa: SIM115
+        self._writer = open_append(self._path(old + 1))
         _fsync_dir(self.dir)
         self.cursor = Position(old + 1, 0)
         self._save_cursor()
