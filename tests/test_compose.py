@@ -8,8 +8,10 @@ import functools
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +90,16 @@ def test_published_ports_are_on_the_hosts_loopback_only() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to the network"
 
 
+def redis_server_argv() -> list[str]:
+    """The redis-server command line the Redis service's shell wrapper ends in."""
+    script = argv_of(SERVICES["redis"])[-1]
+    words = shlex.split(script)
+    return words[words.index("redis-server"):]
+
+
 def test_redis_keeps_an_append_only_file_on_a_volume() -> None:
     redis = SERVICES["redis"]
-    argv = argv_of(redis)
+    argv = redis_server_argv()
     assert argv[argv.index("--appendonly") + 1] == "yes"
     volume = redis["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in COMPOSE["volumes"]
@@ -108,7 +117,39 @@ def test_telefum_services_wait_for_a_healthy_redis_and_share_it() -> None:
     for name in ("listener", "worker"):
         service = SERVICES[name]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert service["environment"]["TELEFUM_REDIS__URL"].startswith("redis://redis:")
+        url = service["environment"]["TELEFUM_REDIS__URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/0", url), url
+
+
+def test_the_compose_redis_refuses_clients_without_the_password(tmp_path: Path) -> None:
+    """The Redis service's own start script, run here (compose's ``$$`` is ``$``) with this
+    machine's redis-server and an entrypoint that runs what it is given on a free port."""
+    from tests.conftest import free_port
+    from worker.embedded_redis import _ping, find_redis_server
+
+    redis = SERVICES["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    script = argv_of(redis)[-1].replace("$$", "$").replace("/tmp/", f"{tmp_path}/")
+    assert "--requirepass" not in script  # never on a command line: ps shows it to all
+    port, password = free_port(), "0123abcd" * 8
+    entry = tmp_path / "bin" / "docker-entrypoint.sh"
+    entry.parent.mkdir()
+    entry.write_text(f'#!/bin/sh\nshift\nexec {find_redis_server()} "$@" --port {port} '
+                     f"--bind 127.0.0.1 --dir {tmp_path} --daemonize no\n")  # fmt: skip
+    entry.chmod(0o755)
+    env = {"PATH": f"{entry.parent}:/usr/bin:/bin", "REDIS_PASSWORD": password}
+    server = subprocess.Popen(["sh", "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not _ping(port, password=password):
+            assert server.poll() is None and time.monotonic() < deadline, "Redis did not start"
+            time.sleep(0.05)
+        assert not _ping(port)
+        assert not _ping(port, password="wrong")
+        assert stat.S_IMODE((tmp_path / "redis-auth.conf").stat().st_mode) == 0o600
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
@@ -177,6 +218,11 @@ def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
         command = next(a for a in argv[1:] if not a.startswith("-"))
         assert command in COMMANDS
         parse(["telefum", *argv[1:]])
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_create_files_no_other_user_can_read(unit: Path) -> None:
+    assert "UMask=0077" in unit.read_text().splitlines()
 
 
 def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -> None:
