@@ -16,8 +16,11 @@ The arq settings that matter, and why:
 - Jobs are claimed in one Lua script per poll (:class:`ClaimingWorker`), not with arq's
   WATCH/MULTI per job id: several workers read the same head of the queue, and arq's way
   costs each of them four round trips per id, taken or not.
-- SIGTERM: no new jobs, running ones get ``job_timeout`` to finish (so a deploy does not cut
-  a CRM write in half), then the rest are cancelled and re-run elsewhere.
+- SIGTERM or SIGINT: no new jobs, running ones get ``job_timeout`` to finish (so a deploy
+  does not cut a CRM write in half), then the rest are cancelled and re-run elsewhere; a
+  second signal cancels them at once. The signals are ours, not arq's: arq's handlers only
+  reach a worker that is running, and while Redis is unreachable or refuses the password
+  there is none (we are between attempts), so a stop request went unheard. Exit status 0.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -142,6 +146,7 @@ class WorkerService:
         self.burst = burst
         self.runtime: Runtime | None = None
         self.worker: Worker | None = None
+        self._stop = asyncio.Event()  # a signal asked us to stop
         self._tasks: list[asyncio.Task[None]] = []
         self._clients: dict[str, CrmApi] = {}
         # CRM answers still to be written to the ledger; outlives worker rebuilds
@@ -162,8 +167,8 @@ class WorkerService:
             redis_settings=settings,
             on_startup=self._startup,
             on_shutdown=self._shutdown,
-            handle_signals=self.handle_signals,
-            job_completion_wait=int(c.job_timeout_s) if self.handle_signals else 0,
+            handle_signals=False,  # ours: see _on_signal
+            job_completion_wait=int(c.job_timeout_s),
             max_jobs=c.max_jobs,
             job_timeout=c.job_timeout_s,
             keep_result=0,
@@ -266,17 +271,43 @@ class WorkerService:
             await asyncio.sleep(c.reconcile_s)
 
     async def run(self, *, retry_max_s: float = 5.0) -> None:
-        """Run until a signal (or cancellation); ride out Redis being unreachable."""
+        """Run until SIGTERM/SIGINT (with ``handle_signals``) or cancellation; ride out
+        Redis being unreachable."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self._run(retry_max_s)
         finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
             left = await self.outbox.drain(timeout_s=5.0)
             if left:
                 log.error("%d CRM answer(s) could not be recorded in the ledger", left)
 
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first signal: stop taking jobs, let running ones finish (arq's graceful
+        stop), or stop waiting for Redis; a second one: cancel running jobs now."""
+        first = not self._stop.is_set()
+        self._stop.set()
+        log.info("%s: stopping%s", sig.name, "" if first else " now")
+        worker = self.worker
+        if worker is not None and worker.main_task is not None and not worker.main_task.done():
+            if first:
+                worker.handle_sig_wait_for_completion(sig)
+            else:
+                worker.handle_sig(sig)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less if a signal asks us to stop (then True)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
     async def _run(self, retry_max_s: float) -> None:
         backoff = Backoff(min(0.5, retry_max_s), retry_max_s)
-        while True:
+        while not self._stop.is_set():
             worker = self.build()
             self._started = False
             try:
@@ -288,7 +319,7 @@ class WorkerService:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # our caller stops us (telefum run)
-                return  # arq's own signal handler stopped the worker
+                return  # a signal stopped the worker (_on_signal)
             except (RedisError, OSError) as err:
                 if self._started:
                     backoff.reset()  # it had been running: a fresh outage, start over
@@ -298,7 +329,8 @@ class WorkerService:
                     redact_url(self.redis_url), err, delay,
                 )  # fmt: skip
                 await self._close(worker)
-                await asyncio.sleep(delay)
+                if await self._stopped_within(delay):
+                    return
                 continue
             await self._close(worker)
             return
