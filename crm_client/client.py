@@ -18,6 +18,12 @@ with a request as the author, so the worker passes each agent's own.
 
 Redirects are not followed (a POST would silently become a GET without its body); the
 error names the target so crm.url can be fixed.
+
+A write (``addcont``, ``addevent``) is sent once: aiohttp's session re-sends a request with
+an idempotent method (GET, as ``addcont`` is) once, on any connection, when the connection
+drops before the answer, and a CRM that stored the contact and then lost the connection
+got it twice. :func:`_send_once` turns that off for writes; the worker decides what
+happens next (it looks the contact up before it creates it again).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ LatencyHook = Callable[[str, str, float], None]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a find answer with thousands of items is still far below
 USER_AGENT = "telefum-bridge"
+WRITES = frozenset({"addcont", "addevent"})  # never re-sent by a library (see _send_once)
 
 
 def encode_params(pairs: Sequence[tuple[str, str]]) -> str:
@@ -219,7 +226,7 @@ class TelefumClient:
         try:
             async with self._http().request(
                 method, URL(url, encoded=True), data=data, headers=headers, timeout=timeout,
-                allow_redirects=False,
+                allow_redirects=False, middlewares=(_send_once,) if op in WRITES else None,
             ) as resp:  # fmt: skip
                 body = await self._read(resp)
                 status, ctype = resp.status, resp.headers.get("Content-Type")
@@ -245,6 +252,10 @@ class TelefumClient:
         except aiohttp.ClientConnectorError as err:  # refused, DNS, TLS: nothing was sent
             raise TransientCrmError(
                 _describe(err), kind="network", may_have_acted=False, op=op, url=url
+            ) from None
+        except _SentOnce as err:  # the connection dropped after the write was sent
+            raise TransientCrmError(
+                _describe(err.dropped), kind="network", may_have_acted=True, op=op, url=url
             ) from None
         except (aiohttp.ClientError, OSError) as err:  # reset or closed once connected
             raise TransientCrmError(
@@ -290,6 +301,32 @@ class TelefumClient:
 
 def _raw(body: bytes, ctype: str | None) -> tuple[bytes, str | None]:
     return body, ctype
+
+
+class _SentOnce(aiohttp.ClientError):
+    """The connection of a write dropped before its answer (``dropped`` says how). Not a
+    ``ClientOSError`` nor a ``ServerDisconnectedError``, which the session re-sends."""
+
+    def __init__(self, dropped: BaseException) -> None:
+        super().__init__(str(dropped))
+        self.dropped = dropped
+
+
+async def _send_once(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """aiohttp client middleware: a write is never re-sent by the session. aiohttp 3.14's
+    ``ClientSession._request`` re-sends an idempotent request once on ``ClientOSError`` or
+    ``ServerDisconnectedError`` out of its handler chain (this middleware is in it), fresh
+    connection or kept-alive; any other ``ClientError`` it raises as it is. A connection
+    that could not be opened (``ClientConnectorError``: nothing was sent) passes unchanged.
+    Pinned by tests/test_crm_client_failures.py over real sockets."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as err:
+        raise _SentOnce(err) from err
 
 
 def _describe(err: BaseException) -> str:

@@ -20,7 +20,10 @@ Test-only knobs (documented, off by default; never for a real deployment):
 - ``latency_s``: delay added to every ``/rest`` request (benchmarks, timeout tests);
 - ``fail_mode`` (+ ``fail_count``): make ``/rest`` fail, see :data:`FAIL_MODES`;
   change at run time through ``app[STATE]`` or, with ``test_control=True``,
-  ``POST /_control?fail_mode=503&fail_count=2&latency_ms=0``;
+  ``POST /_control?fail_mode=503&fail_count=2&latency_ms=0&lose_replies=addcont:0.3``;
+- ``lose_replies`` (``{"addcont": 0.3}``): that share of those requests is carried out
+  (the contact is stored) and then the connection is closed without an answer, as a CRM
+  whose reply is lost on the way does: a client that sends it again writes twice;
 - ``quirks``: break one point on purpose, see :data:`QUIRKS` (check-crm's own tests);
 - ``GET /_stats`` (read-only JSON, no secrets): ``{"contacts", "events", "requests"}``,
   or with ``?phone=`` the contacts and events of that phone. Tests and the demo count
@@ -33,6 +36,7 @@ import asyncio
 import hmac
 import json
 import logging
+import random
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -97,6 +101,8 @@ class RefCrmState:
     quirks: frozenset[str] = frozenset()
     encoding: str = "utf-8"  # of /rest answers: "utf-8" or "windows-1251"
     requests: Counter[str] = field(default_factory=Counter)
+    lose_replies: dict[str, float] = field(default_factory=dict)  # typereq -> share lost
+    rng: random.Random = field(default_factory=random.Random)
 
     def take_failure(self) -> str | None:
         """The failure this request gets, counting it down."""
@@ -124,6 +130,8 @@ def create_app(
     quirks: Iterable[str] = (),
     encoding: str = "utf-8",
     test_control: bool = False,
+    lose_replies: Mapping[str, float] | None = None,
+    seed: int | None = None,
 ) -> web.Application:
     """The reference CRM as an aiohttp application; its SQLite file is opened at once and
     closed on the app's cleanup."""
@@ -142,6 +150,8 @@ def create_app(
         fail_count=fail_count,
         quirks=frozenset(quirks),
         encoding="windows-1251" if "1251" in encoding else "utf-8",
+        lose_replies=check_lose_replies(lose_replies or {}),
+        rng=random.Random(seed),
     )
     app = web.Application(middlewares=[_no_500_for_bad_input])
     app[STATE] = state
@@ -238,7 +248,34 @@ async def rest(request: web.Request) -> web.StreamResponse:
         state.requests["bad_typereq"] += 1
         return _error(request, MSG_BAD_TYPEREQ if typereq else MSG_NO_TYPEREQ)
     state.requests[typereq] += 1
-    return handler(request, state, params, login)
+    response = handler(request, state, params, login)
+    if state.rng.random() < state.lose_replies.get(typereq, 0.0) and request.transport:
+        state.requests["replies_lost"] += 1
+        request.transport.close()  # done, and the answer never leaves
+    return response
+
+
+def check_lose_replies(shares: Mapping[str, float]) -> dict[str, float]:
+    """``{typereq: share}`` with known request types and shares in [0, 1], else ValueError."""
+    out = {}
+    for typereq, share in shares.items():
+        if typereq not in _HANDLERS or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"lose_replies: expected find/addcont/addevent=0..1, got "
+                             f"{typereq}={share}")  # fmt: skip
+        out[typereq] = float(share)
+    return out
+
+
+def parse_lose_replies(spec: str) -> dict[str, float]:
+    """``"addcont:0.3,addevent:0.1"`` (``=`` works too) -> ``{"addcont": 0.3, ...}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        typereq, _, share = part.replace("=", ":").partition(":")
+        try:
+            out[typereq] = float(share)
+        except ValueError:
+            raise ValueError(f"lose_replies: expected TYPEREQ:SHARE, got {part!r}") from None
+    return check_lose_replies(out)
 
 
 def _find(
@@ -445,9 +482,11 @@ async def control(request: web.Request) -> web.Response:
             state.fail_count = int(q["fail_count"]) if q.get("fail_count") else None
         if "latency_ms" in q:
             state.latency_s = max(0.0, float(q["latency_ms"]) / 1000)
+        if "lose_replies" in q:
+            state.lose_replies = parse_lose_replies(q["lose_replies"])
     except ValueError as err:
         return web.json_response({"error": str(err)}, status=400)
     return web.json_response(
         {"fail_mode": state.fail_mode, "fail_count": state.fail_count,
-         "latency_ms": state.latency_s * 1000},
+         "latency_ms": state.latency_s * 1000, "lose_replies": state.lose_replies},
     )  # fmt: skip

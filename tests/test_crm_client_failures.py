@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import pickle
 import traceback
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import pytest
@@ -15,7 +16,7 @@ from crm_client.client import TelefumClient
 from crm_client.errors import CrmError, PermanentCrmError, Transient, TransientCrmError
 from crm_client.types import Credentials
 from tests.conftest import free_port
-from tests.support.crm import HostileCrm
+from tests.support.crm import HostileCrm, RunningRefCrm
 
 SECRET = "S3cr3t+p&w"  # '+' and '&' must survive encoding; no form of it may leak
 CREDS = Credentials("bridge", SECRET)
@@ -92,6 +93,7 @@ ACTED = [
     ("ok_without_id", "addcont", True),
     ("truncated_transfer", "addevent", True),  # the answer was cut off
     ("drop", "addevent", True),  # it read the request and hung up
+    ("drop", "addcont", True),  # the same for a GET: and it is not sent again
     ("slow", "addevent", True),  # no answer in time: we cannot tell
     ("500", "addevent", True),  # failed, maybe after its INSERT
     ("502", "addevent", True),  # the application behind the gateway may have carried on
@@ -102,7 +104,7 @@ ACTED = [
 ]
 
 
-@pytest.mark.parametrize(("case", "op", "acted"), ACTED, ids=[a[0] for a in ACTED])
+@pytest.mark.parametrize(("case", "op", "acted"), ACTED, ids=[f"{a[0]}-{a[1]}" for a in ACTED])
 async def test_each_transient_failure_says_whether_the_crm_may_have_acted(
     hostile_crm: HostileCrm, case: str, op: str, acted: bool
 ) -> None:
@@ -111,6 +113,52 @@ async def test_each_transient_failure_says_whether_the_crm_may_have_acted(
             await call(client, op)
     assert info.value.may_have_acted is acted
     assert len(hostile_crm.seen) == 1  # the request reached the server, once
+
+
+@pytest.mark.parametrize("connection", ["fresh", "kept alive"])
+@pytest.mark.parametrize("op", ["addcont", "addevent"])
+async def test_a_write_the_crm_carried_out_before_the_connection_dropped_is_sent_once(
+    make_refcrm: Callable[..., Awaitable[RunningRefCrm]], op: str, connection: str
+) -> None:
+    """The reference CRM stores the contact (or event), then closes the connection without
+    an answer. aiohttp re-sends a GET (addcont) once on its own when that happens, on a
+    fresh connection as on a kept-alive one; the client must not let it."""
+    crm = await make_refcrm(lose_replies={op: 1.0})
+    creds = crm.creds()
+    async with TelefumClient(crm.rest_url, timeout_s=5) as client:
+        if connection == "kept alive":
+            await client.find("+79161234500", creds)  # the write goes on the same connection
+        contact = "" if op == "addcont" else await _contact(crm)
+        with pytest.raises(TransientCrmError) as info:
+            if op == "addcont":
+                await client.add_contact("+79161234567", "Иван", "contact", "", creds)
+            else:
+                await client.add_event(contact, "contact", "Входящий звонок", "3:54", creds)
+    assert (info.value.kind, info.value.may_have_acted) == ("network", True)
+    assert crm.state.requests[op] == 1 and crm.state.requests["replies_lost"] == 1
+    if op == "addcont":
+        assert crm.count_contacts("+79161234567") == 1
+    else:
+        assert crm.count_events() == 1
+
+
+async def _contact(crm: RunningRefCrm) -> str:
+    """A contact made straight in the store (no request the CRM would lose the reply of)."""
+    return str(crm.state.store.add_contact(
+        phones=["+79160000000"], name="Иван", typecont="contact", created_by="bridge",
+        x_pstn=None, company="", description="",
+    ))  # fmt: skip
+
+
+async def test_a_find_may_still_be_sent_again_on_a_dropped_connection(
+    make_refcrm: Callable[..., Awaitable[RunningRefCrm]],
+) -> None:
+    """Reads are not writes: aiohttp's one retry of a read is harmless, and kept."""
+    crm = await make_refcrm(lose_replies={"find": 1.0})
+    async with TelefumClient(crm.rest_url, timeout_s=5) as client:
+        with pytest.raises(TransientCrmError):
+            await client.find("+79161234567", crm.creds())
+    assert crm.state.requests["find"] == 2
 
 
 async def test_a_refused_connection_surely_did_not_reach_the_crm() -> None:

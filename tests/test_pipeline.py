@@ -160,6 +160,26 @@ async def test_a_kill_after_the_crm_accepted_addevent_is_the_one_documented_dupl
     assert stats["counters"]["possible_duplicates"] == 1
 
 
+async def test_a_crm_losing_30_percent_of_addcont_replies_after_storing_gets_one_contact_each(
+    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
+) -> None:
+    """The CRM creates the contact and the connection drops before its answer: no library
+    re-sends the addcont, and the retried run finds the contact instead of making another."""
+    crm = refcrm_process(USERS, extra_args=("--lose-replies", "addcont:0.3", "--seed", "13"))
+    workers = [worker_procs(config(crm.rest_url)), worker_procs(config(crm.rest_url))]
+    for w in workers:
+        await w.wait_ready(redis_client)
+    phones = [f"+7916444{i:04d}" for i in range(50)]
+    calls = [call(f"8.{i}", p) for i, p in enumerate(phones)]
+    await enqueue(redis_client, *calls)
+    stats = await settled(redis_client, len(calls), timeout_s=60, delivered=True)
+    assert contacts_per_phone(crm) == {p: 1 for p in phones}
+    assert events_per_call(crm) == {c["call_id"]: 1 for c in calls}
+    assert stats["counters"]["contacts_created"] == 50
+    assert stats["counters"]["possible_duplicates"] == 0
+    assert stats["counters"]["retried"] >= 5  # replies were lost, and the calls retried
+
+
 async def test_the_crm_down_for_a_while_then_back_gets_every_call(
     redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
 ) -> None:

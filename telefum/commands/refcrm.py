@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from crm_client.refcrm import FAIL_MODES, QUIRKS, create_app
+from crm_client.refcrm import FAIL_MODES, QUIRKS, create_app, parse_lose_replies
 from telephony.phones import to_e164
 
 HELP = "run the reference TelefUM CRM (aiohttp + SQLite) for the demo, tests and CRM implementers"
@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       + "; ".join(f"{k}: {v}" for k, v in FAIL_MODES.items()))
     test.add_argument("--quirk", action="append", default=[], choices=sorted(QUIRKS),
                       help="break one protocol point on purpose (check-crm tests)")
+    test.add_argument("--lose-replies", type=parse_lose_replies, default={},
+                      metavar="TYPEREQ:SHARE[,...]",
+                      help="carry out that share of those requests, then close the connection "
+                      "without an answer (e.g. addcont:0.15)")
+    test.add_argument("--seed", type=int, default=None, help="for --lose-replies")
 
 
 def parse_users(specs: list[str]) -> dict[str, str]:
@@ -82,6 +87,8 @@ async def _serve(args: argparse.Namespace, users: dict[str, str]) -> int:
         quirks=args.quirk,
         encoding=args.encoding,
         test_control=args.test_control,
+        lose_replies=args.lose_replies,
+        seed=args.seed,
     )
     runner_kwargs: dict[str, object] = {"handler_cancellation": True, "shutdown_timeout": 2.0}
     if args.access_log:
