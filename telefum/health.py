@@ -8,7 +8,8 @@ real Redis and a real listener.
 
 Healthy means all of: every AMI link logged in (and, if ``[health] max_event_age_s`` is set,
 an event seen recently), Redis answering PING, at least one worker heartbeat fresher than
-``[health] worker_heartbeat_max_age_s``, and the spool empty or shrinking.
+``[health] worker_heartbeat_max_age_s``, the spool empty or shrinking, and no background
+task of this process or of a live worker failing (``telephony.supervise``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from crm_client.redact import redact_text
+from telephony.supervise import TaskState
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -98,6 +100,7 @@ class Snapshot:
     stats: dict[str, Any] | None = None  # worker.stats.read_stats(); None if unreadable
     spool_size: int | None = None  # this process's spool; None: take the stats' total
     spool_error: str | None = None  # the spool could not be read
+    failing: tuple[TaskState, ...] = ()  # this process's background tasks that fail
 
 
 class SpoolWatch:
@@ -207,12 +210,26 @@ def evaluate(
         reasons.append(f"spool unreadable: {snap.spool_error}")
         spool = {"size": None, "error": snap.spool_error}
 
+    failing = []
+    for task in snap.failing:
+        since = 0.0 if task.failing_since is None else max(0.0, snap.now - task.failing_since)
+        reasons.append(
+            f"background task {task.name} failing for {since:.0f} s "
+            f"({task.failures} failure(s)): {redact_text(task.last_error or '')}"
+        )
+        failing.append({"task": task.name, "failures": task.failures,
+                        "failing_s": round(since, 1), "error": task.last_error})  # fmt: skip
+    for w in (workers or {}).get("heartbeats", []):
+        if w.get("failing") and w["age_s"] <= cfg.worker_heartbeat_max_age_s:
+            reasons.append(f"worker {w['id']}: background task failing: {w['failing']}")
+
     details = {
         "ami": ami,
         "redis": redis,
         "workers": workers,
         "queue": queue,
         "spool": spool,
+        "tasks": {"failing": failing},
         "checked_at": snap.now,
     }
     return Health(ok=not reasons, reasons=reasons, details=details)
@@ -230,6 +247,7 @@ async def observe(
     read_stats: StatsReader | None = None,
     spool_size: Callable[[], int] | None = None,
     clock: Callable[[], float] = time.time,
+    failing: Callable[[], Sequence[TaskState]] | None = None,
 ) -> Snapshot:
     """Read the world once (bounded by ``cfg.redis_timeout_s``) into a :class:`Snapshot`."""
     from worker.stats import read_stats as default_reader
@@ -259,6 +277,7 @@ async def observe(
         stats=stats,
         spool_size=size,
         spool_error=spool_error,
+        failing=tuple(failing()) if failing is not None else (),
     )
 
 

@@ -31,6 +31,7 @@ from telefum.config import Settings
 from telefum.web import Service, bound_port, create_app, start_http
 from telephony.listener import AmiListener
 from telephony.records import CallFinished
+from telephony.supervise import Supervisor
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
@@ -79,6 +80,8 @@ class Bridge:
         self.agents: AgentServices | None = None
         self.worker: WorkerService | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        # every background task of the process: restarted if it fails, named in /health
+        self.supervisor = Supervisor()
         self._http: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -108,16 +111,21 @@ class Bridge:
         worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
         self.redis = redis_client(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
-            self.handoff = wiring.handoff(s, worker_config, self.redis_url)
+            self.handoff = wiring.handoff(
+                s, worker_config, self.redis_url, supervisor=self.supervisor
+            )
             await self.handoff.start()
             for ami in s.ami:
-                self.listeners.append(wiring.listener(s, ami, self._on_update))
+                self.listeners.append(
+                    wiring.listener(s, ami, self._on_update, supervisor=self.supervisor)
+                )
         handoff = self.handoff
         self.service = Service(
             s,
             links=self.listeners,
             redis=self.redis,
             spool_size=(lambda: handoff.spool_size) if handoff is not None else None,
+            supervisor=self.supervisor,
         )
         self.agents = wiring.agent_services(
             s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis
@@ -148,8 +156,9 @@ class Bridge:
                 client_factory=self.client_factory,
                 handle_signals=False,
                 on_delivered=attribution_hook(self.redis, dict(s.sources)),
+                supervisor=self.supervisor,
             )
-            self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+            self._worker_task = self.supervisor.spawn("worker", self.worker.run)
 
     def _start_embedded(self) -> EmbeddedRedis:
         data = self.embedded_redis_dir or private_redis.data_dir(self.settings)
@@ -191,6 +200,7 @@ class Bridge:
         if self.redis is not None:
             await _quietly(self.redis.aclose(), "Redis client")
             self.redis = None
+        await _quietly(self.supervisor.close(), "background tasks")
         if self.embedded is not None:
             if self.embedded_redis_dir is None:
                 private_redis.withdraw(self.settings)

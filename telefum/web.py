@@ -24,6 +24,7 @@ from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 
 from telefum import __version__, metrics
 from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
+from telephony.supervise import Supervisor
 from worker.policy import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class Service:
     queue_name: str = QUEUE_NAME
     started_at: float = field(default_factory=time.time)
     spool_watch: SpoolWatch = field(default_factory=SpoolWatch)
+    supervisor: Supervisor | None = None  # the process's background tasks
 
     async def health(self) -> tuple[Health, Any]:
         """One reading of the world and the verdict on it (the snapshot for /metrics)."""
@@ -114,6 +116,7 @@ class Service:
         snap = await observe(
             self.links, self.redis, self.settings.health,
             read_stats=read, spool_size=self.spool_size,
+            failing=self.supervisor.failing if self.supervisor is not None else None,
         )
         return evaluate(snap, self.settings.health, self.spool_watch), snap
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from telefum.agent_routes import AgentServices
     from telefum.screenpop import CrmLookup
     from telephony.listener import AmiListener
+    from telephony.supervise import Supervisor
     from worker.handoff import Handoff
 
 
@@ -34,7 +35,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def handoff(
-    settings: Settings, config: WorkerConfig, redis_url: str, listener_id: str | None = None
+    settings: Settings, config: WorkerConfig, redis_url: str, listener_id: str | None = None,
+    supervisor: Supervisor | None = None,
 ) -> Handoff:
     """The listener's hand-over to Redis, queueing the way the workers of ``config`` read
     (start it with ``await handoff.start()``)."""
@@ -47,10 +49,14 @@ def handoff(
         job_expires_s=config.job_expires_s,
         ledger_ttl_s=config.ledger_ttl_s,
         listener_id=listener_id,
+        supervisor=supervisor,
     )
 
 
-def listener(settings: Settings, ami: AmiSettings, on_update: Callable[[Any], None]) -> AmiListener:
+def listener(
+    settings: Settings, ami: AmiSettings, on_update: Callable[[Any], None],
+    supervisor: Supervisor | None = None,
+) -> AmiListener:
     """One PBX's AMI link feeding its own tracker (its records carry the PBX's name)."""
     from telephony.listener import AmiListener
     from telephony.tracker import CallTracker
@@ -66,6 +72,7 @@ def listener(settings: Settings, ami: AmiSettings, on_update: Callable[[Any], No
         ping_timeout=ami.ping_timeout_s,
         reconnect_max=ami.reconnect_max_s,
         pbx=ami.name,
+        supervisor=supervisor,
     )
 
 

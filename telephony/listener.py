@@ -56,6 +56,7 @@ from panoramisk.message import Message as PanoramiskMessage
 from telephony.ami import AmiCodec, Message
 from telephony.backoff import Backoff
 from telephony.records import CallStarted, Update
+from telephony.supervise import Supervisor
 
 __all__ = [
     "AmiActionLost",
@@ -281,8 +282,10 @@ class AmiListener:
         connect_timeout: float = 10.0,
         action_timeout: float = 10.0,
         expire_interval: float = 1.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.host = host
+        self.supervisor = supervisor or Supervisor()  # the service's, so /health sees ours
         self.port = port
         self.username = username
         self._secret = secret
@@ -343,8 +346,8 @@ class AmiListener:
         self._stopping = False
         self._session_change = asyncio.Condition()
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"ami-link-{self.pbx}"),
-            asyncio.create_task(self._expire_loop(), name=f"ami-expire-{self.pbx}"),
+            self.supervisor.spawn(f"ami-link-{self.pbx}", self._run),
+            self.supervisor.spawn(f"ami-expire-{self.pbx}", self._expire_loop),
         ]
 
     async def stop(self) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from telefum.config import HealthSettings
 from telefum.health import LinkState, Snapshot, SpoolWatch, evaluate
+from telephony.supervise import TaskState
 
 CFG = HealthSettings(worker_heartbeat_max_age_s=30, spool_stall_s=60)
 NOW = 1_000_000.0
@@ -110,3 +111,28 @@ def test_every_problem_is_listed_at_once() -> None:
         snap(links=(link(connected=False),), redis_error="timeout", stats=None), CFG
     )
     assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "Redis unreachable"]
+
+
+def test_a_failing_background_task_is_a_reason_with_its_error_and_how_long() -> None:
+    task = TaskState("handoff-drainer", failures=4, failing_since=NOW - 12,
+                     last_error="OSError: [Errno 24] Too many open files")  # fmt: skip
+    h = evaluate(snap(failing=(task,)), CFG)
+    assert not h.ok
+    assert h.reasons == [
+        "background task handoff-drainer failing for 12 s (4 failure(s)): "
+        "OSError: [Errno 24] Too many open files"
+    ]
+    assert h.to_json()["tasks"] == {"failing": [{
+        "task": "handoff-drainer", "failures": 4, "failing_s": 12.0,
+        "error": "OSError: [Errno 24] Too many open files",
+    }]}  # fmt: skip
+
+
+def test_a_live_workers_failing_task_is_a_reason_a_gone_workers_is_not() -> None:
+    workers = [
+        {"id": "h:1", "age_s": 2.0, "running": 0, "failing": "worker-reconciler: KeyError: x"},
+        {"id": "h:2", "age_s": 99.0, "running": 0, "failing": "worker-heartbeat: boom"},
+        {"id": "h:3", "age_s": 1.0, "running": 0, "failing": ""},
+    ]
+    h = evaluate(snap(stats=stats(workers)), CFG)
+    assert h.reasons == ["worker h:1: background task failing: worker-reconciler: KeyError: x"]

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from telefum.config import Settings
+from telefum.web import Service, bound_port, create_app, start_http
+from telephony.supervise import Supervisor
 from tests.conftest import free_port
 from tests.support.crm import RefCrmProcess
 from tests.support.redis import WorkerProcess, inbound_call
@@ -261,3 +268,66 @@ async def test_a_replayed_call_that_was_delivered_gets_a_line_naming_it(
     assert (line.call_id, line.pbx) == ("1764158400.7", "office")  # type: ignore[attr-defined]
     assert "already done" in line.getMessage()
     assert len(crm.events()) == 1
+
+
+@contextlib.contextmanager
+def no_file_descriptor_left() -> Iterator[None]:
+    """This process out of file descriptors (EMFILE), as 1,100 connections that never
+    finish their headers left the listener; what is already open keeps working."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 32, hard))
+    taken: list[int] = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_the_hand_over_survives_running_out_of_file_descriptors_and_health_says_so(
+    tmp_path: Path, redis_url: str, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drainer fails to open the spool (EMFILE): it is restarted, not left dead; /health
+    names it within seconds (asked on a connection opened before: there is no descriptor
+    for a new one); its error is logged once, not once per retry; when descriptors are
+    back the call goes to Redis and /health drops the reason."""
+    supervisor = Supervisor(restart_first_s=0.2, restart_max_s=0.5)
+    handoff = Handoff(redis_url, tmp_path / "spool", supervisor=supervisor)
+    service = Service(Settings(), redis=redis_client, supervisor=supervisor,
+                      spool_size=lambda: handoff.spool_size)  # fmt: skip
+    http = await start_http(create_app(service), "127.0.0.1:0")
+    url = f"http://127.0.0.1:{bound_port(http)}/health"
+    session = aiohttp.ClientSession()
+    await handoff.start()
+    try:
+        handoff.submit(record(1))
+        assert await handoff.wait_drained(10)
+        async with session.get(url) as resp:  # the connection /health is asked on later
+            assert "handoff-drainer" not in await resp.text()
+        with caplog.at_level(logging.ERROR, "telefum.supervise"), no_file_descriptor_left():
+            handoff.submit(record(2))
+            await handoff.flush()  # written to the spool: the file was open already
+            deadline = time.monotonic() + 5
+            while not supervisor.failing() or supervisor.failing()[0].failures < 3:
+                assert time.monotonic() < deadline, "the drainer did not fail"
+                await asyncio.sleep(0.05)
+            async with session.get(url) as resp:
+                status, body = resp.status, await resp.json()
+        assert status == 503
+        [reason] = [r for r in body["reasons"] if "handoff-drainer" in r]
+        assert "Too many open files" in reason
+        assert len([r for r in caplog.records if "handoff-drainer" in r.getMessage()]) == 1
+        assert await handoff.wait_drained(10)  # back: the call reaches Redis
+        assert await queued_in_order(redis_client, range(1, 3)) == [1, 2]
+        async with session.get(url) as resp:
+            assert "handoff-drainer" not in await resp.text()
+    finally:
+        await session.close()
+        await handoff.close()
+        await http.cleanup()
+        await supervisor.close()

@@ -132,3 +132,29 @@ async def test_queue_depth_tells_due_jobs_from_deferred_retries(redis_client: Re
     await redis_client.zadd("telefum:queue", {"a": now_ms - 10, "b": now_ms + 60_000})
     q = (await stats.read_stats(redis_client))["queue"]
     assert q == {"depth": 2, "due": 1, "deferred": 1}
+
+
+async def test_a_worker_loop_that_keeps_failing_is_named_in_its_heartbeat(
+    redis_url: str, redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> int:
+        raise KeyError("a bug in the reconciler")
+
+    monkeypatch.setattr("worker.app.try_reconcile", broken)
+    service = WorkerService(
+        CONFIG, redis_url, worker_id="ailing", client_factory=lambda t: MemoryCrm(),
+        handle_signals=False,
+    )  # fmt: skip
+    task = asyncio.create_task(service.run())
+
+    async def named() -> bool:
+        workers = (await stats.read_stats(redis_client))["workers"]
+        return any("worker-reconciler: KeyError" in w["failing"] for w in workers)
+
+    try:
+        await wait_until(named)
+        assert not task.done()  # the worker itself runs on
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

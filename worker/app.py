@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -43,6 +44,7 @@ from redis.exceptions import RedisError
 
 from crm_client.redact import redact_url
 from telephony.backoff import Backoff
+from telephony.supervise import Supervisor
 
 from . import keys, stats
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
@@ -136,8 +138,10 @@ class WorkerService:
         handle_signals: bool = True,
         burst: bool = False,
         on_delivered: OnDelivered | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()  # the service's, so /health sees ours
         self.on_delivered = on_delivered
         self.redis_url = redis_url
         self.worker_id = worker_id or stats.worker_id()
@@ -197,10 +201,14 @@ class WorkerService:
         )  # fmt: skip
         self._started = True
         ctx[RUNTIME_KEY] = self.runtime
+        await self._stop_loops()  # a previous arq worker's, if its shutdown never ran
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(redis)),
-            asyncio.create_task(self._reconcile_loop(redis)),
-            asyncio.create_task(self._latency_loop(redis)),
+            self.supervisor.spawn(name, functools.partial(loop, redis))
+            for name, loop in (
+                ("worker-heartbeat", self._heartbeat_loop),
+                ("worker-reconciler", self._reconcile_loop),
+                ("worker-latencies", self._latency_loop),
+            )
         ]
         log.info(
             "worker %s started: queue %s, CRM %s, %d jobs at once",
@@ -208,12 +216,16 @@ class WorkerService:
             self.config.max_jobs,
         )  # fmt: skip
 
-    async def _shutdown(self, ctx: dict[str, Any]) -> None:
-        for t in self._tasks:
+    async def _stop_loops(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+    async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        await self._stop_loops()
         with contextlib.suppress(Exception):
             await self.latencies.flush(ctx["redis"])
         with contextlib.suppress(Exception):
@@ -238,6 +250,10 @@ class WorkerService:
                         "running": rt.running if rt else 0,
                         "done": rt.done if rt else 0,
                         "queue": self.config.queue_name,
+                        # this process's background tasks that fail: /health names them
+                        "failing": "; ".join(
+                            f"{t.name}: {t.last_error}" for t in self.supervisor.failing()
+                        ),
                     },
                     ttl_s=3 * self.config.heartbeat_s,
                 )

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from crm_client.redact import redact_url
 from telephony.backoff import Backoff
 from telephony.records import CallRecord
+from telephony.supervise import Supervisor
 
 from . import stats
 from .policy import DEFAULT_QUEUE
@@ -43,6 +44,8 @@ from .redis_url import redis_client
 from .spool import Spool
 
 log = logging.getLogger("worker.handoff")
+
+WRITER, DRAINER = "handoff-writer", "handoff-drainer"  # the background tasks, as /health names them
 
 
 class Handoff:
@@ -59,6 +62,7 @@ class Handoff:
         publish_every_s: float = 2.0,
         batch: int = 100,
         linger_s: float = 0.025,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.spool_dir = Path(spool_dir)
@@ -70,6 +74,7 @@ class Handoff:
         self.publish_every_s = publish_every_s
         self.batch = batch
         self.linger_s = linger_s
+        self.supervisor = supervisor or Supervisor()  # the service's, so /health sees ours
 
         self.redis_ok = False  # the last attempt to reach Redis worked
         self.last_error = ""
@@ -96,8 +101,8 @@ class Handoff:
             log.info("spool holds %d call(s) from before: handing them over", self._spool.pending)
         self._redis = redis_client(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         self._tasks = [
-            asyncio.create_task(self._writer(), name="handoff-writer"),
-            asyncio.create_task(self._drainer(), name="handoff-drainer"),
+            self.supervisor.spawn(WRITER, self._writer),
+            self.supervisor.spawn(DRAINER, self._drainer),
         ]
 
     def submit(self, record: CallRecord | dict[str, Any]) -> None:
@@ -160,11 +165,15 @@ class Handoff:
     # --- tasks -----------------------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """Buffered calls -> the spool. An OSError (disk full, no file descriptor left)
+        leaves them in the buffer and ends this run: the supervisor logs it, names it in
+        /health and starts it again, which writes them then."""
         loop = asyncio.get_running_loop()
         assert self._spool is not None
         last_write = float("-inf")
         while True:
-            await self._wake_writer.wait()
+            if not self._buffer:
+                await self._wake_writer.wait()
             since = loop.time() - last_write
             if since < self.linger_s and len(self._buffer) < self.batch and not self._closing:
                 await asyncio.sleep(self.linger_s - since)  # let a busy moment's calls gather
@@ -172,18 +181,17 @@ class Handoff:
             last_write = loop.time()
             while self._buffer:
                 items = self._buffer[:]
-                try:
-                    await loop.run_in_executor(self._io, self._spool.append, items)
-                except OSError as err:  # disk full, ...: keep them in memory, try again
-                    log.error("cannot write the spool %s: %s; retrying", self.spool_dir, err)
-                    await asyncio.sleep(1.0)
-                    continue
+                await loop.run_in_executor(self._io, self._spool.append, items)
                 del self._buffer[: len(items)]
                 self._written += len(items)
                 self._progress.set()
                 self._wake_drainer.set()
+            self.supervisor.ok(WRITER)
 
     async def _drainer(self) -> None:
+        """Spooled calls -> Redis, in order. Redis away: kept in the spool, tried again with
+        backoff. The spool failing (an OSError reading it or moving its cursor) ends this
+        run: the supervisor logs it, names it in /health and starts it again."""
         loop = asyncio.get_running_loop()
         spool, redis = self._spool, self._redis
         assert spool is not None and redis is not None
@@ -196,40 +204,33 @@ class Handoff:
                 if items:
                     await self._hand_over(redis, items)
                     self.redis_ok = True
-                    await loop.run_in_executor(self._io, spool.commit, pos, len(items))
-                    self._progress.set()
-                elif pos != spool.cursor:  # only unreadable lines: skip past them
-                    await loop.run_in_executor(self._io, spool.commit, pos, 0)
+            except (RedisError, OSError) as err:
+                outage_since = self._redis_away(err, outage_since)
+                await asyncio.sleep(backoff.next(time.monotonic()))
+                continue
+            if items or pos != spool.cursor:  # (only unreadable lines: skip past them)
+                await loop.run_in_executor(self._io, spool.commit, pos, len(items))
+                self._progress.set()
+            try:
                 now = time.monotonic()
                 if now - last_publish >= self.publish_every_s or (items and not spool.pending):
                     await stats.publish_spool(
                         redis, self.listener_id, self.spool_size, 3 * self.publish_every_s
                     )
                     last_publish = now
-                self.redis_ok = True
-                if outage_since is not None:
-                    log.info(
-                        "Redis is back after %.1fs; spooled calls are being handed over",
-                        time.monotonic() - outage_since,
-                    )
-                    outage_since = None
-                backoff.reset()
             except (RedisError, OSError) as err:
-                self.redis_ok = False
-                self.last_error = str(err)
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning(
-                        "Redis at %s unreachable (%s): keeping calls in the spool %s",
-                        redact_url(self.redis_url), err, self.spool_dir,
-                    )  # fmt: skip
-                self._progress.set()
+                outage_since = self._redis_away(err, outage_since)
                 await asyncio.sleep(backoff.next(time.monotonic()))
                 continue
-            except Exception:  # a bug must not stop the hand-over for good
-                log.exception("handing over spooled calls failed; retrying")
-                await asyncio.sleep(self.retry_max_s)
-                continue
+            self.supervisor.ok(DRAINER)
+            self.redis_ok = True
+            if outage_since is not None:
+                log.info(
+                    "Redis is back after %.1fs; spooled calls are being handed over",
+                    time.monotonic() - outage_since,
+                )
+                outage_since = None
+            backoff.reset()
             if not items:
                 self._wake_drainer.clear()
                 if not spool.pending:
@@ -237,6 +238,19 @@ class Handoff:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.publish_every_s):
                         await self._wake_drainer.wait()
+
+    def _redis_away(self, err: Exception, since: float | None) -> float:
+        """Note a failed attempt; log the outage at its start. When it started (monotonic)."""
+        self.redis_ok = False
+        self.last_error = str(err)
+        self._progress.set()
+        if since is not None:
+            return since
+        log.warning(
+            "Redis at %s unreachable (%s): keeping calls in the spool %s",
+            redact_url(self.redis_url), err, self.spool_dir,
+        )  # fmt: skip
+        return time.monotonic()
 
     async def _hand_over(self, redis: Redis, items: list[dict[str, Any]]) -> None:
         """A batch of spooled calls to Redis in one round trip (worker/queue.py)."""

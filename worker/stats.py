@@ -143,7 +143,7 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
                    "deferred": int},      # of which waiting for a retry (or a defer)
          "pending": int,                  # calls accepted and not yet delivered nor dead
          "dead_letters": int,
-         "workers": [{"id": str, "age_s": float, "pid": str, "host": str,
+         "workers": [{"id": str, "age_s": float, "pid": str, "host": str, "failing": str,
                       "running": int, "done": int}],          # live heartbeats only
          "spool": {"total": int,
                    "listeners": [{"id": str, "size": int, "age_s": float}]},
@@ -191,6 +191,7 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
             "host": h.get("host", ""),
             "running": int(h.get("running", 0)),
             "done": int(h.get("done", 0)),
+            "failing": h.get("failing", ""),  # its background tasks that fail, and why
         })  # fmt: skip
     listeners, lgone = [], []
     for x, raw in zip(lids, rows[len(wids) : len(wids) + len(lids)], strict=True):
