@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from telefum.config import AmiSettings, Settings
+from worker.outbox import outbox_dir
 from worker.policy import RetryPolicy, WorkerConfig
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         calls=settings.worker,
         sources=settings.sources,
         retry=RetryPolicy(total_s=settings.worker.retry_total_s),
+        outbox_dir=str(outbox_dir(settings.spool_dir)),
     )
 
 

@@ -48,7 +48,8 @@ from telephony.supervise import Supervisor
 
 from . import keys, stats
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
-from .ledger import Outbox
+from .ledger import LedgerWrite
+from .outbox import Outbox
 from .policy import CrmTarget, WorkerConfig
 from .queue import JOB_FUNCTION, dumps, loads
 from .reconcile import try_reconcile
@@ -153,8 +154,12 @@ class WorkerService:
         self._stop = asyncio.Event()  # a signal asked us to stop
         self._tasks: list[asyncio.Task[None]] = []
         self._clients: dict[str, CrmApi] = {}
-        # CRM answers still to be written to the ledger; outlives worker rebuilds
-        self.outbox = Outbox(redis_url)
+        # CRM answers still to be written to the ledger (memory and disk); outlives
+        # worker rebuilds, and takes over what workers that died on this host left
+        self.outbox = Outbox(
+            redis_url, config.outbox_dir or None, supervisor=self.supervisor,
+            on_landed=self._landed,
+        )  # fmt: skip
         self.latencies = stats.LatencyTally()  # outlives a Runtime rebuilt after an outage
         self._started = False  # the current arq worker got as far as on_startup
 
@@ -199,6 +204,7 @@ class WorkerService:
             self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered,
             latencies=self.latencies,
         )  # fmt: skip
+        self.runtime.redis_back_at = time.time()  # (re)connected: see Runtime.redis_back_at
         self._started = True
         ctx[RUNTIME_KEY] = self.runtime
         await self._stop_loops()  # a previous arq worker's, if its shutdown never ran
@@ -237,7 +243,14 @@ class WorkerService:
                     await close()
         self._clients.clear()
 
+    async def _landed(self, redis: Any, w: LedgerWrite) -> None:
+        if self.runtime is not None:
+            await self.runtime.landed(redis, w)
+
     async def _heartbeat_loop(self, redis: Any) -> None:
+        """Every ``heartbeat_s``; also notices Redis coming back after it hung or failed
+        (no heartbeat went through for a while): ``Runtime.redis_back_at``."""
+        last_ok = time.monotonic()
         while True:
             rt = self.runtime
             try:
@@ -259,6 +272,11 @@ class WorkerService:
                 )
             except RedisError as err:
                 log.debug("heartbeat not sent: %s", err)
+            else:
+                now = time.monotonic()
+                if now - last_ok > 2 * self.config.heartbeat_s + 1.0 and rt is not None:
+                    rt.redis_back_at = time.time()
+                last_ok = now
             await asyncio.sleep(self.config.heartbeat_s)
 
     async def _latency_loop(self, redis: Any) -> None:
@@ -293,14 +311,14 @@ class WorkerService:
         signals = (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        self.outbox.start()  # takes over what a worker that died here left on disk
         try:
             await self._run(retry_max_s)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            left = await self.outbox.drain(timeout_s=5.0)
-            if left:
-                log.error("%d CRM answer(s) could not be recorded in the ledger", left)
+            # a last chance for Redis; what is left stays on disk for the next worker
+            await self.outbox.drain(timeout_s=1.0)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first signal: stop taking jobs, let running ones finish (arq's graceful
@@ -344,6 +362,11 @@ class WorkerService:
                     "Redis at %s unreachable (%s); retrying in %.1fs",
                     redact_url(self.redis_url), err, delay,
                 )  # fmt: skip
+                # Jobs still running may be waiting for the CRM's answer: they get it (and
+                # keep it in the outbox), for arq's close() would cancel them
+                running = [t for t in worker.tasks.values() if not t.done()]
+                if running:
+                    await asyncio.wait(running, timeout=self.config.job_timeout_s + 1)
                 await self._close(worker)
                 if await self._stopped_within(delay):
                     return

@@ -11,6 +11,7 @@ would fail the job for good on one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -28,7 +29,8 @@ from . import keys, stats
 from . import ledger as ledger_mod
 from .dlq import dead_letter
 from .first_call import FirstCalls
-from .ledger import FINAL, CallLedger, Outbox, PhoneLock
+from .ledger import FINAL, CallLedger, LedgerWrite, PhoneLock
+from .outbox import Outbox
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
 from .retry import decide, describe, is_transient, may_have_acted
@@ -75,7 +77,14 @@ class Runtime:
         self.on_delivered = on_delivered
         self.redis = redis
         self.clients = clients
-        self.outbox = outbox or Outbox()
+        self.outbox = outbox or Outbox(redis)
+        if self.outbox.on_landed is None:
+            self.outbox.on_landed = self.landed
+        # Wall clock when this process last found Redis back (started, reconnected, or
+        # answering again after hanging): a run that finds another run's addevent
+        # unrecorded waits ``settle_s`` from here too, so that an outbox that waited out
+        # the outage (here or in another worker) writes the answer first.
+        self.redis_back_at = 0.0
         self.rng = rng or random.Random()
         self.backoff = config.retry.backoff(self.rng)  # when Redis fails the bookkeeping
         self.running = 0
@@ -93,6 +102,8 @@ class Runtime:
             settle_s=self.config.job_timeout_s + self.config.in_progress_grace_s,
             latencies=self.latencies,
             first_calls=FirstCalls(self.redis, self.config),
+            not_before=self.redis_back_at,
+            answer_waiting=self.outbox.holds,
         )
 
     async def deliver(self, record_data: Any, job_id: str) -> str:
@@ -134,13 +145,30 @@ class Runtime:
                 async with asyncio.timeout(deadline.remaining()):
                     outcome = await self._run(planned, led, deadline)
             except Exception as err:
+                if led.answer_kept and led.entry.event_id:  # in the CRM; its answer is safe
+                    log.info("call delivered: event %s; its ledger write waits for Redis in "
+                             "the outbox (%s)", led.entry.event_id, describe(err),
+                             extra=tags)  # fmt: skip
+                    return f"delivered: event {led.entry.event_id} (ledger write pending)"
                 return await self._failed(err, led, tags)
         finally:
             if led.phone_lock is not None:  # taken, and the steps never came to use it
-                await ledger_mod.release_phone_lock(self.redis, led.phone_lock)
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(ledger_mod.LEDGER_WRITE_S):
+                        await ledger_mod.release_phone_lock(self.redis, led.phone_lock)
+        if led.answer_kept:  # the outbox tells the hook once Redis has the answer
+            return outcome
         if led.entry.get("outcome") == "delivered":  # in the CRM and on record: now tell
             await self._tell_delivered(record, led.entry)
         return outcome
+
+    async def landed(self, redis: Redis, w: LedgerWrite) -> None:
+        """The outbox wrote a delivered call's answer: tell the delivery hook now."""
+        if self.on_delivered is None:
+            return
+        entry = await ledger_mod.load(redis, w.job_id)
+        if entry.record is not None:
+            await self.on_delivered(parse_record(entry.record), entry)
 
     def _plan(self, record_data: Any) -> Planned:
         record = parse_record(record_data)
@@ -182,9 +210,11 @@ class Runtime:
             return f"skipped: {reason}"
         created = led.entry.get("contact_created") == "1"
         log.info(
-            "call delivered: event %s on contact %s%s (attempt %d)",
+            "call delivered: event %s on contact %s%s (attempt %d)%s",
             event_id, led.entry.contact_id, " (created)" if created else "",
-            led.entry.attempts, extra=tags,
+            led.entry.attempts,
+            "; its ledger write waits for Redis in the outbox" if led.answer_kept else "",
+            extra=tags,
         )  # fmt: skip
         return f"delivered: event {event_id}"
 

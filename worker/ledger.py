@@ -22,6 +22,10 @@ contact_did        with it: the tracking number (E.164) sent as the new contact'
 event_id           idev of the event: once set, the call is in the CRM
 event_sent_at      set just before addevent, removed when that run records its failure: a
                    later run that still finds it knows a run died (or lost Redis) mid-addevent
+event_sent_by      with it: the run that set it (a random token per run)
+event_unsent_by    a run whose mark may have reached Redis (the write failed or hung, and a
+                   hung Redis carries it out later) but that never sent addevent: its mark
+                   means nothing (written through the outbox, so it gets there too)
 event_uncertain    "1": an addevent failed in a way the CRM may have acted on (timeout)
 outcome            delivered | skipped (when state is done)
 skip_reason        why a call was not logged
@@ -34,18 +38,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from telephony.backoff import Backoff
+from crm_client.errors import Transient
 
 from . import keys, stats
-from .redis_url import redis_client
+
+# How long a CRM answer's ledger write may take before the outbox keeps it instead: a hung
+# Redis (SIGSTOP, a full disk under AOF) must not hold the run until arq's timeout
+LEDGER_WRITE_S = 2.0
 
 QUEUED, RUNNING, RETRYING, DONE, DEAD, DROPPED = (
     "queued", "running", "retrying", "done", "dead", "dropped",
@@ -198,69 +204,67 @@ async def error_history(redis: Redis, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
-class Outbox:
-    """Ledger writes that must land: what the CRM has just accepted (a contact, an event).
+@dataclass(frozen=True)
+class LedgerWrite:
+    """One write to a call's ledger (``values``; ``counters`` counted once per call; ``done``:
+    the call leaves the pending set). What the outbox keeps, in memory and on disk, when it
+    records an answer the CRM gave and Redis did not take (worker/outbox.py)."""
 
-    If Redis fails right after the CRM said yes, forgetting the answer would make the next
-    run write again (a duplicate event). So the write is kept trying in the background, past
-    the end of the job, until Redis takes it (or ``give_up_s``); the next run of the call
-    meanwhile waits for it (see ``Steps.settle_s``).
-    """
+    job_id: str
+    values: dict[str, str]
+    counters: dict[str, int] | None = None
+    done: bool = False
+    ttl_s: int = 30 * 86400  # the ledger entry's TTL, renewed by the write
 
-    def __init__(self, redis_url: str | None = None, give_up_s: float = 3600.0) -> None:
-        # Its own client when given a URL: the worker's pool may be closed and rebuilt
-        # while Redis is away, and these writes must outlive that.
-        self.redis_url = redis_url
-        self.give_up_s = give_up_s
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._redis: Redis | None = None
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "values": self.values, "counters": self.counters,
+                "done": self.done, "ttl_s": self.ttl_s}  # fmt: skip
 
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LedgerWrite:
+        values = {str(k): str(v) for k, v in d["values"].items()}
+        return cls(str(d["job_id"]), values, d.get("counters"), bool(d.get("done")),
+                   int(d.get("ttl_s") or 30 * 86400))  # fmt: skip
 
-    def keep_trying(self, write: Callable[[Redis | None], Awaitable[None]], job_id: str) -> None:
-        task = asyncio.create_task(self._retry(write, job_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _retry(self, write: Callable[[Redis | None], Awaitable[None]], job_id: str) -> None:
-        if self.redis_url and self._redis is None:
-            self._redis = redis_client(self.redis_url, socket_connect_timeout=1, socket_timeout=5)
-        deadline = time.monotonic() + self.give_up_s
-        backoff = Backoff(0.05, 2.0)
-        while True:
-            await asyncio.sleep(backoff.next(time.monotonic()))
-            try:
-                await write(self._redis)
-            except RedisError:
-                if time.monotonic() > deadline:
-                    log.error(
-                        "gave up recording a CRM answer in the ledger", extra={"call_id": job_id}
-                    )
-                    return
-                continue
-            log.info("recorded a CRM answer after Redis came back", extra={"call_id": job_id})
-            return
+async def write(redis: Redis, w: LedgerWrite, *, release: tuple[str, bytes] | None = None) -> None:
+    """``w`` in one transaction (with the release of the per-phone lock ``release``: its key
+    and token). Writing it twice is harmless: the values are the same, the counters count
+    once per call."""
+    key = keys.ledger(w.job_id)
+    async with redis.pipeline(transaction=True) as tr:
+        tr.hset(key, mapping=w.values)
+        tr.expire(key, w.ttl_s)
+        if w.done:
+            tr.zrem(keys.PENDING, w.job_id)
+        if w.counters:
+            # once per call: a write whose answer was lost (Redis went away mid-reply)
+            # is written again by the outbox, and must not count the call twice
+            args = [x for name, n in w.counters.items() for x in (name, str(n))]
+            tr.eval(_COUNT_ONCE_LUA, 2, key, stats.COUNTERS, *args)
+        if release is not None:
+            tr.eval(_RELEASE_LOCK_LUA, 1, *release)  # type: ignore[arg-type]
+        await tr.execute()
 
-    async def drain(self, timeout_s: float) -> int:
-        """On shutdown: give pending writes a last chance; how many were left undone."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        left = len(self._tasks)
-        for t in list(self._tasks):
-            t.cancel()
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
-        return left
+
+class KeepAnswer(Protocol):
+    """Where a CRM answer goes when Redis does not take it (worker/outbox.py's Outbox)."""
+
+    def record(self, w: LedgerWrite) -> None: ...
+
+
+class LedgerPending(Transient):
+    """The CRM's answer is safe in the outbox, but the next step needs it in Redis first
+    (addevent needs its "sending" mark there): a later run goes on. Nothing was lost."""
+
+    may_have_acted = False
 
 
 class CallLedger:
     """One call's ledger during one run of its job; every write is awaited, in order."""
 
     def __init__(
-        self, redis: Redis, entry: LedgerEntry, ttl_s: float, outbox: Outbox | None = None
+        self, redis: Redis, entry: LedgerEntry, ttl_s: float, outbox: KeepAnswer | None = None
     ) -> None:
         self.redis = redis
         self.entry = entry
@@ -269,47 +273,53 @@ class CallLedger:
         self.outbox = outbox
         self.sent_event_this_run = False
         self.phone_lock: PhoneLock | None = None  # taken by load_and_begin, not yet released
+        self.answer_kept = False  # a CRM answer of this run waits for Redis in the outbox
+        self.run = uuid.uuid4().hex[:16]  # this run, in the marks it writes
 
     @property
     def job_id(self) -> str:
         return self.entry.job_id
 
     async def _hset(self, values: dict[str, str], *, counters: dict[str, int] | None = None,
-                    done: bool = False, redis: Redis | None = None,
-                    release: tuple[str, bytes] | None = None) -> None:  # fmt: skip
-        async with (redis or self.redis).pipeline(transaction=True) as tr:
-            tr.hset(self.key, mapping=values)
-            tr.expire(self.key, self.ttl_s)
-            if done:
-                tr.zrem(keys.PENDING, self.job_id)
-            if counters:
-                # once per call: a write whose answer was lost (Redis went away mid-reply)
-                # is written again by the outbox, and must not count the call twice
-                args = [x for name, n in counters.items() for x in (name, str(n))]
-                tr.eval(_COUNT_ONCE_LUA, 2, self.key, stats.COUNTERS, *args)
-            if release is not None:
-                tr.eval(_RELEASE_LOCK_LUA, 1, *release)  # type: ignore[arg-type]
-            await tr.execute()
+                    done: bool = False) -> None:  # fmt: skip
+        await write(self.redis, LedgerWrite(self.job_id, values, counters, done, self.ttl_s))
         self.entry.fields.update(values)
 
     async def _must_land(
         self, values: dict[str, str], *, counters: dict[str, int] | None = None,
         done: bool = False, also: dict[str, str] | None = None,
-        release: tuple[str, bytes] | None = None,
-    ) -> None:  # fmt: skip
-        """Write ``values`` (with ``counters``, ``done``); if Redis fails, the outbox keeps
-        writing them in the background. ``also`` and ``release`` go with the first try
-        only: they are not worth keeping a write alive for."""
+        release: tuple[str, bytes] | None = None, if_kept: dict[str, str] | None = None,
+    ) -> bool:  # fmt: skip
+        """Write what the CRM has just accepted. True when Redis took it; False when it
+        failed or took longer than ``LEDGER_WRITE_S`` (a hung Redis): then the outbox has
+        it, in memory and on disk, and writes it once Redis answers, and this run goes on
+        without Redis. ``also`` and ``release`` go with the first try only: they are not
+        worth keeping (no addevent is sent without its mark; the lock expires); ``if_kept``
+        goes with the kept write only."""
+        w = LedgerWrite(self.job_id, values | (if_kept or {}), counters, done, self.ttl_s)
+        first = LedgerWrite(self.job_id, values | (also or {}), counters, done, self.ttl_s)
         try:
-            await self._hset(values | (also or {}), counters=counters, done=done,
-                             release=release)  # fmt: skip
-        except RedisError:
+            async with asyncio.timeout(LEDGER_WRITE_S):
+                await write(self.redis, first, release=release)
+        except (RedisError, OSError, TimeoutError) as err:
+            if self.outbox is None:
+                raise
+            self.outbox.record(w)
+            self.answer_kept = True
+            self.entry.fields.update(values)
+            log.warning("Redis did not take a CRM answer (%s): kept for it in the outbox",
+                        _short(err), extra={"call_id": self.job_id})  # fmt: skip
+            return False
+        except asyncio.CancelledError:  # the run is stopped: the answer must not go with it
             if self.outbox is not None:
-                self.outbox.keep_trying(
-                    lambda redis: self._hset(values, counters=counters, done=done, redis=redis),
-                    self.job_id,
-                )
+                self.outbox.record(w)
+                self.answer_kept = True
+                self.entry.fields.update(values)
+                log.warning("the run stopped before Redis took a CRM answer: kept for it in "
+                            "the outbox", extra={"call_id": self.job_id})  # fmt: skip
             raise
+        self.entry.fields.update(first.values)
+        return True
 
     def begun(self, now: float) -> None:
         """Bring the copy up to date after ``load_and_begin`` began this run in Redis."""
@@ -332,19 +342,47 @@ class CallLedger:
         values = {"contact_id": contact_id, "contact_typecont": typecont,
                   "contact_created": "1" if created else "0"}  # fmt: skip
         counters = {"contacts_created": 1} if created else None
-        mark = {"event_sent_at": repr(event_sending_at)} if event_sending_at is not None else {}
-        await self._must_land(values, counters=counters, also=mark, release=release)
+        mark = self._event_mark(event_sending_at) if event_sending_at is not None else {}
+        void = {"event_unsent_by": self.run} if mark else None
+        if not await self._must_land(values, counters=counters, also=mark, release=release,
+                                     if_kept=void):  # fmt: skip
+            raise LedgerPending(
+                f"contact {contact_id} is known; its ledger write waits for Redis in the outbox"
+            )
         if mark:
             self.sent_event_this_run = True
 
+    def _event_mark(self, now: float) -> dict[str, str]:
+        return {"event_sent_at": repr(now), "event_sent_by": self.run}
+
     async def event_sending(self, now: float) -> None:
-        await self._hset({"event_sent_at": repr(now)})
+        """The mark that addevent is about to be sent. If writing it fails, it may still
+        land (a hung Redis carries it out later) though nothing was sent: the outbox then
+        writes that this run sent nothing (``event_unsent_by``)."""
+        try:
+            await self._hset(self._event_mark(now))
+        except BaseException:
+            if self.outbox is not None:
+                self.outbox.record(
+                    LedgerWrite(self.job_id, {"event_unsent_by": self.run}, ttl_s=self.ttl_s)
+                )
+            raise
         self.sent_event_this_run = True
 
-    async def event_created(self, event_id: str, now: float) -> None:
-        # The call is in the CRM from here on: state, outcome and the pending set change in
-        # the same transaction, so a crash after this line leaves nothing to redo.
-        await self._must_land(
+    def event_mark(self) -> float | None:
+        """When a run that may have sent addevent marked it; None if no mark, or if the
+        run that wrote it is known to have sent nothing."""
+        sent = self.entry.get("event_sent_at")
+        by = self.entry.get("event_sent_by")
+        if not sent or (by and by == self.entry.get("event_unsent_by")):
+            return None
+        return float(sent)
+
+    async def event_created(self, event_id: str, now: float) -> bool:
+        """The call is in the CRM from here on: state, outcome and the pending set change in
+        the same transaction, so a crash after it leaves nothing to redo. False: Redis did
+        not take it, the outbox did (the run is a success all the same)."""
+        return await self._must_land(
             {"event_id": event_id, "state": DONE, "outcome": "delivered", "done_at": repr(now)},
             counters={"events_created": 1, "succeeded": 1},
             done=True,
@@ -379,3 +417,7 @@ class CallLedger:
         if retrying:
             self.entry.fields["state"] = RETRYING
 
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:200]

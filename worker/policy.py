@@ -184,6 +184,9 @@ class WorkerConfig:
     heartbeat_s: float = 5.0
     reconcile_s: float = 30.0  # how often lost jobs are looked for (see worker/reconcile.py)
     ledger_ttl_s: float = 30 * 86400.0  # how long "this call was delivered" is remembered
+    # where CRM answers wait for Redis on disk (worker/outbox.py); "": a temporary folder,
+    # which does not outlive the process
+    outbox_dir: str = ""
 
     def __post_init__(self) -> None:
         slowest = max([self.crm.timeout_s, *(t.timeout_s for t in self.crm_by_pbx.values())])

@@ -117,8 +117,12 @@ class Steps:
         settle_s: float = 0.0,
         latencies: stats.LatencyTally | None = None,
         first_calls: FirstCalls | None = None,
+        not_before: float = 0.0,
+        answer_waiting: Callable[[str], bool] | None = None,
     ) -> None:
         self.redis = redis
+        self.not_before = not_before  # see Runtime.redis_back_at
+        self.answer_waiting = answer_waiting or (lambda job_id: False)
         self.first_calls = first_calls
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
         self.settle_s = settle_s
@@ -238,16 +242,23 @@ class Steps:
             return ledger.entry.event_id
         if ledger.sent_event_this_run:  # marked with the contact just now (contact_known)
             return await self._send_event(plan, ledger)
-        sent = ledger.entry.get("event_sent_at")
+        sent = ledger.event_mark()
         resend = ""  # why the CRM may already hold this event
-        if sent:
+        if sent is not None:
             # A run sent addevent and never recorded how it ended: it died, or Redis failed
-            # it. If it is alive, its outbox records the answer once Redis is back: give it
-            # that long (arq re-runs a dead worker's job about as late anyway).
-            wait = float(sent) + self.settle_s - time.time()
+            # it. If the CRM answered it, the answer waits in that worker's outbox (in
+            # memory and on disk; a dead worker's is taken over by another on its host)
+            # until Redis takes it: here, look again soon; elsewhere, give it ``settle_s``
+            # from the mark, and from Redis coming back (the outbox waited it out too).
+            if self.answer_waiting(ledger.job_id):
+                raise OutcomePending(1.0)
+            wait = max(sent, self.not_before) + self.settle_s - time.time()
             if wait > 0:
                 raise OutcomePending(wait)
-            resend = "a run sent addevent and never recorded the answer (it died or lost Redis)"
+            resend = (
+                "a run sent addevent and its answer never reached the ledger (the worker "
+                "died, or lost the connection, while the CRM processed it)"
+            )
         elif ledger.entry.get("event_uncertain"):
             resend = (
                 "the last addevent got no answer the CRM may have acted on (timeout or a "
