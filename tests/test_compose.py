@@ -113,6 +113,20 @@ def test_listener_keeps_its_spool_on_a_volume() -> None:
     assert mounts[mount] in COMPOSE["volumes"]
 
 
+def test_workers_keep_their_outbox_on_a_volume_beside_the_spool() -> None:
+    worker = SERVICES["worker"]
+    outbox = str(Path(worker["environment"]["TELEFUM_SPOOL_DIR"]).parent / "outbox")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    mount = next(m for m in mounts if outbox.startswith(m))
+    assert mounts[mount] in COMPOSE["volumes"]
+
+
+def test_the_worker_unit_keeps_its_outbox_in_its_state_directory() -> None:
+    text = (ROOT / "deploy" / "telefum-worker@.service").read_text().splitlines()
+    assert "StateDirectory=telefum" in text
+    assert "Environment=TELEFUM_SPOOL_DIR=/var/lib/telefum/spool" in text
+
+
 def test_telefum_services_wait_for_a_healthy_redis_and_share_it() -> None:
     for name in ("listener", "worker"):
         service = SERVICES[name]
