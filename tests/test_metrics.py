@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,6 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from telefum.health import LinkState, Snapshot
 from telefum.metrics import CallCounts, render
 from telephony.records import CallRecord
+from worker.stats import COUNTER_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = 2_000_000.0
 
@@ -103,3 +108,40 @@ def test_process_metrics_are_included_by_default() -> None:
     body = render(Snapshot(now=NOW)).decode()
     assert "process_resident_memory_bytes" in body  # read from /proc on Linux
     assert "telefum_build_info" in body
+
+
+def test_possible_duplicates_are_exported_under_the_name_ops_docs_give() -> None:
+    full = stats()
+    full["counters"]["possible_duplicates"] = 2
+    m = samples(render(Snapshot(now=NOW, stats=full), process=False))
+    assert m[("telefum_crm_possible_duplicates_total", ())] == 2
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert "`telefum_crm_possible_duplicates_total`" in ops
+
+
+def test_every_exported_metric_is_listed_in_the_ops_docs() -> None:
+    """docs/operations.md's table names each family (``x_{a,b}_total`` is two names,
+    ``x{label}`` one)."""
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    documented: set[str] = set()
+    for name in re.findall(r"`(telefum_[a-z_{},]+)`", ops):
+        head, brace, rest = name.partition("{")
+        if not brace:
+            documented.add(name)
+            continue
+        group, _, tail = rest.partition("}")
+        if not tail or tail.startswith("{"):  # name{labels}
+            documented.add(head)
+        else:  # name_{a,b}_total: one name per part
+            documented |= {f"{head}{part}{tail.partition('{')[0]}" for part in group.split(",")}
+    full = stats()
+    full["counters"] |= {name: 1 for name in COUNTER_NAMES}
+    links = (LinkState("office", True, NOW - 1, active_calls=1),)
+    calls = CallCounts()
+    calls.observe(record("in", "answered"))
+    body = render(Snapshot(now=NOW, links=links, stats=full), calls, process=False)
+    exported = {
+        fam.name + ("_total" if fam.type == "counter" else "")
+        for fam in text_string_to_metric_families(body.decode())
+    }
+    assert sorted(exported - documented) == []

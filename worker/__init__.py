@@ -7,6 +7,7 @@ Where things are::
     queue.py     enqueue one call atomically with its ledger; job id call:{pbx}:{call_id}
     first_call.py  each caller's earliest inbound call: the source of a contact created later
     ledger.py    what the CRM has already accepted, per call (arq is the queue, not the ledger)
+    outbox.py    CRM answers Redis has not taken yet: memory + a fsync'd journal per process
     jobs.py      the arq job: read the ledger, plan, run the steps, apply the retry decision
     plan.py      pure: which calls are logged, subject/description templates, credentials
     steps.py     find -> addcont (under a per-phone lock) -> addevent, each resumable
@@ -16,7 +17,9 @@ Where things are::
     reconcile.py re-enqueues calls the ledger still owes but arq lost
     stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()
     app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
+    redis_url.py one Redis URL -> every client's connection settings (arq's too)
     embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
+    private_files.py   0700 folders, 0600 files (spool, outbox, the private Redis)
 
 Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
 
@@ -27,12 +30,21 @@ Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
   does with the job (expiry, timeout, a crashed worker: see reconcile.py);
 - a contact is created at most once per phone number and CRM, with ``x_pstn`` the number
   its caller dialled first among the calls queued so far, whatever order they are
-  delivered in (first_call.py);
-- an event is written once, except in one window TelefUM cannot close: the CRM accepted
-  addevent and the worker died (or the request timed out) before the answer reached the
-  ledger. Then it is sent again (a duplicate rather than a loss), logged and counted in
-  ``possible_duplicates``. See steps.py.
+  delivered in (first_call.py). No CRM write is ever re-sent by a library (aiohttp re-sent
+  a GET whose connection dropped: crm_client/client.py), and a run that does not know
+  whether addcont was carried out looks the phone up before it creates anything;
+- an answer the CRM gave (a contact's or an event's id) is not lost to Redis: if Redis
+  fails or hangs at that moment, it is kept in memory and in a fsync'd journal on disk
+  (outbox.py) until Redis takes it, also across a crash of the worker (another worker on
+  its host takes the journal over), and the run is not failed for it;
+- an event is written once, except in one window TelefUM cannot close (it has no
+  idempotency key): the worker that sent addevent dies, or loses the connection, or times
+  out, while the CRM is processing it, so that no answer reaches it. Then it is sent again
+  (a duplicate rather than a loss), logged and counted in ``possible_duplicates``
+  (``telefum_crm_possible_duplicates_total``); nothing else is counted there. See steps.py.
 
 Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes;
-anything if Redis loses acknowledged writes (no AOF, or AOF ``everysec`` and a power cut).
+anything if Redis loses acknowledged writes (no AOF, or AOF ``everysec`` and a power cut);
+an answer kept on the disk of a worker whose host never comes back (after ``settle_s``
+the call is sent again, and counted).
 """

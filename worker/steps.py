@@ -23,13 +23,17 @@ What is guaranteed and what is not:
   sees a contact once ``addcont`` has answered (true of the reference CRM and any CRM with
   a normal database).
 - An event is sent twice only if the CRM accepted ``addevent`` and its answer never
-  reached the ledger: the worker was killed (SIGKILL, power loss) between the CRM's commit
-  and one HSET after the response, or the request timed out / lost its connection after
-  the CRM had acted. TelefUM has no idempotency key and no way to list events, so that
-  window cannot be closed: we choose a possible duplicate over a lost call, and count it
-  (``possible_duplicates``) and log it when the re-send happens. A Redis outage right after
-  the CRM's answer does not cause one: the write is kept trying (``ledger.Outbox``) and the
-  next run waits ``settle_s`` for it before re-sending.
+  reached the worker's ledger or outbox: the worker was killed (SIGKILL, power loss) while
+  the CRM processed the request (or in the milliseconds between its answer and the outbox's
+  fsync), or the request timed out / lost its connection after the CRM had acted. TelefUM
+  has no idempotency key and no way to list events, so that window cannot be closed: we
+  choose a possible duplicate over a lost call, and count it (``possible_duplicates``) and
+  log it when the re-send happens. A Redis outage right after the CRM's answer does not
+  cause one: the answer waits in the outbox (memory and disk, ``worker/outbox.py``), and a
+  run that finds the mark of another run's addevent waits for it: at once when the answer
+  waits in its own process, else ``settle_s`` from the mark and from Redis coming back
+  (``not_before``). A mark whose run is known to have sent nothing (its write failed, and
+  a hung Redis may carry it out later) is void (``event_unsent_by``): no count.
 - A write is never started with less time left than the CRM timeout, so our own deadline
   does not cut a request the CRM may be processing (see ``Deadline``).
 """
