@@ -60,7 +60,8 @@ _COUNTER_METRICS = {
     "events_created": ("telefum_crm_events_created", "Call events the bridge logged in the CRM"),
     "possible_duplicates": (
         "telefum_crm_possible_duplicates",
-        "addevent re-sent after a run died mid-request (may be a duplicate event)",
+        "Events the CRM may hold twice: addevent sends of delivered calls that may have "
+        "been carried out unanswered (a worker died, a timeout, a dropped connection)",
     ),
 }
 

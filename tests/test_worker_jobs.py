@@ -242,6 +242,36 @@ async def test_a_run_that_stops_before_re_sending_an_event_does_not_count_a_dupl
     assert (await read_stats(redis_client, Q))["counters"]["possible_duplicates"] == 1
 
 
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [timed_out(), unavailable()],  # acted unanswered, then turned away: 1 extra event
+        [reset(), timed_out()],  # both may have acted: up to 2
+        [unavailable(), unavailable()],  # neither: none
+    ],
+    ids=["acted-then-refused", "acted-twice", "refused-twice"],
+)
+async def test_possible_duplicates_count_the_sends_that_may_have_acted_once_each(
+    setup: tuple[Runtime, MemoryCrm], redis_client: Redis, failures: list[TransientCrmError]
+) -> None:
+    """The count is what the CRM may hold beyond one event per call: each failed send that
+    may have acted, once, counted when the call is delivered; a send turned away adds none."""
+    runtime, crm = setup
+    may_have_acted = 0
+    for n, err in enumerate(failures):
+        (crm.after if err.may_have_acted else crm.before)["addevent"] = raising(err)
+        may_have_acted += err.may_have_acted
+        with pytest.raises(Retry):
+            if n == 0:
+                await run(runtime, record())
+            else:
+                await runtime.deliver(record(), "call:default:1.1")
+    assert (await read_stats(redis_client, Q))["counters"]["possible_duplicates"] == 0
+    assert (await runtime.deliver(record(), "call:default:1.1")).startswith("delivered")
+    counters = (await read_stats(redis_client, Q))["counters"]
+    assert counters["possible_duplicates"] == may_have_acted == len(crm.events) - 1
+
+
 async def test_a_run_that_cannot_reach_the_ledger_is_retried_not_failed() -> None:
     """arq fails a job for good on any exception but Retry."""
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)

@@ -26,7 +26,9 @@ event_sent_by      with it: the run that set it (a random token per run)
 event_unsent_by    a run whose mark may have reached Redis (the write failed or hung, and a
                    hung Redis carries it out later) but that never sent addevent: its mark
                    means nothing (written through the outbox, so it gets there too)
-event_uncertain    "1": an addevent failed in a way the CRM may have acted on (timeout)
+event_uncertain    how many addevent sends of this call failed in a way the CRM may have
+                   acted on (a timeout, a dropped connection, a run that died mid-request):
+                   added to ``possible_duplicates`` when the call is delivered
 outcome            delivered | skipped (when state is done)
 skip_reason        why a call was not logged
 done_at, dead_at, dead_reason
@@ -355,19 +357,36 @@ class CallLedger:
     def _event_mark(self, now: float) -> dict[str, str]:
         return {"event_sent_at": repr(now), "event_sent_by": self.run}
 
-    async def event_sending(self, now: float) -> None:
-        """The mark that addevent is about to be sent. If writing it fails, it may still
-        land (a hung Redis carries it out later) though nothing was sent: the outbox then
-        writes that this run sent nothing (``event_unsent_by``)."""
+    async def event_sending(self, now: float, *, after_unanswered: bool = False) -> None:
+        """The mark that addevent is about to be sent. ``after_unanswered``: it replaces the
+        mark of a run whose send was never answered (it died while the CRM processed it),
+        which makes one more send the CRM may have carried out (``event_uncertain``), in the
+        same transaction. If writing it fails, it may still land (a hung Redis carries it out
+        later) though nothing was sent: the outbox then writes that this run sent nothing
+        (``event_unsent_by``)."""
+        mark = self._event_mark(now)
         try:
-            await self._hset(self._event_mark(now))
+            async with self.redis.pipeline(transaction=True) as tr:
+                tr.hset(self.key, mapping=mark)
+                if after_unanswered:
+                    tr.hincrby(self.key, "event_uncertain", 1)
+                tr.expire(self.key, self.ttl_s)
+                await tr.execute()
         except BaseException:
             if self.outbox is not None:
                 self.outbox.record(
                     LedgerWrite(self.job_id, {"event_unsent_by": self.run}, ttl_s=self.ttl_s)
                 )
             raise
+        self.entry.fields.update(mark)
+        if after_unanswered:
+            self.entry.fields["event_uncertain"] = str(self.uncertain_sends + 1)
         self.sent_event_this_run = True
+
+    @property
+    def uncertain_sends(self) -> int:
+        """Earlier addevent sends of this call the CRM may have carried out unanswered."""
+        return int(self.entry.get("event_uncertain") or 0)
 
     def event_mark(self) -> float | None:
         """When a run that may have sent addevent marked it; None if no mark, or if the
@@ -380,11 +399,16 @@ class CallLedger:
 
     async def event_created(self, event_id: str, now: float) -> bool:
         """The call is in the CRM from here on: state, outcome and the pending set change in
-        the same transaction, so a crash after it leaves nothing to redo. False: Redis did
-        not take it, the outbox did (the run is a success all the same)."""
+        the same transaction, so a crash after it leaves nothing to redo; so does the count
+        of the sends before this one that the CRM may have carried out too (each a possible
+        duplicate event). False: Redis did not take it, the outbox did (the run is a
+        success all the same)."""
+        counters = {"events_created": 1, "succeeded": 1}
+        if self.uncertain_sends:
+            counters["possible_duplicates"] = self.uncertain_sends
         return await self._must_land(
             {"event_id": event_id, "state": DONE, "outcome": "delivered", "done_at": repr(now)},
-            counters={"events_created": 1, "succeeded": 1},
+            counters=counters,
             done=True,
         )
 
@@ -412,7 +436,7 @@ class CallLedger:
             if self.sent_event_this_run and not self.entry.event_id:
                 tr.hdel(self.key, "event_sent_at")
                 if event_uncertain:
-                    tr.hset(self.key, "event_uncertain", "1")
+                    tr.hincrby(self.key, "event_uncertain", 1)
             await tr.execute()
         if retrying:
             self.entry.fields["state"] = RETRYING

@@ -40,7 +40,7 @@ COUNTER_NAMES = (
     "requeued",  # dead letters requeued by ops
     "contacts_created",
     "events_created",
-    "possible_duplicates",  # addevent re-sent after a run died mid-request (see jobs.py)
+    "possible_duplicates",  # sends of delivered calls' addevent that may have acted unanswered
     "recovered",  # calls re-enqueued by the reconciler after arq lost their job
 )
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))

@@ -27,13 +27,15 @@ What is guaranteed and what is not:
   the CRM processed the request (or in the milliseconds between its answer and the outbox's
   fsync), or the request timed out / lost its connection after the CRM had acted. TelefUM
   has no idempotency key and no way to list events, so that window cannot be closed: we
-  choose a possible duplicate over a lost call, and count it (``possible_duplicates``) and
-  log it when the re-send happens. A Redis outage right after the CRM's answer does not
-  cause one: the answer waits in the outbox (memory and disk, ``worker/outbox.py``), and a
-  run that finds the mark of another run's addevent waits for it: at once when the answer
-  waits in its own process, else ``settle_s`` from the mark and from Redis coming back
-  (``not_before``). A mark whose run is known to have sent nothing (its write failed, and
-  a hung Redis may carry it out later) is void (``event_unsent_by``): no count.
+  choose a possible duplicate over a lost call, log it when the re-send happens, and count
+  it (``possible_duplicates``) with the call's delivery: every send of a delivered call
+  that may have been carried out unanswered is counted once, and nothing else is. A Redis
+  outage right after the CRM's answer does not cause one: the answer waits in the outbox
+  (memory and disk, ``worker/outbox.py``), and a run that finds the mark of another run's
+  addevent waits for it: at once when the answer waits in its own process, else
+  ``settle_s`` from the mark and from Redis coming back (``not_before``). A mark whose
+  run is known to have sent nothing (its write failed, and a hung Redis may carry it out
+  later) is void (``event_unsent_by``): no count.
 - A write is never started with less time left than the CRM timeout, so our own deadline
   does not cut a request the CRM may be processing (see ``Deadline``).
 """
@@ -248,6 +250,7 @@ class Steps:
             return await self._send_event(plan, ledger)
         sent = ledger.event_mark()
         resend = ""  # why the CRM may already hold this event
+        unanswered = sent is not None  # a run's send that nobody recorded the end of
         if sent is not None:
             # A run sent addevent and never recorded how it ended: it died, or Redis failed
             # it. If the CRM answered it, the answer waits in that worker's outbox (in
@@ -263,21 +266,20 @@ class Steps:
                 "a run sent addevent and its answer never reached the ledger (the worker "
                 "died, or lost the connection, while the CRM processed it)"
             )
-        elif ledger.entry.get("event_uncertain"):
+        elif ledger.uncertain_sends:
             resend = (
                 "the last addevent got no answer the CRM may have acted on (timeout or a "
                 "dropped connection)"
             )
-        # before counting a re-send: a run that stops here sends nothing, and the next
-        # run, finding the same marks, counts it
         deadline.require(self.crm_timeout_s, "addevent")
+        # the unanswered send is counted with the new mark (ledger.event_sending), and
+        # added to possible_duplicates when the call is delivered (ledger.event_created)
+        await ledger.event_sending(time.time(), after_unanswered=unanswered)
         if resend:
             log.warning(
                 "%s: sending again, the CRM may show this call twice", resend,
                 extra={"call_id": ledger.job_id},
             )  # fmt: skip
-            await stats.incr(self.redis, "possible_duplicates")
-        await ledger.event_sending(time.time())
         return await self._send_event(plan, ledger)
 
     async def _send_event(self, plan: CallPlan, ledger: CallLedger) -> str:
