@@ -1,4 +1,12 @@
-"""Keep secrets out of logs: TelefUM puts credentials in query strings."""
+"""Keep secrets out of logs and stored errors: TelefUM puts credentials in query strings.
+
+Two ways, both applied by every function here: by shape (``password=...``, ``Secret: ...``,
+``scheme://user:password@host``) and by value. Masking by shape misses a CRM that echoes
+the password in its own words (``you sent pass X``), so the configured secrets themselves
+are registered (:func:`register_secrets`, when the settings are loaded) and masked wherever
+these functions are used: the log formatters, error messages, the dead-letter store's
+error history, ``telefum status`` and ``dlq`` output.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +42,55 @@ def redact_url(url: str) -> str:
         query = urlencode(
             [(k, MASK if k.lower() in SECRET_KEYS else v) for k, v in pairs], safe="*"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _mask_registered(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 def redact_text(text: str) -> str:
-    """Mask ``password=...``-style pairs anywhere in free text (log lines, errors)."""
-    return _INLINE.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    """Mask the registered secrets, and ``password=...``-style pairs, anywhere in free text
+    (log lines, errors)."""
+    return _INLINE.sub(lambda m: f"{m.group(1)}={MASK}", _mask_registered(text))
+
+
+# --- the registry of secret values ---------------------------------------------------------
+
+MIN_SECRET_LEN = 6  # shorter values would mask ordinary words; shapes still catch them
+_registered: frozenset[str] = frozenset()
+_forms: tuple[str, ...] = ()  # every form of every registered value, longest first
+
+
+def _forms_of(value: str) -> set[str]:
+    """The forms a server echoes a value in: as written, percent-encoded, ``+`` for space,
+    HTML-escaped."""
+    return {value, quote(value, safe=""), quote_plus(value), html.escape(value)}
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Add secret values (passwords, tokens) to mask wherever text is logged or stored.
+    Values shorter than ``MIN_SECRET_LEN`` are left to the shape rules."""
+    global _registered, _forms
+    new = {v for v in values if v and len(v) >= MIN_SECRET_LEN} - _registered
+    if new:
+        _registered = _registered | new
+        forms = {f for v in _registered for f in _forms_of(v)}
+        _forms = tuple(sorted(forms, key=len, reverse=True))
+
+
+def registered_secrets() -> frozenset[str]:
+    return _registered
+
+
+def forget_secrets(keep: Iterable[str] = ()) -> None:
+    """Drop the registered values but ``keep`` (tests)."""
+    global _registered, _forms
+    _registered, _forms = frozenset(), ()
+    register_secrets(keep)
+
+
+def _mask_registered(text: str) -> str:
+    for form in _forms:  # longest first: no half-masked form
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 # "Secret: abc" as in an AMI Login action (header style, not key=value)
@@ -70,12 +121,7 @@ def mask_values(text: str, values: Iterable[str]) -> str:
     forms a server echoes it in (percent-encoded, ``+`` for space, HTML-escaped), then the
     shapes :func:`redact_text` knows. Masking by shape alone misses a CRM that says
     ``you sent pass X``; the configured secret itself is what must never be shown."""
-    forms = {
-        form
-        for value in values
-        if value
-        for form in (value, quote(value, safe=""), quote_plus(value), html.escape(value))
-    }
+    forms = {form for value in values if value for form in _forms_of(value)}
     for form in sorted(forms, key=len, reverse=True):  # longest first: no half-masked form
         text = text.replace(form, MASK)
     return redact_text(text)

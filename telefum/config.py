@@ -176,6 +176,15 @@ class Settings(BaseSettings):
                 return ami.crm
         return self.crm
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret (passwords, AMI secrets, tokens, the Redis password) but
+        the shipped placeholder: what ``crm_client.redact`` masks wherever text is shown."""
+        values = [s.get_secret_value() for _, s in _secrets(self.model_dump(), ())]
+        redis_url = self.redis.url.get_secret_value()
+        if redis_url:
+            values.append(RedisAddress.parse(redis_url).password or "")
+        return [v for v in values if v and v != PLACEHOLDER]
+
     def warnings(self) -> list[str]:
         """What runs but should not stay so: ``TELEFUM_`` variables that are no setting,
         the shipped placeholder secrets, short tokens, HTTP reachable from the network."""

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from crm_client.redact import redact_url
+from crm_client.redact import redact_url, register_secrets
 from telefum import private_redis, wiring
 from telefum.agent_routes import AgentServices, setup_agent_routes
 from telefum.attribution import attribution_hook
@@ -35,7 +35,7 @@ from telephony.supervise import Supervisor
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
-from worker.redis_url import redis_client
+from worker.redis_url import RedisAddress, redis_client
 
 log = logging.getLogger("telefum.service")
 
@@ -69,6 +69,8 @@ class Bridge:
         self.settings = settings
         self.roles = roles
         self.redis_url = redis_url or settings.redis.url.get_secret_value()
+        if self.redis_url:
+            register_secrets([RedisAddress.parse(self.redis_url).password or ""])
         self.worker_id = worker_id
         self.client_factory = client_factory
         self.embedded_redis_dir = embedded_redis_dir
@@ -163,6 +165,7 @@ class Bridge:
     def _start_embedded(self) -> EmbeddedRedis:
         data = self.embedded_redis_dir or private_redis.data_dir(self.settings)
         redis = EmbeddedRedis(data, appendonly=True).start()
+        register_secrets([redis.password])
         if self.embedded_redis_dir is None:
             private_redis.publish(self.settings, redis.address)
         log.info("[redis] url is empty: started a private Redis at %s (data and password "

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource, SettingsError
 
+from crm_client.redact import register_secrets
 from telefum.config import CONFIG_ENV, AmiSettings, ConfigError, Settings
 
 PREFIX, DELIMITER = "TELEFUM_", "__"
@@ -64,6 +65,7 @@ def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
     settings._file = None if path is None else Path(path)
     settings._env = tuple(sorted(set(env.origin.values())))
     settings._env_warnings = tuple(env.warnings)
+    register_secrets(settings.secret_values())  # masked by value wherever text is shown
     return settings
 
 

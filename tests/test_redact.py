@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
 
-from crm_client.redact import mask_values, redact_text, redact_url
+from crm_client.redact import (
+    mask_values,
+    redact_line,
+    redact_text,
+    redact_url,
+    register_secrets,
+    registered_secrets,
+)
+from telefum.config import load_settings_from
 
 
 @pytest.mark.parametrize(
@@ -76,3 +85,29 @@ def test_mask_values_hides_a_secret_in_every_form_a_server_echoes_it() -> None:
     assert masked == "you sent pass ***; as a query ***; as a form ***; in HTML ***"
     assert mask_values("password=other and more", [secret]) == "password=*** and more"
     assert mask_values("nothing to hide", ["", secret]) == "nothing to hide"
+
+
+def test_registered_secret_values_are_masked_by_every_redaction_in_every_form() -> None:
+    secret = "Tr0ub4dor&3 пароль"
+    register_secrets([secret, "short", ""])  # under 6 characters: left to the shape rules
+    echoed = f"you sent pass {secret} ({quote(secret, safe='')}, {quote_plus(secret)})"
+    assert redact_text(echoed) == "you sent pass *** (***, ***)"
+    assert redact_line(echoed) == "you sent pass *** (***, ***)"
+    assert secret not in redact_url(f"https://crm.example.com/rest?pw={quote(secret)}")
+    assert redact_text("a short word") == "a short word"
+
+
+def test_the_settings_register_their_secrets_and_not_the_placeholder(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '[redis]\nurl = "redis://:r3dis%40pass@127.0.0.1:6379/0"\n'
+        '[crm]\nurl = "https://crm.example.com/rest"\nlogin = "bridge"\npassword = "crm-pass-1"\n'
+        '[crm.agents."101"]\nlogin = "ivan"\npassword = "ivan-pass-2"\n'
+        '[http]\ntoken = "admin-token-3"\n',
+        encoding="utf-8",
+    )
+    load_settings_from(path, {"TELEFUM_AMI__SECRET": "ami-secret-4"})
+    assert {"crm-pass-1", "ivan-pass-2", "admin-token-3", "ami-secret-4", "r3dis@pass"} <= (
+        registered_secrets()
+    )
+    assert "change-me" not in registered_secrets()

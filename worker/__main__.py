@@ -12,10 +12,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from crm_client.redact import redact_line
+from crm_client.redact import redact_line, register_secrets
 
 from .app import run_worker
 from .policy import WorkerConfig
+from .redis_url import RedisAddress
 
 
 class _Formatter(logging.Formatter):
@@ -46,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"worker: bad --config-json {args.config_json}: {err}", file=sys.stderr)
         return 2
+    register_secrets(config.secret_values())
+    register_secrets([RedisAddress.parse(args.redis_url).password or ""])
     return run_worker(config, args.redis_url, worker_id=args.worker_id, burst=args.burst)
 
 

@@ -207,6 +207,12 @@ class WorkerConfig:
     def crm_for(self, pbx: str) -> CrmTarget:
         return self.crm_by_pbx.get(pbx, self.crm)
 
+    def secret_values(self) -> list[str]:
+        """The CRM passwords (service accounts and agents): masked by value in logs."""
+        targets = [self.crm, *self.crm_by_pbx.values()]
+        creds = [c for t in targets for c in (t.service, *t.agents.values())]
+        return [c.password.get_secret_value() for c in creds]
+
     @property
     def job_expires_s(self) -> float:
         """arq's job key TTL: outlives the retry budget (arq's default is one day)."""

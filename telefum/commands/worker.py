@@ -42,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         print(NEEDS_REAL_REDIS, file=sys.stderr)
         return 2
+    from crm_client.redact import register_secrets
+    from worker.redis_url import RedisAddress
+
+    try:
+        register_secrets([RedisAddress.parse(url).password or ""])
+    except ValueError as err:
+        print(f"telefum worker: --redis-url: {err}", file=sys.stderr)
+        return 2
     try:
         config = wiring.worker_config(settings)
     except ValueError as err:

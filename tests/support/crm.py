@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 import pytest
@@ -339,6 +340,17 @@ async def _truncated_transfer(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _echo_password(request: web.Request) -> web.StreamResponse:
+    """Refuses the request and, as some CRMs do, repeats the password it got in its words
+    (``you sent pass X``), where no rule by shape can tell it is one."""
+    fields = dict(request.query)
+    if request.method == "POST":
+        fields |= {k: str(v) for k, v in (await request.post()).items()}
+    words = xml_escape(f"Доступ запрещён: you sent pass {fields.get('password', '')}")
+    body = f"<response><result>error</result><description>{words}</description></response>"
+    return web.Response(body=body.encode(), content_type="text/xml", charset="utf-8")
+
+
 async def _drop(request: web.Request) -> web.StreamResponse:
     """Reads the whole request, then closes the connection without a word: a CRM (or the
     proxy in front of it) that died while processing it."""
@@ -416,6 +428,7 @@ HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
                         {"Location": "https://crm.example.com/login?login=x&password=S3cr3t"}),
     "slow": _slow,
     "drop": _drop,
+    "echo_password": _echo_password,
 }
 
 
