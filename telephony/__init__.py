@@ -13,6 +13,8 @@ Where things are::
                       contract, docs/architecture.md) and the live updates
     rules.py          CallRules: which channels are trunks, phones, inbound contexts
     phones.py         phone numbers: to E.164, and out in the CRM's format
+    backoff.py        the one backoff of the bridge (reconnects, retries)
+    supervise.py      the one supervisor of every background loop of the service
 
 Never imports ``telefum``, ``crm_client`` or ``pbxsim``.
 """
