@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -47,6 +48,7 @@ from .spool import Spool
 log = logging.getLogger("worker.outbox")
 
 LOCK = "lock"
+_JOURNAL = re.compile(r"[0-9a-f]{32}")  # a journal's folder (a uuid); anything else is left be
 TASK = "outbox"  # the supervised task, as /health names it
 WRITE_TIMEOUT_S = 5.0
 
@@ -224,10 +226,10 @@ class Outbox:
         (fsync'd), then their folder is removed."""
         assert self._journal is not None and self.base is not None
         for other in sorted(self.base.iterdir()):
-            if other == self.dir or other.name.startswith(".") or not other.is_dir():
+            if other == self.dir or not _JOURNAL.fullmatch(other.name) or not other.is_dir():
                 continue
             try:
-                lock = open(other / LOCK, "ab")  # noqa: SIM115
+                lock = open(other / LOCK, "rb")  # noqa: SIM115 - only a journal has one
             except OSError:
                 continue
             with lock:
