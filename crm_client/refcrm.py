@@ -231,13 +231,16 @@ def _authorised(state: RefCrmState, login: str, password: str) -> bool:
 
 async def rest(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    # The whole request is read first, then worked on (``latency_s``): a request the CRM
+    # has received is carried out even if its client goes away meanwhile (with the
+    # server's handler_cancellation off, as ``telefum refcrm`` runs), as a real CRM does.
+    params = await _params(request)
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
     failure = state.take_failure()
     if failure is not None:
         state.requests["failed"] += 1
         return await _fail(request, failure)
-    params = await _params(request)
     typereq = _first(params, "typereq").lower()
     login = _first(params, "login")
     if not _authorised(state, login, _first(params, "password")):

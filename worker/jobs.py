@@ -5,7 +5,9 @@ arq re-running a job (after a crash, or a duplicate enqueue that slipped through
 Every failure ends in exactly one of: ``arq.Retry`` (transient, within the budget), the
 dead-letter store (permanent or out of time), or, when even that bookkeeping fails because
 Redis is away, ``arq.Retry`` again. No other exception leaves this function, because arq
-would fail the job for good on one.
+would fail the job for good on one. A run whose addevent the CRM accepted is delivered,
+whatever Redis does next: the answer waits in the outbox (worker/outbox.py) until Redis
+takes it, and the delivery hook is told then.
 """
 
 from __future__ import annotations
