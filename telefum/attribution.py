@@ -68,7 +68,7 @@ class AttributedCall:
     caller: str | None  # E.164; None for an anonymous caller
     started_at: float
     answered: bool
-    ring_s: float  # the wait: until answered, or until the caller gave up
+    ring_s: float | None  # the wait: until answered, or until the caller gave up; None: unknown
     new_contact: bool  # the bridge created the CRM contact for this call
     contact_id: str | None = None
     extension: str | None = None
@@ -93,7 +93,7 @@ class AttributedCall:
             caller=d.get("caller"),
             started_at=float(d["started_at"]),
             answered=bool(d["answered"]),
-            ring_s=float(d.get("ring_s", 0.0)),
+            ring_s=None if d.get("ring_s", 0.0) is None else float(d.get("ring_s", 0.0)),
             new_contact=bool(d.get("new_contact", False)),
             contact_id=d.get("contact_id"),
             extension=d.get("extension"),
@@ -236,7 +236,7 @@ def figures(calls: Iterable[AttributedCall], new_contacts: int) -> dict[str, Any
     ``median_wait_s``: how long callers rang before they were answered or gave up.
     """
     cs = list(calls)
-    waits = [c.ring_s for c in cs]
+    waits = [c.ring_s for c in cs if c.ring_s is not None]  # None: found answered, wait unknown
     return {
         "calls": len(cs),
         "answered": sum(1 for c in cs if c.answered),

@@ -47,6 +47,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from panoramisk.actions import Action
@@ -64,6 +65,7 @@ __all__ = [
     "AmiListener",
     "AmiLoginRejected",
     "AmiNotConnected",
+    "Session",
     "Tracker",
 ]
 
@@ -77,10 +79,26 @@ class Tracker(Protocol):
 
     def expire(self, now: float) -> Iterable[Update]: ...
 
-    def reconcile(self, snapshot: list[Message], now: float) -> Iterable[Update]: ...
+    def reconcile(
+        self, snapshot: list[Message], now: float, since: float | None = None
+    ) -> Iterable[Update]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session established (logged in, reconciled): what ``on_session`` is told.
+
+    ``gap``: (when the link was last known up, when this session began), wall clock, for
+    every session after this listener's first: what the event stream missed, and what a
+    backfill from the PBX's CDR reads (``telephony.backfill``)."""
+
+    number: int  # 1 for the first session of this listener
+    connected_at: float
+    gap: tuple[float, float] | None
 
 
 OnUpdate = Callable[[Update], Awaitable[Any] | None]
+OnSession = Callable[[Session], None]
 
 
 class AmiError(Exception):
@@ -215,6 +233,7 @@ class _AmiProtocol(AMIProtocol):
         arrived = time.time()
         listener = self._listener
         listener.bytes_received += len(data)
+        listener.last_data_at = arrived
         on_event = listener._on_event
         codec = self.codec
         passed = codec.passed_over
@@ -257,7 +276,11 @@ class AmiListener:
 
     State for health and metrics (read them, don't write): ``connected``, ``last_event_at``,
     ``events_received``, ``bytes_received``, ``reconnects``, ``login_error``, ``malformed``,
-    ``handler_errors``, ``last_error``, ``sessions``, ``banner``.
+    ``handler_errors``, ``last_error``, ``sessions``, ``banner``, ``gaps``, ``gap_seconds``,
+    ``last_gap``.
+
+    ``on_session`` (optional) is told of every session established (:class:`Session`), after
+    the tracker has reconciled it: a backfill reads what the gap before it hid.
 
     ``on_update`` gets every tracker update; it should be quick (e.g. put on a queue). If it
     returns an awaitable, that runs as a task. Its exceptions are logged, never fatal.
@@ -281,6 +304,7 @@ class AmiListener:
         connect_timeout: float = 10.0,
         action_timeout: float = 10.0,
         expire_interval: float = 1.0,
+        on_session: OnSession | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -288,6 +312,7 @@ class AmiListener:
         self._secret = secret
         self.tracker = tracker
         self._on_update = on_update
+        self._on_session = on_session
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.reconnect_max = reconnect_max
@@ -317,7 +342,12 @@ class AmiListener:
         self.handler_errors = 0  # exceptions in the tracker or in on_update
         self.last_error: str | None = None  # why the link was last lost / not made
         self.banner: str | None = None
+        self.last_data_at: float | None = None  # wall clock of the last bytes read
+        self.gaps = 0  # links lost and made again: the event stream has a hole
+        self.gap_seconds = 0.0  # their length in all, from last sign of life to relogin
+        self.last_gap: tuple[float, float] | None = None
         self._malformed = 0
+        self._lost_since: float | None = None  # the link's last sign of life before a loss
 
         self._proto: _AmiProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -511,12 +541,26 @@ class AmiListener:
             self.reconnects += 1
         self.sessions += 1
         self.connected = True
+        now = time.time()
+        gap = None
+        if self._lost_since is not None:
+            gap = (min(self._lost_since, now), now)
+            self._lost_since = None
+            self.gaps += 1
+            self.gap_seconds += gap[1] - gap[0]
+            self.last_gap = gap
         self.log.info(
             "AMI %s: connected to %s:%s as %s (%s); %d channels up",
             self.pbx, self.host, self.port, self.username, self.banner or "no banner",
             len(snapshot or ()),
         )
         await self._notify_session()
+        if self._on_session is not None:
+            try:
+                self._on_session(Session(self.sessions, now, gap))
+            except Exception:
+                self.handler_errors += 1
+                self.log.exception("AMI %s: on_session failed", self.pbx)
 
         pinger = asyncio.create_task(self._watchdog(proto))
         try:
@@ -580,7 +624,7 @@ class AmiListener:
         if isinstance(action.future.result(), list):
             snapshot = _channels_of(action)
             try:
-                updates = list(self.tracker.reconcile(snapshot, time.time()))
+                updates = list(self.tracker.reconcile(snapshot, time.time(), self._lost_since))
             except Exception:
                 self.handler_errors += 1
                 self.log.exception("AMI %s: tracker reconcile failed", self.pbx)
@@ -637,6 +681,8 @@ class AmiListener:
     async def _session_ended(self) -> None:
         was_connected = self.connected
         self.connected = False
+        if was_connected and not self._stopping:  # what follows is a gap in the stream
+            self._lost_since = self.last_data_at or time.time()
         proto, self._proto = self._proto, None
         if proto is not None:
             self._malformed += proto.codec.skipped

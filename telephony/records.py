@@ -16,6 +16,8 @@ TransferKind = Literal["blind", "attended"]
 # Where a record came from: the AMI event stream as it happened, or the PBX's call detail
 # records read afterwards (telephony/cdr.py) for a call the bridge did not see end.
 Source = Literal["live", "cdr"]
+GAP = "gap"  # flag: ended or answered while the AMI link was down (times are bounds)
+RING_UNKNOWN = "ring-unknown"  # flag: found answered after a restart (ring not known)
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -55,12 +57,20 @@ class CallRecord:
     transfers: tuple[Transfer, ...] = ()
     rang: tuple[str, ...] = ()  # every extension that rang, in order
     final_extension: str | None = None  # who had the caller last (after transfers)
-    flags: tuple[str, ...] = ()  # "reconciled" (closed after a link loss), "stale" (max age)
+    # "reconciled" (closed after a link loss), "gap" (ended or answered while the AMI link
+    # was down: its end is the last moment the bridge knew it up, so talk is a lower
+    # bound), "stale" (max age), "adopted" (found in progress), "ring-unknown" (found
+    # answered: ``answered_at`` is its earliest, its ring unknown)
+    flags: tuple[str, ...] = ()
     pbx: str = "default"
     source: Source = "live"
 
     @property
-    def ring_s(self) -> float:
+    def ring_s(self) -> float | None:
+        """From start until answer (or until the end, unanswered); None: not known (a
+        call found already answered after a restart)."""
+        if RING_UNKNOWN in self.flags:
+            return None
         end = self.answered_at if self.answered_at is not None else self.ended_at
         return round(max(0.0, end - self.started_at), 2)
 

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from telephony.ami import Message, event_time
 from telephony.phones import to_e164
 from telephony.records import (
+    GAP,
+    RING_UNKNOWN,
     Answered,
     CallFinished,
     CallStarted,
@@ -162,15 +164,23 @@ class CallTracker:
             out += self._finish(call, now, ("stale",))
         return out
 
-    def reconcile(self, snapshot: Iterable[Message], now: float) -> list[Update]:
+    def reconcile(
+        self, snapshot: Iterable[Message], now: float, since: float | None = None
+    ) -> list[Update]:
         """Line our state up with the PBX after an AMI reconnect.
 
         ``snapshot``: the ``CoreShowChannel`` events answering ``CoreShowChannels``.
+        ``since``: when the link was last known up (its last message before the gap, on
+        the clock of ``now``); None: not known, taken as ``now``.
         Calls with no live channel left ended while we were away: reported once, flagged
-        "reconciled", ended ``now``. Channels gone from surviving calls are dropped. Live
+        "reconciled" and "gap", ended ``since``: the last moment the bridge knew them up,
+        never the reconnect (a gap must not inflate a call; its CDR, when there is a backfill
+        source, has the true end). Channels gone from surviving calls are dropped. Live
         channels we never saw (a restarted listener) are adopted, so their call is reported
-        when it ends (flagged "adopted": its start is known only to the second).
+        when it ends (flagged "adopted": its start is known only to the second; one
+        already answered is flagged "ring-unknown": when it was answered is not known).
         """
+        gap_end = now if since is None else min(since, now)
         live: dict[str, Message] = {}
         for msg in snapshot:
             uid = msg.get("Uniqueid")
@@ -183,12 +193,15 @@ class CallTracker:
             for uid in [u for u in call.channels if u not in live]:
                 self._drop_channel(call.channels[uid])
             if not call.channels:
-                out += self._finish(call, now, ("reconciled",))
+                out += self._finish(call, max(gap_end, call.started_at), ("reconciled", GAP))
                 continue
             for ch in list(call.channels.values()):
                 shown = live[ch.uid]
                 if shown.get("ChannelState") == _STATE_UP and not ch.up:
-                    out += self._up(ch, now) or []
+                    answered = self._up(ch, now) or []
+                    if any(isinstance(u, Answered) for u in answered):
+                        call.flags += (GAP,)  # answered in the gap: talk is a lower bound
+                    out += answered
                 bridge = shown.get("BridgeId") or None
                 if bridge != ch.bridge:  # moved (a transfer) while we were away
                     self._leave_bridge(ch)
@@ -761,7 +774,11 @@ class CallTracker:
         elif ch.kind == PHONE and ch.ext and not ch.origin and ch.ext not in call.rang:
             call.rang.append(ch.ext)
         if msg.get("ChannelState") == _STATE_UP:
-            out += self._up(ch, t) or []
+            answered = self._up(ch, t) or []
+            if any(isinstance(u, Answered) for u in answered):
+                # answered before we looked: at ``t`` at the earliest (this leg's start)
+                call.flags += (RING_UNKNOWN,)
+            out += answered
         bridge = msg.get("BridgeId")
         if bridge:
             out += self._enter_bridge(ch, bridge, now) or []

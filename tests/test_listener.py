@@ -24,7 +24,7 @@ from pbxsim.rebase import rebase
 from pbxsim.server import load_trace
 from pbxsim.synth import plan
 from telephony.ami import Message, encode, parse_trace
-from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, _Action
+from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, Session, _Action
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
@@ -50,9 +50,11 @@ class SeenTracker:
     def expire(self, now: float) -> list[Update]:
         return self.tracker.expire(now)
 
-    def reconcile(self, snapshot: list[Message], now: float) -> list[Update]:
+    def reconcile(
+        self, snapshot: list[Message], now: float, since: float | None = None
+    ) -> list[Update]:
         self.snapshots.append(list(snapshot))
-        return self.tracker.reconcile(snapshot, now)
+        return self.tracker.reconcile(snapshot, now, since)
 
 
 @dataclass
@@ -502,6 +504,38 @@ async def test_link_cut_mid_call_keeps_the_live_call_and_closes_the_ended_one_on
     assert "reconciled" not in done.flags
     assert [r.call_id for r in bridge.records_so_far()] == [missed_id, talk_id]
     assert bridge.seen.tracker.active_count == 0
+
+
+async def test_a_call_that_ended_while_the_link_was_cut_is_not_inflated_by_the_outage(
+    pbx_sim: FaultyPbx, connect: Connect
+) -> None:
+    """Issue 15: a call that ended in a 7 s outage got its end at the reconnect. It ends at
+    the link's last sign of life, flagged "gap"; the gap is counted and told on_session."""
+    talk = live_trace(T01, shift=-3.0, ids=50_000)  # answered 1 s ago, ends in 4 s
+    t0 = float(talk[0]["Timestamp"])
+    before = [m for m in talk if float(m["Timestamp"]) - t0 < 3.0]
+    sessions: list[Session] = []
+    bridge = await connect(on_session=sessions.append)
+    await pbx_sim.send(before)
+    await bridge.listener.ping()
+    pbx_sim.refuse_connections = True
+    await pbx_sim.drop_clients()
+    cut = time.time()
+    await pbx_sim.send(talk[len(before):])  # it ends while nobody listens
+    await asyncio.sleep(1.5)
+    pbx_sim.refuse_connections = False
+    await bridge.listener.wait_for_session(2, timeout=5)
+
+    (rec,) = await bridge.records(1)
+    assert rec.flags == ("reconciled", "gap")
+    assert cut - 0.5 < rec.ended_at <= cut  # not the reconnect, 1.5 s later
+    assert rec.talk_s == pytest.approx(cut - rec.answered_at, abs=0.5)
+    listener = bridge.listener
+    assert listener.gaps == 1 and listener.gap_seconds >= 1.5
+    assert [s.gap is None for s in sessions] == [True, False]
+    since, until = sessions[1].gap  # type: ignore[misc]
+    assert listener.last_gap == (since, until) and until - since >= 1.5
+    assert rec.ended_at == since
 
 
 async def test_a_restarted_listener_reports_a_call_in_progress_once_with_its_did(

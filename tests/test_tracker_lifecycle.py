@@ -10,7 +10,7 @@ import pytest
 
 from pbxsim.rebase import id_span, rebase
 from telephony.ami import AmiCodec, Message, encode
-from telephony.records import CallFinished, CallStarted
+from telephony.records import CallFinished, CallRecord, CallStarted
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
 from tests.test_tracker_behaviours import CALLER, DID, Chan, Pbx
@@ -58,9 +58,43 @@ def test_call_that_ended_while_the_link_was_down_is_reported_once_as_reconciled(
     (finished,) = [u for u in pbx.tracker.reconcile([], now) if isinstance(u, CallFinished)]
     rec = finished.record
     assert (rec.flags, rec.ended_at, rec.answered, rec.extension) == (
-        ("reconciled",), now, True, "101")
+        ("reconciled", "gap"), now, True, "101")
     assert pbx.tracker.reconcile([], now + 60) == []
     assert pbx.tracker.active_count == 0 and pbx.tracker._bridges == {}
+
+
+def test_a_call_that_ended_in_a_gap_ends_when_the_link_was_last_up_not_at_the_reconnect() -> None:
+    """Issue 15: calls that ended in a 7 s outage got talk 13 s (true 4 and 6): their end
+    was the reconnect. It is the last moment the bridge knew them up, flagged "gap"."""
+    pbx = Pbx()
+    answered_call(pbx)
+    answered = pbx.t
+    pbx.wait(4)
+    lost = pbx.t  # the link's last message; the call ends somewhere in the next 7 s
+    (finished,) = [
+        u for u in pbx.tracker.reconcile([], lost + 7, since=lost) if isinstance(u, CallFinished)
+    ]
+    rec = finished.record
+    assert rec.ended_at == lost and rec.talk_s == pytest.approx(lost - answered)
+    assert rec.flags == ("reconciled", "gap")
+    assert rec.to_json()["flags"] == ["reconciled", "gap"]
+
+
+def test_an_answer_made_while_the_link_was_down_flags_the_call_gap() -> None:
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "101")
+    pbx.ring(trunk, p101)
+    p101.state = trunk.state = "6"  # answered while we were away
+    bridge = "5e1c0d1e-0000-4000-8000-000000000002"
+    snapshot = [show_channel(trunk, 6, bridge), show_channel(p101, 6, bridge)]
+    pbx.tracker.reconcile(snapshot, pbx.t + 6, since=pbx.t + 1)
+    pbx.wait(20)
+    pbx.hangup(trunk, bridge=bridge)
+    pbx.hangup(p101, bridge=bridge)
+    rec = pbx.record()
+    assert rec.answered and rec.flags == ("gap",)  # talk counts from the reconnect: a bound
 
 
 def test_call_still_up_after_a_reconnect_goes_on_and_ends_normally() -> None:
@@ -116,9 +150,48 @@ def test_live_call_unknown_to_a_restarted_listener_is_adopted_and_reported_at_it
     assert rec.call_id == trunk.linkedid
     assert (rec.direction, rec.external, rec.answered, rec.extension) == (
         "in", "+" + CALLER, True, "101")
-    assert rec.flags == ("adopted",)
-    assert rec.ended_at - rec.started_at == pytest.approx(50.0)
+    assert rec.flags == ("adopted", "ring-unknown")
+    assert rec.ended_at - rec.started_at == pytest.approx(50.0)  # its start: from Duration
     assert fresh.tracker.active_count == 0
+
+
+def test_a_call_found_answered_after_a_restart_has_an_unknown_ring_not_zero() -> None:
+    """Issue 15: 19 of 21 calls up across a restart got ring 0 s (true 1 s)."""
+    old = Pbx()
+    trunk, p101, bridge = answered_call(old)
+    old.wait(10)
+    fresh = Pbx(t0=old.t)
+    fresh.tracker.reconcile([show_channel(p101, 10, bridge), show_channel(trunk, 12, bridge)],
+                            fresh.t)  # fmt: skip
+    fresh.wait(3)
+    fresh.hangup(trunk, bridge=bridge)
+    fresh.hangup(p101, bridge=bridge)
+    rec = fresh.record()
+    assert rec.ring_s is None and rec.to_json()["ring_s"] is None
+    assert rec.started_at == pytest.approx(fresh.t - 15)  # now - the trunk's Duration
+    assert rec.answered_at == pytest.approx(fresh.t - 13)  # at the earliest: 101's leg began
+    assert rec.talk_s == pytest.approx(13.0)  # so talk is at most that
+    assert CallRecord.from_json(rec.to_json()).ring_s is None  # through the queue and back
+
+
+def test_a_call_found_ringing_after_a_restart_and_answered_later_has_its_ring() -> None:
+    old = Pbx()
+    trunk = old.trunk_call(CALLER, DID)
+    p101 = old.phone("101", trunk)
+    old.dial(trunk, p101, "101")
+    old.ring(trunk, p101)
+    old.wait(2)
+    fresh = Pbx(t0=old.t)
+    fresh.tracker.reconcile([show_channel(trunk, 2), show_channel(p101, 2)], fresh.t)
+    fresh.wait(3)
+    fresh.answer(trunk, p101)
+    bridge = fresh.bridge(p101, trunk)
+    fresh.wait(4)
+    fresh.hangup(trunk, bridge=bridge)
+    fresh.hangup(p101, bridge=bridge)
+    rec = fresh.record()
+    assert rec.flags == ("adopted",)
+    assert rec.ring_s == pytest.approx(5.0) and rec.talk_s == pytest.approx(4.0)
 
 
 def test_reconcile_ignores_other_messages_in_the_snapshot() -> None:

@@ -46,6 +46,25 @@ def test_answered_inbound_call_is_logged_with_duration_extension_and_source() ->
     assert plan.phone == "+79161234567"
 
 
+def test_a_call_that_ended_in_a_gap_says_its_talk_is_a_lower_bound_and_why() -> None:
+    """Issue 15: the event text must not claim a precision the bridge does not have."""
+    plan = planned(call(ended_at=T0 + 19, flags=("reconciled", "gap")))
+    assert plan.description == (
+        "Длительность ≥0:13 (разрыв связи с АТС); добавочный 101; номер +74951234567"
+    )
+
+
+def test_a_call_found_answered_after_a_restart_says_its_talk_is_an_upper_bound() -> None:
+    record = call(flags=("adopted", "ring-unknown"))
+    assert record.ring_s is None
+    plan = planned(record, CallPolicy(description="{duration}|{ring}"))
+    assert plan.description == "≤3:54 (разговор начался до перезапуска моста)|"
+
+
+def test_a_call_whose_times_came_from_the_cdr_reads_as_exact() -> None:
+    assert planned(call(source="cdr")).description.startswith("Длительность 3:54;")
+
+
 def test_missed_call_has_its_own_subject_and_no_duration() -> None:
     plan = planned(
         call(extension=None, answered=False, answered_at=None, disposition="no-answer")

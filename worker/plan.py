@@ -25,7 +25,7 @@ from types import MappingProxyType
 
 from crm_client.types import Credentials
 from telephony.phones import for_crm
-from telephony.records import CallRecord
+from telephony.records import GAP, RING_UNKNOWN, CallRecord
 
 from .policy import CallPolicy, CrmTarget
 
@@ -126,13 +126,30 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def duration_text(record: CallRecord) -> str:
+    """The talk time as the event text gives it: exact ("3:54"), or, when the bridge could
+    not see the whole call and no CDR gave its times, the bound it knows, saying why:
+    "≥0:13 (разрыв связи с АТС)" (it ended while the AMI link was down: its end is the
+    last moment the bridge knew it up) or "≤0:07 (...)" (found already answered after a
+    restart: its answer is not known, so talk counts from when that phone began ringing).
+    Empty when nobody answered."""
+    if not record.answered:
+        return ""
+    text = format_duration(record.talk_s)
+    if GAP in record.flags:
+        return f"≥{text} (разрыв связи с АТС)"
+    if RING_UNKNOWN in record.flags:
+        return f"≤{text} (разговор начался до перезапуска моста)"
+    return text
+
+
 def template_values(
     record: CallRecord, calls: CallPolicy, crm: CrmTarget, sources: Mapping[str, str] = NO_SOURCES
 ) -> dict[str, str]:
     phone = for_crm(record.external, crm.phone_format) if record.external else ""
     values = {
-        "duration": format_duration(record.talk_s) if record.answered else "",
-        "ring": format_duration(record.ring_s),
+        "duration": duration_text(record),
+        "ring": "" if record.ring_s is None else format_duration(record.ring_s),
         "extension": record.extension or "",
         "did": record.did or "",
         "source": sources.get(record.did, "") if record.did else "",

@@ -28,8 +28,9 @@ from telephony.phones import PhoneFormat
 # Placeholders the subject, description, contact name and recording URL templates may use.
 PLACEHOLDERS = frozenset(
     {
-        "duration",  # talk time, "3:54" (empty when nobody answered)
-        "ring",  # time until answer (or until the end, unanswered), "0:12"
+        "duration",  # talk time, "3:54" (empty when nobody answered; a bound after a gap
+        #              in the AMI link: "≥0:13 (разрыв связи с АТС)", see plan.duration_text)
+        "ring",  # time until answer (or until the end, unanswered), "0:12"; empty: unknown
         "extension",  # who answered (in) / who dialled (out)
         "did",  # the number an inbound caller dialled, E.164
         "source",  # the [sources] label of that number
