@@ -386,6 +386,11 @@ class PbxSimulator:
         unanswered (a hung PBX), an Originate still recorded in ``originates``."""
         return True
 
+    def played(self, messages: Sequence[Message]) -> None:
+        """Told of every batch of messages played, whether or not anyone was connected: a
+        subclass may do what the PBX does beside AMI (the tests' one writes ``Master.csv``
+        from the ``Cdr`` events, as ``cdr_csv`` would)."""
+
     # -- faults any client may meet ----------------------------------------------------
 
     async def drop_clients(self) -> int:
@@ -545,6 +550,7 @@ class PbxSimulator:
         apply = self._book.apply
         for k in range(i, j):
             apply(messages[k], now)
+        self.played(messages[i:j])
         count = j - i
         self.events_played += count
         targets = [c for c in self._clients if c.authed and c.events]

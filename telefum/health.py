@@ -8,7 +8,9 @@ real Redis and a real listener.
 
 Healthy means all of: every AMI link logged in (and, if ``[health] max_event_age_s`` is set,
 an event seen recently), Redis answering PING, at least one worker heartbeat fresher than
-``[health] worker_heartbeat_max_age_s``, and the spool empty or shrinking.
+``[health] worker_heartbeat_max_age_s``, the spool empty or shrinking, every backfill source
+readable as configured, and no gap in the AMI event stream in the last ``[health]
+gap_alert_s`` that backfill could not cover.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from crm_client.redact import redact_text
+from telephony.backfill import BackfillStatus
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -36,6 +39,9 @@ class HealthSettings:
     # a spool that holds calls and has not shrunk for this long is stuck
     spool_stall_s: float = Field(default=60.0, ge=1, strict=True)
     redis_timeout_s: float = Field(default=2.0, ge=0.1, strict=True)
+    # a gap in the AMI event stream that backfill could not cover (no [backfill] source, or
+    # its CDR unreadable) is a reason this long after it closed; 0: listed, never a reason
+    gap_alert_s: float = Field(default=900.0, ge=0, strict=True)
 
 
 class AmiLinkView(Protocol):
@@ -98,6 +104,7 @@ class Snapshot:
     stats: dict[str, Any] | None = None  # worker.stats.read_stats(); None if unreadable
     spool_size: int | None = None  # this process's spool; None: take the stats' total
     spool_error: str | None = None  # the spool could not be read
+    backfills: tuple[BackfillStatus, ...] = ()  # one per PBX this process listens to
 
 
 class SpoolWatch:
@@ -207,8 +214,11 @@ def evaluate(
         reasons.append(f"spool unreadable: {snap.spool_error}")
         spool = {"size": None, "error": snap.spool_error}
 
+    backfill = [_backfill(b, snap.now, cfg, reasons) for b in snap.backfills]
+
     details = {
         "ami": ami,
+        "backfill": backfill,
         "redis": redis,
         "workers": workers,
         "queue": queue,
@@ -216,6 +226,37 @@ def evaluate(
         "checked_at": snap.now,
     }
     return Health(ok=not reasons, reasons=reasons, details=details)
+
+
+def _backfill(
+    b: BackfillStatus, now: float, cfg: HealthSettings, reasons: list[str]
+) -> dict[str, Any]:
+    """One PBX's backfill as /health shows it; its reasons: a source misconfigured, and
+    the gaps in the event stream it could not cover (for ``gap_alert_s`` after they
+    closed: calls that began and ended in one may be missing)."""
+    if b.state == "misconfigured":
+        reasons.append(f"backfill cannot read the CDR: pbx {b.pbx}, {b.source}: {b.last_error}")
+    for gap in b.uncovered:
+        if cfg.gap_alert_s > 0 and now - gap.until <= cfg.gap_alert_s:
+            reasons.append(
+                f"AMI gap not backfilled: pbx {b.pbx}, {gap.seconds:.1f} s from "
+                f"{_utc(gap.since)}: {gap.why}"
+            )
+    return {
+        "pbx": b.pbx, "source": b.source, "state": b.state, "last_error": b.last_error,
+        "gaps": b.gaps, "gap_seconds": b.gap_seconds,
+        "uncovered_gaps": [
+            {"from": _utc(g.since), "to": _utc(g.until), "seconds": round(g.seconds, 1),
+             "why": g.why} for g in b.uncovered
+        ],
+        "calls_found": b.found, "calls_completed": b.completed, "calls_released": b.released,
+        "calls_held": b.held, "pending_windows": b.pending_windows, "bad_rows": b.bad_rows,
+        "calls_without_id": b.no_id,
+    }  # fmt: skip
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 # async (redis) -> dict, e.g. worker.stats.read_stats
@@ -229,6 +270,7 @@ async def observe(
     *,
     read_stats: StatsReader | None = None,
     spool_size: Callable[[], int] | None = None,
+    backfills: Callable[[], Sequence[BackfillStatus]] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Snapshot:
     """Read the world once (bounded by ``cfg.redis_timeout_s``) into a :class:`Snapshot`."""
@@ -259,6 +301,7 @@ async def observe(
         stats=stats,
         spool_size=size,
         spool_error=spool_error,
+        backfills=tuple(backfills()) if backfills is not None else (),
     )
 
 

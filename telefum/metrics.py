@@ -17,6 +17,19 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_ami_malformed_total{pbx}``        malformed messages skipped
 ``telefum_calls_active{pbx}``               calls in progress (the tracker's)
 ``telefum_calls_finished_total{pbx,direction,disposition}``  finished calls seen here
+``telefum_ami_gaps_total{pbx}``             gaps in the AMI event stream: link outages, and
+                                            this listener's own restarts
+``telefum_ami_gap_seconds_total{pbx}``      their length in all
+``telefum_backfill_uncovered_gaps_total{pbx}``  gaps backfill could not cover (no source,
+                                            calls in the CDR without uniqueid)
+``telefum_backfill_calls_total{pbx,how}``   calls from the CDR: "found" (the bridge did not
+                                            see them end), "completed" (it saw them in part:
+                                            times from the CDR), "released" (seen in part, no
+                                            CDR in time: delivered with its own times, flagged)
+``telefum_backfill_calls_held{pbx}``        calls waiting for their CDR now
+``telefum_backfill_reads_total{pbx,outcome}``  CDR reads: ok, failed
+``telefum_backfill_up{pbx}``                1 when the last CDR read worked (absent: no source)
+``telefum_backfill_bad_rows_total{pbx}``    CDR rows skipped as unusable
 ``telefum_redis_up``                        1 when Redis answered PING
 ``telefum_jobs_<counter>_total``            enqueued, succeeded, skipped, retried,
                                             dead_lettered, requeued, recovered, ...
@@ -127,6 +140,7 @@ def families(
         if link.active_calls is not None:
             active.add_metric([link.pbx], link.active_calls)
     yield from (up, rejected, age, events, reconnects, malformed, active)
+    yield from _backfill(snap)
 
     finished = CounterMetricFamily(
         "telefum_calls_finished",
@@ -156,6 +170,47 @@ def families(
     info = GaugeMetricFamily("telefum_build_info", "telefum-bridge version", labels=["version"])
     info.add_metric([__version__], 1)
     yield info
+
+
+def _backfill(snap: Snapshot) -> Iterator[Metric]:
+    gaps = CounterMetricFamily(
+        "telefum_ami_gaps", "Gaps in the AMI event stream (outages, restarts)", labels=["pbx"]
+    )
+    seconds = CounterMetricFamily(
+        "telefum_ami_gap_seconds", "Length of the gaps in the AMI event stream", labels=["pbx"]
+    )
+    uncovered = CounterMetricFamily(
+        "telefum_backfill_uncovered_gaps", "Gaps backfill could not cover", labels=["pbx"]
+    )
+    calls = CounterMetricFamily(
+        "telefum_backfill_calls", "Calls from the CDR by how they were used",
+        labels=["pbx", "how"],
+    )  # fmt: skip
+    held = GaugeMetricFamily("telefum_backfill_calls_held", "Calls waiting for their CDR",
+                             labels=["pbx"])  # fmt: skip
+    reads = CounterMetricFamily(
+        "telefum_backfill_reads", "CDR reads by outcome", labels=["pbx", "outcome"]
+    )
+    up = GaugeMetricFamily("telefum_backfill_up", "1 when the last CDR read worked",
+                           labels=["pbx"])  # fmt: skip
+    bad = CounterMetricFamily(
+        "telefum_backfill_bad_rows", "CDR rows skipped as unusable", labels=["pbx"]
+    )
+    for b in snap.backfills:
+        gaps.add_metric([b.pbx], b.gaps)
+        seconds.add_metric([b.pbx], b.gap_seconds)
+        uncovered.add_metric([b.pbx], b.uncovered_total)
+        if b.state == "off":
+            continue
+        for how, n in (("found", b.found), ("completed", b.completed),
+                       ("released", b.released)):  # fmt: skip
+            calls.add_metric([b.pbx, how], n)
+        held.add_metric([b.pbx], b.held)
+        reads.add_metric([b.pbx, "ok"], b.reads_ok)
+        reads.add_metric([b.pbx, "failed"], b.reads_failed)
+        up.add_metric([b.pbx], 1.0 if b.state == "ok" else 0.0)
+        bad.add_metric([b.pbx], b.bad_rows)
+    yield from (gaps, seconds, uncovered, calls, held, reads, up, bad)
 
 
 def _pipeline(stats: dict[str, Any], cfg: HealthSettings) -> Iterator[Metric]:

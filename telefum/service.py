@@ -29,8 +29,9 @@ from telefum.agent_routes import AgentServices, setup_agent_routes
 from telefum.attribution import attribution_hook
 from telefum.config import Settings
 from telefum.web import Service, bound_port, create_app, start_http
+from telephony.backfill import Backfiller
 from telephony.listener import AmiListener
-from telephony.records import CallFinished
+from telephony.records import CallFinished, CallRecord
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
@@ -74,6 +75,7 @@ class Bridge:
         self.redis: Redis | None = None
         self.handoff: Handoff | None = None
         self.listeners: list[AmiListener] = []
+        self.backfillers: dict[str, Backfiller] = {}  # by PBX name
         self.service: Service | None = None
         self.agents: AgentServices | None = None
         self.worker: WorkerService | None = None
@@ -110,13 +112,17 @@ class Bridge:
             self.handoff = wiring.handoff(s, worker_config, self.redis_url)
             await self.handoff.start()
             for ami in s.ami:
-                self.listeners.append(wiring.listener(s, ami, self._on_update))
+                listener = wiring.listener(s, ami, self._on_update)
+                self.listeners.append(listener)
+                self.backfillers[ami.name] = wiring.backfiller(s, ami, listener, self._submit)
         handoff = self.handoff
+        backfillers = list(self.backfillers.values())
         self.service = Service(
             s,
             links=self.listeners,
             redis=self.redis,
             spool_size=(lambda: handoff.spool_size) if handoff is not None else None,
+            backfills=lambda: [b.status() for b in backfillers],
         )
         self.agents = wiring.agent_services(
             s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis
@@ -137,6 +143,8 @@ class Bridge:
             )
             self._http = await start_http(app, s.http.listen)
             log.info("HTTP on %s (health, metrics, agent pages)", self.http_url)
+        for backfill in backfillers:
+            await backfill.start()
         for listener in self.listeners:
             await listener.start()
         if self.roles.work:
@@ -160,19 +168,28 @@ class Bridge:
         return redis
 
     def _on_update(self, update: Any) -> None:
-        """Every tracker update, from every PBX: quick, never blocking the AMI reader."""
+        """Every tracker update, from every PBX: quick, never blocking the AMI reader. A
+        call the tracker saw only in part may wait for its CDR (``telephony.backfill``)."""
         if isinstance(update, CallFinished):
-            if self.handoff is not None:
-                self.handoff.submit(update.record)
-            if self.service is not None:
-                self.service.calls.observe(update.record)
+            backfill = self.backfillers.get(update.record.pbx)
+            if backfill is None or not backfill.hold(update.record):
+                self._submit(update.record)
         if self.agents is not None:
             self.agents.screenpop.on_update(update)
+
+    def _submit(self, record: CallRecord) -> None:
+        """A finished call, live or from the CDR, to the hand-over and the call counts."""
+        if self.handoff is not None:
+            self.handoff.submit(record)
+        if self.service is not None:
+            self.service.calls.observe(record)
 
     async def stop(self) -> None:
         """Stop in reverse order; finished calls reach Redis or stay in the spool."""
         for listener in self.listeners:
             await _quietly(listener.stop(), "AMI listener")
+        for backfill in self.backfillers.values():  # calls held for their CDR: submitted
+            await _quietly(backfill.stop(), "backfill")
         if self.handoff is not None:
             await _quietly(self.handoff.close(), "hand-over")
             self.handoff = None

@@ -28,6 +28,7 @@ from worker.policy import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from telefum.config import Settings
+    from telephony.backfill import BackfillStatus
 
 
 # --- the settings ([http]) -----------------------------------------------------------------
@@ -97,6 +98,7 @@ class Service:
     links: Sequence[AmiLinkView] = ()
     redis: RedisPing | None = None  # a redis.asyncio.Redis; None: no Redis checks
     spool_size: Callable[[], int] | None = None  # calls waiting in this process's spool
+    backfills: Callable[[], Sequence[BackfillStatus]] | None = None  # one per PBX listened to
     calls: metrics.CallCounts = field(default_factory=metrics.CallCounts)
     queue_name: str = QUEUE_NAME
     started_at: float = field(default_factory=time.time)
@@ -113,7 +115,7 @@ class Service:
 
         snap = await observe(
             self.links, self.redis, self.settings.health,
-            read_stats=read, spool_size=self.spool_size,
+            read_stats=read, spool_size=self.spool_size, backfills=self.backfills,
         )
         return evaluate(snap, self.settings.health, self.spool_watch), snap
 

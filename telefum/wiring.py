@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from crm_client.client import TelefumClient
     from telefum.agent_routes import AgentServices
     from telefum.screenpop import CrmLookup
+    from telephony.backfill import Backfiller
     from telephony.listener import AmiListener
     from worker.handoff import Handoff
 
@@ -67,6 +68,33 @@ def listener(settings: Settings, ami: AmiSettings, on_update: Callable[[Any], No
         reconnect_max=ami.reconnect_max_s,
         pbx=ami.name,
     )
+
+
+def backfiller(
+    settings: Settings, ami: AmiSettings, listener: AmiListener, submit: Callable[[Any], None]
+) -> Backfiller:
+    """The PBX's backfill from its CDR (``[backfill]``, or its ``[ami.backfill]``), told of
+    the listener's sessions and reading its tracker's live calls; its state file beside the
+    spool. Without a source it still counts and reports the gaps."""
+    from telephony.backfill import Backfiller
+
+    b = settings.backfill_for(ami.name)
+    tracker = listener.tracker
+    out = Backfiller(
+        b.source(),
+        settings.calls,
+        submit,
+        pbx=ami.name,
+        state_dir=settings.spool_dir,
+        live_ids=lambda: getattr(tracker, "live_ids", frozenset()),
+        alive=lambda: listener.last_data_at if listener.connected else None,
+        settle_s=b.settle_s,
+        cdr_batch_s=b.cdr_batch_s,
+        first_window_s=b.first_window_s,
+        retry_max_s=b.retry_max_s,
+    )
+    listener.on_session = out.on_session
+    return out
 
 
 def crm_lookups(

@@ -276,8 +276,7 @@ class AmiListener:
 
     State for health and metrics (read them, don't write): ``connected``, ``last_event_at``,
     ``events_received``, ``bytes_received``, ``reconnects``, ``login_error``, ``malformed``,
-    ``handler_errors``, ``last_error``, ``sessions``, ``banner``, ``gaps``, ``gap_seconds``,
-    ``last_gap``.
+    ``handler_errors``, ``last_error``, ``sessions``, ``banner``, ``last_data_at``.
 
     ``on_session`` (optional) is told of every session established (:class:`Session`), after
     the tracker has reconciled it: a backfill reads what the gap before it hid.
@@ -312,7 +311,7 @@ class AmiListener:
         self._secret = secret
         self.tracker = tracker
         self._on_update = on_update
-        self._on_session = on_session
+        self.on_session = on_session
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.reconnect_max = reconnect_max
@@ -343,9 +342,6 @@ class AmiListener:
         self.last_error: str | None = None  # why the link was last lost / not made
         self.banner: str | None = None
         self.last_data_at: float | None = None  # wall clock of the last bytes read
-        self.gaps = 0  # links lost and made again: the event stream has a hole
-        self.gap_seconds = 0.0  # their length in all, from last sign of life to relogin
-        self.last_gap: tuple[float, float] | None = None
         self._malformed = 0
         self._lost_since: float | None = None  # the link's last sign of life before a loss
 
@@ -546,18 +542,15 @@ class AmiListener:
         if self._lost_since is not None:
             gap = (min(self._lost_since, now), now)
             self._lost_since = None
-            self.gaps += 1
-            self.gap_seconds += gap[1] - gap[0]
-            self.last_gap = gap
         self.log.info(
             "AMI %s: connected to %s:%s as %s (%s); %d channels up",
             self.pbx, self.host, self.port, self.username, self.banner or "no banner",
             len(snapshot or ()),
         )
         await self._notify_session()
-        if self._on_session is not None:
+        if self.on_session is not None:
             try:
-                self._on_session(Session(self.sessions, now, gap))
+                self.on_session(Session(self.sessions, now, gap))
             except Exception:
                 self.handler_errors += 1
                 self.log.exception("AMI %s: on_session failed", self.pbx)
