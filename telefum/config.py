@@ -37,6 +37,7 @@ from telephony.cdr_settings import DEFAULT_CSV, CdrSourceSettings, SourceKind, r
 from telephony.phones import to_e164
 from telephony.rules import CallRules
 from worker.policy import CallPolicy, CrmTarget
+from worker.redis_url import parse_sentinel
 
 CONFIG_ENV = "TELEFUM_CONFIG"  # path of settings.toml when no --config is given
 PLACEHOLDER = "change-me"  # the shipped example's secrets: warned about
@@ -65,11 +66,13 @@ class SecretUrl(Secret[str]):
 
 
 def _redis_url(url: SecretUrl) -> SecretUrl:
-    if url.get_secret_value() and not re.match(r"(redis|rediss|unix)://", url.get_secret_value()):
+    value = url.get_secret_value()
+    if value and not re.match(r"(redis|rediss|unix|redis\+sentinel)://", value):
         raise ValueError(
-            f'expected empty (a private Redis) or a URL such as "redis://127.0.0.1:6379/0", '
-            f'got "{url}"'
+            f'expected empty (a private Redis) or a URL such as "redis://127.0.0.1:6379/0" '
+            f'or "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0", got "{url}"'
         )
+    parse_sentinel(value)  # ValueError: what a Sentinel URL lacks
     return url
 
 

@@ -35,6 +35,7 @@ from telephony.records import CallFinished, CallRecord
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
+from worker.redis_url import connect
 
 log = logging.getLogger("telefum.service")
 
@@ -107,7 +108,7 @@ class Bridge:
             self.embedded = self._start_embedded()
             self.redis_url = self.embedded.url
         worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
-        self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        self.redis = connect(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
             self.handoff = wiring.handoff(s, worker_config, self.redis_url)
             await self.handoff.start()

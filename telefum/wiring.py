@@ -40,6 +40,7 @@ def handoff(
     """The listener's hand-over to Redis, queueing the way the workers of ``config`` read
     (start it with ``await handoff.start()``)."""
     from worker.handoff import Handoff
+    from worker.redis_url import replicas_to_wait_for
 
     return Handoff(
         redis_url,
@@ -48,6 +49,7 @@ def handoff(
         job_expires_s=config.job_expires_s,
         ledger_ttl_s=config.ledger_ttl_s,
         listener_id=listener_id,
+        replicas=replicas_to_wait_for(redis_url),
     )
 
 

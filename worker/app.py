@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -47,6 +46,7 @@ from .ledger import Outbox
 from .policy import CrmTarget, WorkerConfig
 from .queue import JOB_FUNCTION, dumps, loads
 from .reconcile import try_reconcile
+from .redis_url import arq_settings
 from .steps import CrmApi
 
 log = logging.getLogger("worker.app")
@@ -151,7 +151,7 @@ class WorkerService:
 
     def build(self) -> Worker:
         c = self.config
-        settings = RedisSettings.from_dsn(self.redis_url)
+        settings = arq_settings(self.redis_url)
         settings.conn_retries = 0  # we retry, with a clear log line (see run())
         worker = ClaimingWorker(
             functions=[

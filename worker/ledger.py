@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from telephony.backoff import Backoff
 
 from . import keys, stats
+from .redis_url import connect
 
 QUEUED, RUNNING, RETRYING, DONE, DEAD, DROPPED = (
     "queued", "running", "retrying", "done", "dead", "dropped",
@@ -225,7 +226,7 @@ class Outbox:
 
     async def _retry(self, write: Callable[[Redis | None], Awaitable[None]], job_id: str) -> None:
         if self.redis_url and self._redis is None:
-            self._redis = Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=5)
+            self._redis = connect(self.redis_url, socket_connect_timeout=1, socket_timeout=5)
         deadline = time.monotonic() + self.give_up_s
         backoff = Backoff(0.05, 2.0)
         while True:

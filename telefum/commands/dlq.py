@@ -82,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, url: str, opts: dict[str, Any]) -> int:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from crm_client.redact import redact_url
+    from worker.redis_url import connect
 
-    redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
     try:
         if args.dlq_command == "list":
             return await _list(redis, args)

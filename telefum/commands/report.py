@@ -93,13 +93,13 @@ class ReportUnavailable(Exception):
 async def _from_redis(
     url: str, settings: Settings, since: float, until: float, tz: tzinfo | None
 ) -> dict[str, Any]:
-    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
     from crm_client.redact import redact_url
     from telefum.attribution import Attribution
+    from worker.redis_url import connect
 
-    client = aioredis.from_url(url, socket_timeout=10)
+    client = connect(url, socket_timeout=10)
     try:
         return await Attribution(client, sources=settings.sources).report(since, until, tz)
     except (RedisError, OSError) as err:

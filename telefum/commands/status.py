@@ -107,9 +107,9 @@ async def _from_redis(settings: Any) -> dict[str, Any]:
         return {"ami": None, "redis": None, "reasons": [
             "[redis] url is empty and no `telefum run` private Redis is running: nothing to read"
         ]}  # fmt: skip
-    from redis.asyncio import Redis
+    from worker.redis_url import connect
 
-    redis = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
+    redis = connect(url, socket_connect_timeout=1, socket_timeout=3)
     try:
         snap = await observe([], redis, settings.health)
     finally:
@@ -222,9 +222,8 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
 
 
 async def _check_worker(settings: Any) -> int:
-    from redis.asyncio import Redis
-
     from telefum.private_redis import redis_url
+    from worker.redis_url import connect
     from worker.stats import read_stats
 
     url = redis_url(settings)
@@ -232,7 +231,7 @@ async def _check_worker(settings: Any) -> int:
         print("no [redis] url: nothing to check", file=sys.stderr)
         return 1
     host = socket.gethostname()
-    redis = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
+    redis = connect(url, socket_connect_timeout=1, socket_timeout=3)
     try:
         stats = await asyncio.wait_for(read_stats(redis), settings.health.redis_timeout_s + 3)
     except Exception as err:

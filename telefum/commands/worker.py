@@ -56,12 +56,11 @@ async def _work(
 ) -> None:
     """One worker until SIGINT/SIGTERM (arq's own handlers), counting deliveries for the
     marketers' report."""
-    from redis.asyncio import Redis
-
     from telefum.attribution import attribution_hook
     from worker.app import WorkerService
+    from worker.redis_url import connect
 
-    redis = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
+    redis = connect(url, socket_connect_timeout=1.0, socket_timeout=5.0)
     try:
         await WorkerService(
             config,
