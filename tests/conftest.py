@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.support.pbx",
     "tests.support.cdr_db",
     "tests.support.sentinel",
+    "tests.support.procs",
 ]
 
 

@@ -35,7 +35,8 @@ class FaultyPbx(PbxSimulator):
     With ``cdr_csv`` set it also writes ``Master.csv`` as Asterisk's ``cdr_csv`` does
     (``loguniqueid``, ``loguserfield``, ``newcdrcolumns``): a line per ``Cdr`` event it
     plays, whether or not anyone is connected, ``cdr_delay_s`` after it (Asterisk writes
-    the CDR from its own thread, a moment after the hangup; ``batch = yes`` much later)."""
+    the CDR from its own thread, a moment after the hangup; ``batch = yes`` much later).
+    With ``keep_cdrs`` it keeps those rows in ``cdrs`` (a test puts them in a database)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:
         super().__init__(host, port, **kw)
@@ -45,6 +46,8 @@ class FaultyPbx(PbxSimulator):
         self.cdr_csv: Path | None = None
         self.cdr_delay_s = 0.0
         self.cdr_lines = 0  # lines written to cdr_csv
+        self.keep_cdrs = False  # keep every CDR row played in ``cdrs`` (for a database)
+        self.cdrs: list[TraceCdr] = []
         self._linkedid: dict[str, str] = {}
         self._did: dict[str, str] = {}
 
@@ -55,7 +58,7 @@ class FaultyPbx(PbxSimulator):
         return action not in self.silent_actions
 
     def played(self, messages: Sequence[Message]) -> None:
-        if self.cdr_csv is None:
+        if self.cdr_csv is None and not self.keep_cdrs:
             return
         for msg in messages:
             uid = msg.get("Uniqueid")
@@ -68,6 +71,10 @@ class FaultyPbx(PbxSimulator):
             if msg.get("Event") == "Cdr":
                 row = msg["UniqueID"]
                 cdr = TraceCdr(dict(msg), self._linkedid.get(row, row), self._did.get(row, ""))
+                if self.keep_cdrs:
+                    self.cdrs.append(cdr)
+                if self.cdr_csv is None:
+                    continue
                 line = csv_line(cdr, newcolumns=True)
                 if self.cdr_delay_s > 0:
                     asyncio.get_running_loop().call_later(self.cdr_delay_s, self._write, line)
