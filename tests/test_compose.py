@@ -39,6 +39,9 @@ def parse(argv: list[str]) -> None:
 def test_the_services_of_the_design_are_there() -> None:
     assert {"redis", "listener", "worker"} <= set(SERVICES)
     assert {"refcrm", "pbx-sim"} <= set(SERVICES)
+    assert {"listener-b", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(
+        SERVICES
+    )
 
 
 @pytest.mark.parametrize("name", TELEFUM_SERVICES)
@@ -53,7 +56,7 @@ def test_listener_and_worker_run_the_listen_and_worker_commands() -> None:
     assert argv_of(SERVICES["worker"])[:2] == ["telefum", "worker"]
 
 
-@pytest.mark.parametrize("name", ["redis", "listener", "worker", "refcrm", "pbx-sim"])
+@pytest.mark.parametrize("name", sorted(SERVICES))
 def test_every_service_has_a_health_check(name: str) -> None:
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] == "CMD" and len(test) > 1
@@ -104,11 +107,47 @@ def test_listener_keeps_its_spool_on_a_volume() -> None:
     assert mounts[mount] in COMPOSE["volumes"]
 
 
+def redis_url_of(service: dict[str, Any], env: dict[str, str]) -> str:
+    """The service's TELEFUM_REDIS__URL as compose interpolates ``${VAR:-default}``."""
+    value = service["environment"]["TELEFUM_REDIS__URL"]
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1]) or m[2], value)
+
+
 def test_telefum_services_wait_for_a_healthy_redis_and_share_it() -> None:
     for name in ("listener", "worker"):
         service = SERVICES[name]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert service["environment"]["TELEFUM_REDIS__URL"].startswith("redis://redis:")
+        assert redis_url_of(service, {}).startswith("redis://redis:")
+
+
+HA_URL = re.search(r"BRIDGE_REDIS_URL=(\S+)", (ROOT / "docker-compose.yml").read_text())
+
+
+def test_the_ha_profile_runs_a_second_listener_for_the_same_pbx_with_its_own_spool() -> None:
+    a, b = SERVICES["listener"], SERVICES["listener-b"]
+    assert b["profiles"] == ["ha"] and argv_of(b) == argv_of(a)
+    assert b["environment"] == a["environment"]  # the same settings: the same [[ami]] name
+    spools = [{v.split(":")[0] for v in s["volumes"]} & set(COMPOSE["volumes"]) for s in (a, b)]
+    assert spools[0] and spools[1] and not spools[0] & spools[1]
+    assert b["ports"] != a["ports"] and b["healthcheck"] == a["healthcheck"]
+
+
+def test_the_ha_profile_puts_redis_behind_three_sentinels_the_bridge_url_names() -> None:
+    from worker.redis_url import parse_sentinel
+
+    assert HA_URL is not None, "docker-compose.yml shows no BRIDGE_REDIS_URL for the ha profile"
+    url = parse_sentinel(HA_URL[1])
+    assert url is not None
+    sentinels = [n for n, s in SERVICES.items() if "--sentinel" in " ".join(argv_of(s))]
+    assert sorted(h for h, _ in url.sentinels) == sorted(sentinels) and len(sentinels) == 3
+    for name in sentinels:
+        script = " ".join(argv_of(SERVICES[name]))
+        assert f"sentinel monitor {url.primary} redis 6379 2" in script
+        assert SERVICES[name]["profiles"] == ["ha"]
+    replica = argv_of(SERVICES["redis-replica"])
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    for name in ("listener", "listener-b", "worker"):
+        assert redis_url_of(SERVICES[name], {"BRIDGE_REDIS_URL": HA_URL[1]}) == HA_URL[1]
 
 
 def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
@@ -116,6 +155,8 @@ def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
         assert SERVICES[name]["profiles"] == ["demo"]
     for name in ("redis", "listener", "worker"):
         assert "profiles" not in SERVICES[name]
+    assert {n for n, s in SERVICES.items() if s.get("profiles") == ["ha"]} == {
+        "listener-b", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}  # fmt: skip
 
 
 def test_the_demo_env_points_the_bridge_at_the_demo_services() -> None:
