@@ -6,6 +6,11 @@ Where things are::
 
     ami.py            the wire: socket bytes -> whole AMI messages (decoded once), encode
     listener.py       the AMI link: login, keep-alive, reconnect + reconcile, Originate
+    backfill.py       beside the listener: reads the PBX's CDR at start and after every gap
+                      in the link; submits the calls the stream did not show end
+    cdr.py            pure: CDR rows -> the same CallRecord (source "cdr")
+    cdr_sources.py    reading the CDR of a time window: cdr_csv.py (Master.csv),
+                      cdr_sql.py (MySQL/MariaDB, PostgreSQL); cdr_settings.py says which
     tracker.py        pure: AMI messages in, live updates and finished calls out; one
                       handler per event, looked up in a table
     tracker_state.py  what the tracker remembers per channel and call; build_record()

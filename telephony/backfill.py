@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 RECONCILED = "reconciled"  # the tracker closed the call at a reconnect: its end is a bound
 NO_SOURCE = "no backfill source ([backfill] kind is none)"
+_MID = 0.5  # a CDR time is the start of its second: its middle is the best guess
 _RECENT_MAX = 50_000  # call ids finished in this run, skipped in the CDR
 _GAPS_KEPT = 20
 
@@ -67,16 +68,20 @@ def complete(live: CallRecord, cdr: CallRecord) -> CallRecord:
     answered in a gap or before a restart, the start of one found in progress (known to
     the second either way: the CDR's is the PBX's own). What the live stream saw stays
     (its exact start, the DID, the agent); the CDR fills what it lacks. The result says
-    ``source: "cdr"`` and drops the flags of inexact times."""
+    ``source: "cdr"`` and drops the flags of inexact times.
+
+    CDR times are cut to the second (the true time is up to 1 s later); put beside the
+    bridge's exact ones they are taken as the middle of their second, so that a talk time
+    made of one of each is off by half a second at most, not by a whole one."""
     ended_in_gap = RECONCILED in live.flags
     answer_unknown = RING_UNKNOWN in live.flags or (GAP in live.flags and not ended_in_gap)
     answered = live.answered or cdr.answered
-    started = cdr.started_at if "adopted" in live.flags else live.started_at
-    ended = max(cdr.ended_at, live.ended_at) if ended_in_gap else live.ended_at
+    started = cdr.started_at + _MID if "adopted" in live.flags else live.started_at
+    ended = max(cdr.ended_at + _MID, live.ended_at) if ended_in_gap else live.ended_at
     answered_at: float | None = None
     if answered:
         if cdr.answered_at is not None and (answer_unknown or not live.answered):
-            answered_at = cdr.answered_at
+            answered_at = cdr.answered_at + _MID
         else:
             answered_at = live.answered_at if live.answered_at is not None else cdr.answered_at
     started = min(started, ended)

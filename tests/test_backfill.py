@@ -358,7 +358,7 @@ def test_complete_takes_the_end_of_a_call_that_ended_in_a_gap_from_the_cdr() -> 
     live = rec(ended_at=104.0, flags=("reconciled", "gap"))
     cdr = rec(started_at=100.0, answered_at=102.0, ended_at=116.0, did=None, source="cdr")
     got = complete(live, cdr)
-    assert (got.started_at, got.answered_at, got.ended_at) == (100.25, 102.5, 116.0)
+    assert (got.started_at, got.answered_at, got.ended_at) == (100.25, 102.5, 116.5)
     assert (got.did, got.flags, got.source) == ("+74951234567", ("reconciled",), "cdr")
 
 
@@ -370,11 +370,20 @@ def test_complete_takes_an_answer_the_bridge_did_not_see_from_the_cdr() -> None:
     got = complete(missed_live, cdr)
     assert (got.answered, got.answered_at, got.extension, got.disposition) == (
         True,
-        105.0,
+        105.5,
         "102",
         "answered",
     )
     adopted = rec(started_at=100.0, answered_at=100.5, flags=("adopted", "ring-unknown"))
     got = complete(adopted, rec(started_at=99.0, answered_at=102.0, ended_at=109.0))
-    assert (got.started_at, got.answered_at, got.ended_at) == (99.0, 102.0, 110.0)
-    assert got.ring_s == 3.0 and got.flags == ("adopted",)
+    assert (got.started_at, got.answered_at, got.ended_at) == (99.5, 102.5, 110.0)
+    assert got.ring_s == 3.0 and got.talk_s == 7.5 and got.flags == ("adopted",)
+
+
+def test_complete_puts_a_cdr_time_beside_an_exact_one_at_the_middle_of_its_second() -> None:
+    """Live (lab, a restart mid-burst): a call answered at xx:07.9 and ended, seen live,
+    at xx:13.72 talked 5.82 s; its CDR answer says xx:07. Taken as it is, talk was 6.72 s
+    ("0:07" in the CRM; the CDR's billsec 5); from the middle of that second, 6.22 s."""
+    found = rec(started_at=1.0, answered_at=2.0, ended_at=13.72, flags=("adopted", "ring-unknown"))
+    got = complete(found, rec(started_at=5.0, answered_at=7.0, ended_at=13.0))
+    assert got.talk_s == pytest.approx(6.22)

@@ -17,6 +17,7 @@ Where things are::
     stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()
     app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
     embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
+    redis_url.py every Redis client: a plain URL, or redis+sentinel:// (a failover followed)
 
 Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
 
@@ -33,6 +34,9 @@ Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
   ledger. Then it is sent again (a duplicate rather than a loss), logged and counted in
   ``possible_duplicates``. See steps.py.
 
-Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes;
-anything if Redis loses acknowledged writes (no AOF, or AOF ``everysec`` and a power cut).
+Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes
+(the backfill from the PBX's CDR, telephony/backfill.py, finds those again at its next
+start when a source is configured); anything if Redis loses acknowledged writes (no AOF,
+or AOF ``everysec`` and a power cut; behind Sentinel the listener waits for a replica to
+have each batch, but a worker's ledger writes are not waited for).
 """
