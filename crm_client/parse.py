@@ -349,7 +349,7 @@ def parse_find(body: bytes, content_type: str | None = None) -> FindResult:
     if total_text is None:
         warnings.append("no <total>")
         total = len(contacts)
-    elif not total_text.isdigit():
+    elif not (total_text.isascii() and total_text.isdigit()):
         warnings.append(f"<total> is not a number: {snippet(total_text)!r}")
         total = len(contacts)
     else:
@@ -399,7 +399,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -28,6 +28,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -103,9 +104,9 @@ def create_agent_services(
     return AgentServices(pop, originator, attribution, close_crm)
 
 
-def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
-    """The token a request carries: ``Authorization: Bearer X``, else a ``token`` field of
-    ``body`` (a posted form or JSON object), else ``?token=X``.
+def request_token(request: web.Request) -> str | None:
+    """The token a request carries: ``Authorization: Bearer X``, else ``?token=X`` (a posted
+    form or JSON object may carry it as its ``token`` field instead: see ``originate``).
 
     The query form is for pages opened in a browser and for EventSource, which cannot set
     headers; log lines mask ``token=`` (crm_client.redact).
@@ -114,8 +115,6 @@ def request_token(request: web.Request, body: dict[str, Any] | None = None) -> s
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if body and isinstance(body.get("token"), str):
-        return str(body["token"])
     return request.query.get("token") or None
 
 
@@ -198,6 +197,7 @@ class _AgentRoutes:
         self.settings = settings
         self.tokens = Tokens(settings.http)
         self._files = {name: _read_static(name) for name in _STATIC}
+        self._extension_re = re.compile(settings.calls.extension_pattern, re.ASCII)
 
     # --- the agent page -----------------------------------------------------------------
 
@@ -205,6 +205,8 @@ class _AgentRoutes:
         ext = request.match_info["ext"]
         if not self.tokens.may_act_for(request_token(request), ext):
             raise _error(401, f"a valid token for extension {ext} is needed")
+        if not self._extension_re.fullmatch(ext):  # the admin token opens any name
+            raise _error(404, f"not an extension ([calls] extension_pattern): {ext!r}")
         return ext
 
     async def agent_page(self, request: web.Request) -> web.Response:
@@ -243,16 +245,30 @@ class _AgentRoutes:
     # --- click-to-call ------------------------------------------------------------------
 
     async def originate(self, request: web.Request) -> web.Response:
-        body = await _read_body(request)
-        token = request_token(request, body)
+        """The token first (a header or query token before the body is even read), then
+        the body's shape (400), then what may be dialled."""
+        unauthorized = _json({"error": "a valid agent token is needed"}, status=401)
+        token = request_token(request)
+        if token is not None and not self.tokens.known(token):
+            return unauthorized
+        try:
+            body = await _read_body(request)
+        except BadBody as err:
+            return _json({"error": str(err)}, status=400) if token else unauthorized
+        if token is None and isinstance(body.get("token"), str):
+            token = body["token"]
         if not self.tokens.known(token):
-            return _json({"error": "a valid agent token is needed"}, status=401)
-        ext = str(body.get("extension") or self.tokens.extension_of(token) or "").strip()
+            return unauthorized
+        try:
+            given_ext, raw = _text_field(body, "extension"), _text_field(body, "number")
+        except BadBody as err:
+            return _json({"error": str(err)}, status=400)
+        ext = (given_ext or self.tokens.extension_of(token) or "").strip()
         if not ext:
             return _json({"error": "which extension dials: give 'extension'"}, status=400)
         if not self.tokens.may_act_for(token, ext):
             return _json({"error": f"this token may not dial from extension {ext}"}, status=403)
-        raw = str(body.get("number") or "").strip()
+        raw = (raw or "").strip()
         if not raw:
             return _json({"error": "give the 'number' to dial"}, status=400)
         if self.originator is None:
@@ -324,19 +340,39 @@ def _read_static(name: str) -> bytes:
     return resources.files("telefum").joinpath("static", name).read_bytes()
 
 
+class BadBody(ValueError):
+    """A posted body that is not what the endpoint takes (HTTP 400; ``str()`` says why)."""
+
+
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    """JSON object or form fields; anything else is an empty body (the checks say what's
-    missing)."""
-    try:
-        if request.content_type == "application/json":
-            data = await request.json()
-            return data if isinstance(data, dict) else {}
-        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    """A JSON object or form fields; another content type is an empty body (the checks say
+    what is missing). BadBody for JSON that is not an object, or not JSON at all: nested
+    thousands deep, the decoder runs out of recursion (RecursionError)."""
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
             form = await request.post()
-            return {k: v for k, v in form.items() if isinstance(v, str)}
-    except (ValueError, UnicodeDecodeError):
+        except ValueError:
+            raise BadBody("the form could not be read") from None
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    if request.content_type != "application/json":
         return {}
-    return {}
+    try:
+        data = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadBody("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadBody("the body must be a JSON object")
+    return data
+
+
+def _text_field(body: dict[str, Any], name: str) -> str | None:
+    """A field that must be text (a JSON number is taken as its digits), or BadBody."""
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise BadBody(f"'{name}' must be a string, got {type(value).__name__}")
 
 
 def _zone(name: str | None) -> tzinfo | None:
@@ -358,7 +394,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error(status: int, message: str) -> web.HTTPException:
-    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden}[status]
+    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
     return cls(
         text=json.dumps({"error": message}),
         content_type="application/json",

@@ -141,7 +141,7 @@ _CALL_TEMPLATE = _meta(check=_check_call_template)
 def split_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:8088"`` / ``"[::1]:8088"`` -> (host, port); port 0: the OS picks one."""
     host, sep, port_s = listen.rpartition(":")
-    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+    if not sep or not host or not re.fullmatch("[0-9]+", port_s) or int(port_s) > 65535:
         raise ValueError(listen)
     return host.strip("[]"), int(port_s)
 
@@ -284,7 +284,7 @@ ORIGINATE_CLASSES = ("national", "international", "premium")
 
 def _check_allow(value: tuple[str, ...]) -> str | None:
     for v in value:
-        if v not in ORIGINATE_CLASSES and not re.fullmatch(r"!?\+\d[\d*]*", v):
+        if v not in ORIGINATE_CLASSES and not re.fullmatch(r"!?\+[0-9][0-9*]*", v):
             return (
                 '"national", "international", "premium" or an E.164 pattern such as "+375*" '
                 f'(with "!" in front to refuse it), got "{v}"'

@@ -32,8 +32,9 @@ class CallRules:
     extension_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "trunk_re", re.compile(self.trunk_channel_pattern))
-        object.__setattr__(self, "extension_re", re.compile(self.extension_pattern))
+        # re.ASCII: \d in an admin's pattern means 0-9, not every script's digits
+        object.__setattr__(self, "trunk_re", re.compile(self.trunk_channel_pattern, re.ASCII))
+        object.__setattr__(self, "extension_re", re.compile(self.extension_pattern, re.ASCII))
 
     def is_trunk_channel(self, channel: str) -> bool:
         return bool(self.trunk_re.search(channel))

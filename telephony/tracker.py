@@ -74,8 +74,8 @@ _STATE_UP = "6"
 _STATE_BUSY = "7"
 # The only VarSet variables ``_on_varset`` reads (about half a real stream is VarSet).
 VARIABLES = frozenset({"DIALSTATUS", "FROM_DID", "__FROM_DID"})
-_NUMBER_RUN = re.compile(r"\+?\d{5,}")
-_TRAILING_DIGITS = re.compile(r"(\d+)#?$")
+_NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
+_TRAILING_DIGITS = re.compile(r"([0-9]+)#?$")
 
 
 class CallTracker:
@@ -804,4 +804,5 @@ def _age_order(msg: Message) -> tuple[float, int]:
     """Oldest channel first (longest Duration, then lowest unique id sequence), so an
     adopted call's first channel is the one that started it."""
     seq = msg.get("Uniqueid", "").rpartition(".")[2]
-    return (-_duration_s(msg.get("Duration", "")), int(seq) if seq.isdigit() else 0)
+    number = seq.isascii() and seq.isdigit()
+    return (-_duration_s(msg.get("Duration", "")), int(seq) if number else 0)

@@ -159,3 +159,15 @@ async def test_the_report_page_and_its_figures_need_a_report_token(redis_client:
             "/report.json", params={"token": REPORT_TOKEN, "since": "soon"}
         )
         assert status == 400 and "7d" in body
+
+
+async def test_a_period_reaching_before_1970_is_a_400_with_the_reason(redis_client: Redis) -> None:
+    answers = {}
+    async with AgentBridge(agent_settings(), redis=redis_client) as bridge:
+        for since in ("9999999d", "1" + "0" * 400 + "d", "\u0667d", "0001-01-01"):
+            status, body, _ = await bridge.get(
+                "/report.json", params={"token": REPORT_TOKEN, "since": since}
+            )
+            answers[since] = (status, json.loads(body)["error"] if status == 400 else body)
+    assert {since: status for since, (status, _) in answers.items()} == dict.fromkeys(answers, 400)
+    assert "outside what a report covers (1970-01-01" in answers["9999999d"][1]
