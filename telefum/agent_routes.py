@@ -13,6 +13,9 @@ Routes (all added by :func:`setup_agent_routes`):
 
 Callers are looked up in the CRM only for an extension someone watches: while its events
 feed is open, and for its current calls when its state is asked for (see ``ScreenPop``).
+An extension has at most ``[http] max_streams_per_extension`` feeds open, the service at
+most half of ``[http] max_connections`` (a feed holds its connection for as long as the
+page is open); a feed beyond is a 429 (``telefum.limits``).
 
 Tokens: an agent's own token (``[http.agent_tokens]``) opens that extension's page and dials
 from that extension only; the admin token (``[http] token``) does both for any extension;
@@ -30,6 +33,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -41,6 +45,8 @@ from aiohttp import web
 
 from telefum.attribution import Attribution, parse_since
 from telefum.config import HttpSettings, Settings
+from telefum.http_guard import BODY_TIMEOUT_S
+from telefum.limits import Limits
 from telefum.originate import (
     DialRefused,
     OriginateFailed,
@@ -82,6 +88,7 @@ def create_agent_services(
     *,
     listeners: Mapping[str, Any] | None = None,
     redis: Any = None,
+    limits: Limits | None = None,
 ) -> AgentServices:
     """Build the screen pop (CRM clients per ``[crm]``), the originator (on the listener of
     ``[originate] pbx``, else the first ``[[ami]]``) and the attribution store (on ``redis``,
@@ -89,8 +96,9 @@ def create_agent_services(
     match: click-to-call answers 503. ``redis`` None: the report answers 503."""
     crm_for, close_crm = crm_targets(settings)
     pop = ScreenPop(
-        crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s
-    )
+        crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s,
+        max_lookups=settings.http.max_lookups, limits=limits,
+    )  # fmt: skip
     originator = None
     pbx = settings.originate.pbx or settings.ami[0].name
     if listeners and pbx in listeners:
@@ -161,6 +169,7 @@ def setup_agent_routes(
     originator: Originator | None,
     attribution: Attribution | None,
     settings: Settings,
+    limits: Limits | None = None,
 ) -> None:
     """Add the agent and report routes to ``app`` (the service shell calls this once).
 
@@ -168,7 +177,7 @@ def setup_agent_routes(
     report answers 503 (no Redis). The screen pop's feeds are closed on app shutdown, so
     open browser pages do not hold the server up.
     """
-    routes = _AgentRoutes(screenpop, originator, attribution, settings)
+    routes = _AgentRoutes(screenpop, originator, attribution, settings, limits or Limits())
     app.router.add_get("/agent/{ext}", routes.agent_page)
     app.router.add_get("/agent/{ext}/events", routes.agent_events)
     app.router.add_get("/agent/{ext}/state", routes.agent_state)
@@ -190,6 +199,7 @@ class _AgentRoutes:
         originator: Originator | None,
         attribution: Attribution | None,
         settings: Settings,
+        limits: Limits,
     ) -> None:
         self.screenpop = screenpop
         self.originator = originator
@@ -198,6 +208,10 @@ class _AgentRoutes:
         self.tokens = Tokens(settings.http)
         self._files = {name: _read_static(name) for name in _STATIC}
         self._extension_re = re.compile(settings.calls.extension_pattern, re.ASCII)
+        self.limits = limits
+        self._streams: Counter[str] = Counter()  # open live feeds per extension
+        self._max_streams_per_extension = settings.http.max_streams_per_extension
+        self._max_streams = max(1, settings.http.max_connections // 2)
 
     # --- the agent page -----------------------------------------------------------------
 
@@ -219,6 +233,29 @@ class _AgentRoutes:
 
     async def agent_events(self, request: web.Request) -> web.StreamResponse:
         ext = self._agent(request)
+        refusal = self._stream_refusal(ext)
+        if refusal is not None:
+            self.limits.hit("sse_streams", refusal)
+            return _json({"error": f"too many live feeds: {refusal}"}, status=429,
+                         headers={"Retry-After": "30"})  # fmt: skip
+        self._streams[ext] += 1
+        try:
+            return await self._feed(request, ext)
+        finally:
+            self._streams[ext] -= 1
+            if not self._streams[ext]:
+                del self._streams[ext]
+
+    def _stream_refusal(self, ext: str) -> str | None:
+        if self._streams[ext] >= self._max_streams_per_extension:
+            return (f"extension {ext} has {self._streams[ext]} open "
+                    "([http] max_streams_per_extension)")  # fmt: skip
+        if self._streams.total() >= self._max_streams:
+            return (f"{self._streams.total()} open in all (half of [http] "
+                    "max_connections)")  # fmt: skip
+        return None
+
+    async def _feed(self, request: web.Request, ext: str) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -254,7 +291,7 @@ class _AgentRoutes:
         try:
             body = await _read_body(request)
         except BadBody as err:
-            return _json({"error": str(err)}, status=400) if token else unauthorized
+            return _json({"error": str(err)}, status=err.status) if token else unauthorized
         if token is None and isinstance(body.get("token"), str):
             token = body["token"]
         if not self.tokens.known(token):
@@ -341,23 +378,36 @@ def _read_static(name: str) -> bytes:
 
 
 class BadBody(ValueError):
-    """A posted body that is not what the endpoint takes (HTTP 400; ``str()`` says why)."""
+    """A posted body that is not what the endpoint takes (HTTP 400, or 408 when it did not
+    arrive in time; ``str()`` says why)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
     """A JSON object or form fields; another content type is an empty body (the checks say
     what is missing). BadBody for JSON that is not an object, or not JSON at all: nested
-    thousands deep, the decoder runs out of recursion (RecursionError)."""
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        try:
-            form = await request.post()
-        except ValueError:
-            raise BadBody("the form could not be read") from None
-        return {k: v for k, v in form.items() if isinstance(v, str)}
-    if request.content_type != "application/json":
-        return {}
+    thousands deep, the decoder runs out of recursion (RecursionError); and for a body
+    that does not arrive within BODY_TIMEOUT_S (a slow client holding a connection)."""
     try:
-        data = json.loads(await request.text())
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            if request.content_type in (
+                "application/x-www-form-urlencoded", "multipart/form-data",
+            ):  # fmt: skip
+                try:
+                    form = await request.post()
+                except ValueError:
+                    raise BadBody("the form could not be read") from None
+                return {k: v for k, v in form.items() if isinstance(v, str)}
+            if request.content_type != "application/json":
+                return {}
+            raw = await request.read()
+    except TimeoutError:
+        raise BadBody(f"the body did not arrive within {BODY_TIMEOUT_S:g} s", 408) from None
+    try:
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadBody("the body is not valid JSON") from None
     if not isinstance(data, dict):

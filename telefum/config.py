@@ -213,6 +213,7 @@ class CallsSettings:
         default=_DEFAULT_RULES.extension_pattern, metadata=_meta(check=_check_regex)
     )
     max_call_age_s: float = field(default=12 * 3600.0, metadata=_meta(min=1))
+    max_active_calls: int = field(default=_DEFAULT_RULES.max_active_calls, metadata=_meta(min=1))
 
     def rules(self, pbx: str = "default") -> CallRules:
         return CallRules(
@@ -222,6 +223,7 @@ class CallsSettings:
             trunk_channel_pattern=self.trunk_channel_pattern,
             extension_pattern=self.extension_pattern,
             max_call_age_s=self.max_call_age_s,
+            max_active_calls=self.max_active_calls,
             pbx=pbx,
         )
 
@@ -261,6 +263,11 @@ class HttpSettings:
     # read-only: the /report page and `telefum report` (the admin token works too)
     report_token: str = field(default="", repr=False, metadata=_meta(secret=True))
     agent_tokens: dict[str, str] = field(default_factory=dict, repr=False)  # extension -> token
+    # names (besides localhost, loopback and the listen address) this service answers to
+    allowed_hosts: tuple[str, ...] = ()
+    max_connections: int = field(default=512, metadata=_meta(min=1))  # open at once
+    max_streams_per_extension: int = field(default=8, metadata=_meta(min=1))  # agent live feeds
+    max_lookups: int = field(default=32, metadata=_meta(min=1))  # screen-pop CRM finds at once
 
     @property
     def host(self) -> str:

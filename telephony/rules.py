@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-did-direct", "ext-did")
 DEFAULT_INTERNAL_CONTEXTS = ("from-internal",)
+CHANNELS_PER_CALL = 8  # a ring group of three phones through Local channels is about ten
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,9 @@ class CallRules:
     extension_pattern: str = r"^\d{2,5}$"
     # A call with no hangup for this long is closed and reported, flagged "stale".
     max_call_age_s: float = 12 * 3600.0
+    # Calls tracked at once (and CHANNELS_PER_CALL channels each, on average): a new call
+    # beyond is refused (a CallRefused update), so lost hangups cannot eat the memory.
+    max_active_calls: int = 10_000
     pbx: str = "default"
 
     # Compiled forms, built once.
@@ -35,6 +39,10 @@ class CallRules:
         # re.ASCII: \d in an admin's pattern means 0-9, not every script's digits
         object.__setattr__(self, "trunk_re", re.compile(self.trunk_channel_pattern, re.ASCII))
         object.__setattr__(self, "extension_re", re.compile(self.extension_pattern, re.ASCII))
+
+    @property
+    def max_channels(self) -> int:
+        return self.max_active_calls * CHANNELS_PER_CALL
 
     def is_trunk_channel(self, channel: str) -> bool:
         return bool(self.trunk_re.search(channel))

@@ -173,3 +173,14 @@ def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
         command = next(a for a in argv[1:] if not a.startswith("-"))
         assert command in COMMANDS
         parse(["telefum", *argv[1:]])
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_raise_the_descriptor_limit_and_keep_their_files_private(unit: Path) -> None:
+    """1,100 slow HTTP clients exhausted the default 1,024 descriptors; the spool and
+    the private Redis's files are the service's own."""
+    fields = dict(
+        line.split("=", 1) for line in unit.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )  # fmt: skip
+    assert fields["LimitNOFILE"] == "65536" and fields["UMask"] == "0077"

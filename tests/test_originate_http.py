@@ -6,6 +6,7 @@ Originate with the agent's channel and the number for an allowed call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -189,5 +190,27 @@ async def test_an_extension_or_number_in_other_digits_dials_nothing(
         assert status == 403 and why in answer["error"], answer
     status, _, _ = await bridge.get(f"/agent/%D9%A1%D9%A0%D9%A1?token={ADMIN_TOKEN}")
     assert status == 404
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+async def test_a_body_that_never_arrives_is_a_408_not_a_held_connection(
+    bridge: AgentBridge, pbx_sim: PbxSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("telefum.agent_routes.BODY_TIMEOUT_S", 0.5)
+    host, port = bridge.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /originate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {AGENT_TOKENS['101']}\r\n".encode()
+        + b"Content-Length: 100\r\n\r\n"
+        + b'{"extension": "1'
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"did not arrive" in body
     await bridge.barrier()
     assert pbx_sim.originates == []
