@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-did-direct", "ext-did")
 DEFAULT_INTERNAL_CONTEXTS = ("from-internal",)
-CHANNELS_PER_CALL = 8  # a ring group of three phones through Local channels is about ten
+CHANNELS_PER_CALL = 8  # on average (most calls have 2 to 4; a ring group via Local ones, ~10)
 
 
 @dataclass(frozen=True, slots=True)
