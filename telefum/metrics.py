@@ -31,6 +31,10 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_spool_size``                      calls in the local spool, waiting for Redis
 ``telefum_crm_request_duration_seconds{operation,outcome}``  histogram (find, addcont,
                                             addevent; ok, transient, permanent)
+``telefum_limit_hits_total{limit}``         times a cap refused something (``telefum.limits``:
+                                            tracked_calls, http_connections, http_idle_closed,
+                                            http_header_timeout, http_host, sse_streams,
+                                            crm_lookups)
 =========================================== ===================================================
 """
 
@@ -51,6 +55,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from telefum import __version__
 from telefum.health import HealthSettings, Snapshot
+from telefum.limits import NAMES as LIMIT_NAMES
+from telefum.limits import Limits
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -95,7 +101,8 @@ class CallCounts:
 
 
 def families(
-    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None
+    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Metric]:
     """The metric families of one reading."""
     cfg = cfg or HealthSettings()
@@ -153,6 +160,14 @@ def families(
             "telefum_spool_size", "Finished calls in the local spool, waiting for Redis",
             value=spool,
         )
+    if limits is not None:
+        hits = CounterMetricFamily(
+            "telefum_limit_hits", "Times a cap refused something (see telefum.limits)",
+            labels=["limit"],
+        )
+        for name in sorted({*LIMIT_NAMES, *limits.hits}):
+            hits.add_metric([name], limits.hits.get(name, 0))
+        yield hits
     info = GaugeMetricFamily("telefum_build_info", "telefum-bridge version", labels=["version"])
     info.add_metric([__version__], 1)
     yield info
@@ -211,20 +226,23 @@ def _le(bound: float) -> str:
 
 
 class _SnapshotCollector:
-    def __init__(self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings) -> None:
-        self.snap, self.calls, self.cfg = snap, calls, cfg
+    def __init__(
+        self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings,
+        limits: Limits | None,
+    ) -> None:
+        self.snap, self.calls, self.cfg, self.limits = snap, calls, cfg, limits
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.snap, self.calls, self.cfg)
+        return families(self.snap, self.calls, self.cfg, self.limits)
 
 
 def render(
     snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
-    *, process: bool = True,
+    *, process: bool = True, limits: Limits | None = None,
 ) -> bytes:
     """One scrape's body in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings()))
+    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings(), limits))
     if process:
         ProcessCollector(registry=registry)
     return generate_latest(registry)

@@ -122,8 +122,8 @@ _ALIASES = {
     "callerid": "clid", "destinationchannel": "dstchannel", "lastapplication": "lastapp",
     "billableseconds": "billsec", "uniqueid": "uniqueid", "userfield": "userfield",
 }  # fmt: skip
-_UID = re.compile(r"(\d+)\.(\d+)$")
-_NUMBER_RUN = re.compile(r"\+?\d{5,}")
+_UID = re.compile(r"([0-9]+)\.([0-9]+)$")
+_NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
 _CHANNEL_SEQ = re.compile(r"-([0-9a-fA-F]+)(?:;[12])?$")
 
 

@@ -45,6 +45,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -173,9 +174,26 @@ class _Action(Action):
         return f"<Action {shown}>"
 
 
-def _unsafe_value(value: object) -> bool:
-    text = "\n".join(value) if isinstance(value, list | tuple) else str(value)
-    return "\r" in text or "\n" in text
+# Asterisk ends a header line at CRLF and at a bare LF, and an action at an empty line:
+# a value carrying either could add headers or a whole action. No other control character
+# belongs in a header either.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_action(fields: Mapping[str, Any]) -> None:
+    """Refuse an action any of whose header names or values holds a control character
+    (ValueError naming the headers). Applied to every action the listener sends."""
+    bad = [str(k) for k, v in fields.items() if _has_control(k) or _has_control(v)]
+    if bad:
+        raise ValueError(
+            "AMI header values may not contain CR/LF or other control characters: "
+            + ", ".join(repr(b) for b in bad)
+        )
+
+
+def _has_control(value: object) -> bool:
+    values = value if isinstance(value, list | tuple) else (value,)  # repeated headers
+    return any(_CONTROL.search(str(v)) for v in values)
 
 
 class _AmiProtocol(AMIProtocol):
@@ -423,10 +441,7 @@ class AmiListener:
         timeout: float | None = None,
     ) -> PanoramiskMessage | list[PanoramiskMessage]:
         """Send any action once on the live link; its answer (a list for multi-message
-        answers). Values may not contain CR/LF (no header injection from user input)."""
-        bad = [k for k, v in fields.items() if _unsafe_value(v) or _unsafe_value(k)]
-        if bad:
-            raise ValueError(f"AMI header values may not contain CR/LF: {', '.join(bad)}")
+        answers). ValueError for a control character in any header (see :func:`check_action`)."""
         proto = self._proto
         if proto is None or proto.closed or not self.connected:
             raise AmiNotConnected(f"AMI link to {self.host}:{self.port} is down")
@@ -448,6 +463,8 @@ class AmiListener:
         timeout: float,
         on_done: Callable[[_Action], None] | None = None,
     ) -> _Action:
+        """The one way an action reaches the PBX: checked, sent, its answer awaited."""
+        check_action(fields)
         action = _Action(dict(fields), as_list=as_list, on_done=on_done)
         if proto.closed or proto.transport.is_closing():  # panoramisk's send would write it
             raise AmiActionLost("the AMI link is down; not sent")
@@ -606,6 +623,10 @@ class AmiListener:
                         False, self.action_timeout,
                     )  # fmt: skip
                     answer = action.future.result()
+                except ValueError as exc:  # a channel name no header may carry
+                    self.log.warning("AMI %s: not asking the DID of adopted %r: %s", self.pbx,
+                                     chan["Channel"], exc)  # fmt: skip
+                    break
                 except (AmiActionTimeout, AmiActionLost) as exc:
                     self.log.info("AMI %s: no DID for adopted %s: %s", self.pbx,
                                   chan["Channel"], exc)  # fmt: skip

@@ -15,7 +15,9 @@ from functools import lru_cache
 import phonenumbers
 
 _NON_DIALABLE = re.compile(r"[\s\-().]")
-_EXTENSION = re.compile(r"^\d{2,5}$")
+# ASCII digits only, here and in every pattern that reads numbers: Python's \d and
+# str.isdigit() also take Arabic-Indic and other digits (١٠١ would dial PJSIP/١٠١).
+_EXTENSION = re.compile(r"^[0-9]{2,5}$")
 
 
 class PhoneFormat(StrEnum):
@@ -49,7 +51,8 @@ def to_e164(raw: str | None, default_country: str = "RU") -> str | None:
         return None
     if s.startswith("00"):
         s = "+" + s[2:]
-    if not s.lstrip("+").isdigit() or is_extension(s):
+    digits = s.lstrip("+")
+    if not (digits.isascii() and digits.isdigit()) or is_extension(s):
         return None
     candidates = [s] if s.startswith("+") else [s, "+" + s]
     # A bare number of international length (79161234567) is tried as international first:

@@ -55,7 +55,9 @@ class CallRecord:
     transfers: tuple[Transfer, ...] = ()
     rang: tuple[str, ...] = ()  # every extension that rang, in order
     final_extension: str | None = None  # who had the caller last (after transfers)
-    flags: tuple[str, ...] = ()  # "reconciled" (closed after a link loss), "stale" (max age)
+    # "reconciled" (closed after a link loss), "stale" (max age), "adopted" (found in
+    # progress after a restart), "overflow" (a channel of it came while the tracker was full)
+    flags: tuple[str, ...] = ()
     pbx: str = "default"
     source: Source = "live"
 
@@ -169,4 +171,18 @@ class CallFinished:
     record: CallRecord
 
 
-Update = CallStarted | Ringing | Answered | CallFinished
+@dataclass(frozen=True, slots=True)
+class CallRefused:
+    """The tracker is full (``max_active_calls``) and does not track this channel. When it
+    began a call (``new_call``), that call is never reported; else its call goes on,
+    flagged "overflow" (its record may miss what this channel did)."""
+
+    call_id: str
+    channel: str
+    new_call: bool
+    at: float
+    active_calls: int
+    pbx: str = "default"
+
+
+Update = CallStarted | Ringing | Answered | CallFinished | CallRefused

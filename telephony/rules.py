@@ -15,6 +15,8 @@ import phonenumbers
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+CHANNELS_PER_CALL = 8  # on average (most calls have 2 to 4; a ring group via Local ones, ~10)
+
 
 def _regex(value: str) -> str:
     try:
@@ -46,15 +48,23 @@ class CallRules:
     extension_pattern: Regex = r"^\d{2,5}$"
     # A call with no hangup for this long is closed and reported, flagged "stale".
     max_call_age_s: float = Field(default=12 * 3600.0, ge=1, strict=True)
+    # Calls tracked at once (and CHANNELS_PER_CALL channels each, on average): a new call
+    # beyond is refused (a CallRefused update), so lost hangups cannot eat the memory.
+    max_active_calls: int = Field(default=10_000, ge=1, strict=True)
 
     # Compiled forms, built once (on first use: the instance is frozen).
     @cached_property
     def trunk_re(self) -> re.Pattern[str]:
-        return re.compile(self.trunk_channel_pattern)
+        # re.ASCII: \d in an admin's pattern means 0-9, not every script's digits
+        return re.compile(self.trunk_channel_pattern, re.ASCII)
 
     @cached_property
     def extension_re(self) -> re.Pattern[str]:
-        return re.compile(self.extension_pattern)
+        return re.compile(self.extension_pattern, re.ASCII)
+
+    @property
+    def max_channels(self) -> int:
+        return self.max_active_calls * CHANNELS_PER_CALL
 
     def is_trunk_channel(self, channel: str) -> bool:
         return bool(self.trunk_re.search(channel))

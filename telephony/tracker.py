@@ -39,6 +39,7 @@ from telephony.phones import to_e164
 from telephony.records import (
     Answered,
     CallFinished,
+    CallRefused,
     CallStarted,
     Ringing,
     Transfer,
@@ -70,7 +71,7 @@ _STATE_UP = "6"
 _STATE_BUSY = "7"
 # The only VarSet variables ``_on_varset`` reads (about half a real stream is VarSet).
 VARIABLES = frozenset({"DIALSTATUS", "FROM_DID", "__FROM_DID"})
-_NUMBER_RUN = re.compile(r"\+?\d{5,}")
+_NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
 
 
 class CallTracker:
@@ -83,6 +84,8 @@ class CallTracker:
         self._inbound = frozenset(self.rules.inbound_contexts)
         self._internal = frozenset(self.rules.internal_contexts)
         self._pbx = pbx
+        self._max_calls = self.rules.max_active_calls
+        self._max_channels = self.rules.max_channels
         self._calls: dict[str, Call] = {}  # call id -> call
         self._by_linkedid: dict[str, Call] = {}  # every Linkedid of a live call -> call
         self._channels: dict[str, Channel] = {}  # Uniqueid -> live channel
@@ -245,6 +248,7 @@ class CallTracker:
             ext for ext in gone.ringing_sent_to if ext not in keep.ringing_sent_to
         )
         keep.transfers += gone.transfers
+        keep.flags += tuple(f for f in gone.flags if f not in keep.flags)  # "overflow" too
         if keep.first_agent is None:
             keep.first_agent = gone.first_agent
         self._calls.pop(gone.id, None)
@@ -258,8 +262,12 @@ class CallTracker:
         t = event_time(msg, arrived)
         lid = msg.get("Linkedid") or uid
         context = msg.get("Context", "")
-        kind, ext = self._classify(name, context, msg.get("CallerIDNum", ""))
         call = self._by_linkedid.get(lid)
+        if len(self._channels) >= self._max_channels or (
+            call is None and len(self._calls) >= self._max_calls
+        ):
+            return [self._refuse(call, lid, name, t)]
+        kind, ext = self._classify(name, context, msg.get("CallerIDNum", ""))
         new_call = call is None
         if call is None:
             call = Call(id=lid, first=None, started_at=t, linkedids=(lid,))
@@ -276,6 +284,16 @@ class CallTracker:
             # Not the number yet: a new leg's caller id may be our own outbound CID.
             return self._goes_outside(call, ch, None, t)
         return None
+
+    def _refuse(self, call: Call | None, lid: str, name: str, t: float) -> CallRefused:
+        """Full: the channel is not tracked. Nothing tracked is dropped: a channel of a
+        tracked call leaves it flagged "overflow"; a new call is refused whole."""
+        if call is not None and "overflow" not in call.flags:
+            call.flags += ("overflow",)
+        return CallRefused(
+            call.id if call is not None else lid, name, call is None, t, len(self._calls),
+            self._pbx,
+        )  # fmt: skip
 
     def _pair_local(self, ch: Channel) -> None:
         name = ch.name
@@ -785,4 +803,5 @@ def _age_order(msg: Message) -> tuple[float, int]:
     """Oldest channel first (longest Duration, then lowest unique id sequence), so an
     adopted call's first channel is the one that started it."""
     seq = msg.get("Uniqueid", "").rpartition(".")[2]
-    return (-_duration_s(msg.get("Duration", "")), int(seq) if seq.isdigit() else 0)
+    number = seq.isascii() and seq.isdigit()
+    return (-_duration_s(msg.get("Duration", "")), int(seq) if number else 0)

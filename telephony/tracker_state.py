@@ -37,7 +37,7 @@ _VIRTUAL_TECHS = frozenset(
     {"Snoop", "Announcer", "CBAnn", "CBRec", "Recorder", "Bridge", "Message", "Multicast",
      "UnicastRTP", "AudioSocket", "ConfBridge", "Parked", "Surrogate"}
 )
-_TRAILING_DIGITS = re.compile(r"(\d+)#?$")
+_TRAILING_DIGITS = re.compile(r"([0-9]+)#?$")
 
 
 def channel_kind(

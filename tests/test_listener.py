@@ -346,6 +346,61 @@ async def test_header_injection_in_an_originate_is_refused(connect: Connect,
     assert pbx_sim.originates == [] and pbx_sim.actions["command"] == 0
 
 
+def inbound_channel(uid: str, channel: str) -> Message:
+    """A caller's channel on an inbound route that keeps the DID in a variable (no Exten)."""
+    return {
+        "Event": "Newchannel", "Channel": channel, "ChannelState": "4",
+        "ChannelStateDesc": "Ring", "CallerIDNum": "79161234567", "CallerIDName": "",
+        "ConnectedLineNum": "", "ConnectedLineName": "", "Language": "ru", "AccountCode": "",
+        "Context": "from-pstn", "Exten": "s", "Priority": "1", "Uniqueid": uid,
+        "Linkedid": uid, "Timestamp": f"{time.time():.6f}",
+    }  # fmt: skip
+
+
+async def test_a_channel_name_from_the_pbx_cannot_inject_headers_into_the_did_lookup(
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CoreShowChannels lists a channel whose name carries bare LFs (Asterisk ends a line
+    at LF and an action at an empty line): the Getvar for its DID must not be sent."""
+    evil = (
+        "PJSIP/trunk-0000000a\n\nAction: Originate\nChannel: PJSIP/666\nExten: 900"
+        "\nContext: from-internal\nPriority: 1"
+    )
+    await pbx_sim.send([
+        inbound_channel("1732633200.1", "PJSIP/trunk-00000001"),
+        inbound_channel("1732633200.2", evil),
+    ])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="telephony.listener"):
+        bridge = await connect()  # restarted mid-call: both calls are adopted without a DID
+        await until(lambda: pbx_sim.actions["getvar"] >= 2)  # both DID variables asked...
+        await bridge.listener.ping()
+
+    assert pbx_sim.actions["originate"] == 0 and pbx_sim.originates == []
+    assert pbx_sim.actions["getvar"] == 2  # ...for the clean channel only
+    assert bridge.seen.tracker.active_count == 2  # the call itself is still tracked
+    assert "control characters" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value", ["a\rb", "a\nb", "a\x00b", "a\x1b[2Jb", "a\tb", "a\x7fb", "a\x85b", "a\x9bb"]
+)
+async def test_every_action_with_a_control_character_is_refused_before_it_is_sent(
+    pbx_sim: FaultyPbx, connect: Connect, value: str
+) -> None:
+    bridge = await connect()
+    for fields in (
+        {"Action": "Getvar", "Channel": value, "Variable": "FROM_DID"},
+        {"Action": "Ping", value: "x"},
+        {"Action": "Originate", "Channel": "PJSIP/101", "Variable": ["A=1", f"B={value}"]},
+    ):
+        with pytest.raises(ValueError, match="control characters"):
+            await bridge.listener.send_action(fields)
+    await bridge.listener.ping()
+    assert pbx_sim.actions["getvar"] == 0 and pbx_sim.originates == []
+    assert pbx_sim.actions["ping"] == 1  # the barrier's own
+    assert bridge.listener.connected
+
+
 # --- panoramisk defect 6: a rejected login retried forever without a word ---------------
 
 

@@ -126,3 +126,13 @@ def test_screen_shows_a_rejected_login_a_stuck_spool_and_retries() -> None:
     assert "7 queued (2 due, 5 retrying)   2 in progress   9 not yet delivered" in screen
     assert "w:1" in screen and "done 1,234" in screen
     assert "Spool         12 calls waiting (STUCK for 75 s)" in screen
+
+
+def test_texts_from_the_pbx_cannot_drive_the_terminal_of_whoever_runs_status() -> None:
+    body = {
+        "status": "unhealthy", "reasons": ["AMI login rejected: \x1b[2J\x1b[31mall fine\nOK"],
+        "ami": [{"pbx": "office", "connected": False, "login_error": "no\x1b]0;pwned\x07"}],
+    }  # fmt: skip
+    screen = render(body, now=0)
+    assert "\x1b" not in screen and "\x07" not in screen
+    assert "\\x1b[2J\\x1b[31mall fine\\nOK" in screen

@@ -10,7 +10,7 @@ import pytest
 
 from pbxsim.rebase import id_span, rebase
 from telephony.ami import AmiCodec, Message, encode
-from telephony.records import CallFinished, CallStarted
+from telephony.records import CallFinished, CallRefused, CallStarted
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
 from tests.test_tracker_behaviours import CALLER, DID, Chan, Pbx
@@ -182,3 +182,53 @@ def test_memory_per_active_call_is_small_and_returns_when_calls_end() -> None:
     assert per_call < 4096, per_call
     # A second batch reuses what the first left (dict tables); nothing accumulates.
     assert after_second - after_first < 4096
+
+
+# --- a full tracker ------------------------------------------------------------------------
+
+
+def test_beyond_max_active_calls_a_new_call_is_refused_and_none_tracked_is_dropped() -> None:
+    pbx = Pbx(CallTracker(CallRules(max_active_calls=3)))
+    calls = [pbx.trunk_call(f"+7916000000{i}", DID) for i in range(5)]
+    refused = [u for u in pbx.updates if isinstance(u, CallRefused)]
+    assert [(r.call_id, r.new_call, r.active_calls) for r in refused] == [
+        (calls[3].linkedid, True, 3), (calls[4].linkedid, True, 3),
+    ]  # fmt: skip
+    assert pbx.tracker.active_count == 3
+    for ch in calls:
+        pbx.hangup(ch)
+    # the three tracked calls are reported, whole; the refused ones leave no trace
+    assert [r.call_id for r in pbx.records()] == [c.linkedid for c in calls[:3]]
+    assert all(r.flags == () for r in pbx.records())
+    pbx.trunk_call(CALLER, DID)  # room again
+    assert pbx.tracker.active_count == 1 and len(pbx.records()) == 3
+
+
+def test_a_channel_beyond_the_cap_leaves_its_call_tracked_and_flagged_overflow() -> None:
+    pbx = Pbx(CallTracker(CallRules(max_active_calls=1)))  # room for 8 channels
+    trunk = pbx.trunk_call(CALLER, DID)
+    phones = [pbx.phone(f"10{i}", trunk) for i in range(8)]
+    (refused,) = [u for u in pbx.updates if isinstance(u, CallRefused)]
+    assert (refused.call_id, refused.new_call) == (trunk.linkedid, False)
+    pbx.ring(trunk, phones[0])
+    pbx.answer(trunk, phones[0])
+    for ch in (*phones, trunk):
+        pbx.hangup(ch)
+    rec = pbx.record()
+    assert rec.call_id == trunk.linkedid and rec.answered and rec.extension == "100"
+    assert rec.flags == ("overflow",)
+
+
+def test_lost_hangups_cannot_grow_the_tracker_past_its_cap_nor_flood_a_reconnect() -> None:
+    tracker = CallTracker(CallRules(max_active_calls=1000))
+    events = [
+        {"Event": "Newchannel", "Channel": f"PJSIP/trunk-{i:08x}", "Uniqueid": f"1.{i}",
+         "Linkedid": f"1.{i}", "Context": "from-trunk", "CallerIDNum": "79161234567",
+         "Exten": "74951234567", "ChannelState": "4", "Timestamp": "1800000000.0"}
+        for i in range(5000)
+    ]  # fmt: skip
+    updates = tracker.feed(events)
+    assert tracker.active_count == 1000 and len(tracker._channels) == 1000
+    assert sum(isinstance(u, CallRefused) for u in updates) == 4000
+    closed = [u for u in tracker.reconcile([], 1_800_000_100.0) if isinstance(u, CallFinished)]
+    assert len(closed) == 1000 and tracker.active_count == 0

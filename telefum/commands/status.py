@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
 import time
@@ -120,10 +119,12 @@ async def _from_redis(settings: Any) -> dict[str, Any]:
 
 
 async def _once(settings: Any, url: str, as_json: bool) -> tuple[int, str]:
+    from telefum.logs import json_dumps_safe
+
     body = await gather(settings, url)
     code = 0 if body.get("status") == "ok" and body["service"]["reachable"] else 1
     if as_json:
-        return code, json.dumps(body, ensure_ascii=False, indent=2)
+        return code, json_dumps_safe(body, indent=2)
     return code, render(body)
 
 
@@ -145,7 +146,10 @@ def _age(seconds: float | None) -> str:
 
 
 def render(body: dict[str, Any], now: float | None = None) -> str:
-    """The one screen, from /health's JSON (pure: the tests feed it dicts)."""
+    """The one screen, from /health's JSON (pure: the tests feed it dicts). Its texts come
+    from outside (a PBX's login answer, a Redis error): each line is printed escaped."""
+    from telefum.logs import escape_controls
+
     lines: list[str] = []
     service = body.get("service", {})
     verdict = "OK" if body.get("status") == "ok" and service.get("reachable", True) else "UNHEALTHY"
@@ -218,7 +222,7 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
             "draining" if spool.get("draining") else f"STUCK for {spool.get('stalled_s', 0):.0f} s"
         )
         lines.append(f"Spool         {spool['size']} calls waiting ({state})")
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 async def _check_worker(settings: Any) -> int:
