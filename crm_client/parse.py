@@ -34,6 +34,8 @@ from typing import Any
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
+import xmltodict
+
 from .errors import CrmError, PermanentCrmError, TransientCrmError, rejected
 from .redact import redact_text, redact_url
 from .types import Contact, Created, FindResult
@@ -221,78 +223,69 @@ def _too_deep() -> TransientCrmError:
     return _bad(f"XML nested deeper than {MAX_DEPTH} elements: not a TelefUM answer")
 
 
-class _Frame:
-    __slots__ = ("chunks", "fields", "key")
-
-    def __init__(self, key: str, fields: dict[str, Any] | None) -> None:
-        self.key = key
-        self.fields = fields  # attributes (``@name``) and child elements; None: neither yet
-        self.chunks: list[str] = []
+def _lower(_path: object, key: str, value: Any) -> tuple[str, Any]:
+    """Tag and attribute names case-insensitively (``<Response>``, ``<ITEM>``)."""
+    return key.lower(), value
 
 
-class _Tree:
-    """Builds the document in one pass of expat, in work linear in its size.
+class _GuardedParser:
+    """expat's parser as xmltodict drives it, counting open elements: nesting deeper than
+    MAX_DEPTH raises _TooDeep as the element opens, before the rest is read."""
 
-    The shape (what :func:`text_of` reads): an element is its stripped text (None when
-    empty), or a dict of its attributes (``@name``), child elements and text (``#text``);
-    names are lower-cased; a repeated child becomes a list, and ``item`` always is one.
-    (xmltodict gave this shape, but with a callable ``force_list`` it copies the path of
-    open elements for every element: quadratic in the depth.)
-    """
+    def __init__(self, parser: Any) -> None:
+        self.__dict__["_parser"] = parser
+        self.__dict__["_depth"] = [0]
 
-    def __init__(self) -> None:
-        self.open: list[_Frame] = []
-        self.root: dict[str, Any] | None = None
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
 
-    def start(self, name: str, attrs: list[str]) -> None:
-        if len(self.open) >= MAX_DEPTH:
-            raise _TooDeep
-        fields = {f"@{attrs[i].lower()}": attrs[i + 1] for i in range(0, len(attrs), 2)}
-        self.open.append(_Frame(name.lower(), fields or None))
+    def __setattr__(self, name: str, value: Any) -> None:
+        depth = self._depth
+        if name == "StartElementHandler":
+            start = value
 
-    def end(self, name: str) -> None:
-        frame = self.open.pop()
-        text = "".join(frame.chunks).strip() or None
-        value: Any = text
-        if frame.fields is not None:
-            if text:
-                frame.fields["#text"] = text
-            value = frame.fields
-        if not self.open:
-            self.root = {frame.key: value}
-            return
-        parent = self.open[-1]
-        if parent.fields is None:
-            parent.fields = {}
-        siblings = parent.fields
-        if frame.key not in siblings:
-            siblings[frame.key] = [value] if frame.key == "item" else value
-        elif isinstance(siblings[frame.key], list):
-            siblings[frame.key].append(value)
-        else:
-            siblings[frame.key] = [siblings[frame.key], value]
+            def value(tag: str, attrs: Any) -> None:
+                depth[0] += 1
+                if depth[0] > MAX_DEPTH:
+                    raise _TooDeep
+                start(tag, attrs)
 
-    def text(self, data: str) -> None:
-        if self.open:
-            self.open[-1].chunks.append(data)
+        elif name == "EndElementHandler":
+            end = value
+
+            def value(tag: str) -> None:
+                depth[0] -= 1
+                end(tag)
+
+        setattr(self._parser, name, value)
 
 
-def _no_entities(*_args: Any) -> None:
-    raise ValueError("entities are disabled")
+class _Expat:
+    """What ``xmltodict.parse`` takes as its ``expat`` module: the real one, guarded."""
+
+    @staticmethod
+    def ParserCreate(*args: Any) -> _GuardedParser:
+        return _GuardedParser(expat.ParserCreate(*args))
 
 
 def _xml(text: str) -> dict[str, Any] | None:
-    """``{root name: content}``; ExpatError, ValueError (entities) or _TooDeep."""
-    tree = _Tree()
-    parser = expat.ParserCreate("utf-8")
-    parser.ordered_attributes = True
-    parser.buffer_text = True
-    parser.StartElementHandler = tree.start
-    parser.EndElementHandler = tree.end
-    parser.CharacterDataHandler = tree.text
-    parser.EntityDeclHandler = _no_entities
-    parser.Parse(text.encode("utf-8"), True)
-    return tree.root
+    """``{root name: content}``: an element is its stripped text (None when empty), or a
+    dict of its attributes (``@name``), children and text (``#text``); names lower-cased; a
+    repeated child is a list, and ``item`` always is one. ExpatError, ValueError (entities)
+    or _TooDeep.
+
+    Linear in the text: ``force_list`` is a tuple and the postprocessor gets xmltodict's path
+    list as it is (a callable ``force_list`` is handed a copy of the path for every element:
+    quadratic in the depth, 43 s for 100k levels).
+    """
+    doc: dict[str, Any] | None = xmltodict.parse(
+        text.encode("utf-8"),
+        expat=_Expat,
+        force_list=("item",),
+        postprocessor=_lower,
+        disable_entities=True,
+    )
+    return doc
 
 
 def text_of(value: Any) -> str:
