@@ -120,3 +120,21 @@ def test_json_timestamps_are_utc_iso_8601_with_milliseconds(redis_url: str) -> N
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line["ts"]
         at = datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert before - 1 <= at.timestamp() <= time.time() + 1
+
+
+@pytest.mark.parametrize(
+    ("msg", "arg"),
+    [("job %s expired", "call:office:1732633200.17"),
+     ("%s failed", "call:office:1732633200.17:deliver_call")],
+)  # fmt: skip
+def test_arqs_own_lines_about_a_job_carry_the_calls_tags_not_the_job_id(
+    msg: str, arg: str
+) -> None:
+    """arq names a job by its id; the line gets the one form every line about a call has."""
+    from worker.keys import ArqLineTags
+
+    record = logging.LogRecord("arq.worker", logging.WARNING, __file__, 1, msg, (arg,), None)
+    assert ArqLineTags().filter(record)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line.endswith(" call_id=1732633200.17 pbx=office")
+    assert json.loads(JsonFormatter().format(record))["pbx"] == "office"

@@ -104,7 +104,7 @@ class Runtime:
             self.done += 1
 
     async def _deliver(self, record_data: Any, job_id: str) -> str:
-        tags = {"call_id": job_id}
+        tags = keys.log_tags(job_id)
         now = time.time()
         try:
             planned: Planned | Exception = self._plan(record_data)
@@ -166,7 +166,7 @@ class Runtime:
         if isinstance(planned, Exception):
             raise planned
         record, target, plan = planned
-        tags = {"call_id": record.call_id, "pbx": record.pbx}
+        tags = record.log_tags
         if isinstance(plan, Skip):
             await led.skipped(plan.reason, time.time())
             log.info("call not logged: %s", plan.reason, extra=tags)
@@ -199,10 +199,11 @@ class Runtime:
         except RedisError as err:
             delay = self.backoff.delay(entry.attempts)
             log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
-                        describe(err), delay, extra={"call_id": entry.job_id})  # fmt: skip
+                        describe(err), delay, extra=keys.log_tags(entry.job_id))  # fmt: skip
             raise Retry(defer=delay) from err
         except Exception as err:
-            log.warning("delivery hook failed: %s", describe(err), extra={"call_id": entry.job_id})
+            log.warning("delivery hook failed: %s", describe(err),
+                        extra=keys.log_tags(entry.job_id))  # fmt: skip
 
     async def _failed(self, err: Exception, led: CallLedger, tags: dict[str, str]) -> str:
         now = time.time()

@@ -235,11 +235,11 @@ class Outbox:
             except RedisError:
                 if time.monotonic() > deadline:
                     log.error(
-                        "gave up recording a CRM answer in the ledger", extra={"call_id": job_id}
+                        "gave up recording a CRM answer in the ledger", extra=keys.log_tags(job_id)
                     )
                     return
                 continue
-            log.info("recorded a CRM answer after Redis came back", extra={"call_id": job_id})
+            log.info("recorded a CRM answer after Redis came back", extra=keys.log_tags(job_id))
             return
 
     async def drain(self, timeout_s: float) -> int:

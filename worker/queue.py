@@ -23,6 +23,8 @@ from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from telephony.records import log_tags
+
 from . import keys, stats
 from .first_call import note_of
 from .ledger import FINAL, registered_script
@@ -185,7 +187,7 @@ async def enqueue_calls(
         if outcome != QUEUED:  # a replay, or the spool handing a call over again
             log.info(
                 "call handed over again, not queued: %s", _NOT_AGAIN.get(outcome, outcome),
-                extra={"call_id": record["call_id"], "pbx": record.get("pbx") or "default"},
+                extra=log_tags(record["call_id"], record.get("pbx") or "default"),
             )  # fmt: skip
     return outcomes
 

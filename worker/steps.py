@@ -174,7 +174,7 @@ class Steps:
                 "%d contacts match %s; logging on the first (id %s), others: %s",
                 len(found.contacts), plan.phone, first.id,
                 ", ".join(c.id for c in found.contacts[1:]),
-                extra={"call_id": ledger.job_id},
+                extra=keys.log_tags(ledger.job_id),
             )  # fmt: skip
         await ledger.contact_known(
             first.id, first.typecont or "contact", created=created,
@@ -208,7 +208,7 @@ class Steps:
             if sent_before:
                 log.info(
                     "a previous run sent addcont for %s and died; find shows nothing, "
-                    "so creating it now", plan.phone, extra={"call_id": ledger.job_id},
+                    "so creating it now", plan.phone, extra=keys.log_tags(ledger.job_id),
                 )  # fmt: skip
             new = plan.create
             if self.first_calls is not None:
@@ -231,7 +231,8 @@ class Steps:
                 try:
                     await lock.release()
                 except LockError:  # expired meanwhile: the ledger is written, nothing to undo
-                    log.warning("phone lock for %s expired before release", plan.phone)
+                    log.warning("phone lock for %s expired before release", plan.phone,
+                                extra=keys.log_tags(ledger.job_id))  # fmt: skip
 
     async def _add_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         if ledger.entry.event_id:
@@ -259,7 +260,7 @@ class Steps:
         if resend:
             log.warning(
                 "%s: sending again, the CRM may show this call twice", resend,
-                extra={"call_id": ledger.job_id},
+                extra=keys.log_tags(ledger.job_id),
             )  # fmt: skip
             await stats.incr(self.redis, "possible_duplicates")
         await ledger.event_sending(time.time())
