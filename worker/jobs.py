@@ -129,12 +129,17 @@ class Runtime:
         led.begun(now)
         led.phone_lock = lock if locked else None
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
+        steps: Steps | None = None
         try:
             try:
                 async with asyncio.timeout(deadline.remaining()):
-                    outcome = await self._run(planned, led, deadline)
+                    if not isinstance(planned, Exception):
+                        steps = self.steps_for(planned[1])
+                    outcome = await self._run(planned, led, deadline, steps)
             except Exception as err:
-                return await self._failed(err, led, tags)
+                # a CRM request failed: whose login it used (the dead letter names it)
+                login = steps.in_flight if steps is not None else None
+                return await self._failed(err, led, tags, login)
         finally:
             if led.phone_lock is not None:  # taken, and the steps never came to use it
                 await ledger_mod.release_phone_lock(self.redis, led.phone_lock)
@@ -162,16 +167,20 @@ class Runtime:
             self.config.job_timeout_s,
         )
 
-    async def _run(self, planned: Planned | Exception, led: CallLedger, deadline: Deadline) -> str:
+    async def _run(
+        self, planned: Planned | Exception, led: CallLedger, deadline: Deadline,
+        steps: Steps | None,
+    ) -> str:  # fmt: skip
         if isinstance(planned, Exception):
             raise planned
-        record, target, plan = planned
+        assert steps is not None  # made with every plan
+        record, _, plan = planned
         tags = record.log_tags
         if isinstance(plan, Skip):
             await led.skipped(plan.reason, time.time())
             log.info("call not logged: %s", plan.reason, extra=tags)
             return f"skipped: {plan.reason}"
-        event_id = await self.steps_for(target).deliver(plan, led, deadline)
+        event_id = await steps.deliver(plan, led, deadline)
         if event_id is None:
             reason = (
                 f"no CRM contact has {plan.phone}, and contacts are not created "
@@ -205,7 +214,11 @@ class Runtime:
             log.warning("delivery hook failed: %s", describe(err),
                         extra=keys.log_tags(entry.job_id))  # fmt: skip
 
-    async def _failed(self, err: Exception, led: CallLedger, tags: dict[str, str]) -> str:
+    async def _failed(
+        self, err: Exception, led: CallLedger, tags: dict[str, str], login: str | None = None
+    ) -> str:
+        """``login``: whose login the failed CRM request used (``Steps.in_flight``), named
+        in a dead letter's reason."""
         now = time.time()
         attempt = led.entry.attempts
         if isinstance(err, TimeoutError) and not str(err):
@@ -220,6 +233,7 @@ class Runtime:
             policy=self.config.retry,
             rng=self.rng,
         )
+        reason = f"{decision.reason}; {login}" if login and not decision.retry else decision.reason
         history = {
             "at": now,
             "attempt": attempt,
@@ -233,7 +247,7 @@ class Runtime:
                 history, retrying=decision.retry, event_uncertain=may_have_acted(err)
             )
             if not decision.retry:
-                await dead_letter(self.redis, led.job_id, decision.reason, now)
+                await dead_letter(self.redis, led.job_id, reason, now, login=login)
         except Exception as bookkeeping:
             # Redis went away while we wrote down the failure: arq retries the job later,
             # and the ledger (whatever reached it) tells that run where to resume.
@@ -249,8 +263,8 @@ class Runtime:
                 attempt, decision.delay_s, decision.reason, extra=tags,
             )  # fmt: skip
             raise Retry(defer=decision.delay_s) from err
-        log.error("call dead-lettered: %s", decision.reason, extra=tags)
-        return f"dead-lettered: {decision.reason}"
+        log.error("call dead-lettered: %s", reason, extra=tags)
+        return f"dead-lettered: {reason}"
 
 
 RUNTIME_KEY = "telefum"

@@ -80,7 +80,8 @@ if not known then
   redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
 else
   if requeue then
-    redis.call('HDEL', KEYS[1], 'first_attempt', 'attempts', 'dead_at', 'dead_reason')
+    redis.call('HDEL', KEYS[1], 'first_attempt', 'attempts', 'dead_at', 'dead_reason',
+               'dead_login')
     redis.call('ZREM', KEYS[4], ARGV[10])
     redis.call('HINCRBY', KEYS[5], 'requeued', 1)
   else  -- the ledger knew it, arq had lost it: see worker/reconcile.py

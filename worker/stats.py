@@ -42,6 +42,7 @@ COUNTER_NAMES = (
     "events_created",
     "possible_duplicates",  # addevent re-sent after a run died mid-request (see jobs.py)
     "recovered",  # calls re-enqueued by the reconciler after arq lost their job
+    "agent_login_fallbacks",  # writes sent with the service account: the agent's was refused
 )
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 

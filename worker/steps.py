@@ -13,6 +13,10 @@ Order of writes, and why:
    longer than find + addcont can take.
 2. No event in the ledger: mark ``event_sent_at``, ``addevent``, ledger (state done).
 
+Logins: ``find`` goes as the service account (a lookup has no author); ``addcont`` and
+``addevent`` as the call's author, the agent's own login when one is configured, and as the
+service account when the CRM refuses that login (``_as_author``: logged and counted).
+
 When step 1 learns the contact, its ledger write also releases the lock and, if there is
 time left to start addevent, carries step 2's mark: one Redis round trip instead of three
 (the worker's CPU goes mostly to round trips).
@@ -44,7 +48,7 @@ from typing import Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
-from crm_client.errors import Transient
+from crm_client.errors import PermanentCrmError, Transient
 from crm_client.types import Credentials, FindResult
 
 from . import keys, stats
@@ -126,6 +130,8 @@ class Steps:
         self.lock_scope = lock_scope
         self.crm_timeout_s = crm_timeout_s
         self.lock_ttl_s = lock_ttl_s
+        self.in_flight: str | None = None  # whose login the CRM request under way uses
+        self.agent_rejected = False  # the CRM refused the agent's own login in this run
 
     async def _timed(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``)."""
@@ -138,6 +144,48 @@ class Steps:
             raise
         finally:
             self.latencies.observe(op, outcome, time.monotonic() - t0)
+
+    async def _request(
+        self, op: str, plan: CallPlan, creds: Credentials, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """A CRM request on ``creds``; while it runs, ``in_flight`` says whose login it uses
+        (a failure the job dead-letters names it)."""
+        self.in_flight = plan.whose(creds)
+        result = await self._timed(op, call)
+        self.in_flight = None
+        return result
+
+    async def _as_author(
+        self, op: str, plan: CallPlan, deadline: Deadline,
+        send: Callable[[Credentials], Awaitable[T]],
+    ) -> T:  # fmt: skip
+        """A write (addcont, addevent) as the call's author: the agent's own login when one is
+        configured. The CRM rejecting that login (wrong password) does not cost the call: it
+        is written with the service account instead, logged and counted
+        (``agent_login_fallbacks``), and the rest of this run stays on the service account."""
+        service = plan.lookup
+        creds = service if self.agent_rejected else plan.credentials
+        try:
+            return await self._request(op, plan, creds, lambda: send(creds))
+        except PermanentCrmError as err:
+            if err.kind != "auth" or plan.agent is None or creds == service:
+                raise
+            rejected, why = plan.whose(creds), err.description or err.message
+        self.agent_rejected = True
+        self.in_flight = None
+        log.warning(
+            "the CRM refused %s (it said: %s); %s goes with the service account's login %r "
+            "instead, so the CRM shows that account as its author: fix the password in "
+            '[crm.agents."%s"]', rejected, why, op, service.login, plan.agent,
+            extra=plan.record.log_tags,
+        )  # fmt: skip
+        await stats.incr(self.redis, "agent_login_fallbacks")
+        deadline.require(self.crm_timeout_s, op)
+        try:
+            return await self._request(op, plan, service, lambda: send(service))
+        finally:
+            if self.in_flight is not None:  # failed too: the dead letter names both
+                self.in_flight = f"{self.in_flight}, after {rejected} was rejected"
 
     async def deliver(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str | None:
         """Run what the ledger says is still to do; the event id, or None when there is no
@@ -163,7 +211,10 @@ class Steps:
         """Look the phone up; a match goes to the ledger (with ``release``, the per-phone
         lock is released in the same write; ``created``: the match is the contact a previous
         run of this call created)."""
-        found = await self._timed("find", lambda: self.crm.find(plan.phone, plan.credentials))
+        lookup = plan.lookup
+        found = await self._request(
+            "find", plan, lookup, lambda: self.crm.find(plan.phone, lookup)
+        )
         if not found.contacts:
             return False
         # Several matches: the event goes on the first, in the CRM's own order (the CRM
@@ -215,12 +266,12 @@ class Steps:
                 new = await self.first_calls.contact_for(plan.record, new)
             deadline.require(self.crm_timeout_s, "addcont")
             await ledger.contact_sending(time.time(), did=new.did)
-            contact_id = await self._timed(
-                "addcont",
-                lambda: self.crm.add_contact(
-                    plan.phone, new.name, new.typecont, new.x_pstn, plan.credentials
+            contact_id = await self._as_author(
+                "addcont", plan, deadline,
+                lambda creds: self.crm.add_contact(
+                    plan.phone, new.name, new.typecont, new.x_pstn, creds
                 ),
-            )
+            )  # fmt: skip
             await ledger.contact_known(
                 str(contact_id), new.typecont, created=True,
                 event_sending_at=self._event_mark(deadline), release=held,
@@ -238,7 +289,7 @@ class Steps:
         if ledger.entry.event_id:
             return ledger.entry.event_id
         if ledger.sent_event_this_run:  # marked with the contact just now (contact_known)
-            return await self._send_event(plan, ledger)
+            return await self._send_event(plan, ledger, deadline)
         sent = ledger.entry.get("event_sent_at")
         resend = ""  # why the CRM may already hold this event
         if sent:
@@ -264,16 +315,16 @@ class Steps:
             )  # fmt: skip
             await stats.incr(self.redis, "possible_duplicates")
         await ledger.event_sending(time.time())
-        return await self._send_event(plan, ledger)
+        return await self._send_event(plan, ledger, deadline)
 
-    async def _send_event(self, plan: CallPlan, ledger: CallLedger) -> str:
+    async def _send_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         contact_id = ledger.entry.get("contact_id")
         typecont = ledger.entry.get("contact_typecont") or "contact"
-        event_id = await self._timed(
-            "addevent",
-            lambda: self.crm.add_event(
-                contact_id, typecont, plan.subject, plan.description, plan.credentials
+        event_id = await self._as_author(
+            "addevent", plan, deadline,
+            lambda creds: self.crm.add_event(
+                contact_id, typecont, plan.subject, plan.description, creds
             ),
-        )
+        )  # fmt: skip
         await ledger.event_created(str(event_id), time.time())
         return str(event_id)
