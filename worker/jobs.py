@@ -26,6 +26,7 @@ from telephony.records import CallRecord
 
 from . import keys, stats
 from . import ledger as ledger_mod
+from .crm_health import CrmTally
 from .dlq import dead_letter
 from .first_call import FirstCalls
 from .ledger import FINAL, CallLedger, Outbox, PhoneLock
@@ -70,6 +71,7 @@ class Runtime:
         outbox: Outbox | None = None,
         on_delivered: OnDelivered | None = None,
         latencies: stats.LatencyTally | None = None,
+        answers: CrmTally | None = None,
     ) -> None:
         self.config = config
         self.on_delivered = on_delivered
@@ -82,6 +84,8 @@ class Runtime:
         self.done = 0
         # CRM latencies, sent to Redis by the worker process (app.py) every second
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
+        # whether each CRM answers: sent with the latencies (worker/crm_health.py)
+        self.answers = answers if answers is not None else CrmTally()
 
     def steps_for(self, target: CrmTarget) -> Steps:
         return Steps(
@@ -93,6 +97,8 @@ class Runtime:
             settle_s=self.config.job_timeout_s + self.config.in_progress_grace_s,
             latencies=self.latencies,
             first_calls=FirstCalls(self.redis, self.config),
+            crm_url=target.url,
+            answers=self.answers,
         )
 
     async def deliver(self, record_data: Any, job_id: str) -> str:

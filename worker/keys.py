@@ -6,7 +6,8 @@
 ``telefum:dlq``                  zset: dead-lettered job ids, by time of death
 ``telefum:lock:{crm}:{phone}``   the per-phone lock around find + addcont
 ``telefum:first-in:{phone}``     hash: a caller's earliest inbound call per PBX (first_call.py)
-``telefum:stats:*``              counters, latency buckets, heartbeats (worker/stats.py)
+``telefum:stats:*``              counters, latency buckets, heartbeats (worker/stats.py), whether
+                                 each CRM answers (worker/crm_health.py)
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
@@ -199,3 +200,21 @@ _NOT_AGAIN = {
     "dead": "it is in the dead letters (telefum dlq requeue delivers it)",
     "dropped": "it was dropped from the dead letters (telefum dlq drop)",
 }
+
+
+async def retry_now(
+    redis: Redis, queue_name: str, *, only: Callable[[str], bool] | None = None
+) -> int:
+    """Make every call waiting for a retry due now (``only``: those whose job id it
+    accepts); how many. For when the CRM is back and the backoff (up to 10 minutes) would
+    make the last calls wait. A job that ends meanwhile is not brought back (``ZADD XX``); a
+    run that fails again backs off from its attempt count, as before."""
+    now_ms = int(time.time() * 1000)
+    waiting = [keys.text(m) for m in await redis.zrangebyscore(queue_name, f"({now_ms}", "+inf")]
+    chosen = [job for job in waiting if only is None or only(job)]
+    moved = 0
+    for i in range(0, len(chosen), 1000):
+        moved += int(await redis.zadd(
+            queue_name, dict.fromkeys(chosen[i : i + 1000], now_ms), xx=True, ch=True
+        ))  # fmt: skip
+    return moved

@@ -52,10 +52,11 @@ from crm_client.errors import PermanentCrmError, Transient
 from crm_client.types import Credentials, FindResult
 
 from . import keys, stats
+from .crm_health import CrmTally
 from .first_call import FirstCalls
 from .ledger import CallLedger
 from .plan import CallPlan
-from .retry import is_transient
+from .retry import describe, is_transient
 
 log = logging.getLogger("worker.steps")
 
@@ -121,8 +122,12 @@ class Steps:
         settle_s: float = 0.0,
         latencies: stats.LatencyTally | None = None,
         first_calls: FirstCalls | None = None,
+        crm_url: str = "",
+        answers: CrmTally | None = None,
     ) -> None:
         self.redis = redis
+        self.crm_url = crm_url
+        self.answers = answers if answers is not None else CrmTally()
         self.first_calls = first_calls
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
         self.settle_s = settle_s
@@ -134,16 +139,21 @@ class Steps:
         self.agent_rejected = False  # the CRM refused the agent's own login in this run
 
     async def _timed(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``)."""
+        """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``), and
+        whether the CRM answered to the CRM's state (``crm_health.CrmTally``)."""
         t0 = time.monotonic()
         outcome = "ok"
         try:
-            return await call()
+            result = await call()
         except Exception as err:
             outcome = "transient" if is_transient(err) else "permanent"
+            if outcome == "transient":
+                self.answers.failed(self.lock_scope, self.crm_url, describe(err))
             raise
         finally:
             self.latencies.observe(op, outcome, time.monotonic() - t0)
+        self.answers.ok(self.lock_scope, self.crm_url)
+        return result
 
     async def _request(
         self, op: str, plan: CallPlan, creds: Credentials, call: Callable[[], Awaitable[T]]
