@@ -22,6 +22,7 @@ from typing import Any
 
 from crm_client.redact import redact_line
 from telephony.records import iso_utc
+from worker.keys import ArqLineTags
 
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -116,6 +117,7 @@ class TextFormatter(logging.Formatter):
 
 def setup_logging(verbose: bool = False, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ArqLineTags())
     handler.addFilter(RedactingFilter())
     text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if json_lines else text)

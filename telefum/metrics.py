@@ -19,7 +19,8 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_calls_finished_total{pbx,direction,disposition}``  finished calls seen here
 ``telefum_redis_up``                        1 when Redis answered PING
 ``telefum_jobs_<counter>_total``            enqueued, succeeded, skipped, retried,
-                                            dead_lettered, requeued, recovered, ...
+                                            dead_lettered, requeued, recovered,
+                                            agent_login_fallbacks
 ``telefum_crm_contacts_created_total``      contacts the bridge created
 ``telefum_crm_events_created_total``        events the bridge logged
 ``telefum_queue_depth`` / ``_due`` / ``_retrying``  jobs in arq's queue
@@ -64,6 +65,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTER_METRICS = {
     "contacts_created": ("telefum_crm_contacts_created", "Contacts the bridge created in the CRM"),
     "events_created": ("telefum_crm_events_created", "Call events the bridge logged in the CRM"),
+    "agent_login_fallbacks": (
+        "telefum_jobs_agent_login_fallbacks",
+        "Calls written with the service account: the CRM refused the agent's own login",
+    ),
     "possible_duplicates": (
         "telefum_crm_possible_duplicates",
         "addevent re-sent after a run died mid-request (may be a duplicate event)",

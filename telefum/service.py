@@ -32,7 +32,7 @@ from telefum.http_guard import HttpServer
 from telefum.limits import Limits
 from telefum.web import Service, create_app, start_http
 from telephony.listener import AmiListener
-from telephony.records import CallFinished, CallRefused
+from telephony.records import CallFinished, CallRecord, CallRefused
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
@@ -169,6 +169,8 @@ class Bridge:
         """Every tracker update, from every PBX: quick, never blocking the AMI reader."""
         if isinstance(update, CallFinished):
             if self.handoff is not None:
+                log.info("call finished: %s; handed to the queue", _summary(update.record),
+                         extra=update.record.log_tags)  # fmt: skip
                 self.handoff.submit(update.record)
             if self.service is not None:
                 self.service.calls.observe(update.record)
@@ -227,6 +229,17 @@ class Bridge:
         if self._http is not None:
             parts.append(f"HTTP {self.http_url}")
         return ", ".join(parts)
+
+
+def _summary(r: CallRecord) -> str:
+    """One call in a few words, for the listener's line about it."""
+    who = f"{r.direction} {r.external or '(no outside number)'}"
+    if r.did:
+        who += f" via {r.did}"
+    how: str = r.disposition
+    if r.answered:
+        how += f" by {r.extension or '?'}, talk {r.talk_s:.0f} s"
+    return f"{who}, {how}"
 
 
 async def _quietly(step: Any, what: str) -> None:

@@ -25,7 +25,15 @@ from aiohttp import web
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 
 from telefum import __version__, metrics
-from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
+from telefum.health import (
+    AmiLinkView,
+    Health,
+    RedisPing,
+    SpoolWatch,
+    crm_routes,
+    evaluate,
+    observe,
+)
 from telefum.http_guard import HttpServer, host_check
 from telefum.limits import Limits
 from worker.policy import DEFAULT_QUEUE
@@ -124,7 +132,7 @@ class Service:
 
         snap = await observe(
             self.links, self.redis, self.settings.health,
-            read_stats=read, spool_size=self.spool_size,
+            read_stats=read, spool_size=self.spool_size, crms=crm_routes(self.settings),
         )
         return evaluate(snap, self.settings.health, self.spool_watch), snap
 
@@ -169,7 +177,7 @@ async def _health(request: web.Request) -> web.Response:
     }
     return web.Response(
         text=json.dumps(body, ensure_ascii=False),
-        status=200 if health.ok else 503,
+        status=200 if health.ok else 503,  # degraded too: 200 means fine (docs/operations.md)
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )

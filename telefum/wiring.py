@@ -31,6 +31,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         calls=settings.worker,
         sources=settings.sources,
         retry=RetryPolicy(total_s=settings.worker.retry_total_s),
+        crm_failing_s=settings.health.crm_failing_s,
     )
 
 

@@ -56,7 +56,7 @@ from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
 from telephony.backoff import Backoff
-from telephony.records import CallStarted, Update
+from telephony.records import CallStarted, Update, log_tags
 
 __all__ = [
     "AmiActionLost",
@@ -628,8 +628,9 @@ class AmiListener:
                                      chan["Channel"], exc)  # fmt: skip
                     break
                 except (AmiActionTimeout, AmiActionLost) as exc:
-                    self.log.info("AMI %s: no DID for adopted %s: %s", self.pbx,
-                                  chan["Channel"], exc)  # fmt: skip
+                    call_id = chan.get("Linkedid") or chan.get("Uniqueid") or ""
+                    log.info("AMI %s: no DID for adopted %s: %s", self.pbx, chan["Channel"],
+                             exc, extra=log_tags(call_id, self.pbx))  # fmt: skip
                     return
                 value = answer.get("Value") if answer.success else None
                 if value:

@@ -28,6 +28,13 @@ def iso_utc(ts: float | None) -> str | None:
     )
 
 
+def log_tags(call_id: str, pbx: str) -> dict[str, str]:
+    """The ``extra`` of every log line about one call, in the one form every process writes
+    (``call_id=<linkedid> pbx=<name>`` in text, the same two keys in JSON), so that
+    ``grep call_id=<linkedid>`` finds the call's whole story. Keep the order: call_id first."""
+    return {"call_id": call_id, "pbx": pbx}
+
+
 @dataclass(frozen=True, slots=True)
 class Transfer:
     from_ext: str | None
@@ -60,6 +67,11 @@ class CallRecord:
     flags: tuple[str, ...] = ()
     pbx: str = "default"
     source: Source = "live"
+
+    @property
+    def log_tags(self) -> dict[str, str]:
+        """The tags of a log line about this call (:func:`log_tags`)."""
+        return log_tags(self.call_id, self.pbx)
 
     @property
     def ring_s(self) -> float:

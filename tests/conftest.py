@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.pbx",
     "tests.support.cdr_db",
+    "tests.support.procs",
 ]
 
 

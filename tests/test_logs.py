@@ -156,3 +156,21 @@ def test_json_lines_escape_every_control_character_and_keep_the_text() -> None:
     assert raw.count("\n") == 1
     assert not any(c in raw for c in "\x1b\x9b\u2028\u202e")
     assert json.loads(raw)["msg"] == f"contact {FORGED} created"
+
+
+@pytest.mark.parametrize(
+    ("msg", "arg"),
+    [("job %s expired", "call:office:1732633200.17"),
+     ("%s failed", "call:office:1732633200.17:deliver_call")],
+)  # fmt: skip
+def test_arqs_own_lines_about_a_job_carry_the_calls_tags_not_the_job_id(
+    msg: str, arg: str
+) -> None:
+    """arq names a job by its id; the line gets the one form every line about a call has."""
+    from worker.keys import ArqLineTags
+
+    record = logging.LogRecord("arq.worker", logging.WARNING, __file__, 1, msg, (arg,), None)
+    assert ArqLineTags().filter(record)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line.endswith(" call_id=1732633200.17 pbx=office")
+    assert json.loads(JsonFormatter().format(record))["pbx"] == "office"

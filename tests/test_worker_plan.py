@@ -78,6 +78,14 @@ def test_the_agents_own_credentials_are_used_when_configured_else_the_service_ac
     assert planned(missed).credentials == SERVICE
 
 
+def test_lookups_use_the_service_account_and_a_login_is_named_with_whose_it_is() -> None:
+    ivans = planned(call(extension="101"))
+    assert ivans.lookup == SERVICE and ivans.agent == "101"
+    assert ivans.whose(IVAN) == 'login "ivan" (agent 101\'s own)'
+    assert ivans.whose(SERVICE) == 'login "bridge" (the service account)'
+    assert planned(call(extension="102")).whose(SERVICE) == 'login "bridge" (the service account)'
+
+
 @pytest.mark.parametrize(
     ("record", "policy", "reason"),
     [

@@ -43,11 +43,27 @@ class NewContact:
 @dataclass(frozen=True)
 class CallPlan:
     phone: str  # the outside number as the CRM wants it
-    credentials: Credentials
+    credentials: Credentials  # the author of addcont and addevent: the agent's own, or service
     create: NewContact | None  # None: never create a contact for this call
     subject: str
     description: str
     record: CallRecord  # the call (a contact is finally made from its caller's first call)
+    service: Credentials | None = None  # the service account: find, and the fallback author
+    agent: str | None = None  # the extension whose own login ``credentials`` is; None: service
+
+    @property
+    def lookup(self) -> Credentials:
+        """Whose login ``find`` uses: the service account. A lookup records no author, so an
+        agent's own login is needed only for writes, and a call whose fate ``find`` decides
+        (an outbound call to an unknown number is not logged) never waits on it."""
+        return self.service or self.credentials
+
+    def whose(self, creds: Credentials) -> str:
+        """``login "ivan" (agent 101's own)``: which login a request used, never the
+        password; for dead letters and log lines."""
+        if self.agent is not None and creds == self.credentials and creds != self.service:
+            return f'login "{creds.login}" (agent {self.agent}\'s own)'
+        return f'login "{creds.login}" (the service account)'
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ def plan_call(
     description = render(calls.description, values)
     if values["recording_url"] and "{recording_url}" not in calls.description:
         description = "; ".join(p for p in (description, f"запись {values['recording_url']}") if p)
+    agent = record.extension if record.extension in crm.agents else None
     return CallPlan(
         phone=values["phone"],
         credentials=crm.credentials_for(record.extension),
@@ -96,6 +113,8 @@ def plan_call(
         subject=render(subject, values),
         description=description,
         record=record,
+        service=crm.service,
+        agent=agent,
     )
 
 

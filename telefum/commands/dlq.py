@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("id", metavar="ID")
 
 
-def run(args: argparse.Namespace) -> int:
+def redis_target(args: argparse.Namespace, command: str) -> tuple[str, dict[str, Any]] | int:
+    """The Redis URL and queue options of the settings (``--config``, ``--redis-url``), or
+    an exit status once the reason is on stderr. Shared by ``dlq`` and ``queue``."""
     from worker.policy import DEFAULT_QUEUE, RetryPolicy, WorkerConfig
 
     url = getattr(args, "redis_url", None)
@@ -68,12 +70,19 @@ def run(args: argparse.Namespace) -> int:
                 config.queue_name, config.job_expires_s, config.ledger_ttl_s,
             )  # fmt: skip
         except ValueError as err:
-            print(f"telefum dlq: configuration error: {err}", file=sys.stderr)
+            print(f"telefum {command}: configuration error: {err}", file=sys.stderr)
             return 2
     if not url:
-        print(NEEDS_REDIS, file=sys.stderr)
+        print(NEEDS_REDIS.replace("telefum dlq", f"telefum {command}"), file=sys.stderr)
         return 2
-    opts = {"queue_name": queue, "expires_s": expires_s, "ledger_ttl_s": ledger_ttl_s}
+    return url, {"queue_name": queue, "expires_s": expires_s, "ledger_ttl_s": ledger_ttl_s}
+
+
+def run(args: argparse.Namespace) -> int:
+    target = redis_target(args, "dlq")
+    if isinstance(target, int):
+        return target
+    url, opts = target
     if args.dlq_command == "requeue" and bool(args.id) == bool(args.all):
         print("telefum dlq requeue: give one ID or --all", file=sys.stderr)
         return 2
