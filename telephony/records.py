@@ -6,7 +6,7 @@ keep keys and meanings stable; add keys only compatibly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -54,6 +54,13 @@ class CallRecord:
     final_extension: str | None = None  # who had the caller last (after transfers)
     flags: tuple[str, ...] = ()  # "reconciled" (closed after a link loss), "stale" (max age)
     pbx: str = "default"
+    # Keys below appear in the JSON only when they carry something (the replay contract).
+    forwarded_to: str | None = None  # the outside number an inbound call was forwarded to
+    joined_with: tuple[str, ...] = ()  # call ids an agent joined this call with
+    reasons: tuple[tuple[str, str], ...] = ()  # (flag, why) for what the tracker cannot tell
+    # Which rule decided direction, DID, extension, answered (``telefum replay --explain``);
+    # not part of the JSON.
+    explain: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def ring_s(self) -> float:
@@ -67,7 +74,7 @@ class CallRecord:
         return round(max(0.0, self.ended_at - self.answered_at), 2)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "call_id": self.call_id,
             "direction": self.direction,
             "external": self.external,
@@ -86,6 +93,13 @@ class CallRecord:
             "flags": list(self.flags),
             "pbx": self.pbx,
         }
+        if self.forwarded_to is not None:
+            out["forwarded_to"] = self.forwarded_to
+        if self.joined_with:
+            out["joined_with"] = list(self.joined_with)
+        if self.reasons:
+            out["reasons"] = dict(self.reasons)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CallRecord:
@@ -117,6 +131,9 @@ class CallRecord:
             final_extension=d.get("final_extension"),
             flags=tuple(d.get("flags", ())),
             pbx=d.get("pbx", "default"),
+            forwarded_to=d.get("forwarded_to"),
+            joined_with=tuple(d.get("joined_with", ())),
+            reasons=tuple((d.get("reasons") or {}).items()),
         )
 
 
