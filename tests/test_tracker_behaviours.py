@@ -583,3 +583,400 @@ def test_malformed_messages_are_skipped_without_raising() -> None:
     (finished,) = [u for u in out if isinstance(u, CallFinished)]
     assert finished.record.started_at == 5.0  # a bad Timestamp falls back to arrival
     assert tracker.active_count == 0 and tracker._channels == {}
+
+
+# --- direction: by the [calls] rules, never by a channel's first state --------------------
+
+
+def sip_trunk_call(pbx: Pbx, caller: str = CALLER, did: str = DID,
+                   endpoint: str = "SIP/provider", context: str = "from-trunk") -> Chan:
+    """chan_sip's inbound call: the channel is created Down, then set to Ring when the PBX
+    starts running it (chan_sip.c handle_request_invite)."""
+    trunk = pbx.channel(endpoint, context=context, exten=did, cid=caller, state="0")
+    trunk.state = "4"
+    pbx.send("Newstate", **pbx.snap(trunk))
+    return trunk
+
+
+def answered_by_101(pbx: Pbx, trunk: Chan, ring_s: float = 2, talk_s: float = 5) -> None:
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "SIP/101")
+    pbx.ring(trunk, p101)
+    pbx.wait(ring_s)
+    pbx.answer(trunk, p101)
+    b = pbx.bridge(p101, trunk)
+    pbx.wait(talk_s)
+    pbx.hangup(trunk, bridge=b)
+    pbx.hangup(p101, bridge=b)
+
+
+def test_chan_sip_inbound_call_created_down_is_inbound_by_the_trunk_rule() -> None:
+    pbx = Pbx()
+    trunk = sip_trunk_call(pbx)
+    answered_by_101(pbx, trunk)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did) == ("in", "+" + CALLER, "+" + DID)
+    assert (rec.extension, rec.answered, rec.ring_s) == ("101", True, pytest.approx(2.0))
+
+
+def test_inbound_call_created_down_is_announced_once_it_rings_not_before() -> None:
+    pbx = Pbx()
+    trunk = pbx.channel("SIP/provider", context="from-trunk", exten=DID, cid=CALLER)
+    assert pbx.updates == []  # Down: a caller, or a channel Originate is about to dial
+    trunk.state = "4"
+    (started,) = pbx.send("Newstate", **pbx.snap(trunk))
+    assert isinstance(started, CallStarted)
+    assert (started.direction, started.external, started.did) == ("in", "+" + CALLER, "+" + DID)
+
+
+def test_callback_originate_to_an_outside_number_first_is_an_outbound_call_by_the_agent(
+) -> None:
+    # Originate Channel=SIP/provider/79031112233 Context=from-internal Exten=101: the
+    # outside number rings first (created Down, dialled with no calling channel).
+    pbx = Pbx()
+    out = pbx.channel("SIP/provider", context="from-trunk", exten="s", cid="74951234567")
+    pbx.dial(None, out, "provider/79031112233")
+    pbx.ring(None, out)
+    pbx.wait(3)
+    pbx.answer(None, out)
+    p101 = pbx.phone("101", out)
+    pbx.dial(out, p101, "SIP/101")
+    pbx.ring(out, p101)
+    pbx.wait(2)
+    pbx.answer(out, p101)
+    b = pbx.bridge(p101, out)
+    pbx.wait(10)
+    pbx.hangup(out, bridge=b)
+    pbx.hangup(p101, bridge=b)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.did, rec.extension) == (
+        "out", "+79031112233", None, "101")
+    assert (rec.answered, rec.talk_s) == (True, pytest.approx(10.0))
+
+
+def test_callback_the_agent_never_answers_is_not_answered() -> None:
+    pbx = Pbx()
+    out = pbx.channel("SIP/provider", context="from-trunk", exten="s")
+    pbx.dial(None, out, "provider/79031112233")
+    pbx.wait(3)
+    pbx.answer(None, out)  # the customer picks up...
+    p101 = pbx.phone("101", out)
+    pbx.dial(out, p101, "SIP/101")
+    pbx.ring(out, p101)
+    pbx.wait(20)
+    pbx.dial_end(out, p101, "NOANSWER")  # ...but no agent does
+    pbx.hangup(p101, cause=19)
+    pbx.hangup(out)
+    rec = pbx.record()
+    assert (rec.direction, rec.answered, rec.disposition) == ("out", False, "no-answer")
+
+
+def test_chan_sip_phone_call_created_down_is_not_taken_for_a_click_to_call() -> None:
+    # chan_sip creates a phone's own call Down too: its start is the phone's INVITE, not
+    # the moment the dialplan dials out (as it is for Originate's click-to-call).
+    pbx = Pbx()
+    p101 = pbx.channel("SIP/101", context="from-internal", exten="79031112233", cid="101")
+    p101.state = "4"
+    pbx.send("Newstate", **pbx.snap(p101))
+    pbx.wait(2)  # e.g. a prompt, or overlap dialling, before the trunk is dialled
+    out = pbx.channel("SIP/provider", context="from-trunk", linked=p101)
+    pbx.dial(p101, out, "provider/79031112233")
+    pbx.wait(3)
+    pbx.answer(p101, out)
+    pbx.wait(4)
+    pbx.hangup(out)
+    pbx.hangup(p101)
+    rec = pbx.record()
+    assert (rec.direction, rec.extension, rec.external) == ("out", "101", "+79031112233")
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(5.0), pytest.approx(4.0))
+
+
+# --- answered: an outside party and an agent were connected --------------------------------
+
+
+def forward_to_mobile(
+    pbx: Pbx, dial_end: str, wait_after_answer: float = 6
+) -> tuple[Chan, Chan]:
+    """101 rings 5 s unanswered, then Dial(SIP/provider/79265556677,,U(confirm)): the
+    mobile answers; a Gosub on its leg asks its owner to accept (press 1)."""
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "PJSIP/101")
+    pbx.ring(trunk, p101)
+    pbx.wait(5)
+    pbx.dial_end(trunk, p101, "NOANSWER")
+    pbx.hangup(p101, cause=0)
+    mobile = pbx.channel("PJSIP/trunk", context="from-trunk", linked=trunk)
+    pbx.dial(trunk, mobile, "79265556677@trunk")
+    pbx.ring(trunk, mobile)
+    pbx.wait(2)
+    pbx.up(mobile)  # the mobile's owner picked up: the prompt plays
+    pbx.wait(wait_after_answer)
+    pbx.dial_end(trunk, mobile, dial_end)
+    return trunk, mobile
+
+
+def test_forward_to_a_mobile_whose_owner_does_not_accept_is_not_answered() -> None:
+    pbx = Pbx()
+    trunk, mobile = forward_to_mobile(pbx, "CONTINUE")  # GOSUB_RESULT=CONTINUE
+    pbx.hangup(mobile)
+    pbx.hangup(trunk, cause=19)
+    rec = pbx.record()
+    assert (rec.direction, rec.answered, rec.extension, rec.disposition) == (
+        "in", False, None, "no-answer")
+    assert (rec.forwarded_to, rec.talk_s) == ("+79265556677", 0.0)
+    assert not [u for u in pbx.updates if isinstance(u, Answered)]
+
+
+def test_forward_to_a_mobile_is_answered_when_the_caller_is_put_through() -> None:
+    pbx = Pbx()
+    trunk, mobile = forward_to_mobile(pbx, "ANSWER", wait_after_answer=1.5)
+    pbx.up(trunk)
+    b = pbx.bridge(mobile, trunk)
+    pbx.wait(8)
+    pbx.hangup(trunk, bridge=b)
+    pbx.hangup(mobile, bridge=b)
+    rec = pbx.record()
+    # One inbound call, credited to 101 (its forward on no answer), answered at the accept.
+    assert (rec.direction, rec.answered, rec.extension, rec.final_extension) == (
+        "in", True, "101", "101")
+    assert (rec.rang, rec.forwarded_to) == (("101",), "+79265556677")
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(8.5), pytest.approx(8.0))
+
+
+def test_phone_refused_by_a_screening_gosub_after_picking_up_is_not_answered() -> None:
+    # Dial(PJSIP/101,,U(screen)): 101 picks up, hears who calls, declines (CONTINUE).
+    pbx = Pbx()
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "PJSIP/101")
+    pbx.ring(trunk, p101)
+    pbx.wait(3)
+    pbx.up(p101)
+    pbx.wait(4)
+    pbx.dial_end(trunk, p101, "CONTINUE")
+    pbx.hangup(p101)
+    pbx.wait(1)
+    pbx.hangup(trunk)
+    rec = pbx.record()
+    assert (rec.answered, rec.extension, rec.disposition) == (False, None, "no-answer")
+    assert rec.ring_s == pytest.approx(8.0)
+
+
+def test_click_to_call_whose_outside_number_is_busy_is_not_answered_and_busy() -> None:
+    pbx = Pbx()
+    p101 = pbx.channel("SIP/101", context="from-internal", exten="s", cid="101")
+    pbx.dial(None, p101, "SIP/101")
+    pbx.ring(None, p101)
+    pbx.wait(2)
+    pbx.answer(None, p101)  # the agent answered their own leg
+    out = pbx.channel("SIP/provider", context="from-trunk", linked=p101)
+    pbx.dial(p101, out, "provider/79031112233")
+    pbx.wait(1)
+    pbx.dial_end(p101, out, "BUSY")
+    pbx.hangup(out, cause=17)
+    pbx.hangup(p101)
+    rec = pbx.record()
+    assert (rec.direction, rec.extension, rec.external) == ("out", "101", "+79031112233")
+    assert (rec.answered, rec.disposition) == (False, "busy")
+
+
+# --- pickups: answered by the picker ------------------------------------------------------
+
+
+def ringing_101(pbx: Pbx) -> tuple[Chan, Chan]:
+    trunk = pbx.trunk_call(CALLER, DID)
+    p101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, p101, "PJSIP/101")
+    pbx.ring(trunk, p101)
+    pbx.wait(3)
+    return trunk, p101
+
+
+def picked_up_ends(pbx: Pbx, trunk: Chan, p102: Chan, p101: Chan) -> CallRecord:
+    pbx.send("DialEnd", **pbx.snap(trunk), **pbx.snap(p102, "Dest"), DialStatus="ANSWER")
+    pbx.hangup(p101, cause=26)
+    pbx.up(trunk)
+    b = pbx.bridge(p102, trunk)
+    pbx.wait(6)
+    pbx.hangup(p102, bridge=b)
+    pbx.hangup(trunk, bridge=b)
+    return pbx.record()
+
+
+def test_directed_pickup_is_answered_by_the_picker() -> None:
+    # 102 dials *8101: PickupChan(PJSIP/101) takes over 101's ringing channel.
+    pbx = Pbx()
+    trunk, p101 = ringing_101(pbx)
+    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="*8101", cid="102",
+                       state="4")
+    pbx.up(p102)
+    pbx.wait(0.5)
+    pbx.send("Pickup", **pbx.snap(p102), **pbx.snap(p101, "Target"))
+    rec = picked_up_ends(pbx, trunk, p102, p101)
+    assert (rec.direction, rec.answered, rec.extension, rec.final_extension) == (
+        "in", True, "102", "102")
+    assert (rec.rang, rec.ring_s, rec.talk_s) == (("101",), pytest.approx(3.5),
+                                                   pytest.approx(6.0))
+    assert pbx.tracker.active_count == 0 and len(pbx.records()) == 1
+
+
+def test_pickup_by_invite_with_replaces_is_answered_by_the_picker() -> None:
+    # No Pickup event: 102's INVITE with Replaces makes a channel of its own (a "call" to
+    # 101) that Asterisk swaps in for the ringing one; the caller's Dial names it ANSWER.
+    pbx = Pbx()
+    trunk, p101 = ringing_101(pbx)
+    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="101", cid="102",
+                       state="4")
+    pbx.up(p102)
+    rec = picked_up_ends(pbx, trunk, p102, p101)
+    assert (rec.answered, rec.extension, rec.final_extension, rec.ring_s) == (
+        True, "102", "102", pytest.approx(3.0))
+    assert len(pbx.records()) == 1  # 102's own "call to 101" is not a call of its own
+
+
+# --- transfers: the target worked out when Asterisk does not name it -----------------------
+
+
+def consultation(pbx: Pbx) -> tuple[Chan, Chan, Chan, Chan, str, str]:
+    """A caller talks to 101; 101 calls 102 on a second line (a call of its own)."""
+    trunk = pbx.trunk_call(CALLER, DID)
+    a101 = pbx.phone("101", trunk)
+    pbx.dial(trunk, a101, "101")
+    pbx.answer(trunk, a101)
+    first = pbx.bridge(a101, trunk)
+    pbx.wait(5)
+    c101 = phone_call(pbx, "101", "102")
+    c102 = pbx.phone("102", c101)
+    pbx.dial(c101, c102, "102")
+    pbx.ring(c101, c102)
+    return trunk, a101, c101, c102, first, ""
+
+
+def attended_transfer(pbx: Pbx, trunk: Chan, a101: Chan, c101: Chan, first: str,
+                      second: str, **dest: str) -> None:
+    """AttendedTransfer as Asterisk 13 sends it for a SIP REFER: no TransferTarget*."""
+    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
+             OrigBridgeUniqueid=first, **pbx.snap(c101, "SecondTransferer"),
+             SecondBridgeUniqueid=second, **pbx.snap(trunk, "Transferee"), IsExternal="Yes",
+             **dest)
+
+
+def test_attended_transfer_without_target_headers_names_the_target_from_the_second_bridge(
+) -> None:
+    pbx = Pbx()
+    trunk, a101, c101, c102, first, _ = consultation(pbx)
+    pbx.answer(c101, c102)
+    consult = pbx.bridge(c102, c101)
+    pbx.wait(3)
+    attended_transfer(pbx, trunk, a101, c101, first, consult, DestType="Bridge",
+                      DestBridgeUniqueid=consult)
+    pbx.leave(first, trunk)
+    pbx.leave(consult, c101)
+    pbx.enter(consult, trunk, 2)
+    pbx.hangup(a101, bridge=first)
+    pbx.hangup(c101)
+    pbx.wait(10)
+    pbx.hangup(trunk, bridge=consult)
+    pbx.hangup(c102, bridge=consult)
+    rec = pbx.record()
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "101", "to": "102", "kind": "attended"}]
+    assert (rec.final_extension, rec.flags) == ("102", ())
+
+
+def test_blonde_transfer_without_target_headers_names_whom_the_consultation_leg_dialled(
+) -> None:
+    # 101 completes the transfer while 102 still rings: the caller takes over the ringing
+    # Dial (DestType App, DestApp Dial); no second bridge exists yet.
+    pbx = Pbx()
+    trunk, a101, c101, c102, first, _ = consultation(pbx)
+    pbx.wait(2)
+    attended_transfer(pbx, trunk, a101, c101, first, "", DestType="App", DestApp="Dial")
+    pbx.hangup(a101, bridge=first)
+    pbx.wait(4)
+    pbx.answer(c101, c102)
+    pbx.hangup(c101)
+    b = pbx.bridge(c102, trunk)
+    pbx.wait(10)
+    pbx.hangup(trunk, bridge=b)
+    pbx.hangup(c102, bridge=b)
+    rec = pbx.record()
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "101", "to": "102", "kind": "attended"}]
+    assert (rec.extension, rec.final_extension) == ("101", "102")
+
+
+def test_attended_transfer_whose_target_cannot_be_worked_out_is_flagged_with_a_reason(
+) -> None:
+    pbx = Pbx()
+    trunk, a101, c101, c102, first, _ = consultation(pbx)
+    pbx.hangup(c102, cause=16)  # the consultation leg is gone before the transfer
+    attended_transfer(pbx, trunk, a101, c101, first, "", DestType="Fail")
+    pbx.hangup(c101)
+    pbx.hangup(a101, bridge=first)
+    pbx.hangup(trunk)
+    rec = pbx.record()
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "101", "to": None, "kind": "attended"}]
+    assert rec.flags == ("transfer-target-unknown",)
+    assert "names no target" in dict(rec.reasons)["transfer-target-unknown"]
+
+
+# --- two callers joined by an agent ---------------------------------------------------------
+
+
+def test_two_callers_an_agent_joins_stay_two_calls_that_name_each_other() -> None:
+    pbx = Pbx()
+    a = pbx.trunk_call(CALLER, DID)
+    a101 = pbx.phone("101", a)
+    pbx.dial(a, a101, "101")
+    pbx.answer(a, a101)
+    ba = pbx.bridge(a101, a)
+    pbx.wait(5)
+    c = pbx.trunk_call("79262230026", "74951234569")
+    c101 = pbx.phone("101", c)
+    pbx.dial(c, c101, "101")
+    pbx.answer(c, c101)
+    bc = pbx.bridge(c101, c)
+    pbx.wait(3)
+    pbx.leave(ba, a)
+    pbx.leave(bc, c101)
+    pbx.enter(bc, a, 2)
+    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
+             OrigBridgeUniqueid=ba, **pbx.snap(c101, "SecondTransferer"),
+             SecondBridgeUniqueid=bc, **pbx.snap(a, "Transferee"),
+             **pbx.snap(c, "TransferTarget"), IsExternal="Yes", DestType="Bridge",
+             DestBridgeUniqueid=bc)
+    pbx.hangup(a101, bridge=ba)
+    pbx.hangup(c101)
+    pbx.wait(10)
+    c.linkedid = a.linkedid  # Asterisk gives the bridge the older Linkedid
+    pbx.leave(bc, c)
+    pbx.hangup(a, bridge=bc)
+    pbx.hangup(c)
+    one, other = sorted(pbx.records(), key=lambda r: r.started_at)
+    assert (one.call_id, other.call_id) == (a.linkedid, c.uid)
+    assert (one.joined_with, other.joined_with) == ((other.call_id,), (one.call_id,))
+    assert [t.to_json() for t in one.transfers] == [
+        {"from": "101", "to": "+79262230026", "kind": "attended"}]
+    assert [t.to_json() for t in other.transfers] == [
+        {"from": "101", "to": "+" + CALLER, "kind": "attended"}]
+    for rec in (one, other):
+        assert (rec.direction, rec.extension, rec.answered, rec.final_extension) == (
+            "in", "101", True, None)
+    assert (one.talk_s, other.talk_s) == (pytest.approx(18.0), pytest.approx(13.0))
+
+
+def test_callers_parked_in_one_holding_bridge_are_not_joined() -> None:
+    pbx = Pbx()
+    calls = [pbx.trunk_call(f"7916123456{i}", DID) for i in range(2)]
+    lot = "00000000-0000-4000-8000-00000000park"
+    for n, ch in enumerate(calls, 1):
+        pbx.up(ch)
+        pbx.send("BridgeEnter", BridgeUniqueid=lot, BridgeType="holding",
+                 BridgeTechnology="holding_bridge", BridgeNumChannels=str(n), **pbx.snap(ch))
+    pbx.wait(30)
+    for ch in calls:
+        pbx.hangup(ch, bridge=lot)
+    assert [r.joined_with for r in pbx.records()] == [(), ()]
