@@ -14,6 +14,7 @@ import pytest
 
 from telephony.ami import Message
 from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
+from telephony.rules import CallRules
 from telephony.tracker import CallTracker
 
 STATES = {"0": "Down", "4": "Ring", "5": "Ringing", "6": "Up", "7": "Busy"}
@@ -980,3 +981,74 @@ def test_callers_parked_in_one_holding_bridge_are_not_joined() -> None:
     for ch in calls:
         pbx.hangup(ch, bridge=lot)
     assert [r.joined_with for r in pbx.records()] == [(), ()]
+
+
+# --- phones named by account: [calls] phones, phone_channel_pattern ------------------------
+
+ACCOUNTS = {"150010001": "201", "150010002": "202"}
+
+
+def hosted_call(pbx: Pbx) -> None:
+    """A hosted PBX: phones are SIP accounts in a per-customer context the admin did not
+    list as internal; the caller reaches 201, who blind-transfers to 202."""
+    trunk = sip_trunk_call(pbx)
+    p201 = pbx.channel("SIP/150010001", context="cust42-phones", cid="201", linked=trunk)
+    pbx.dial(trunk, p201, "SIP/150010001")
+    pbx.ring(trunk, p201)
+    pbx.wait(2)
+    pbx.answer(trunk, p201)
+    b = pbx.bridge(p201, trunk)
+    pbx.send("BlindTransfer", Result="Success", **pbx.snap(p201, "Transferer"),
+             **pbx.snap(trunk, "Transferee"), BridgeUniqueid=b, IsExternal="Yes",
+             Context="cust42-phones", Extension="202")
+    pbx.hangup(p201, bridge=b)
+    pbx.leave(b, trunk)
+    p202 = pbx.channel("SIP/150010002", context="cust42-phones", cid="79161234567",
+                       linked=trunk)
+    pbx.dial(trunk, p202, "SIP/150010002")
+    pbx.ring(trunk, p202)
+    pbx.answer(trunk, p202)
+    b2 = pbx.bridge(p202, trunk)
+    pbx.wait(5)
+    pbx.hangup(trunk, bridge=b2)
+    pbx.hangup(p202, bridge=b2)
+
+
+def test_phones_named_by_account_are_mapped_to_extensions_by_the_phones_table() -> None:
+    pbx = Pbx(CallTracker(CallRules(phones=ACCOUNTS)))
+    hosted_call(pbx)
+    rec = pbx.record()
+    assert (rec.direction, rec.extension, rec.final_extension, rec.rang) == (
+        "in", "201", "202", ("201", "202"))
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "201", "to": "202", "kind": "blind"}]
+
+
+def test_phone_channel_pattern_makes_phones_with_the_extension_from_its_group() -> None:
+    # SIP/1500100NN is extension 2NN: the pattern's group "ext" can only give digits of the
+    # name, so this one maps accounts whose tail is the extension's: SIP/9000201-...
+    rules = CallRules(phone_channel_pattern=r"^SIP/9000(?P<ext>\d{3})-")
+    pbx = Pbx(CallTracker(rules))
+    trunk = sip_trunk_call(pbx)
+    p = pbx.channel("SIP/9000201", context="cust42-phones", cid="Reception", linked=trunk)
+    pbx.dial(trunk, p, "SIP/9000201")
+    pbx.answer(trunk, p)
+    pbx.hangup(trunk)
+    pbx.hangup(p)
+    assert (pbx.record().extension, pbx.record().direction) == ("201", "in")
+
+
+def test_phone_channel_pattern_without_a_group_takes_the_extension_from_the_caller_id(
+) -> None:
+    pbx = Pbx(CallTracker(CallRules(phone_channel_pattern=r"^SIP/15001\d{4}-")))
+    hosted_call(pbx)
+    rec = pbx.record()
+    # 202's leg carries the caller's number as caller ID: it is a phone, but of whom?
+    assert (rec.extension, rec.rang) == ("201", ("201",))
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "201", "to": "202", "kind": "blind"}]
+
+
+def test_a_phones_entry_that_is_no_extension_is_refused_when_the_settings_load() -> None:
+    with pytest.raises(ValueError, match="must be an extension"):
+        CallRules(phones={"150010001": "reception"})

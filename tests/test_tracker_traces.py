@@ -228,3 +228,25 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
     ]}
     match_calls(expected, recs)
     assert tracker.active_count == 0
+
+
+CHANSIP = sorted(name for name, s in SCENARIOS.items() if "chan_sip" in s["pbx"])
+SIP_ACCOUNTS = {f"15001000{n}": f"20{n}" for n in range(1, 6)}
+
+
+def hosted(messages: list[Message]) -> list[Message]:
+    """The chan_sip recording as a hosted PBX would send it: its phones live in a customer
+    context of their own (not in internal_contexts), so only [calls] phones says that
+    SIP/150010001-... is extension 201."""
+    return [{k: ("cust42-phones" if v == "from-internal" and k.endswith("Context") else v)
+             for k, v in m.items()} for m in messages]
+
+
+@pytest.mark.parametrize("name", CHANSIP)
+def test_account_named_phones_in_a_hosted_context_come_out_right_with_the_phones_table(
+    name: str,
+) -> None:
+    rules = CallRules(phones=SIP_ACCOUNTS)
+    tracker, updates = run(hosted(load(name)), rules)
+    match_calls(SCENARIOS[name], records(updates))
+    assert tracker.active_count == 0
