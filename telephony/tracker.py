@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 
 from telephony.ami import Message, event_time
 from telephony.explain import Because, describe, explain
+from telephony.pbxclock import PbxClock
 from telephony.phones import to_e164
 from telephony.records import (
     Answered,
@@ -105,6 +106,7 @@ class CallTracker:
         self._did_vars = frozenset(self.rules.did_variables)
         self._variables = frozenset({"DIALSTATUS"}) | self._did_vars
         self._pbx = pbx
+        self.clock = PbxClock()  # the PBX's clock, from Timestamps against arrival times
         self._calls: dict[str, Call] = {}  # call id -> call
         self._by_linkedid: dict[str, Call] = {}  # every Linkedid of a live call -> call
         self._channels: dict[str, Channel] = {}  # Uniqueid -> live channel
@@ -128,6 +130,9 @@ class CallTracker:
             "Pickup": self._on_pickup,
             "AgentConnect": self._on_agentconnect,
             "VarSet": self._on_varset,
+            # The first event of every AMI session: a sample of the PBX's clock before the
+            # reconnect's snapshot is reconciled.
+            "FullyBooted": self._on_fullybooted,
             # LocalOptimizationBegin/End need nothing of their own: the bridge moves that
             # carry them out arrive as BridgeEnter/BridgeLeave, the Local halves hang up.
         }
@@ -147,9 +152,20 @@ class CallTracker:
         return self._variables
 
     @property
+    def did_variables(self) -> tuple[str, ...]:
+        """``[calls] did_variables``: the listener asks an adopted call's channel for them."""
+        return self.rules.did_variables
+
+    @property
     def active_count(self) -> int:
         """Calls in progress (not yet reported)."""
         return len(self._calls)
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds this host's clock is ahead of the PBX's (None: the PBX sends no
+        Timestamp, and call times are arrival times)."""
+        return self.clock.offset
 
     def handle(self, msg: Message, arrived: float) -> list[Update]:
         """Feed one AMI message (``arrived``: when it came in, Unix seconds)."""
@@ -172,7 +188,9 @@ class CallTracker:
         return out
 
     def expire(self, now: float) -> list[Update]:
-        """Close calls that never hung up within ``max_call_age_s`` (flag "stale")."""
+        """Close calls that never hung up within ``max_call_age_s`` (flag "stale"). Calls
+        are aged on the PBX's clock: ``now`` (ours) is moved by the offset its events show."""
+        now = self.clock.pbx_time(now)
         limit = now - self.rules.max_call_age_s
         out: list[Update] = []
         for call in [c for c in self._calls.values() if c.started_at < limit]:
@@ -186,8 +204,10 @@ class CallTracker:
         Calls with no live channel left ended while we were away: reported once, flagged
         "reconciled", ended ``now``. Channels gone from surviving calls are dropped. Live
         channels we never saw (a restarted listener) are adopted, so their call is reported
-        when it ends (flagged "adopted": its start is known only to the second).
+        when it ends (flagged "adopted": its start is known only to the second). ``now`` is
+        this host's clock; the records get the PBX's (``PbxClock``).
         """
+        now = self.clock.pbx_time(now)
         live: dict[str, Message] = {}
         for msg in snapshot:
             uid = msg.get("Uniqueid")
@@ -218,6 +238,19 @@ class CallTracker:
         return out
 
     # --- channels and calls ---------------------------------------------------------
+
+    def _time(self, msg: Message, arrived: float) -> float:
+        """``event_time``, and a sample of the PBX's clock (on a call's first and last
+        events: enough to follow it, cheap on the hot path)."""
+        stamp = msg.get("Timestamp")
+        if stamp:
+            try:
+                t = float(stamp)
+            except ValueError:
+                return arrived
+            self.clock.observe(t, arrived)
+            return t
+        return arrived
 
     def _e164(self, raw: str | None) -> str | None:
         """An outside number in E.164, or None (empty, not a number, or an extension)."""
@@ -358,7 +391,7 @@ class CallTracker:
         name = msg.get("Channel")
         if not uid or not name or uid in self._channels:
             return None
-        t = event_time(msg, arrived)
+        t = self._time(msg, arrived)
         linkedid = msg.get("Linkedid")
         lid = linkedid or uid
         context = msg.get("Context", "")
@@ -747,6 +780,10 @@ class CallTracker:
             return None
         return self._picked_up(target.call, picker, event_time(msg, arrived))
 
+    def _on_fullybooted(self, msg: Message, arrived: float) -> list[Update] | None:
+        self._time(msg, arrived)
+        return None
+
     def _on_agentconnect(self, msg: Message, arrived: float) -> list[Update] | None:
         """A queue member took the call (normally already seen as their phone going Up)."""
         dest = self._channels.get(msg.get("DestUniqueid", ""))
@@ -994,7 +1031,7 @@ class CallTracker:
                 call.saw_failed = True
         self._drop_channel(ch)
         if not call.channels:
-            return self._finish(call, event_time(msg, arrived), ())
+            return self._finish(call, self._time(msg, arrived), ())
         return None
 
     def _drop_channel(self, ch: Channel) -> None:
@@ -1043,13 +1080,14 @@ class CallTracker:
     # --- after a reconnect ----------------------------------------------------------
 
     def _adopt(self, msg: Message, now: float) -> list[Update]:
-        """Take over a live channel we never saw created (listener restarted mid-call)."""
+        """Take over a live channel we never saw created (listener restarted mid-call).
+        ``now``: on the PBX's clock already."""
         uid = msg["Uniqueid"]
         lid = msg.get("Linkedid") or uid
         t = now - _duration_s(msg.get("Duration", ""))
         fake = dict(msg)
         fake["Event"] = "Newchannel"
-        fake["Timestamp"] = repr(t)
+        fake.pop("Timestamp", None)  # ``t`` is the start: no sample of the PBX's clock
         fake["Linkedid"] = lid
         known = lid in self._by_linkedid
         out = self._on_newchannel(fake, t) or []

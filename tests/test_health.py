@@ -110,3 +110,13 @@ def test_every_problem_is_listed_at_once() -> None:
         snap(links=(link(connected=False),), redis_error="timeout", stats=None), CFG
     )
     assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "Redis unreachable"]
+
+
+def test_a_pbx_clock_off_by_more_than_a_minute_is_shown_but_keeps_the_bridge_healthy() -> None:
+    # Calls are aged on the PBX's own clock, so nothing breaks; ops should still fix NTP.
+    h = evaluate(snap(links=(link(pbx_clock_offset_s=43200.04),)), CFG)
+    assert h.ok
+    ami = h.to_json()["ami"][0]
+    assert (ami["pbx_clock_offset_s"], ami["pbx_clock_skewed"]) == (43200.0, True)
+    fine = evaluate(snap(links=(link(pbx_clock_offset_s=0.2),)), CFG).to_json()["ami"][0]
+    assert fine["pbx_clock_skewed"] is False

@@ -35,9 +35,15 @@ class Chan:
 class Pbx:
     """Writes AMI events for a scenario and feeds them to a tracker as it goes."""
 
-    def __init__(self, tracker: CallTracker | None = None, t0: float = 1_800_000_000.0) -> None:
+    def __init__(
+        self, tracker: CallTracker | None = None, t0: float = 1_800_000_000.0,
+        *, host_ahead_s: float = 0.0,
+    ) -> None:
+        """``host_ahead_s``: how far the bridge's clock (arrival times) is ahead of the
+        PBX's (Timestamps)."""
         self.tracker = tracker or CallTracker()
         self.t = t0
+        self.host_ahead_s = host_ahead_s
         self._uid = itertools.count(100)
         self._seq = itertools.count(0x20)
         self._bridge = itertools.count(1)
@@ -47,12 +53,17 @@ class Pbx:
     def send(self, event: str, **headers: str) -> list[Update]:
         msg: Message = {"Event": event, "Privilege": "call,all", "Timestamp": f"{self.t:.6f}"}
         msg.update(headers)
-        out = self.tracker.handle(msg, self.t)
+        out = self.tracker.handle(msg, self.now)
         self.updates += out
         return out
 
     def wait(self, seconds: float) -> None:
         self.t += seconds
+
+    @property
+    def now(self) -> float:
+        """The bridge's clock (self.t is the PBX's)."""
+        return self.t + self.host_ahead_s
 
     @staticmethod
     def snap(ch: Chan | None, prefix: str = "") -> dict[str, str]:

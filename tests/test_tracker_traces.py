@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pbxsim.rebase import id_span, rebase
-from telephony.ami import Message, parse_trace
+from telephony.ami import AmiCodec, Message, parse_trace
 from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
@@ -63,6 +63,20 @@ def check_against_manifest(expected: dict[str, Any], got: dict[str, Any]) -> lis
 
 def load(name: str) -> list[Message]:
     return parse_trace((TRACES / name).read_bytes())
+
+
+def load_timed(name: str) -> list[tuple[Message, float]]:
+    """A trace's messages with the time each arrived on the recorder's socket (its
+    ``.timing.jsonl``: byte offset and wall clock of every read)."""
+    data = (TRACES / name).read_bytes()
+    timing = TRACES / name.replace(".ami", ".timing.jsonl")
+    codec = AmiCodec()
+    out: list[tuple[Message, float]] = []
+    for line in timing.read_text().splitlines():
+        read = json.loads(line)
+        chunk = data[read["offset"] : read["offset"] + read["len"]]
+        out += [(m, read["wallclock"]) for m in codec.feed(chunk) if "Event" in m]
+    return out
 
 
 def run(
@@ -200,16 +214,20 @@ def test_times_come_from_arrival_when_the_pbx_sends_no_timestamp() -> None:
 
 def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_missed() -> None:
     # 29: the AMI link is cut for 7 s; session 2 starts with the CoreShowChannels answer the
-    # listener asks for, handed to reconcile() the moment it is complete.
+    # listener asks for, handed to reconcile() the moment it is complete. Arrival times are
+    # the recorder's own, as the listener would have them.
     scenario = ALL_SCENARIOS["29-inbound-ami-link-cut-7s.ami"]
     tracker = CallTracker()
-    recs = records(tracker.feed(load(scenario["file"])))
-    gap = json.loads((TRACES / scenario["file"].replace(".ami", ".gap.json")).read_text())
-    second = load(scenario["session2_file"])
-    done = next(i for i, m in enumerate(second) if m.get("Event") == "CoreShowChannelsComplete")
-    shown = [m for m in second[:done] if m.get("Event") == "CoreShowChannel"]
-    recs += records(tracker.reconcile(shown, gap["session2_connected_wallclock"]))
-    recs += records(tracker.feed(second[done + 1 :]))
+    recs: list[CallRecord] = []
+    for msg, arrived in load_timed(scenario["file"]):
+        recs += records(tracker.handle(msg, arrived))
+    second = load_timed(scenario["session2_file"])
+    done = next(i for i, (m, _) in enumerate(second)
+                if m.get("Event") == "CoreShowChannelsComplete")
+    shown = [m for m, _ in second[:done] if m.get("Event") == "CoreShowChannel"]
+    recs += records(tracker.reconcile(shown, second[done][1]))
+    for msg, arrived in second[done + 1 :]:
+        recs += records(tracker.handle(msg, arrived))
     by_id = {r.call_id: r for r in recs}
     flags = {c["linkedid"]: by_id[c["linkedid"]].flags for c in scenario["calls"]
              if not c.get("only_in_cdr_csv")}
@@ -219,7 +237,11 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
         "1796475318.294": ("adopted",),  # started in the gap: first seen in the snapshot
         "1796475324.296": (),  # after the reconnect
     }
-    adopted = by_id["1796475318.294"]
+    gap = json.loads((TRACES / scenario["file"].replace(".ami", ".gap.json")).read_text())
+    ended_in_gap = by_id["1796475313.290"]  # closed when the snapshot showed it gone
+    assert ended_in_gap.ended_at == pytest.approx(gap["session2_connected_wallclock"], abs=0.5)
+    adopted = by_id["1796475318.294"]  # started ~1 s before the snapshot (to the second)
+    assert adopted.started_at == pytest.approx(gap["session2_connected_wallclock"] - 4, abs=1.5)
     # CoreShowChannel carries no DID: the listener asks the PBX for it (test_listener).
     assert adopted.did is None
     expected = {**scenario, "calls": [
