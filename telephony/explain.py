@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from telephony.tracker_state import TRUNK, Call, Channel, Rule
+from telephony.tracker_state import LOCAL, TRUNK, Call, Channel, Rule
 
 
 class Because(IntEnum):
@@ -85,13 +85,18 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
             out.append(("did", f"{call.did}: the number the first channel dialled (its Exten)"))
     answer = call.answer_why
     how = describe(leg) if leg is not None else ""
+    name = leg.name if leg is not None else "?"
     if direction == "in":
         who = call.answered_by
         if call.answered_at is None:
             out.append(("extension", "none: nobody answered"))
         elif leg is not None and leg.kind == TRUNK:
-            out.append(("extension", f"{who}: the forward to {leg.number or leg.name} is "
-                        f"{who}'s" if who else "none: forwarded before any extension rang"))
+            by_local = leg.parent is not None and leg.parent.kind == LOCAL
+            out.append(("extension", (
+                f"{who}: the call was forwarded to {leg.number or leg.name} by {who}'s "
+                + ("follow-me (a Local channel to it dialled the number)" if by_local else
+                   "forward: it rang there last before the number was dialled")
+            ) if who else "none: forwarded to an outside number before any extension rang"))
         else:
             out.append(("extension", f"{who}: {how}" if who else
                         f"none: {how or 'the channel that answered'} maps to no extension"))
@@ -101,24 +106,25 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
                     f"{ext}: {how} answered it" if ext else
                     f"none: {by} maps to no extension"))
     if call.answered_at is None:
-        if answer == Because.REFUSED:
-            text = (f"no: {leg.number or leg.name if leg else 'a leg'} answered, but its Dial "
-                    f"ended {call.refused} before the caller was put through")
+        if answer == Because.REFUSED and leg is not None:
+            text = (f"no: {leg.number or name} picked up, but its Dial ended {call.refused} "
+                    "(a confirmation refused or timed out) before the caller was put through")
         else:
             text = "no: no agent and outside party were ever put through"
     elif answer == Because.UP:
-        text = f"yes: {how} went Up"
+        text = f"yes: {name} went Up"
     elif answer == Because.FORWARD:
-        text = f"yes: the Dial of the forward to {leg.number if leg else '?'} ended ANSWER"
+        text = (f"yes: the caller's Dial of the forward to {leg.number if leg else '?'} "
+                "ended ANSWER (put through)")
     elif answer == Because.PICKUP:
-        text = f"yes: {how} picked up a channel ringing for the call"
+        text = f"yes: {name} picked up a channel ringing for the call"
     elif answer == Because.AGENT_CONNECT:
-        text = f"yes: AgentConnect, the queue put it through to {how}"
+        text = f"yes: AgentConnect: the queue put it through to {name}"
     elif answer == Because.BRIDGED:
-        text = f"yes: the caller was bridged with {how}"
+        text = f"yes: the caller was bridged with {name}"
     elif answer == Because.CALLBACK_AGENT:
-        text = f"yes: {how} answered the callback after the outside party did"
+        text = f"yes: {name} answered the callback after the outside party did"
     else:
-        text = f"yes: the outside leg {leg.name if leg else ''} answered"
+        text = f"yes: the outside leg {name} answered"
     out.append(("answered", text))
     return tuple(out)

@@ -636,7 +636,9 @@ class CallTracker:
             dest.dial_status = status
             call = dest.call
             call.note_status(status)
-            if dest.up and dest is call.answer_leg and not call.connected:
+            if dest.up and not call.connected and (
+                dest is call.answer_leg or call.answered_at is None
+            ):  # picked up, then refused before being put through (a U()/M() confirmation)
                 self._unanswer(call, dest, status)
         return None
 
@@ -746,8 +748,8 @@ class CallTracker:
         return out
 
     def _unanswer(self, call: Call, leg: Channel, status: str) -> None:
-        """The leg that answered was refused before the caller was put through (its Dial
-        ended ``status``: a U()/M() confirmation said no): not answered after all."""
+        """A leg that picked up was refused before the caller was put through (its Dial
+        ended ``status``: a U()/M() confirmation said no): not answered (after all)."""
         call.answered_at = None
         call.answered_by = None
         call.answer_leg = leg

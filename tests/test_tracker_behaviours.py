@@ -1063,3 +1063,16 @@ def test_phone_channel_pattern_without_a_group_takes_the_extension_from_the_call
 def test_a_phones_entry_that_is_no_extension_is_refused_when_the_settings_load() -> None:
     with pytest.raises(ValueError, match="must be an extension"):
         CallRules(phones={"150010001": "reception"})
+
+
+def test_the_did_comes_from_a_configured_did_variable_when_the_exten_is_no_number() -> None:
+    # A hosted dialplan: the trunk lands on "s" and the dialplan keeps the DID in CALLED.
+    pbx = Pbx(CallTracker(CallRules(did_variables=("CALLED",))))
+    trunk = pbx.trunk_call(CALLER, "s")
+    pbx.varset(trunk, "FROM_DID", "74951230000")  # not the configured variable
+    pbx.varset(trunk, "CALLED", "74951234567")
+    answered_by_101(pbx, trunk)
+    rec = pbx.record()
+    assert (rec.did, rec.flags) == ("+" + DID, ())
+    assert ("did", "+74951234567: the dialplan set CALLED") in rec.explain
+    assert pbx.tracker.variables == {"DIALSTATUS", "CALLED"}
