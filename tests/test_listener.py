@@ -27,10 +27,10 @@ from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
-from tests.test_tracker_traces import e164
+from tests.test_tracker_traces import STAMPED, e164
 
 MANIFEST = json.loads((TRACES / "manifest.json").read_text())
-TRACE_FILES = [s["file"] for s in MANIFEST["scenarios"] if "session2_file" not in s]
+TRACE_FILES = STAMPED  # one AMI session each, with Timestamps (sent here at full speed)
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
 T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
 

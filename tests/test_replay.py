@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tracker_traces import SCENARIOS, TRACES, check_against_manifest
+from tests.test_tracker_traces import SCENARIOS, STAMPED, TRACES, check_against_manifest
 
 RECORD_KEYS = ["call_id", "direction", "external", "did", "extension", "answered",
                "started_at", "answered_at", "ended_at", "ring_s", "talk_s", "disposition",
@@ -23,7 +23,7 @@ def replay(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", STAMPED)  # a trace alone has no arrival times
 def test_replay_prints_the_manifest_calls_as_json_lines(name: str) -> None:
     done = replay(str(TRACES / name))
     assert done.returncode == 0, done.stderr

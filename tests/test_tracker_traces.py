@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from telephony.ami import AmiCodec, Message, parse_trace
 from telephony.records import Answered, CallFinished, CallRecord, CallStarted, Ringing, Update
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
+from tests.support import asterisk_versions as versions
 from tests.support.pbx import TRACES
 
 MANIFEST = json.loads((TRACES / "manifest.json").read_text(encoding="utf-8"))
@@ -107,9 +109,21 @@ def match_calls(scenario: dict[str, Any], recs: list[CallRecord]) -> None:
         assert not errors, f"{scenario['file']} {call['linkedid']}: {errors}"
 
 
+def run_timed(name: str, rules: CallRules | None = None) -> tuple[CallTracker, list[Update]]:
+    """A trace through the tracker, each message at the time it arrived when the recording
+    says (its .timing.jsonl), else at 0 (its Timestamps carry the times)."""
+    if not (TRACES / name.replace(".ami", ".timing.jsonl")).is_file():
+        return run(load(name), rules)
+    tracker = CallTracker(rules)
+    updates: list[Update] = []
+    for msg, arrived in load_timed(name):
+        updates += tracker.handle(msg, arrived)
+    return tracker, updates
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_trace_yields_the_manifest_calls(name: str) -> None:
-    tracker, updates = run(load(name))
+    tracker, updates = run_timed(name)
     match_calls(SCENARIOS[name], records(updates))
     assert tracker.active_count == 0
 
@@ -124,7 +138,11 @@ def test_tracker_state_is_empty_once_every_call_finished(name: str) -> None:
     assert tracker._local_ones == {}
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+STAMPED = sorted(name for name, s in SCENARIOS.items()
+                 if "no_timestamp" not in s.get("transform", ()))
+
+
+@pytest.mark.parametrize("name", STAMPED)
 def test_rebased_trace_yields_the_same_calls_moved_in_time(name: str) -> None:
     msgs = load(name)
     shift = 3 * 86400 + 0.25
@@ -268,7 +286,62 @@ def hosted(messages: list[Message]) -> list[Message]:
 def test_account_named_phones_in_a_hosted_context_come_out_right_with_the_phones_table(
     name: str,
 ) -> None:
-    rules = CallRules(phones=SIP_ACCOUNTS)
-    tracker, updates = run(hosted(load(name)), rules)
+    tracker = CallTracker(CallRules(phones=SIP_ACCOUNTS))
+    timed = load_timed(name)
+    updates: list[Update] = []
+    for msg, (_, arrived) in zip(hosted([m for m, _ in timed]), timed, strict=True):
+        updates += tracker.handle(msg, arrived)
     match_calls(SCENARIOS[name], records(updates))
     assert tracker.active_count == 0
+
+
+# --- other Asterisk versions and AMI setups (tests/support/asterisk_versions.py) ------------
+
+SYNTHETIC = sorted(name for name, s in SCENARIOS.items() if s.get("synthetic"))
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_a_derived_trace_is_what_its_documented_transform_makes_of_its_recording(
+    name: str, tmp_path: Path
+) -> None:
+    scenario = SCENARIOS[name]
+    steps = tuple(getattr(versions, step) for step in scenario["transform"])
+    for kind in (".timing.jsonl", ".ami"):
+        (tmp_path / scenario["derived_from"].replace(".ami", kind)).write_bytes(
+            (TRACES / scenario["derived_from"].replace(".ami", kind)).read_bytes())
+    made = versions.derive(tmp_path, scenario["derived_from"], name, steps)
+    assert made == (TRACES / name).read_bytes()
+    assert scenario["why"] and scenario["pbx"]
+
+
+def test_asterisk_13_blonde_transfer_without_target_headers_names_the_ringing_target() -> None:
+    (rec,) = records(run_timed("61-sip13-inbound-blonde-transfer-no-target.ami")[1])
+    assert [t.to_json() for t in rec.transfers] == [
+        {"from": "201", "to": "202", "kind": "attended"}]
+    assert rec.flags == ()
+
+
+def test_asterisk_13_0_without_linkedid_groups_the_legs_by_who_dialled_them() -> None:
+    name = "64-sip13.4-inbound-ringgroup-no-linkedid.ami"
+    assert "Linkedid" not in (TRACES / name).read_text()
+    (rec,) = records(run_timed(name)[1])
+    assert (rec.extension, rec.rang, rec.answered) == ("202", ("201", "202"), True)
+
+
+def test_a_pbx_without_timestamps_times_its_calls_by_their_arrival() -> None:
+    name = "65-sip-inbound-blind-transfer-no-timestamp.ami"
+    assert "Timestamp" not in (TRACES / name).read_text()
+    tracker, updates = run_timed(name)
+    ((rec,), (stamped,)) = records(updates), records(
+        run_timed(SCENARIOS[name]["derived_from"])[1])
+    assert tracker.clock_offset is None
+    assert rec.ring_s == pytest.approx(stamped.ring_s, abs=0.05)
+    assert rec.talk_s == pytest.approx(stamped.talk_s, abs=0.05)
+
+
+def test_an_ami_user_without_the_dialplan_and_agent_classes_still_sees_who_answered() -> None:
+    name = "66-sip-inbound-queue-call-class-only.ami"
+    assert "AgentConnect" not in (TRACES / name).read_text()
+    (rec,) = records(run_timed(name)[1])
+    assert (rec.extension, rec.did, rec.ring_s) == ("202", "+74951234569", pytest.approx(4.52,
+                                                                                     abs=0.05))
