@@ -96,7 +96,8 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
                 f"{who}: the call was forwarded to {leg.number or leg.name} by {who}'s "
                 + ("follow-me (a Local channel to it dialled the number)" if by_local else
                    "forward: it rang there last before the number was dialled")
-            ) if who else "none: forwarded to an outside number before any extension rang"))
+            ) if who else f"none: it was forwarded to {leg.number or 'an outside number'} "
+                f"on {how}, before any extension rang"))
         else:
             out.append(("extension", f"{who}: {how}" if who else
                         f"none: {how or 'the channel that answered'} maps to no extension"))
@@ -115,7 +116,7 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
         text = f"yes: {name} went Up"
     elif answer == Because.FORWARD:
         text = (f"yes: the caller's Dial of the forward to {leg.number if leg else '?'} "
-                "ended ANSWER (put through)")
+                f"({name}) ended ANSWER: put through")
     elif answer == Because.PICKUP:
         text = f"yes: {name} picked up a channel ringing for the call"
     elif answer == Because.AGENT_CONNECT:

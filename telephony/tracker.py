@@ -130,9 +130,6 @@ class CallTracker:
             "Pickup": self._on_pickup,
             "AgentConnect": self._on_agentconnect,
             "VarSet": self._on_varset,
-            # The first event of every AMI session: a sample of the PBX's clock before the
-            # reconnect's snapshot is reconciled.
-            "FullyBooted": self._on_fullybooted,
             # LocalOptimizationBegin/End need nothing of their own: the bridge moves that
             # carry them out arrive as BridgeEnter/BridgeLeave, the Local halves hang up.
         }
@@ -781,10 +778,6 @@ class CallTracker:
         if target is None or picker is None:
             return None
         return self._picked_up(target.call, picker, event_time(msg, arrived))
-
-    def _on_fullybooted(self, msg: Message, arrived: float) -> list[Update] | None:
-        self._time(msg, arrived)
-        return None
 
     def _on_agentconnect(self, msg: Message, arrived: float) -> list[Update] | None:
         """A queue member took the call (normally already seen as their phone going Up)."""

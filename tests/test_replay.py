@@ -119,8 +119,10 @@ def test_explain_shows_an_admin_which_rule_misreads_a_hosted_pbx_and_the_fix(
     trace.write_bytes(b"".join(map(encode, calls)))
     before = replay(str(trace), "--explain")
     assert before.returncode == 0, before.stderr
-    assert ("extension  none: forwarded to an outside number before any extension rang"
-            in before.stdout)  # the phone, taken for a trunk: 201 looks like a mobile
+    # The phone is taken for a trunk, so 201 answering looks like a forward to a mobile:
+    assert ("extension  none: it was forwarded to +79161234567 on SIP/150010001-00000037 "
+            "(a trunk: it matches trunk_channel_pattern), before any extension rang"
+            in before.stdout)
     config = tmp_path / "settings.toml"
     config.write_text('[calls]\nphones = { "150010001" = "201" }\n', encoding="utf-8")
     after = replay(str(trace), "--explain", "--config", str(config))
