@@ -1076,3 +1076,27 @@ def test_the_did_comes_from_a_configured_did_variable_when_the_exten_is_no_numbe
     assert (rec.did, rec.flags) == ("+" + DID, ())
     assert ("did", "+74951234567: the dialplan set CALLED") in rec.explain
     assert pbx.tracker.variables == {"DIALSTATUS", "CALLED"}
+
+
+def test_a_caller_put_through_to_an_agents_standing_call_keeps_a_call_of_its_own() -> None:
+    # app_agent_pool: the agent's phone has been up in its own (older) call since login;
+    # AgentRequest bridges a caller to it, and Asterisk gives the caller's channel the
+    # agent's older Linkedid. The caller's call must not vanish into the agent's.
+    pbx = Pbx()
+    agent = phone_call(pbx, "101", "*8888")  # AgentLogin
+    pbx.up(agent)
+    pbx.wait(600)
+    trunk = pbx.trunk_call(CALLER, DID)
+    pbx.up(trunk)
+    pbx.wait(2)
+    trunk.linkedid = agent.linkedid
+    b = pbx.bridge(agent, trunk)
+    pbx.wait(30)
+    pbx.leave(b, agent)
+    (finished,) = pbx.hangup(trunk, bridge=b)[-1:]
+    assert isinstance(finished, CallFinished)
+    rec = finished.record
+    assert (rec.call_id, rec.direction, rec.answered, rec.extension) == (
+        trunk.uid, "in", True, "101")
+    assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(30.0))
+    assert pbx.tracker.active_count == 1  # the agent is still logged in
