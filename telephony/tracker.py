@@ -1067,9 +1067,9 @@ class CallTracker:
         if direction == "in" and call.did is None and "adopted" not in call.flags:
             call.flag("did-unknown", f"the first channel's Exten {call.did_exten!r} is not a "
                       "number and none of [calls] did_variables was set")
-        if direction == "out" and call.dialler is None and call.first_agent is None and (
+        if direction != "in" and call.dialler is None and (
             first is not None and first.kind != TRUNK
-        ):
+        ) and (direction == "internal" or call.first_agent is None):
             call.flag("extension-unknown", f"the call was placed from {describe(first)}")
 
     # --- after a reconnect ----------------------------------------------------------

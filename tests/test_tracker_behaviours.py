@@ -1100,3 +1100,38 @@ def test_a_caller_put_through_to_an_agents_standing_call_keeps_a_call_of_its_own
         trunk.uid, "in", True, "101")
     assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(30.0))
     assert pbx.tracker.active_count == 1  # the agent is still logged in
+
+
+# --- what the rules cannot tell is flagged, with the reason ---------------------------------
+
+EXPLICIT_TRUNKS = CallRules(trunk_channel_pattern=r"^PJSIP/trunk-")
+
+
+def test_a_call_from_a_channel_no_rule_classifies_is_flagged_direction_guessed() -> None:
+    pbx = Pbx(CallTracker(EXPLICIT_TRUNKS))
+    alice = pbx.channel("PJSIP/alice", context="cust42", exten="102", cid="Alice", state="4")
+    p102 = pbx.phone("102", alice)
+    pbx.dial(alice, p102, "PJSIP/102")
+    pbx.answer(alice, p102)
+    pbx.hangup(p102)
+    pbx.hangup(alice)
+    rec = pbx.record()
+    assert (rec.direction, rec.flags) == ("internal", ("direction-guessed", "extension-unknown"))
+    reasons = dict(rec.reasons)
+    assert "PJSIP/alice-" in reasons["direction-guessed"]
+    assert "no [calls] rule makes a trunk or a phone" in reasons["direction-guessed"]
+
+
+def test_an_outbound_call_from_a_channel_no_rule_maps_to_an_extension_is_flagged() -> None:
+    pbx = Pbx(CallTracker(EXPLICIT_TRUNKS))
+    alice = pbx.channel("PJSIP/alice", context="cust42", exten="79031112233", cid="Alice",
+                        state="4")
+    out = pbx.channel("PJSIP/trunk", context="from-trunk", linked=alice)
+    pbx.dial(alice, out, "79031112233@trunk")
+    pbx.answer(alice, out)
+    pbx.hangup(out)
+    pbx.hangup(alice)
+    rec = pbx.record()
+    assert (rec.direction, rec.external, rec.extension) == ("out", "+79031112233", None)
+    assert rec.flags == ("extension-unknown",)
+    assert "PJSIP/alice-" in dict(rec.reasons)["extension-unknown"]
