@@ -13,6 +13,8 @@ Asterisk's own source, which these transforms follow (``git show <tag>:<file>``)
   ``main/stasis_bridges.c``, 12.5 to 22): a SIP REFER transfer completed while the target
   still rings (blonde) comes without it, as the Asterisk 13 corpus of issue 12 shows.
 - ``manager.conf`` ``timestampevents = no`` (the default): no ``Timestamp`` header at all.
+- ``eventfilter = !Event: Newexten`` (the volume cut docs/ami.md suggests): ``VarSet`` but
+  no ``Newexten``.
 - An AMI user with ``read = call`` only gets neither the ``dialplan`` class (``Newexten``,
   ``VarSet``) nor ``agent`` (``AgentConnect``, ``QueueCallerJoin``...): events are kept by
   their ``Privilege`` header, which names their class.
@@ -54,6 +56,11 @@ def no_linkedid(msg: Message) -> Message | None:
 def no_timestamp(msg: Message) -> Message | None:
     """timestampevents = no."""
     return {k: v for k, v in msg.items() if k != "Timestamp"}
+
+
+def no_newexten(msg: Message) -> Message | None:
+    """``eventfilter = !Event: Newexten`` (docs/ami.md): VarSet without Newexten."""
+    return None if msg.get("Event") == "Newexten" else msg
 
 
 def call_class_only(msg: Message) -> Message | None:
