@@ -1105,6 +1105,7 @@ class CallTracker:
 
 
 def _plus(a: list[Update] | None, b: list[Update] | None) -> list[Update] | None:
+    """Two handlers' updates in order (either may be None: most events produce none)."""
     if not a:
         return b
     return a + b if b else a
