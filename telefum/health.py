@@ -28,6 +28,7 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from crm_client.redact import redact_text, redact_url
+from telephony.pbxclock import SKEW_WARN_S
 from telephony.records import iso_utc
 
 if TYPE_CHECKING:
@@ -82,11 +83,13 @@ class LinkState:
     last_error: str | None = None
     malformed: int = 0
     active_calls: int | None = None
+    pbx_clock_offset_s: float | None = None  # this host's clock minus the PBX's (Timestamps)
 
     @classmethod
     def of(cls, link: AmiLinkView) -> LinkState:
         tracker = getattr(link, "tracker", None)
         active = getattr(tracker, "active_count", None)
+        offset = getattr(tracker, "clock_offset", None)
         return cls(
             pbx=link.pbx,
             connected=bool(link.connected),
@@ -97,6 +100,7 @@ class LinkState:
             last_error=getattr(link, "last_error", None),
             malformed=int(link.malformed),
             active_calls=int(active) if isinstance(active, int) else None,
+            pbx_clock_offset_s=float(offset) if isinstance(offset, (int, float)) else None,
         )
 
 
@@ -199,6 +203,12 @@ def evaluate(
             "last_error": link.last_error,
             "malformed": link.malformed,
             "active_calls": link.active_calls,
+            "pbx_clock_offset_s": (
+                None if link.pbx_clock_offset_s is None else round(link.pbx_clock_offset_s, 1)
+            ),
+            "pbx_clock_skewed": (
+                link.pbx_clock_offset_s is not None and abs(link.pbx_clock_offset_s) > SKEW_WARN_S
+            ),
         })  # fmt: skip
 
     redis: dict[str, Any] = {"checked": snap.redis_checked, "ok": snap.redis_error is None}

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from telephony.listener import AmiNotConnected
 from telephony.phones import PhoneFormat, for_crm, to_e164
+from telephony.rules import CallRules
 from worker.policy import check_template
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class Originator:
         settings: OriginateSettings,
         *,
         default_country: str = "RU",
-        extension_pattern: str = r"^[0-9]{2,5}$",
+        extension_pattern: str = CallRules.extension_pattern,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send

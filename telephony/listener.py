@@ -56,6 +56,7 @@ from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
 from telephony.backoff import Backoff
+from telephony.pbxclock import SKEW_WARN_S
 from telephony.records import CallStarted, Update, log_tags
 
 __all__ = [
@@ -79,6 +80,10 @@ class Tracker(Protocol):
     def expire(self, now: float) -> Iterable[Update]: ...
 
     def reconcile(self, snapshot: list[Message], now: float) -> Iterable[Update]: ...
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds this host's clock is ahead of the PBX's (None: no Timestamps)."""
 
 
 OnUpdate = Callable[[Update], Awaitable[Any] | None]
@@ -113,7 +118,13 @@ def _channels_of(action: _Action) -> list[Message]:
     return [m for m in action.raw if m.get("Event") == "CoreShowChannel"]
 
 
-DID_VARIABLES = ("FROM_DID", "CALLERID(dnid)")  # where a live inbound channel keeps its DID
+def _did_variables(tracker: Tracker) -> tuple[list[str], str]:
+    """Where a live inbound channel keeps its DID: the tracker's ``[calls] did_variables``
+    (as stored: ``__FROM_DID`` is set, ``FROM_DID`` read), then ``CALLERID(dnid)``; and the
+    variable name under which the tracker takes a recovered DID."""
+    configured = list(getattr(tracker, "did_variables", None) or ("FROM_DID",))
+    asked = list(dict.fromkeys(v.lstrip("_") for v in configured))
+    return [*asked, "CALLERID(dnid)"], configured[0]
 
 
 def _adopted_without_did(updates: Iterable[Update], snapshot: list[Message]) -> list[Message]:
@@ -336,6 +347,7 @@ class AmiListener:
         self.last_error: str | None = None  # why the link was last lost / not made
         self.banner: str | None = None
         self._malformed = 0
+        self.clock_warned = False  # the PBX's clock was found off ours (logged once)
 
         self._proto: _AmiProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -611,11 +623,12 @@ class AmiListener:
 
     async def _recover_dids(self, proto: _AmiProtocol, channels: list[Message]) -> None:
         """An inbound call adopted after a restart lost its DID (CoreShowChannel does not
-        carry it): ask the PBX for the channel's ``FROM_DID`` (FreePBX) or, failing that,
-        ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed. Getvar needs no
-        more than the ``reporting`` write class CoreShowChannels already uses."""
+        carry it): ask the PBX for the channel's DID variables (FreePBX: ``FROM_DID``) or,
+        failing that, ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed.
+        Getvar needs no more than the ``reporting`` write class CoreShowChannels uses."""
+        variables, told_as = _did_variables(self.tracker)
         for chan in channels:
-            for variable in DID_VARIABLES:
+            for variable in variables:
                 try:
                     action = await self._request(
                         proto, {"Action": "Getvar", "Channel": chan["Channel"],
@@ -635,7 +648,7 @@ class AmiListener:
                 value = answer.get("Value") if answer.success else None
                 if value:
                     varset = {"Event": "VarSet", "Channel": chan["Channel"],
-                              "Uniqueid": chan["Uniqueid"], "Variable": "FROM_DID",
+                              "Uniqueid": chan["Uniqueid"], "Variable": told_as,
                               "Value": value}  # fmt: skip
                     self._deliver_from(
                         functools.partial(self.tracker.handle, varset, time.time()), "DID"
@@ -711,6 +724,21 @@ class AmiListener:
             await asyncio.sleep(self.expire_interval)
             now = time.time()
             self._deliver_from(functools.partial(self.tracker.expire, now), "expire")
+            self.check_clock()
+
+    def check_clock(self) -> None:
+        """Warn once when the PBX's clock (its events' Timestamps) is more than a minute
+        off this host's: the calls keep the PBX's times and are aged on its clock, but
+        reports that mix both clocks will not line up."""
+        offset = self.tracker.clock_offset
+        if offset is None or abs(offset) <= SKEW_WARN_S or self.clock_warned:
+            return
+        self.clock_warned = True
+        self.log.warning(
+            "AMI %s: the PBX's clock is %.0f s %s this host's (event Timestamps against their "
+            "arrival): call times stay the PBX's and calls are aged on its clock; set both "
+            "clocks right (NTP)", self.pbx, abs(offset), "behind" if offset > 0 else "ahead of",
+        )
 
     def _deliver_from(self, produce: Callable[[], Iterable[Update]], what: str) -> None:
         try:

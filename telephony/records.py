@@ -6,7 +6,7 @@ keep keys and meanings stable; add keys only compatibly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -67,6 +67,13 @@ class CallRecord:
     flags: tuple[str, ...] = ()
     pbx: str = "default"
     source: Source = "live"
+    # Keys below appear in the JSON only when they carry something (the replay contract).
+    forwarded_to: str | None = None  # the outside number an inbound call was forwarded to
+    joined_with: tuple[str, ...] = ()  # call ids an agent joined this call with
+    reasons: tuple[tuple[str, str], ...] = ()  # (flag, why) for what the tracker cannot tell
+    # Which rule decided direction, DID, extension, answered (``telefum replay --explain``);
+    # not part of the JSON.
+    explain: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def log_tags(self) -> dict[str, str]:
@@ -85,8 +92,9 @@ class CallRecord:
         return round(max(0.0, self.ended_at - self.answered_at), 2)
 
     def to_json(self) -> dict[str, Any]:
-        """The public record; ``source`` only when it is not the live stream, so that what
-        ``telefum replay`` prints for a trace never changes."""
+        """The public record. Keys after ``pbx`` appear only when they carry something
+        (``source`` only when it is not the live stream), so that what ``telefum replay``
+        prints for a trace never changes."""
         out: dict[str, Any] = {
             "call_id": self.call_id,
             "direction": self.direction,
@@ -108,6 +116,12 @@ class CallRecord:
         }
         if self.source != "live":
             out["source"] = self.source
+        if self.forwarded_to is not None:
+            out["forwarded_to"] = self.forwarded_to
+        if self.joined_with:
+            out["joined_with"] = list(self.joined_with)
+        if self.reasons:
+            out["reasons"] = dict(self.reasons)
         return out
 
     @classmethod
@@ -141,6 +155,9 @@ class CallRecord:
             flags=tuple(d.get("flags", ())),
             pbx=d.get("pbx", "default"),
             source=d.get("source", "live"),
+            forwarded_to=d.get("forwarded_to"),
+            joined_with=tuple(d.get("joined_with", ())),
+            reasons=tuple((d.get("reasons") or {}).items()),
         )
 
 

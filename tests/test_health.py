@@ -173,3 +173,13 @@ def test_with_several_crms_each_counts_the_calls_of_its_own_pbxs() -> None:
 def test_a_crm_no_longer_configured_is_left_out() -> None:
     h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37, scope="old")), CFG)
     assert h.ok and h.details["crm"][0]["failing"] is False
+
+
+def test_a_pbx_clock_off_by_more_than_a_minute_is_shown_but_keeps_the_bridge_healthy() -> None:
+    # Calls are aged on the PBX's own clock, so nothing breaks; ops should still fix NTP.
+    h = evaluate(snap(links=(link(pbx_clock_offset_s=43200.04),)), CFG)
+    assert h.ok
+    ami = h.to_json()["ami"][0]
+    assert (ami["pbx_clock_offset_s"], ami["pbx_clock_skewed"]) == (43200.0, True)
+    fine = evaluate(snap(links=(link(pbx_clock_offset_s=0.2),)), CFG).to_json()["ami"][0]
+    assert fine["pbx_clock_skewed"] is False

@@ -28,9 +28,10 @@ from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, _Act
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
+from tests.test_tracker_traces import STAMPED, e164
 
 MANIFEST = json.loads((TRACES / "manifest.json").read_text())
-TRACE_FILES = [s["file"] for s in MANIFEST["scenarios"]]
+TRACE_FILES = STAMPED  # one AMI session each, with Timestamps (sent here at full speed)
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
 T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
 
@@ -53,6 +54,10 @@ class SeenTracker:
     def reconcile(self, snapshot: list[Message], now: float) -> list[Update]:
         self.snapshots.append(list(snapshot))
         return self.tracker.reconcile(snapshot, now)
+
+    @property
+    def clock_offset(self) -> float | None:
+        return self.tracker.clock_offset
 
 
 @dataclass
@@ -151,7 +156,7 @@ async def test_trace_over_tcp_gives_the_records_of_the_file_and_the_manifest(
         assert rec["direction"] == call["direction"]
         assert rec["extension"] == call["extension"]
         assert rec["answered"] == call["answered"]
-        assert rec["external"] == "+" + call["external_number"]
+        assert rec["external"] == e164(call["external_number"])
         assert rec["did"] == (f"+{call['did']}" if call["did"] else None)
         assert abs(rec["ring_s"] - call["ring_seconds_events"]) <= 1
         assert abs(rec["talk_s"] - call["talk_seconds_events"]) <= 1
@@ -617,3 +622,26 @@ async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
     (record,) = await bridge.records(1)
     assert not record.answered and bridge.listener.connected
 
+
+
+# --- the PBX's clock ------------------------------------------------------------------------
+
+
+async def test_a_pbx_clock_12_hours_behind_is_warned_about_once_and_its_calls_stay_right(
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    behind = live_trace(T01, shift=-43200.0, ids=50_000)  # stamped 12 h before it arrives
+    bridge = await connect(expire_interval=0.02)
+    with caplog.at_level(logging.WARNING, logger="telephony.listener"):
+        await pbx_sim.send(behind)
+        (record,) = await bridge.records(1)
+        await until(lambda: bridge.listener.clock_warned)
+        await asyncio.sleep(0.1)  # several more expiry rounds: still one warning
+    warnings = [r for r in caplog.records if "clock" in r.getMessage()]
+    assert len(warnings) == 1
+    # Sent at full speed, the 7 s call's last events arrive up to 7 s "early".
+    offset = bridge.seen.tracker.clock_offset
+    assert offset == pytest.approx(43200.0, abs=10)
+    assert f"clock is {offset:.0f} s behind this host's" in warnings[0].getMessage()
+    assert record.to_json() == direct_records(behind)[0]  # not closed early as stale
+    assert "stale" not in record.flags and record.answered

@@ -6,12 +6,18 @@ Kinds of call and what happens to them (defaults in brackets):
 - inbound nobody answered (missed): logged when ``log_missed`` [yes] ("Пропущенный звонок");
 - outbound answered: logged ("Исходящий звонок");
 - outbound nobody answered: logged when ``log_unanswered_outbound`` [yes];
-- internal: logged when ``log_internal`` [no], and only if it has an outside number;
-- no outside number (anonymous caller, internal): skipped, there is nobody to find.
+- internal (between extensions): logged when ``log_internal`` [no] ("Внутренний звонок"),
+  on the contact whose phone is the *other* extension (who answered, else the first that
+  rang), as the dialling agent: so an agent's calls to a colleague, the warehouse or the
+  reception show on that colleague's card, by the caller. The extension is looked up as it
+  is written ("102");
+- no outside number (anonymous caller): skipped, there is nobody to find.
 
 A contact is created when ``find`` gives nothing and the call's direction is in
 ``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled
 first: this call's, or an earlier call's that has not reached the CRM yet (``first_call.py``).
+An internal call's contact, with "internal" there, is named by the template, phone the
+extension, no x_pstn.
 """
 
 from __future__ import annotations
@@ -89,10 +95,13 @@ def plan_call(
         return Skip("missed calls are not logged (log_missed = false)")
     if kind == "out-unanswered" and not calls.log_unanswered_outbound:
         return Skip("unanswered outbound calls are not logged (log_unanswered_outbound = false)")
-    if kind == "internal" and not calls.log_internal:
-        return Skip("internal calls are not logged (log_internal = false)")
-    if not record.external:
-        return Skip("no outside number (anonymous caller or internal call)")
+    if kind == "internal":
+        if not calls.log_internal:
+            return Skip("internal calls are not logged (log_internal = false)")
+        if other_extension(record) is None:
+            return Skip("internal call with no other extension (nobody was dialled)")
+    elif not record.external:
+        return Skip("no outside number (anonymous caller)")
 
     values = template_values(record, calls, crm, sources)
     subject = {
@@ -137,6 +146,15 @@ def _new_contact(
     )
 
 
+def other_extension(record: CallRecord) -> str | None:
+    """The extension an internal call was with: who had it last, else the first that rang;
+    never the caller's own."""
+    me = record.extension
+    if record.answered and record.final_extension and record.final_extension != me:
+        return record.final_extension
+    return next((ext for ext in record.rang if ext != me), None)
+
+
 def format_duration(seconds: float) -> str:
     """3:54, 1:02:03 (rounded to the second)."""
     total = round(seconds)
@@ -148,7 +166,10 @@ def format_duration(seconds: float) -> str:
 def template_values(
     record: CallRecord, calls: CallPolicy, crm: CrmTarget, sources: Mapping[str, str] = NO_SOURCES
 ) -> dict[str, str]:
-    phone = for_crm(record.external, crm.phone_format) if record.external else ""
+    if record.direction == "internal":
+        phone = other_extension(record) or ""  # an extension is looked up as written
+    else:
+        phone = for_crm(record.external, crm.phone_format) if record.external else ""
     values = {
         "duration": format_duration(record.talk_s) if record.answered else "",
         "ring": format_duration(record.ring_s),

@@ -112,7 +112,7 @@ class CallPolicy:
     """``[worker]``: which calls are logged, what the CRM is told, how long delivery may take."""
 
     log_missed: _Bool = True  # inbound nobody answered
-    log_internal: _Bool = False  # needs an outside number: internal calls usually have none
+    log_internal: _Bool = False  # between extensions: on the other extension's contact (plan.py)
     log_unanswered_outbound: _Bool = True
     create_contacts_for: tuple[Direction, ...] = ("in",)  # directions that auto-create a contact
     contact_name: CallTemplate = "Новый контакт {phone}"
