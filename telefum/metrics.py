@@ -32,7 +32,8 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_backfill_bad_rows_total{pbx}``    CDR rows skipped as unusable
 ``telefum_redis_up``                        1 when Redis answered PING
 ``telefum_jobs_<counter>_total``            enqueued, succeeded, skipped, retried,
-                                            dead_lettered, requeued, recovered, ...
+                                            dead_lettered, requeued, recovered,
+                                            agent_login_fallbacks
 ``telefum_crm_contacts_created_total``      contacts the bridge created
 ``telefum_crm_events_created_total``        events the bridge logged
 ``telefum_queue_depth`` / ``_due`` / ``_retrying``  jobs in arq's queue
@@ -44,6 +45,10 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_spool_size``                      calls in the local spool, waiting for Redis
 ``telefum_crm_request_duration_seconds{operation,outcome}``  histogram (find, addcont,
                                             addevent; ok, transient, permanent)
+``telefum_limit_hits_total{limit}``         times a cap refused something (``telefum.limits``:
+                                            tracked_calls, http_connections, http_idle_closed,
+                                            http_header_timeout, http_host, sse_streams,
+                                            crm_lookups)
 =========================================== ===================================================
 """
 
@@ -64,6 +69,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from telefum import __version__
 from telefum.health import HealthSettings, Snapshot
+from telefum.limits import NAMES as LIMIT_NAMES
+from telefum.limits import Limits
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -71,6 +78,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTER_METRICS = {
     "contacts_created": ("telefum_crm_contacts_created", "Contacts the bridge created in the CRM"),
     "events_created": ("telefum_crm_events_created", "Call events the bridge logged in the CRM"),
+    "agent_login_fallbacks": (
+        "telefum_jobs_agent_login_fallbacks",
+        "Calls written with the service account: the CRM refused the agent's own login",
+    ),
     "possible_duplicates": (
         "telefum_crm_possible_duplicates",
         "addevent re-sent after a run died mid-request (may be a duplicate event)",
@@ -108,7 +119,8 @@ class CallCounts:
 
 
 def families(
-    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None
+    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Metric]:
     """The metric families of one reading."""
     cfg = cfg or HealthSettings()
@@ -167,6 +179,14 @@ def families(
             "telefum_spool_size", "Finished calls in the local spool, waiting for Redis",
             value=spool,
         )
+    if limits is not None:
+        hits = CounterMetricFamily(
+            "telefum_limit_hits", "Times a cap refused something (see telefum.limits)",
+            labels=["limit"],
+        )
+        for name in sorted({*LIMIT_NAMES, *limits.hits}):
+            hits.add_metric([name], limits.hits.get(name, 0))
+        yield hits
     info = GaugeMetricFamily("telefum_build_info", "telefum-bridge version", labels=["version"])
     info.add_metric([__version__], 1)
     yield info
@@ -266,20 +286,23 @@ def _le(bound: float) -> str:
 
 
 class _SnapshotCollector:
-    def __init__(self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings) -> None:
-        self.snap, self.calls, self.cfg = snap, calls, cfg
+    def __init__(
+        self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings,
+        limits: Limits | None,
+    ) -> None:
+        self.snap, self.calls, self.cfg, self.limits = snap, calls, cfg, limits
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.snap, self.calls, self.cfg)
+        return families(self.snap, self.calls, self.cfg, self.limits)
 
 
 def render(
     snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
-    *, process: bool = True,
+    *, process: bool = True, limits: Limits | None = None,
 ) -> bytes:
     """One scrape's body in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings()))
+    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings(), limits))
     if process:
         ProcessCollector(registry=registry)
     return generate_latest(registry)

@@ -313,7 +313,7 @@ def _dotted(loc: Loc, doc: dict[str, Any], listed: bool, env: str | None) -> str
         elif isinstance(part, int):
             parts[-1] += f"[{part}]"
         else:
-            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part) and not part.isdigit()
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part) and not re.fullmatch("[0-9]+", part)
             parts.append(part if bare else f'"{part}"')
     return ".".join(parts) + (f" (from {env})" if env else "")
 

@@ -17,6 +17,7 @@ from worker.policy import RetryPolicy, WorkerConfig
 if TYPE_CHECKING:
     from crm_client.client import TelefumClient
     from telefum.agent_routes import AgentServices
+    from telefum.limits import Limits
     from telefum.screenpop import CrmLookup
     from telephony.backfill import Backfiller
     from telephony.listener import AmiListener
@@ -31,6 +32,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         calls=settings.worker,
         sources=settings.sources,
         retry=RetryPolicy(total_s=settings.worker.retry_total_s),
+        crm_failing_s=settings.health.crm_failing_s,
     )
 
 
@@ -130,7 +132,11 @@ def crm_lookups(
 
 
 def agent_services(
-    settings: Settings, *, listeners: Mapping[str, Any] | None = None, redis: Any = None
+    settings: Settings,
+    *,
+    listeners: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    limits: Limits | None = None,
 ) -> AgentServices:
     """The screen pop (CRM clients per ``[crm]``), the originator (on the listener of
     ``[originate] pbx``, else the first ``[[ami]]``) and the attribution store (on ``redis``,
@@ -142,7 +148,13 @@ def agent_services(
     from telefum.screenpop import ScreenPop
 
     crm_for, close_crm = crm_lookups(settings)
-    pop = ScreenPop(crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s)
+    pop = ScreenPop(
+        crm_for,
+        sources=settings.sources,
+        max_call_age_s=settings.calls.max_call_age_s,
+        max_lookups=settings.http.max_lookups,
+        limits=limits,
+    )
     originator = None
     pbx = settings.originate.pbx or settings.ami[0].name
     if listeners and pbx in listeners:

@@ -14,9 +14,12 @@ Where things are::
     tracker.py        pure: AMI messages in, live updates and finished calls out; one
                       handler per event, looked up in a table
     tracker_state.py  what the tracker remembers per channel and call; build_record()
+    explain.py        why a record says what it says (``telefum replay --explain``)
+    pbxclock.py       the PBX's clock offset, from Timestamps against arrival (pure)
     records.py        what the tracker tells the world: CallRecord (the ``telefum replay``
                       contract, docs/architecture.md) and the live updates
-    rules.py          CallRules: which channels are trunks, phones, inbound contexts
+    rules.py          CallRules ([calls]): which channels are trunks, phones (also named by
+                      account), inbound contexts; what an extension looks like
     phones.py         phone numbers: to E.164, and out in the CRM's format
 
 Never imports ``telefum``, ``crm_client`` or ``pbxsim``.

@@ -122,8 +122,8 @@ _ALIASES = {
     "callerid": "clid", "destinationchannel": "dstchannel", "lastapplication": "lastapp",
     "billableseconds": "billsec", "uniqueid": "uniqueid", "userfield": "userfield",
 }  # fmt: skip
-_UID = re.compile(r"(\d+)\.(\d+)$")
-_NUMBER_RUN = re.compile(r"\+?\d{5,}")
+_UID = re.compile(r"([0-9]+)\.([0-9]+)$")
+_NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
 _CHANNEL_SEQ = re.compile(r"-([0-9a-fA-F]+)(?:;[12])?$")
 
 
@@ -359,12 +359,14 @@ class _Call:
         trunk ends in from-internal), so it only tells a phone with a trunk-like name,
         whose caller id is an extension, from a trunk."""
         context = row.dcontext if self.rules.is_extension(row.src) else ""
-        return channel_kind(self.rules, row.channel, context, row.src)
+        kind, ext, _ = channel_kind(self.rules, row.channel, context, row.src)
+        return kind, ext
 
     def kind_b(self, row: CdrRow) -> tuple[int | None, str | None]:
         if not row.dstchannel:
             return None, None
-        return channel_kind(self.rules, row.dstchannel, "", "")
+        kind, ext, _ = channel_kind(self.rules, row.dstchannel, "", "")
+        return kind, ext
 
     def reached(self, row: CdrRow, depth: int = 0) -> tuple[str | None, CdrRow | None]:
         """The extension party B of ``row`` stands for, and the row where a person

@@ -45,6 +45,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
 from telephony.backoff import Backoff
-from telephony.records import CallStarted, Update
+from telephony.pbxclock import SKEW_WARN_S
+from telephony.records import CallStarted, Update, log_tags
 
 __all__ = [
     "AmiActionLost",
@@ -82,6 +84,10 @@ class Tracker(Protocol):
     def reconcile(
         self, snapshot: list[Message], now: float, since: float | None = None
     ) -> Iterable[Update]: ...
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds this host's clock is ahead of the PBX's (None: no Timestamps)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,13 @@ def _channels_of(action: _Action) -> list[Message]:
     return [m for m in action.raw if m.get("Event") == "CoreShowChannel"]
 
 
-DID_VARIABLES = ("FROM_DID", "CALLERID(dnid)")  # where a live inbound channel keeps its DID
+def _did_variables(tracker: Tracker) -> tuple[list[str], str]:
+    """Where a live inbound channel keeps its DID: the tracker's ``[calls] did_variables``
+    (as stored: ``__FROM_DID`` is set, ``FROM_DID`` read), then ``CALLERID(dnid)``; and the
+    variable name under which the tracker takes a recovered DID."""
+    configured = list(getattr(tracker, "did_variables", None) or ("FROM_DID",))
+    asked = list(dict.fromkeys(v.lstrip("_") for v in configured))
+    return [*asked, "CALLERID(dnid)"], configured[0]
 
 
 def _adopted_without_did(updates: Iterable[Update], snapshot: list[Message]) -> list[Message]:
@@ -191,9 +203,26 @@ class _Action(Action):
         return f"<Action {shown}>"
 
 
-def _unsafe_value(value: object) -> bool:
-    text = "\n".join(value) if isinstance(value, list | tuple) else str(value)
-    return "\r" in text or "\n" in text
+# Asterisk ends a header line at CRLF and at a bare LF, and an action at an empty line:
+# a value carrying either could add headers or a whole action. No other control character
+# belongs in a header either.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_action(fields: Mapping[str, Any]) -> None:
+    """Refuse an action any of whose header names or values holds a control character
+    (ValueError naming the headers). Applied to every action the listener sends."""
+    bad = [str(k) for k, v in fields.items() if _has_control(k) or _has_control(v)]
+    if bad:
+        raise ValueError(
+            "AMI header values may not contain CR/LF or other control characters: "
+            + ", ".join(repr(b) for b in bad)
+        )
+
+
+def _has_control(value: object) -> bool:
+    values = value if isinstance(value, list | tuple) else (value,)  # repeated headers
+    return any(_CONTROL.search(str(v)) for v in values)
 
 
 class _AmiProtocol(AMIProtocol):
@@ -344,6 +373,7 @@ class AmiListener:
         self.last_data_at: float | None = None  # wall clock of the last bytes read
         self._malformed = 0
         self._lost_since: float | None = None  # the link's last sign of life before a loss
+        self.clock_warned = False  # the PBX's clock was found off ours (logged once)
 
         self._proto: _AmiProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -449,10 +479,7 @@ class AmiListener:
         timeout: float | None = None,
     ) -> PanoramiskMessage | list[PanoramiskMessage]:
         """Send any action once on the live link; its answer (a list for multi-message
-        answers). Values may not contain CR/LF (no header injection from user input)."""
-        bad = [k for k, v in fields.items() if _unsafe_value(v) or _unsafe_value(k)]
-        if bad:
-            raise ValueError(f"AMI header values may not contain CR/LF: {', '.join(bad)}")
+        answers). ValueError for a control character in any header (see :func:`check_action`)."""
         proto = self._proto
         if proto is None or proto.closed or not self.connected:
             raise AmiNotConnected(f"AMI link to {self.host}:{self.port} is down")
@@ -474,6 +501,8 @@ class AmiListener:
         timeout: float,
         on_done: Callable[[_Action], None] | None = None,
     ) -> _Action:
+        """The one way an action reaches the PBX: checked, sent, its answer awaited."""
+        check_action(fields)
         action = _Action(dict(fields), as_list=as_list, on_done=on_done)
         if proto.closed or proto.transport.is_closing():  # panoramisk's send would write it
             raise AmiActionLost("the AMI link is down; not sent")
@@ -631,11 +660,12 @@ class AmiListener:
 
     async def _recover_dids(self, proto: _AmiProtocol, channels: list[Message]) -> None:
         """An inbound call adopted after a restart lost its DID (CoreShowChannel does not
-        carry it): ask the PBX for the channel's ``FROM_DID`` (FreePBX) or, failing that,
-        ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed. Getvar needs no
-        more than the ``reporting`` write class CoreShowChannels already uses."""
+        carry it): ask the PBX for the channel's DID variables (FreePBX: ``FROM_DID``) or,
+        failing that, ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed.
+        Getvar needs no more than the ``reporting`` write class CoreShowChannels uses."""
+        variables, told_as = _did_variables(self.tracker)
         for chan in channels:
-            for variable in DID_VARIABLES:
+            for variable in variables:
                 try:
                     action = await self._request(
                         proto, {"Action": "Getvar", "Channel": chan["Channel"],
@@ -643,14 +673,19 @@ class AmiListener:
                         False, self.action_timeout,
                     )  # fmt: skip
                     answer = action.future.result()
+                except ValueError as exc:  # a channel name no header may carry
+                    self.log.warning("AMI %s: not asking the DID of adopted %r: %s", self.pbx,
+                                     chan["Channel"], exc)  # fmt: skip
+                    break
                 except (AmiActionTimeout, AmiActionLost) as exc:
-                    self.log.info("AMI %s: no DID for adopted %s: %s", self.pbx,
-                                  chan["Channel"], exc)  # fmt: skip
+                    call_id = chan.get("Linkedid") or chan.get("Uniqueid") or ""
+                    log.info("AMI %s: no DID for adopted %s: %s", self.pbx, chan["Channel"],
+                             exc, extra=log_tags(call_id, self.pbx))  # fmt: skip
                     return
                 value = answer.get("Value") if answer.success else None
                 if value:
                     varset = {"Event": "VarSet", "Channel": chan["Channel"],
-                              "Uniqueid": chan["Uniqueid"], "Variable": "FROM_DID",
+                              "Uniqueid": chan["Uniqueid"], "Variable": told_as,
                               "Value": value}  # fmt: skip
                     self._deliver_from(
                         functools.partial(self.tracker.handle, varset, time.time()), "DID"
@@ -728,6 +763,21 @@ class AmiListener:
             await asyncio.sleep(self.expire_interval)
             now = time.time()
             self._deliver_from(functools.partial(self.tracker.expire, now), "expire")
+            self.check_clock()
+
+    def check_clock(self) -> None:
+        """Warn once when the PBX's clock (its events' Timestamps) is more than a minute
+        off this host's: the calls keep the PBX's times and are aged on its clock, but
+        reports that mix both clocks will not line up."""
+        offset = self.tracker.clock_offset
+        if offset is None or abs(offset) <= SKEW_WARN_S or self.clock_warned:
+            return
+        self.clock_warned = True
+        self.log.warning(
+            "AMI %s: the PBX's clock is %.0f s %s this host's (event Timestamps against their "
+            "arrival): call times stay the PBX's and calls are aged on its clock; set both "
+            "clocks right (NTP)", self.pbx, abs(offset), "behind" if offset > 0 else "ahead of",
+        )
 
     def _deliver_from(self, produce: Callable[[], Iterable[Update]], what: str) -> None:
         try:

@@ -154,10 +154,10 @@ async def test_a_call_that_ended_in_the_gap_takes_its_end_from_the_cdr(
     pbx_sim: FaultyPbx, rig: MakeRig
 ) -> None:
     r = await rig()
-    talk = live_trace(T01, shift=-3.0, ids=61_000)  # answered 1 s ago, ends in 4 s
+    talk = live_trace(T01, shift=0.0, ids=61_000)  # answered at 2 s, ends at 7 s
     t0 = float(talk[0]["Timestamp"])
     before = [m for m in talk if float(m["Timestamp"]) - t0 < 3.0]
-    await pbx_sim.send(before)
+    await pbx_sim.play([(float(m["Timestamp"]) - t0, m) for m in before], speed=1.0)
     await r.listener.ping()
     await cut(pbx_sim)
     await asyncio.sleep(1.0)

@@ -248,3 +248,14 @@ def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -
     missing = [u for u in sorted(docs)
                if not (venv / u.removeprefix("file:///opt/telefum/")).is_file()]  # fmt: skip
     assert missing == [], f"a pip install does not create {missing}"
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_raise_the_descriptor_limit_and_keep_their_files_private(unit: Path) -> None:
+    """1,100 slow HTTP clients exhausted the default 1,024 descriptors; the spool and
+    the private Redis's files are the service's own."""
+    fields = dict(
+        line.split("=", 1) for line in unit.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )  # fmt: skip
+    assert fields["LimitNOFILE"] == "65536" and fields["UMask"] == "0077"

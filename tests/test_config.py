@@ -365,6 +365,7 @@ DOCUMENTED_OVERRIDES = {
     "crm.agents": "an example agent",
     "sources": "an example tracking number",
     "http.agent_tokens": "an example agent token (commented out)",
+    "http.allowed_hosts": "an example host name (commented out)",
 }
 
 

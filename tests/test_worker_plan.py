@@ -97,6 +97,14 @@ def test_the_agents_own_credentials_are_used_when_configured_else_the_service_ac
     assert planned(missed).credentials == SERVICE
 
 
+def test_lookups_use_the_service_account_and_a_login_is_named_with_whose_it_is() -> None:
+    ivans = planned(call(extension="101"))
+    assert ivans.lookup == SERVICE and ivans.agent == "101"
+    assert ivans.whose(IVAN) == 'login "ivan" (agent 101\'s own)'
+    assert ivans.whose(SERVICE) == 'login "bridge" (the service account)'
+    assert planned(call(extension="102")).whose(SERVICE) == 'login "bridge" (the service account)'
+
+
 @pytest.mark.parametrize(
     ("record", "policy", "reason"),
     [
@@ -107,7 +115,7 @@ def test_the_agents_own_credentials_are_used_when_configured_else_the_service_ac
         (call(direction="internal", external=None, did=None), CallPolicy(), "internal"),
         (call(external=None), CallPolicy(), "no outside number"),
         (call(direction="internal", external=None, did=None), CallPolicy(log_internal=True),
-         "no outside number"),
+         "no other extension"),
     ],
 )  # fmt: skip
 def test_calls_the_policy_leaves_out_are_skipped_with_the_reason(
@@ -176,3 +184,32 @@ def test_worker_config_round_trips_through_json() -> None:
     assert again == config
     assert again.crm_for("office").phone_format == "digits"
     assert again.crm_for("elsewhere") == CRM
+
+
+def internal_call(**kw: object) -> CallRecord:
+    """101 called 102, who answered: the record of a call between extensions."""
+    base: dict[str, object] = dict(direction="internal", external=None, did=None,
+                                   extension="101", rang=("102",), final_extension="102")
+    return call(**(base | kw))
+
+
+def test_logged_internal_call_goes_on_the_other_extensions_contact_by_the_caller() -> None:
+    plan = planned(internal_call(), CallPolicy(log_internal=True))
+    assert (plan.phone, plan.credentials, plan.subject) == ("102", IVAN, "Внутренний звонок")
+    assert plan.description == "Длительность 3:54; добавочный 101"
+    assert plan.create is None  # create_contacts_for is ["in"] by default
+
+
+def test_unanswered_internal_call_goes_on_the_contact_of_the_extension_that_rang() -> None:
+    plan = planned(internal_call(answered=False, answered_at=None, final_extension=None,
+                                 disposition="no-answer", rang=("102", "103")),
+                   CallPolicy(log_internal=True))
+    assert plan.phone == "102"
+
+
+def test_internal_calls_create_the_other_extensions_contact_only_when_asked() -> None:
+    policy = CallPolicy(log_internal=True, create_contacts_for=("in", "internal"),
+                        contact_name="Сотрудник {phone}")
+    plan = planned(internal_call(), policy)
+    assert plan.create is not None
+    assert (plan.create.name, plan.create.x_pstn) == ("Сотрудник 102", "")

@@ -15,6 +15,8 @@ Where things are::
     dlq.py       the dead-letter store: list, requeue, drop
     reconcile.py re-enqueues calls the ledger still owes but arq lost
     stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()
+    crm_health.py  whether each CRM answers (for /health); a failing CRM back: its waiting
+                 calls run now (queue.retry_now)
     app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
     embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
     redis_url.py every Redis client: a plain URL, or redis+sentinel:// (a failover followed)

@@ -25,7 +25,7 @@ event_sent_at      set just before addevent, removed when that run records its f
 event_uncertain    "1": an addevent failed in a way the CRM may have acted on (timeout)
 outcome            delivered | skipped (when state is done)
 skip_reason        why a call was not logged
-done_at, dead_at, dead_reason
+done_at, dead_at, dead_reason, dead_login (whose CRM login the fatal request used)
 =================  ==========================================================================
 """
 
@@ -236,11 +236,11 @@ class Outbox:
             except RedisError:
                 if time.monotonic() > deadline:
                     log.error(
-                        "gave up recording a CRM answer in the ledger", extra={"call_id": job_id}
+                        "gave up recording a CRM answer in the ledger", extra=keys.log_tags(job_id)
                     )
                     return
                 continue
-            log.info("recorded a CRM answer after Redis came back", extra={"call_id": job_id})
+            log.info("recorded a CRM answer after Redis came back", extra=keys.log_tags(job_id))
             return
 
     async def drain(self, timeout_s: float) -> int:

@@ -113,7 +113,7 @@ class CallPolicy:
     """``[worker]``: which calls are logged, what the CRM is told, how long delivery may take."""
 
     log_missed: _Bool = True  # inbound nobody answered
-    log_internal: _Bool = False  # needs an outside number: internal calls usually have none
+    log_internal: _Bool = False  # between extensions: on the other extension's contact (plan.py)
     log_unanswered_outbound: _Bool = True
     create_contacts_for: tuple[Direction, ...] = ("in",)  # directions that auto-create a contact
     contact_name: CallTemplate = "Новый контакт {phone}"
@@ -184,6 +184,9 @@ class WorkerConfig:
     poll_delay_s: float = 0.05
     heartbeat_s: float = 5.0
     reconcile_s: float = 30.0  # how often lost jobs are looked for (see worker/reconcile.py)
+    # a CRM whose requests all failed for this long, then answers: its waiting calls run at
+    # once (worker/crm_health.py); the service sets it to [health] crm_failing_s
+    crm_failing_s: float = 60.0
     ledger_ttl_s: float = 30 * 86400.0  # how long "this call was delivered" is remembered
 
     def __post_init__(self) -> None:
