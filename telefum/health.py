@@ -53,8 +53,9 @@ class HealthSettings:
     # succeeding in between, makes /health "degraded"; and, answering again, gets its
     # waiting calls run at once
     crm_failing_s: float = Field(default=60.0, ge=1, strict=True)
-    # a gap in the AMI event stream that backfill could not cover (no [backfill] source, or
-    # its CDR unreadable) is a reason this long after it closed; 0: listed, never a reason
+    # a gap in the AMI event stream that the [backfill] source could not cover (its CDR
+    # unreadable, calls without uniqueid) is a reason this long after it closed; 0: listed,
+    # never a reason (without a source gaps are listed, never reasons)
     gap_alert_s: float = Field(default=900.0, ge=0, strict=True)
 
 
@@ -336,11 +337,13 @@ def _backfill(
     b: BackfillStatus, now: float, cfg: HealthSettings, reasons: list[str]
 ) -> dict[str, Any]:
     """One PBX's backfill as /health shows it; its reasons: a source misconfigured, and
-    the gaps in the event stream it could not cover (for ``gap_alert_s`` after they
-    closed: calls that began and ended in one may be missing)."""
+    the gaps in the event stream its source could not cover (for ``gap_alert_s`` after
+    they closed: calls that began and ended in one may be missing). Without a source
+    (``kind = "none"``) the gaps are listed, not reasons: a PBX restart is no fault of the
+    bridge, and nothing could cover them."""
     if b.state == "misconfigured":
         reasons.append(f"backfill cannot read the CDR: pbx {b.pbx}, {b.source}: {b.last_error}")
-    for gap in b.uncovered:
+    for gap in b.uncovered if b.state != "off" else ():
         if cfg.gap_alert_s > 0 and now - gap.until <= cfg.gap_alert_s:
             reasons.append(
                 f"AMI gap not backfilled: pbx {b.pbx}, {gap.seconds:.1f} s from "

@@ -243,7 +243,9 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
     done = next(i for i, (m, _) in enumerate(second)
                 if m.get("Event") == "CoreShowChannelsComplete")
     shown = [m for m, _ in second[:done] if m.get("Event") == "CoreShowChannel"]
-    recs += records(tracker.reconcile(shown, second[done][1]))
+    gap = json.loads((TRACES / scenario["file"].replace(".ami", ".gap.json")).read_text())
+    # ``since``: the link's last sign of life, as the listener tells it
+    recs += records(tracker.reconcile(shown, second[done][1], gap["session1_closed_wallclock"]))
     for msg, arrived in second[done + 1 :]:
         recs += records(tracker.handle(msg, arrived))
     by_id = {r.call_id: r for r in recs}
@@ -251,13 +253,14 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
              if not c.get("only_in_cdr_csv")}
     assert flags == {
         "1796475312.288": (),  # spans the gap: its end came in session 2
-        "1796475313.290": ("reconciled",),  # ended in the gap
+        "1796475313.290": ("reconciled", "gap"),  # ended in the gap
         "1796475318.294": ("adopted",),  # started in the gap: first seen in the snapshot
         "1796475324.296": (),  # after the reconnect
     }
-    gap = json.loads((TRACES / scenario["file"].replace(".ami", ".gap.json")).read_text())
     ended_in_gap = by_id["1796475313.290"]  # closed when the snapshot showed it gone
-    assert ended_in_gap.ended_at == pytest.approx(gap["session2_connected_wallclock"], abs=0.5)
+    # issue 15: not at the reconnect (talk 8.8 s, true 3 s), at the link's last sign of life
+    assert ended_in_gap.ended_at == pytest.approx(gap["session1_closed_wallclock"], abs=0.5)
+    assert ended_in_gap.talk_s < 3.0
     adopted = by_id["1796475318.294"]  # started ~1 s before the snapshot (to the second)
     assert adopted.started_at == pytest.approx(gap["session2_connected_wallclock"] - 4, abs=1.5)
     # CoreShowChannel carries no DID: the listener asks the PBX for it (test_listener).
