@@ -26,6 +26,7 @@ from telephony.listener import AmiListener
 from telephony.records import CallFinished, CallRecord, Update
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
+from tests.support.cdr_rows import csv_line
 from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
 from tests.test_listener import T01, T03, direct_records, until
 
@@ -339,6 +340,32 @@ async def test_without_a_source_a_gap_is_counted_and_listed_in_health_but_no_fau
     body = render(Snapshot(now, backfills=(status,)), process=False).decode()
     assert 'telefum_backfill_uncovered_gaps_total{pbx="test"} 1.0' in body
     assert "telefum_backfill_calls_total{" not in body  # no source: no such samples
+
+
+async def test_cdr_rows_without_uniqueid_are_named_not_dropped_silently(
+    pbx_sim: FaultyPbx, rig: MakeRig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cdr.conf without loguniqueid: the row cannot be matched with the bridge's calls, so
+    it is not handed over (it could be one already delivered); the log, /health and the
+    metrics say so, and the gap counts as not covered."""
+    caplog.set_level(logging.INFO, "telephony.backfill")
+    csv = tmp_path / "Master.csv"
+    pbx_sim.cdr_csv = None
+    pbx_sim.keep_cdrs = True
+    r = await rig(path=csv)
+    await cut(pbx_sim)
+    await pbx_sim.send(live_trace(T01, shift=-7.5, ids=72_000))
+    csv.write_text("".join(csv_line(c, uniqueid=False, userfield=False) for c in pbx_sim.cdrs))
+    pbx_sim.refuse_connections = False
+    await r.listener.wait_for_session(2, timeout=5)
+    await until(lambda: r.backfill.status().pending_windows == 0)
+    status = r.backfill.status()
+    assert r.submitted == [] and status.no_id >= 1
+    (gap,) = status.uncovered
+    assert "without uniqueid" in gap.why
+    assert any("loguniqueid = yes" in x.getMessage() for x in caplog.records)
+    health = evaluate(Snapshot(time.time(), backfills=(status,)), HealthSettings())
+    assert any("without uniqueid" in x for x in health.reasons)
 
 
 # --- what a record from the CDR keeps of the live one (pure) -------------------------------
