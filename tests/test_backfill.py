@@ -143,7 +143,8 @@ async def test_a_call_that_began_and_ended_while_the_link_was_cut_comes_from_the
     await r.listener.wait_for_session(2, timeout=5)
 
     (record,) = await r.calls(1)
-    assert record.source == "cdr" and record.flags == ()
+    # Master.csv of a dialplan that leaves the inbound context first has no DID (backfill.md)
+    assert record.source == "cdr" and record.flags == ("did-unknown",)
     close_to(record, direct_records(talk)[0], SAME)
     await asyncio.sleep(2 * SETTLE_S)  # the second read finds it again: not resubmitted
     assert len(r.submitted) == 1
@@ -231,7 +232,7 @@ async def test_calls_that_ended_while_the_bridge_was_down_are_backfilled_at_star
     second = await rig()
     found = await second.calls(3, timeout=5)
     assert {c.call_id for c in found} == {m[0]["Linkedid"] for m in (gone, across, unseen)}
-    assert all(c.source == "cdr" and c.flags == () for c in found)
+    assert all(c.source == "cdr" and not {"gap", "ring-unknown"} & set(c.flags) for c in found)
     status = second.backfill.status()
     assert status.gaps == 1 and status.gap_seconds > 0.5
 

@@ -4,7 +4,7 @@ the reference CRM, under the faults an installation meets: ``kill -9`` of ``tele
 mid-burst, two ``telefum listen`` for one PBX with one killed or both restarted in turn,
 a Redis primary crashing under Sentinel, and a cut AMI link with the CDR in PostgreSQL.
 
-The burst is the recorded 50-call burst of the lab's Asterisk 22 (tests/cdr_traces, 28),
+The burst is the recorded 50-call burst of the lab's Asterisk 22 (pbxsim/traces, 28),
 played three times faster than recorded: 50 different callers, so the CRM's events per
 caller phone tell whether a call arrived once.
 """
@@ -28,7 +28,7 @@ from tests.conftest import free_port
 from tests.support.cdr_db import DbServer
 from tests.support.cdr_rows import ASTERISK_PG_CDR, PG_COLUMNS, pg_values
 from tests.support.crm import RunningRefCrm
-from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
+from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
 from tests.support.procs import Proc
 from tests.support.sentinel import SentinelSet
 from tests.test_backfill import live_trace
@@ -36,8 +36,7 @@ from tests.test_cdr_sources import pg_connect
 from tests.test_listener import T01
 from tests.test_service import get_json, healthy
 
-CDR_TRACES = Path(__file__).parent / "cdr_traces"
-BURST = CDR_TRACES / "28-inbound-burst-50-calls-varied.ami"
+BURST = TRACES / "28-inbound-burst-50-calls-varied.ami"
 SPEED = 3.0  # the burst's 27 s in 9 s
 TIMEOUT_S = 60.0
 AGENT_TOKEN = "agent-101-token-for-tests"
@@ -46,7 +45,7 @@ Start = Callable[..., Awaitable[Proc]]
 
 def burst_truth() -> dict[str, dict[str, Any]]:
     """The recorder's truth per caller (E.164): answered, and the CDR's billsec."""
-    manifest = json.loads((CDR_TRACES / "manifest.json").read_text())
+    manifest = json.loads((TRACES / "manifest.json").read_text())
     (burst,) = [s for s in manifest["scenarios"] if s["file"] == BURST.name]
     out = {}
     for call in burst["calls"]:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pbxsim import traces_dir as shipped_traces
 from pbxsim.server import PbxSimulator
 from telephony.ami import Message
-from tests.support.cdr_rows import TraceCdr, csv_line
+
+if TYPE_CHECKING:
+    from tests.support.cdr_rows import TraceCdr
 
 PBX_USER = "telefum"
 PBX_SECRET = "sim-secret"
@@ -60,6 +62,8 @@ class FaultyPbx(PbxSimulator):
     def played(self, messages: Sequence[Message]) -> None:
         if self.cdr_csv is None and not self.keep_cdrs:
             return
+        from tests.support.cdr_rows import TraceCdr, csv_line  # it imports TRACES from here
+
         for msg in messages:
             uid = msg.get("Uniqueid")
             if uid and msg.get("Linkedid"):
