@@ -24,10 +24,16 @@ an idempotent method (GET, as ``addcont`` is) once, on any connection, when the 
 drops before the answer, and a CRM that stored the contact and then lost the connection
 got it twice. :func:`_send_once` turns that off for writes; the worker decides what
 happens next (it looks the contact up before it creates it again).
+
+Answers larger than :data:`PARSE_INLINE_BYTES` are read in a worker thread: parsing is
+linear, but a 4 MiB answer still takes seconds of CPU, and the event loop also reads the
+AMI stream and serves ``/health`` and ``/originate``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +56,7 @@ log = logging.getLogger("crm_client")
 LatencyHook = Callable[[str, str, float], None]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a find answer with thousands of items is still far below
+PARSE_INLINE_BYTES = 64 * 1024  # larger answers are parsed off the event loop
 USER_AGENT = "telefum-bridge"
 WRITES = frozenset({"addcont", "addevent"})  # never re-sent by a library (see _send_once)
 
@@ -188,7 +195,7 @@ class TelefumClient:
         try:
             body, ctype = await self._send(op, method, params, creds)
             try:
-                return parser(body, ctype)
+                return await _off_loop_if_large(body, functools.partial(parser, body, ctype))
             except CrmError as err:
                 raise err.at(op, self.rest_url) from None
             except Exception as err:  # a parser bug must still come out classified
@@ -266,9 +273,12 @@ class TelefumClient:
                 "crm %s %s %s -> HTTP %s, %d bytes in %.3f s",
                 op, method, redact_url(url), status, len(body), time.monotonic() - t0,
             )  # fmt: skip
-        problem = parse.error_for_status(
-            status, body, ctype, retry_after=retry_after, location=location
-        )
+        problem = None
+        if not 200 <= status < 300:
+            problem = await _off_loop_if_large(body, functools.partial(
+                parse.error_for_status, status, body, ctype,
+                retry_after=retry_after, location=location,
+            ))  # fmt: skip
         if problem is not None:
             raise problem.at(op, url)
         return body, ctype
@@ -297,6 +307,13 @@ class TelefumClient:
                 logging.INFO if first else logging.DEBUG,
                 "crm %s at %s: %s", op, redact_url(self.rest_url), w,
             )  # fmt: skip
+
+
+async def _off_loop_if_large(body: bytes, read: Callable[[], Any]) -> Any:
+    """``read()``, in a worker thread when ``body`` is large (see the module doc)."""
+    if len(body) <= PARSE_INLINE_BYTES:
+        return read()
+    return await asyncio.to_thread(read)
 
 
 def _raw(body: bytes, ctype: str | None) -> tuple[bytes, str | None]:

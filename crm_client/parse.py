@@ -14,6 +14,9 @@ What real CRMs send, and what we do with it:
 - empty bodies, HTML pages, truncated or garbled XML: :class:`TransientCrmError`
   (``bad_response``; see ``errors`` for why transient). ``<result>error</result>``:
   :class:`PermanentCrmError` with the CRM's description.
+- hostile answers cannot stall the process: every step is linear in the body's length
+  (which the client caps at 4 MiB), and XML nested deeper than :data:`MAX_DEPTH` is garbage
+  (``bad_response``) before it is read further. A TelefUM answer is four elements deep.
 
 Warnings travel in the results (``FindResult.warnings``, ``Created.warnings``): the client
 logs them, and ``check-crm`` reports them as protocol deviations.
@@ -28,6 +31,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 import xmltodict
@@ -46,8 +50,12 @@ _BOMS = (
 _XML_DECL_ENC = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.S)
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.I)
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
-_TAG = re.compile(r"<[^>]+>")
+# Linear on any text: each match attempt stops at the next "<" (a lazy ``<title>(.*?)
+# </title>`` or a ``<[^>]+>`` rescans the rest of the text from every unclosed "<").
+_TITLE_OPEN = re.compile(r"<title\b[^<>]*>", re.I)
+_TITLE_CLOSE = re.compile(r"</title\s*>", re.I)
+_TAG = re.compile(r"<[^<>]*>")
+_MAX_TITLE = 2000  # characters of a title read at all (a snippet shows 120)
 _XML_START = re.compile(r"<\?xml|<response\b", re.I)
 _RESPONSE_END = re.compile(r"</response\s*>", re.I)
 _MAX_SNIPPET = 120
@@ -142,19 +150,15 @@ def looks_like_html(text: str, content_type: str | None = None) -> bool:
 
 
 def html_title(text: str) -> str | None:
-    m = _TITLE.search(text)
-    if not m:
+    """The text of the page's first ``<title>``, when it is closed."""
+    start = _TITLE_OPEN.search(text)
+    if start is None:
         return None
-    title = html.unescape(_TAG.sub("", m.group(1)))
-    return snippet(title) or None
-
-
-def _force_item(path: Any, key: str, value: Any) -> bool:
-    return key.lower() == "item"
-
-
-def _lower_keys(path: Any, key: str, value: Any) -> tuple[str, Any]:
-    return key.lower(), value
+    end = _TITLE_CLOSE.search(text, start.end())
+    if end is None:
+        return None
+    raw = text[start.end() : min(end.start(), start.end() + _MAX_TITLE)]
+    return snippet(html.unescape(_TAG.sub("", raw))) or None
 
 
 def parse_document(body: bytes, content_type: str | None) -> tuple[dict[str, Any], list[str]]:
@@ -182,6 +186,8 @@ def parse_document(body: bytes, content_type: str | None) -> tuple[dict[str, Any
         text = _XML_DECL.sub("", text[m.start() :], count=1).strip()
     try:
         doc = _xml(text)
+    except _TooDeep:
+        raise _too_deep() from None
     except (ExpatError, ValueError) as err:  # ValueError: a DOCTYPE declaring entities
         ends = list(_RESPONSE_END.finditer(text))
         tail = text[ends[-1].end() :].strip() if ends else ""
@@ -189,6 +195,8 @@ def parse_document(body: bytes, content_type: str | None) -> tuple[dict[str, Any
             raise _bad(f"unreadable XML ({err}): {snippet(text)!r}") from None
         try:
             doc = _xml(text[: ends[-1].end()])
+        except _TooDeep:
+            raise _too_deep() from None
         except (ExpatError, ValueError):
             raise _bad(f"unreadable XML ({err}): {snippet(text)!r}") from None
         warnings.append(f"ignored text after </response>: {snippet(tail)!r}")
@@ -204,14 +212,84 @@ def parse_document(body: bytes, content_type: str | None) -> tuple[dict[str, Any
     return content, warnings
 
 
-def _xml(text: str) -> Any:
-    return xmltodict.parse(
-        text, force_list=_force_item, postprocessor=_lower_keys, disable_entities=True
+MAX_DEPTH = 32  # elements nested in one another; a TelefUM answer needs 4
+
+
+class _TooDeep(Exception):
+    """Raised from inside expat's callbacks: the document nests deeper than MAX_DEPTH."""
+
+
+def _too_deep() -> TransientCrmError:
+    return _bad(f"XML nested deeper than {MAX_DEPTH} elements: not a TelefUM answer")
+
+
+def _lower(_path: object, key: str, value: Any) -> tuple[str, Any]:
+    """Tag and attribute names case-insensitively (``<Response>``, ``<ITEM>``)."""
+    return key.lower(), value
+
+
+class _GuardedParser:
+    """expat's parser as xmltodict drives it, counting open elements: nesting deeper than
+    MAX_DEPTH raises _TooDeep as the element opens, before the rest is read."""
+
+    def __init__(self, parser: Any) -> None:
+        self.__dict__["_parser"] = parser
+        self.__dict__["_depth"] = [0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        depth = self._depth
+        if name == "StartElementHandler":
+            start = value
+
+            def value(tag: str, attrs: Any) -> None:
+                depth[0] += 1
+                if depth[0] > MAX_DEPTH:
+                    raise _TooDeep
+                start(tag, attrs)
+
+        elif name == "EndElementHandler":
+            end = value
+
+            def value(tag: str) -> None:
+                depth[0] -= 1
+                end(tag)
+
+        setattr(self._parser, name, value)
+
+
+class _Expat:
+    """What ``xmltodict.parse`` takes as its ``expat`` module: the real one, guarded."""
+
+    @staticmethod
+    def ParserCreate(*args: Any) -> _GuardedParser:
+        return _GuardedParser(expat.ParserCreate(*args))
+
+
+def _xml(text: str) -> dict[str, Any] | None:
+    """``{root name: content}``: an element is its stripped text (None when empty), or a
+    dict of its attributes (``@name``), children and text (``#text``); names lower-cased; a
+    repeated child is a list, and ``item`` always is one. ExpatError, ValueError (entities)
+    or _TooDeep.
+
+    Linear in the text: ``force_list`` is a tuple and the postprocessor gets xmltodict's path
+    list as it is (a callable ``force_list`` is handed a copy of the path for every element:
+    quadratic in the depth, 43 s for 100k levels).
+    """
+    doc: dict[str, Any] | None = xmltodict.parse(
+        text.encode("utf-8"),
+        expat=_Expat,
+        force_list=("item",),
+        postprocessor=_lower,
+        disable_entities=True,
     )
+    return doc
 
 
 def text_of(value: Any) -> str:
-    """An element's text whatever shape xmltodict gave it (None, str, attrs dict, repeated)."""
+    """An element's text whatever shape it has (None, str, attrs dict, repeated)."""
     if value is None:
         return ""
     if isinstance(value, list):
@@ -267,7 +345,7 @@ def parse_find(body: bytes, content_type: str | None = None) -> FindResult:
     if total_text is None:
         warnings.append("no <total>")
         total = len(contacts)
-    elif not total_text.isdigit():
+    elif not (total_text.isascii() and total_text.isdigit()):
         warnings.append(f"<total> is not a number: {snippet(total_text)!r}")
         total = len(contacts)
     else:
@@ -317,7 +395,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

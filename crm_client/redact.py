@@ -95,8 +95,9 @@ def _mask_registered(text: str) -> str:
 
 # "Secret: abc" as in an AMI Login action (header style, not key=value)
 _HEADER_SECRET = re.compile(r"(?i)\b(secret|password|token)(\s*:\s*)(?!\*\*\*)([^\s,;\"'<>]+)")
-# redis://:pw@host, https://user:pw@host
-_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.I)
+# redis://:pw@host, https://user:pw@host; a scheme is short: an unbounded ``[a-z0-9+.-]*``
+# rescans the rest of a line like "a.a.a.a..." from every letter (quadratic: 40 KB, 6 s)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]{0,31}://[^/\s:@]*:)([^@\s/]+)@", re.I)
 
 
 def redact_line(text: str) -> str:
@@ -109,9 +110,10 @@ def redact_line(text: str) -> str:
     return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
 
 
-# "password": "x" (JSON) and 'password': 'x' (a dict's repr)
+# "password": "x" (JSON) and 'password': 'x' (a dict's repr); a value is read for at most
+# 1,024 characters, so many unclosed quotes cannot make a line quadratic
 _QUOTED_SECRET = re.compile(
-    r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.)*\2""",
+    r"""(["'](?:password|secret|token|passwd)["']\s*:\s*)(["'])(?!\*\*\*\2)(?:(?!\2)[^\\]|\\.){0,1024}\2""",
     re.I,
 )
 

@@ -338,7 +338,7 @@ def _addevent(
     raw_id = _first(params, "id")
     if not raw_id:
         return _error(request, MSG_NO_CONTACT_ID)
-    contact = state.store.get(int(raw_id)) if raw_id.isdigit() and len(raw_id) < 19 else None
+    contact = state.store.get(int(raw_id)) if _is_id(raw_id) else None
     typecont = _first(params, "typecont")
     if contact is None or (typecont and typecont != contact.typecont):
         return _error(request, MSG_CONTACT_NOT_FOUND)
@@ -424,6 +424,12 @@ async def _fail(request: web.Request, mode: str) -> web.StreamResponse:
 # --- browser pages ----------------------------------------------------------------------
 
 
+def _is_id(raw: str) -> bool:
+    """A contact id as the store has them: ASCII digits (``"²".isdigit()`` too, but int()
+    refuses it), short enough for SQLite's integer."""
+    return raw.isascii() and raw.isdigit() and len(raw) < 19
+
+
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
@@ -433,7 +439,7 @@ async def card(request: web.Request) -> web.Response:
     raw_id = request.query.get("id", "").strip()
     if not raw_id:
         return _html(pages.message(MSG_NO_CONTACT_ID, MSG_NO_CONTACT_ID), status=400)
-    contact = state.store.get(int(raw_id)) if raw_id.isdigit() and len(raw_id) < 19 else None
+    contact = state.store.get(int(raw_id)) if _is_id(raw_id) else None
     typecont = request.query.get("typecont", "").strip()
     if contact is None or (typecont and typecont != contact.typecont):
         return _html(pages.message(MSG_CONTACT_NOT_FOUND, MSG_CONTACT_NOT_FOUND), status=404)

@@ -8,10 +8,14 @@ Where things are::
                  traces or a synthetic mix to every logged-in client, fast
     synth.py     a reproducible, realistic mix of calls made of the recorded ones
     rebase.py    one recording played many times: fresh ids, times and phone numbers
-    traces/      real Asterisk 22 recordings (raw AMI bytes), one call scenario each:
-                 manifest.json  what the tracker must report for each (the tests' truth)
+    traces/      real Asterisk recordings (raw AMI bytes), one call scenario each: 22 with
+                 PJSIP, 20 with chan_sip (phones named by account); with most, the
+                 arrival times (.timing.jsonl) and Asterisk's own CDR (.cdr.csv):
+                 manifest.json  what the tracker must report for each (the tests' truth;
+                                "pbx" says which Asterisk, "synthetic" marks hand-made)
                  templates.json which of them synth mixes, how often, with what facts
-                 etc/           the Asterisk configuration they were recorded on
+                 etc/           the Asterisk 22 configuration they were recorded on
+                 etc-chansip/   the Asterisk 20 chan_sip one
 
 The traces are package data, read through :func:`traces_dir` (``importlib.resources``),
 so an installed wheel plays them as a checkout does. A call the bridge gets wrong on a

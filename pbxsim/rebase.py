@@ -26,15 +26,17 @@ from telephony.ami import Message
 __all__ = ["Rebaser", "id_bounds", "id_span", "rebase"]
 
 # `[system-name-]<epoch>.<sequence>`: Asterisk's channel unique id (and so Linkedid).
-_UNIQUE_ID = re.compile(r"^(?P<sys>.+-)?(?P<epoch>\d{9,11})\.(?P<seq>\d+)$")
+_UNIQUE_ID = re.compile(r"^(?P<sys>.+-)?(?P<epoch>\d{9,11})\.(?P<seq>\d+)$", re.ASCII)
 # A channel name's sequence suffix: `Tech/resource-0000000a` (then maybe `;1`/`;2`).
 _CHANNEL_SEQ = re.compile(r"(?P<name>\b[A-Za-z][\w]*/[^\s,&|;]*?)-(?P<seq>[0-9a-f]{8})(?![\w])")
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 # Times: epoch floats, EventTV-style ISO stamps, CDR local stamps.
 _EPOCH_HEADERS = frozenset({"Timestamp", "SentNTP"})
-_ISO_TV = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-]\d{4}|Z)?$")
-_CDR_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
-_DIGIT = re.compile(r"\d")
+_ISO_TV = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-]\d{4}|Z)?$", re.ASCII
+)
+_CDR_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", re.ASCII)
+_DIGIT = re.compile(r"\d", re.ASCII)
 _UUID_NAMESPACE = uuid.UUID("6f1d1a52-3c1e-4f55-9d0e-7e1f0b0c7a11")
 
 

@@ -267,10 +267,20 @@ class _Client:
         self.peer = writer.get_extra_info("peername")
 
 
-def _parse_action(block: bytes) -> dict[str, str]:
-    """One action block. Repeated headers (``Variable``) are joined with newlines."""
+def _parse_actions(block: bytes) -> list[dict[str, str]]:
+    """The actions in what was read up to a CRLF CRLF, split the way Asterisk's manager
+    splits its input: a line ends at CRLF or at a bare LF, an empty line ends an action (so
+    a value smuggling LFs in is several headers, or several actions, here as on a real
+    PBX). Repeated headers (``Variable``) are joined with newlines."""
+    actions: list[dict[str, str]] = []
     action: dict[str, str] = {}
-    for line in block.decode("utf-8", "replace").splitlines():
+    for line in block.decode("utf-8", "replace").split("\n"):
+        line = line.removesuffix("\r")
+        if not line:
+            if action:
+                actions.append(action)
+            action = {}
+            continue
         key, sep, value = line.partition(":")
         if not sep:
             continue
@@ -279,7 +289,9 @@ def _parse_action(block: bytes) -> dict[str, str]:
             action[key] += "\n" + value
         else:
             action[key] = value
-    return action
+    if action:
+        actions.append(action)
+    return actions
 
 
 def _lower_keys(action: dict[str, str]) -> dict[str, str]:
@@ -385,6 +397,11 @@ class PbxSimulator:
         """Whether an action (its lower-case name) gets an answer; False: it is left
         unanswered (a hung PBX), an Originate still recorded in ``originates``."""
         return True
+
+    def played(self, messages: Sequence[Message]) -> None:
+        """Told of every batch of messages played, whether or not anyone was connected: a
+        subclass may do what the PBX does beside AMI (the tests' one writes ``Master.csv``
+        from the ``Cdr`` events, as ``cdr_csv`` would)."""
 
     # -- faults any client may meet ----------------------------------------------------
 
@@ -545,6 +562,7 @@ class PbxSimulator:
         apply = self._book.apply
         for k in range(i, j):
             apply(messages[k], now)
+        self.played(messages[i:j])
         count = j - i
         self.events_played += count
         targets = [c for c in self._clients if c.authed and c.events]
@@ -581,8 +599,7 @@ class PbxSimulator:
         try:
             while True:
                 block = await reader.readuntil(b"\r\n\r\n")
-                action = _parse_action(block)
-                if action:
+                for action in _parse_actions(block):
                     self._handle(client, action)
                 if writer.is_closing():
                     break

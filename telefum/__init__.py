@@ -10,13 +10,16 @@ Where things are::
     cli.py           the ``telefum`` command: a table of subcommands
     commands/        one module per subcommand (run, listen, worker, replay, dlq, ...)
     web.py           the aiohttp app: /health, /metrics; other parts add their routes
+    http_guard.py    the HTTP server's defences: Host allow-list, connection cap, timeouts
+    limits.py        the caps' hits: counted for /metrics, logged at most once a minute
     agent_routes.py  agent pages, click-to-call, the report, and the tokens that guard them
     screenpop.py     what each agent page shows, live from the tracker's updates
     originate.py     click-to-call: what may be dialled, how often, the AMI Originate
     attribution.py   calls per tracking number and ad source (``telefum report``)
     health.py        pure: is the bridge fine? (/health, ``telefum status``)
     metrics.py       /metrics in Prometheus text format
-    logs.py          one line per happening, tagged with the call, secrets masked
+    logs.py          one line per happening, tagged with the call, secrets masked and
+                     control characters escaped
     checkcrm.py      ``telefum check-crm``: a CRM's TelefUM endpoint, point by point
     demo.py          ``telefum demo``: the whole chain on embedded defaults
     private_redis.py where the private Redis of ``telefum run`` lives

@@ -13,6 +13,9 @@ Routes (all added by :func:`setup_agent_routes`):
 
 Callers are looked up in the CRM only for an extension someone watches: while its events
 feed is open, and for its current calls when its state is asked for (see ``ScreenPop``).
+An extension has at most ``[http] max_streams_per_extension`` feeds open, the service at
+most half of ``[http] max_connections`` (a feed holds its connection for as long as the
+page is open); a feed beyond is a 429 (``telefum.limits``).
 
 Tokens: an agent's own token (``[http.agent_tokens]``) opens that extension's page and dials
 from that extension only; the admin token (``[http] token``) does both for any extension;
@@ -28,7 +31,9 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -40,6 +45,8 @@ from aiohttp import web
 
 from telefum.attribution import Attribution, parse_since
 from telefum.config import HttpSettings, Settings
+from telefum.http_guard import BODY_TIMEOUT_S
+from telefum.limits import Limits
 from telefum.originate import (
     DialRefused,
     OriginateFailed,
@@ -76,9 +83,9 @@ class AgentServices:
         await self._close_crm()
 
 
-def request_token(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
-    """The token a request carries: ``Authorization: Bearer X``, else a ``token`` field of
-    ``body`` (a posted form or JSON object), else ``?token=X``.
+def request_token(request: web.Request) -> str | None:
+    """The token a request carries: ``Authorization: Bearer X``, else ``?token=X`` (a posted
+    form or JSON object may carry it as its ``token`` field instead: see ``originate``).
 
     The query form is for pages opened in a browser and for EventSource, which cannot set
     headers; log lines mask ``token=`` (crm_client.redact).
@@ -87,8 +94,6 @@ def request_token(request: web.Request, body: dict[str, Any] | None = None) -> s
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if body and isinstance(body.get("token"), str):
-        return str(body["token"])
     return request.query.get("token") or None
 
 
@@ -135,6 +140,7 @@ def setup_agent_routes(
     originator: Originator | None,
     attribution: Attribution | None,
     settings: Settings,
+    limits: Limits | None = None,
 ) -> None:
     """Add the agent and report routes to ``app`` (the service shell calls this once).
 
@@ -142,7 +148,7 @@ def setup_agent_routes(
     report answers 503 (no Redis). The screen pop's feeds are closed on app shutdown, so
     open browser pages do not hold the server up.
     """
-    routes = _AgentRoutes(screenpop, originator, attribution, settings)
+    routes = _AgentRoutes(screenpop, originator, attribution, settings, limits or Limits())
     app.router.add_get("/agent/{ext}", routes.agent_page)
     app.router.add_get("/agent/{ext}/events", routes.agent_events)
     app.router.add_get("/agent/{ext}/state", routes.agent_state)
@@ -164,6 +170,7 @@ class _AgentRoutes:
         originator: Originator | None,
         attribution: Attribution | None,
         settings: Settings,
+        limits: Limits,
     ) -> None:
         self.screenpop = screenpop
         self.originator = originator
@@ -171,6 +178,11 @@ class _AgentRoutes:
         self.settings = settings
         self.tokens = Tokens(settings.http)
         self._files = {name: _read_static(name) for name in _STATIC}
+        self._extension_re = re.compile(settings.calls.extension_pattern, re.ASCII)
+        self.limits = limits
+        self._streams: Counter[str] = Counter()  # open live feeds per extension
+        self._max_streams_per_extension = settings.http.max_streams_per_extension
+        self._max_streams = max(1, settings.http.max_connections // 2)
 
     # --- the agent page -----------------------------------------------------------------
 
@@ -178,6 +190,8 @@ class _AgentRoutes:
         ext = request.match_info["ext"]
         if not self.tokens.may_act_for(request_token(request), ext):
             raise _error(401, f"a valid token for extension {ext} is needed")
+        if not self._extension_re.fullmatch(ext):  # the admin token opens any name
+            raise _error(404, f"not an extension ([calls] extension_pattern): {ext!r}")
         return ext
 
     async def agent_page(self, request: web.Request) -> web.Response:
@@ -190,6 +204,29 @@ class _AgentRoutes:
 
     async def agent_events(self, request: web.Request) -> web.StreamResponse:
         ext = self._agent(request)
+        refusal = self._stream_refusal(ext)
+        if refusal is not None:
+            self.limits.hit("sse_streams", refusal)
+            return _json({"error": f"too many live feeds: {refusal}"}, status=429,
+                         headers={"Retry-After": "30"})  # fmt: skip
+        self._streams[ext] += 1
+        try:
+            return await self._feed(request, ext)
+        finally:
+            self._streams[ext] -= 1
+            if not self._streams[ext]:
+                del self._streams[ext]
+
+    def _stream_refusal(self, ext: str) -> str | None:
+        if self._streams[ext] >= self._max_streams_per_extension:
+            return (f"extension {ext} has {self._streams[ext]} open "
+                    "([http] max_streams_per_extension)")  # fmt: skip
+        if self._streams.total() >= self._max_streams:
+            return (f"{self._streams.total()} open in all (half of [http] "
+                    "max_connections)")  # fmt: skip
+        return None
+
+    async def _feed(self, request: web.Request, ext: str) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -216,16 +253,30 @@ class _AgentRoutes:
     # --- click-to-call ------------------------------------------------------------------
 
     async def originate(self, request: web.Request) -> web.Response:
-        body = await _read_body(request)
-        token = request_token(request, body)
+        """The token first (a header or query token before the body is even read), then
+        the body's shape (400), then what may be dialled."""
+        unauthorized = _json({"error": "a valid agent token is needed"}, status=401)
+        token = request_token(request)
+        if token is not None and not self.tokens.known(token):
+            return unauthorized
+        try:
+            body = await _read_body(request)
+        except BadBody as err:
+            return _json({"error": str(err)}, status=err.status) if token else unauthorized
+        if token is None and isinstance(body.get("token"), str):
+            token = body["token"]
         if not self.tokens.known(token):
-            return _json({"error": "a valid agent token is needed"}, status=401)
-        ext = str(body.get("extension") or self.tokens.extension_of(token) or "").strip()
+            return unauthorized
+        try:
+            given_ext, raw = _text_field(body, "extension"), _text_field(body, "number")
+        except BadBody as err:
+            return _json({"error": str(err)}, status=400)
+        ext = (given_ext or self.tokens.extension_of(token) or "").strip()
         if not ext:
             return _json({"error": "which extension dials: give 'extension'"}, status=400)
         if not self.tokens.may_act_for(token, ext):
             return _json({"error": f"this token may not dial from extension {ext}"}, status=403)
-        raw = str(body.get("number") or "").strip()
+        raw = (raw or "").strip()
         if not raw:
             return _json({"error": "give the 'number' to dial"}, status=400)
         if self.originator is None:
@@ -297,19 +348,52 @@ def _read_static(name: str) -> bytes:
     return resources.files("telefum").joinpath("static", name).read_bytes()
 
 
+class BadBody(ValueError):
+    """A posted body that is not what the endpoint takes (HTTP 400, or 408 when it did not
+    arrive in time; ``str()`` says why)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    """JSON object or form fields; anything else is an empty body (the checks say what's
-    missing)."""
+    """A JSON object or form fields; another content type is an empty body (the checks say
+    what is missing). BadBody for JSON that is not an object, or not JSON at all: nested
+    thousands deep, the decoder runs out of recursion (RecursionError); and for a body
+    that does not arrive within BODY_TIMEOUT_S (a slow client holding a connection)."""
     try:
-        if request.content_type == "application/json":
-            data = await request.json()
-            return data if isinstance(data, dict) else {}
-        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
-            return {k: v for k, v in form.items() if isinstance(v, str)}
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return {}
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            if request.content_type in (
+                "application/x-www-form-urlencoded", "multipart/form-data",
+            ):  # fmt: skip
+                try:
+                    form = await request.post()
+                except ValueError:
+                    raise BadBody("the form could not be read") from None
+                return {k: v for k, v in form.items() if isinstance(v, str)}
+            if request.content_type != "application/json":
+                return {}
+            raw = await request.read()
+    except TimeoutError:
+        raise BadBody(f"the body did not arrive within {BODY_TIMEOUT_S:g} s", 408) from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadBody("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadBody("the body must be a JSON object")
+    return data
+
+
+def _text_field(body: dict[str, Any], name: str) -> str | None:
+    """A field that must be text (a JSON number is taken as its digits), or BadBody."""
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise BadBody(f"'{name}' must be a string, got {type(value).__name__}")
 
 
 def _zone(name: str | None) -> tzinfo | None:
@@ -331,7 +415,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error(status: int, message: str) -> web.HTTPException:
-    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden}[status]
+    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
     return cls(
         text=json.dumps({"error": message}),
         content_type="application/json",

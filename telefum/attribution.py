@@ -68,7 +68,7 @@ class AttributedCall:
     caller: str | None  # E.164; None for an anonymous caller
     started_at: float
     answered: bool
-    ring_s: float  # the wait: until answered, or until the caller gave up
+    ring_s: float | None  # the wait: until answered, or until the caller gave up; None: unknown
     new_contact: bool  # the bridge created the CRM contact for this call
     contact_id: str | None = None
     extension: str | None = None
@@ -93,7 +93,7 @@ class AttributedCall:
             caller=d.get("caller"),
             started_at=float(d["started_at"]),
             answered=bool(d["answered"]),
-            ring_s=float(d.get("ring_s", 0.0)),
+            ring_s=None if d.get("ring_s", 0.0) is None else float(d.get("ring_s", 0.0)),
             new_contact=bool(d.get("new_contact", False)),
             contact_id=d.get("contact_id"),
             extension=d.get("extension"),
@@ -236,7 +236,7 @@ def figures(calls: Iterable[AttributedCall], new_contacts: int) -> dict[str, Any
     ``median_wait_s``: how long callers rang before they were answered or gave up.
     """
     cs = list(calls)
-    waits = [c.ring_s for c in cs]
+    waits = [c.ring_s for c in cs if c.ring_s is not None]  # None: found answered, wait unknown
     return {
         "calls": len(cs),
         "answered": sum(1 for c in cs if c.answered),
@@ -307,7 +307,7 @@ def _iso(ts: float, zone: tzinfo) -> str:
     return datetime.fromtimestamp(ts, zone).isoformat(timespec="seconds")
 
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
+_AGO = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([mhdw])$")
 _UNIT_S = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
@@ -318,12 +318,12 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> float:
     s = text.strip().lower()
     m = _AGO.match(s)
     if m:
-        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
+        return _in_range(now - float(m.group(1)) * _UNIT_S[m.group(2)], text)
     zone = tz if tz is not None else datetime.now().astimezone().tzinfo or UTC
     try:
         if len(s) == 10:
             d = date.fromisoformat(s)
-            return datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
+            return _in_range(datetime(d.year, d.month, d.day, tzinfo=zone).timestamp(), text)
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
@@ -331,7 +331,20 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> float:
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=zone)
-    return dt.timestamp()
+    return _in_range(dt.timestamp(), text)
+
+
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()  # a day short: any zone's date fits
+
+
+def _in_range(ts: float, text: str) -> float:
+    """``ts`` if a report can start or end there (1970 to 9999), else a ValueError."""
+    if not 0.0 <= ts <= _LATEST:  # also NaN (a period of 1e400 days)
+        raise ValueError(
+            f"{text.strip()[:40]!r} is outside what a report covers (1970-01-01 to 9999-12-30): "
+            "give a shorter period or a date"
+        )
+    return ts
 
 
 def attribution_hook(redis: Any, sources: dict[str, str]) -> OnDelivered:

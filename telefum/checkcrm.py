@@ -53,7 +53,7 @@ from telefum.checkcrm_pages import Page, fetch_page, judge
 from telefum.checkcrm_points import POINTS, SPEC_WORDING, Status
 from telephony.phones import PhoneFormat, for_crm, to_e164
 
-_PHONEISH = re.compile(r"\+?\d[\d\s().\-]{5,}\d")
+_PHONEISH = re.compile(r"\+?[0-9][0-9\s().\-]{5,}[0-9]")
 _ENCODING_WORDS = (
     "charset", "valid utf", "valid cp", "not valid", "undecodable", "byte-order", "read it as",
 )

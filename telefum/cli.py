@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "refcrm": "refcrm",
     "check-crm": "check_crm",
     "dlq": "dlq",
+    "queue": "queue",
     "config": "config_cmd",
     "status": "status",
     "demo": "demo",

@@ -33,6 +33,13 @@ from crm_client.redact import redact_url
 from telefum.health import HealthSettings
 from telefum.originate import OriginateSettings
 from telefum.web import HttpSettings
+from telephony.cdr_settings import (
+    DEFAULT_CSV,
+    CdrSourceSettings,
+    SourceKind,
+    dsn_secrets,
+    redact_dsn,
+)
 from telephony.phones import to_e164
 from telephony.rules import CallRules
 from worker.policy import CallPolicy, CrmTarget
@@ -71,14 +78,65 @@ def _redis_url(url: SecretUrl) -> SecretUrl:
         RedisAddress.parse(url.get_secret_value())  # what every client of the bridge reads
     except ValueError as err:
         raise ValueError(
-            f'expected empty (a private Redis) or a URL such as "redis://127.0.0.1:6379/0", '
-            f'got "{url}" ({err})'
+            f'expected empty (a private Redis) or a URL such as "redis://127.0.0.1:6379/0" '
+            f'or "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0", got "{url}" '
+            f"({err})"
         ) from None
     return url
 
 
 _FORBID = ConfigDict(extra="forbid")
 _Seconds = Annotated[float, Field(ge=0.1, strict=True)]
+_Span = Annotated[float, Field(ge=0, strict=True)]
+
+
+class SecretDsn(Secret[str]):
+    """A database DSN that may carry a password: shown with it masked."""
+
+    def _display(self) -> str:
+        return redact_dsn(self.get_secret_value())
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=_FORBID)
+class BackfillSettings:
+    """``[backfill]`` (and a PBX's own ``[ami.backfill]``): the PBX's call detail records,
+    read at start and after every gap in the AMI link for the calls the bridge did not see
+    end (docs/backfill.md). The source keys are ``telephony.cdr_settings.CdrSourceSettings``
+    (:meth:`source`); the others say when to read."""
+
+    kind: SourceKind = "none"  # "csv" (Master.csv), "mysql" (FreePBX), "postgres", "none"
+    path: str = DEFAULT_CSV  # kind csv: Asterisk's Master.csv
+    dsn: SecretDsn = SecretDsn("")  # mysql/postgres: "mysql://host:3306/asteriskcdrdb"
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    table: str = "cdr"
+    timezone: str = ""  # the zone of CDR times: "" this host's, "UTC" with usegmtime=yes
+    margin_s: _Span = 60.0  # read this much before and after a gap
+    lookback_s: _Span = 4 * 3600.0  # the longest call found whole
+    timeout_s: _Span = 10.0  # one read of the source
+    fallback_encoding: str = "cp1251"  # text that is not UTF-8
+    # Asterisk writes a call's CDR once the call is over: a gap is read at once and again
+    # this long after it closed; a call the bridge saw only in part waits this long for it
+    settle_s: _Span = 5.0
+    cdr_batch_s: _Span = 0.0  # cdr.conf batch=yes: its time (s); one more read after that
+    first_window_s: _Span = 600.0  # the first start (no record of the last one): read back this far
+    retry_max_s: Annotated[float, Field(ge=1, strict=True)] = 60.0  # unreadable: retried up to this
+
+    def __post_init__(self) -> None:
+        self.source()  # ValueError names the key (a bad DSN, zone, encoding...)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    def source(self) -> CdrSourceSettings:
+        """What ``telephony.cdr_sources.open_source`` opens (with the plain password)."""
+        return CdrSourceSettings(
+            kind=self.kind, path=self.path, dsn=self.dsn.get_secret_value(), user=self.user,
+            password=self.password.get_secret_value(), table=self.table,
+            timezone=self.timezone, margin_s=self.margin_s, lookback_s=self.lookback_s,
+            timeout_s=self.timeout_s, fallback_encoding=self.fallback_encoding,
+        )  # fmt: skip
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=_FORBID)
@@ -94,6 +152,7 @@ class AmiSettings:
     ping_timeout_s: _Seconds = 5.0  # no reply this long: the link is dead, reconnect
     reconnect_max_s: _Seconds = 60.0  # cap of the exponential reconnect backoff
     crm: CrmTarget | None = None  # this PBX's own CRM, else the global [crm]
+    backfill: BackfillSettings | None = None  # this PBX's own CDR source, else [backfill]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_FORBID)
@@ -127,6 +186,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     health: HealthSettings = HealthSettings()
     originate: OriginateSettings = OriginateSettings()
+    backfill: BackfillSettings = BackfillSettings()
     spool_dir: str = "var/spool"  # where finished calls wait while Redis is unreachable
 
     # where the values came from, set by the loader (not keys of the file)
@@ -176,13 +236,24 @@ class Settings(BaseSettings):
                 return ami.crm
         return self.crm
 
+    def backfill_for(self, pbx: str) -> BackfillSettings:
+        """Where a PBX's calls are backfilled from: its own ``[ami.backfill]``, else
+        ``[backfill]``."""
+        for ami in self.ami:
+            if ami.name == pbx and ami.backfill is not None:
+                return ami.backfill
+        return self.backfill
+
     def secret_values(self) -> list[str]:
-        """Every configured secret (passwords, AMI secrets, tokens, the Redis password) but
-        the shipped placeholder: what ``crm_client.redact`` masks wherever text is shown."""
+        """Every configured secret (passwords, AMI secrets, tokens, the Redis password, a
+        password written into a backfill DSN) but the shipped placeholder: what
+        ``crm_client.redact`` masks wherever text is shown."""
         values = [s.get_secret_value() for _, s in _secrets(self.model_dump(), ())]
         redis_url = self.redis.url.get_secret_value()
         if redis_url:
             values.append(RedisAddress.parse(redis_url).password or "")
+        for b in (self.backfill, *(a.backfill for a in self.ami if a.backfill is not None)):
+            values.extend(dsn_secrets(b.dsn.get_secret_value()))
         return [v for v in values if v and v != PLACEHOLDER]
 
     def warnings(self) -> list[str]:

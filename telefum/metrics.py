@@ -17,9 +17,23 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_ami_malformed_total{pbx}``        malformed messages skipped
 ``telefum_calls_active{pbx}``               calls in progress (the tracker's)
 ``telefum_calls_finished_total{pbx,direction,disposition}``  finished calls seen here
+``telefum_ami_gaps_total{pbx}``             gaps in the AMI event stream: link outages, and
+                                            this listener's own restarts
+``telefum_ami_gap_seconds_total{pbx}``      their length in all
+``telefum_backfill_uncovered_gaps_total{pbx}``  gaps backfill could not cover (no source,
+                                            calls in the CDR without uniqueid)
+``telefum_backfill_calls_total{pbx,how}``   calls from the CDR: "found" (the bridge did not
+                                            see them end), "completed" (it saw them in part:
+                                            times from the CDR), "released" (seen in part, no
+                                            CDR in time: delivered with its own times, flagged)
+``telefum_backfill_calls_held{pbx}``        calls waiting for their CDR now
+``telefum_backfill_reads_total{pbx,outcome}``  CDR reads: ok, failed
+``telefum_backfill_up{pbx}``                1 when the last CDR read worked (absent: no source)
+``telefum_backfill_bad_rows_total{pbx}``    CDR rows skipped as unusable
 ``telefum_redis_up``                        1 when Redis answered PING
 ``telefum_jobs_<counter>_total``            enqueued, succeeded, skipped, retried,
-                                            dead_lettered, requeued, recovered, ...
+                                            dead_lettered, requeued, recovered,
+                                            agent_login_fallbacks
 ``telefum_crm_contacts_created_total``      contacts the bridge created
 ``telefum_crm_events_created_total``        events the bridge logged
 ``telefum_queue_depth`` / ``_due`` / ``_retrying``  jobs in arq's queue
@@ -31,6 +45,10 @@ Metric names (stable: dashboards and alerts use them):
 ``telefum_spool_size``                      calls in the local spool, waiting for Redis
 ``telefum_crm_request_duration_seconds{operation,outcome}``  histogram (find, addcont,
                                             addevent; ok, transient, permanent)
+``telefum_limit_hits_total{limit}``         times a cap refused something (``telefum.limits``:
+                                            tracked_calls, http_connections, http_idle_closed,
+                                            http_header_timeout, http_host, sse_streams,
+                                            crm_lookups)
 =========================================== ===================================================
 """
 
@@ -51,6 +69,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from telefum import __version__
 from telefum.health import HealthSettings, Snapshot
+from telefum.limits import NAMES as LIMIT_NAMES
+from telefum.limits import Limits
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -58,6 +78,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTER_METRICS = {
     "contacts_created": ("telefum_crm_contacts_created", "Contacts the bridge created in the CRM"),
     "events_created": ("telefum_crm_events_created", "Call events the bridge logged in the CRM"),
+    "agent_login_fallbacks": (
+        "telefum_jobs_agent_login_fallbacks",
+        "Calls written with the service account: the CRM refused the agent's own login",
+    ),
     "possible_duplicates": (
         "telefum_crm_possible_duplicates",
         "Events the CRM may hold twice: addevent sends of delivered calls that may have "
@@ -96,7 +120,8 @@ class CallCounts:
 
 
 def families(
-    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None
+    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Metric]:
     """The metric families of one reading."""
     cfg = cfg or HealthSettings()
@@ -128,6 +153,7 @@ def families(
         if link.active_calls is not None:
             active.add_metric([link.pbx], link.active_calls)
     yield from (up, rejected, age, events, reconnects, malformed, active)
+    yield from _backfill(snap)
 
     finished = CounterMetricFamily(
         "telefum_calls_finished",
@@ -154,9 +180,58 @@ def families(
             "telefum_spool_size", "Finished calls in the local spool, waiting for Redis",
             value=spool,
         )
+    if limits is not None:
+        hits = CounterMetricFamily(
+            "telefum_limit_hits", "Times a cap refused something (see telefum.limits)",
+            labels=["limit"],
+        )
+        for name in sorted({*LIMIT_NAMES, *limits.hits}):
+            hits.add_metric([name], limits.hits.get(name, 0))
+        yield hits
     info = GaugeMetricFamily("telefum_build_info", "telefum-bridge version", labels=["version"])
     info.add_metric([__version__], 1)
     yield info
+
+
+def _backfill(snap: Snapshot) -> Iterator[Metric]:
+    gaps = CounterMetricFamily(
+        "telefum_ami_gaps", "Gaps in the AMI event stream (outages, restarts)", labels=["pbx"]
+    )
+    seconds = CounterMetricFamily(
+        "telefum_ami_gap_seconds", "Length of the gaps in the AMI event stream", labels=["pbx"]
+    )
+    uncovered = CounterMetricFamily(
+        "telefum_backfill_uncovered_gaps", "Gaps backfill could not cover", labels=["pbx"]
+    )
+    calls = CounterMetricFamily(
+        "telefum_backfill_calls", "Calls from the CDR by how they were used",
+        labels=["pbx", "how"],
+    )  # fmt: skip
+    held = GaugeMetricFamily("telefum_backfill_calls_held", "Calls waiting for their CDR",
+                             labels=["pbx"])  # fmt: skip
+    reads = CounterMetricFamily(
+        "telefum_backfill_reads", "CDR reads by outcome", labels=["pbx", "outcome"]
+    )
+    up = GaugeMetricFamily("telefum_backfill_up", "1 when the last CDR read worked",
+                           labels=["pbx"])  # fmt: skip
+    bad = CounterMetricFamily(
+        "telefum_backfill_bad_rows", "CDR rows skipped as unusable", labels=["pbx"]
+    )
+    for b in snap.backfills:
+        gaps.add_metric([b.pbx], b.gaps)
+        seconds.add_metric([b.pbx], b.gap_seconds)
+        uncovered.add_metric([b.pbx], b.uncovered_total)
+        if b.state == "off":
+            continue
+        for how, n in (("found", b.found), ("completed", b.completed),
+                       ("released", b.released)):  # fmt: skip
+            calls.add_metric([b.pbx, how], n)
+        held.add_metric([b.pbx], b.held)
+        reads.add_metric([b.pbx, "ok"], b.reads_ok)
+        reads.add_metric([b.pbx, "failed"], b.reads_failed)
+        up.add_metric([b.pbx], 1.0 if b.state == "ok" else 0.0)
+        bad.add_metric([b.pbx], b.bad_rows)
+    yield from (gaps, seconds, uncovered, calls, held, reads, up, bad)
 
 
 def _pipeline(stats: dict[str, Any], cfg: HealthSettings) -> Iterator[Metric]:
@@ -212,20 +287,23 @@ def _le(bound: float) -> str:
 
 
 class _SnapshotCollector:
-    def __init__(self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings) -> None:
-        self.snap, self.calls, self.cfg = snap, calls, cfg
+    def __init__(
+        self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings,
+        limits: Limits | None,
+    ) -> None:
+        self.snap, self.calls, self.cfg, self.limits = snap, calls, cfg, limits
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.snap, self.calls, self.cfg)
+        return families(self.snap, self.calls, self.cfg, self.limits)
 
 
 def render(
     snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
-    *, process: bool = True,
+    *, process: bool = True, limits: Limits | None = None,
 ) -> bytes:
     """One scrape's body in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings()))
+    registry.register(_SnapshotCollector(snap, calls, cfg or HealthSettings(), limits))
     if process:
         ProcessCollector(registry=registry)
     return generate_latest(registry)

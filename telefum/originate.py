@@ -24,6 +24,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from telephony.listener import AmiNotConnected
 from telephony.phones import PhoneFormat, for_crm, to_e164
+from telephony.rules import CallRules
 from worker.policy import check_template
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ NUMBER_FIELDS = ("e164", "digits", "national", "extension")  # see number_fields
 
 def _allow(value: tuple[str, ...]) -> tuple[str, ...]:
     for v in value:
-        if v not in ORIGINATE_CLASSES and not re.fullmatch(r"!?\+\d[\d*]*", v):
+        if v not in ORIGINATE_CLASSES and not re.fullmatch(r"!?\+[0-9][0-9*]*", v):
             raise ValueError(
                 'expected "national", "international", "premium" or an E.164 pattern such as '
                 f'"+375*" (with "!" in front to refuse it), got "{v}"'
@@ -216,18 +217,18 @@ class Originator:
         settings: OriginateSettings,
         *,
         default_country: str = "RU",
-        extension_pattern: str = r"^\d{2,5}$",
+        extension_pattern: str = CallRules.extension_pattern,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self.settings = settings
         self.policy = DialPolicy(default_country, settings.allow)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_window_s, clock)
-        self._extension_re = re.compile(extension_pattern)
+        self._extension_re = re.compile(extension_pattern, re.ASCII)  # \d: 0-9 only
 
     def prepare(self, extension: str, number: str) -> Dialled:
         """Everything but the sending: raises :class:`DialRefused` or :class:`RateLimited`."""
-        if not self._extension_re.match(extension or ""):
+        if not self._extension_re.fullmatch(extension or ""):  # not "101\n" either
             raise DialRefused(f"not an extension: {extension!r}")
         allowed = self.policy.check(number)
         fields = number_fields(allowed.e164, extension)

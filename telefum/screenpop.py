@@ -21,7 +21,12 @@ short history), never deltas: a slow or reconnecting browser only needs the late
 a subscriber's mailbox holds one snapshot and a newer one replaces an unread older one.
 
 The CRM lookup is cached per phone for a few seconds and concurrent lookups for the same
-phone share one request, so a ring group of ten phones asks the CRM once.
+phone share one request, so a ring group of ten phones asks the CRM once. At most
+``max_lookups`` lookups run at once, ``max_lookups_per_extension`` of them for one extension
+(5,000 calls ringing one watched extension must not become 5,000 CRM requests at once, nor take
+every other agent's turn): a call beyond waits, shown with the search link, and is looked
+up when a running lookup ends (an open page) or on the next watch; each one left waiting
+counts as a ``crm_lookups`` hit (``telefum.limits``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -40,6 +45,7 @@ import phonenumbers
 
 from crm_client.redact import redact_text
 from crm_client.types import Credentials, FindResult
+from telefum.limits import Limits
 from telephony.phones import PhoneFormat, for_crm
 from telephony.records import Answered, CallFinished, CallStarted, Ringing
 
@@ -132,6 +138,7 @@ class Lookup:
     total: int = 0
     search_url: str | None = None
     error: str | None = None
+    waited: bool = False  # a cap has held it back once (counted once)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -232,6 +239,9 @@ class ScreenPop:
         cache_ttl_s: float = 5.0,
         history_size: int = 10,
         max_call_age_s: float = 12 * 3600.0,
+        max_lookups: int = 32,
+        max_lookups_per_extension: int = 4,
+        limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._crm_for = crm_for
@@ -246,6 +256,11 @@ class ScreenPop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started_pruned_at = float("-inf")
         self._closed = False
+        self._max_lookups = max_lookups
+        self._max_lookups_per_extension = max_lookups_per_extension
+        self.limits = limits or Limits()
+        self._running: Counter[str] = Counter()  # lookups under way, by the extension that asked
+        self._waiting: set[str] = set()  # extensions with calls a cap left not looked up
 
     # --- input: the tracker's updates ---------------------------------------------------
 
@@ -305,7 +320,7 @@ class ScreenPop:
         ext = self._ext(extension)
         ext.current[key] = call
         if ext.subscribers:
-            self._start_lookup(call)
+            self._count_waiting(extension, self._start_lookup(call))
         return call
 
     def _answered(self, u: Answered) -> None:
@@ -354,19 +369,56 @@ class ScreenPop:
 
     # --- the CRM lookup -----------------------------------------------------------------
 
-    def _start_lookup(self, call: PopCall) -> None:
+    def _start_lookup(self, call: PopCall) -> int:
         """Look the call's caller up unless that is done or under way (the lookup is shared
-        by every extension the call rang)."""
-        if call.caller and call.lookup.state == "none" and not self._closed:
-            call.lookup.state = "pending"
-            self._spawn(self._lookup(call.pbx, call.caller, call.lookup))
+        by every extension the call rang); 1 when a cap makes it wait for the first time."""
+        lookup = call.lookup
+        if not call.caller or lookup.state != "none" or self._closed:
+            return 0
+        ext = call.extension
+        if (
+            self._running[ext] >= self._max_lookups_per_extension
+            or self._running.total() >= self._max_lookups
+        ):
+            self._waiting.add(ext)
+            first, lookup.waited = not lookup.waited, True
+            return int(first)
+        lookup.state = "pending"
+        self._running[ext] += 1
+        self._spawn(self._lookup(call.pbx, call.caller, lookup, ext))
+        return 0
 
     def _look_up_current(self, ext: _Extension) -> None:
         """Someone watches ``ext``: look up its current calls that never were (not the
         history: a call that ended unwatched stays not looked up)."""
         self._prune_stale(ext)  # a call whose end was lost is not worth a CRM request
+        name = ""
+        waiting = 0
         for call in ext.current.values():
-            self._start_lookup(call)
+            name = call.extension
+            waiting += self._start_lookup(call)
+        self._count_waiting(name, waiting)
+
+    def _count_waiting(self, extension: str, n: int) -> None:
+        if n:
+            self.limits.hit(
+                "crm_lookups",
+                f"extension {extension}: {n} more calls wait for a CRM lookup ([http] "
+                f"max_lookups: {self._max_lookups} at once, "
+                f"{self._max_lookups_per_extension} for one extension)",
+                n,
+            )
+
+    def _lookup_ended(self, extension: str) -> None:
+        """A slot is free: watched extensions with waiting calls take their turn."""
+        self._running[extension] -= 1
+        if self._running[extension] <= 0:
+            del self._running[extension]
+        for name in list(self._waiting):
+            self._waiting.discard(name)
+            ext = self._extensions.get(name)
+            if ext is not None and ext.subscribers:  # else: the next watch() asks again
+                self._look_up_current(ext)
 
     def _search_url(self, pbx: str, phone: str) -> str | None:
         """The CRM's search link for a phone; made here, no request to the CRM."""
@@ -377,7 +429,13 @@ class ScreenPop:
             log.debug("screen pop: no CRM search link: %s", redact_text(str(err)) or type(err))
             return None
 
-    async def _lookup(self, pbx: str, phone: str, lookup: Lookup) -> None:
+    async def _lookup(self, pbx: str, phone: str, lookup: Lookup, extension: str) -> None:
+        try:
+            await self._find(pbx, phone, lookup)
+        finally:
+            self._lookup_ended(extension)
+
+    async def _find(self, pbx: str, phone: str, lookup: Lookup) -> None:
         try:
             target = self._crm_for(pbx)
             crm_phone = for_crm(phone, target.phone_format)

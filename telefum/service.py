@@ -8,7 +8,8 @@ delivering calls to the CRM. ``stop()`` undoes it in reverse, so a finished call
 to Redis (or left in the spool) before anything it needs goes away.
 
 Each tracker update fans out here and nowhere else: a finished call goes to the hand-over
-and the call counters; every update goes to the screen pop.
+and the call counters; a call the full tracker refused to the caps' count and log
+(``telefum.limits``); every update goes to the screen pop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from redis.asyncio import Redis
 
 from crm_client.redact import redact_url, register_secrets
@@ -28,14 +28,17 @@ from telefum import private_redis, wiring
 from telefum.agent_routes import AgentServices, setup_agent_routes
 from telefum.attribution import attribution_hook
 from telefum.config import Settings
-from telefum.web import Service, bound_port, create_app, start_http
+from telefum.http_guard import HttpServer
+from telefum.limits import Limits
+from telefum.web import Service, create_app, start_http
+from telephony.backfill import Backfiller
 from telephony.listener import AmiListener
-from telephony.records import CallFinished
+from telephony.records import CallFinished, CallRecord, CallRefused
 from telephony.supervise import Supervisor
 from worker.app import ClientFactory, WorkerService
 from worker.embedded_redis import EmbeddedRedis
 from worker.handoff import Handoff
-from worker.redis_url import RedisAddress, redis_client
+from worker.redis_url import RedisAddress, connect
 
 log = logging.getLogger("telefum.service")
 
@@ -78,13 +81,15 @@ class Bridge:
         self.redis: Redis | None = None
         self.handoff: Handoff | None = None
         self.listeners: list[AmiListener] = []
+        self.backfillers: dict[str, Backfiller] = {}  # by PBX name
         self.service: Service | None = None
         self.agents: AgentServices | None = None
         self.worker: WorkerService | None = None
         self._worker_task: asyncio.Task[None] | None = None
         # every background task of the process: restarted if it fails, named in /health
         self.supervisor = Supervisor()
-        self._http: web.AppRunner | None = None
+        self._http: HttpServer | None = None
+        self.limits = Limits()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -111,26 +116,32 @@ class Bridge:
             self.embedded = self._start_embedded()
             self.redis_url = self.embedded.url
         worker_config = wiring.worker_config(s)  # ValueError: a setting does not fit
-        self.redis = redis_client(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        self.redis = connect(self.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         if self.roles.listen:
             self.handoff = wiring.handoff(
                 s, worker_config, self.redis_url, supervisor=self.supervisor
             )
             await self.handoff.start()
             for ami in s.ami:
-                self.listeners.append(
-                    wiring.listener(s, ami, self._on_update, supervisor=self.supervisor)
+                listener = wiring.listener(s, ami, self._on_update, supervisor=self.supervisor)
+                self.listeners.append(listener)
+                self.backfillers[ami.name] = wiring.backfiller(
+                    s, ami, listener, self._submit, supervisor=self.supervisor
                 )
         handoff = self.handoff
+        backfillers = list(self.backfillers.values())
         self.service = Service(
             s,
             links=self.listeners,
             redis=self.redis,
             spool_size=(lambda: handoff.spool_size) if handoff is not None else None,
+            backfills=lambda: [b.status() for b in backfillers],
+            limits=self.limits,
             supervisor=self.supervisor,
         )
         self.agents = wiring.agent_services(
-            s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis
+            s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis,
+            limits=self.limits,
         )
         if self.roles.http:
             agents = self.agents
@@ -143,11 +154,14 @@ class Bridge:
                         originator=agents.originator,
                         attribution=agents.attribution,
                         settings=s,
+                        limits=self.limits,
                     )
                 ],
             )
-            self._http = await start_http(app, s.http.listen)
+            self._http = await start_http(app, s.http)
             log.info("HTTP on %s (health, metrics, agent pages)", self.http_url)
+        for backfill in backfillers:
+            await backfill.start()
         for listener in self.listeners:
             await listener.start()
         if self.roles.work:
@@ -173,19 +187,41 @@ class Bridge:
         return redis
 
     def _on_update(self, update: Any) -> None:
-        """Every tracker update, from every PBX: quick, never blocking the AMI reader."""
+        """Every tracker update, from every PBX: quick, never blocking the AMI reader. A
+        call the tracker saw only in part may wait for its CDR (``telephony.backfill``)."""
         if isinstance(update, CallFinished):
-            if self.handoff is not None:
-                self.handoff.submit(update.record)
-            if self.service is not None:
-                self.service.calls.observe(update.record)
+            backfill = self.backfillers.get(update.record.pbx)
+            if backfill is None or not backfill.hold(update.record):
+                self._submit(update.record)
+            else:
+                log.info("call finished: %s; waits for its CDR (the bridge saw it in part)",
+                         _summary(update.record), extra=update.record.log_tags)  # fmt: skip
+        elif isinstance(update, CallRefused):
+            what = "a new call" if update.new_call else "a channel (its call is flagged overflow)"
+            self.limits.hit(
+                "tracked_calls",
+                f"pbx {update.pbx}: {update.active_calls} calls in progress, {what} not tracked "
+                "([calls] max_active_calls; calls whose hangup was lost expire after "
+                "max_call_age_s)",
+            )
         if self.agents is not None:
             self.agents.screenpop.on_update(update)
+
+    def _submit(self, record: CallRecord) -> None:
+        """A finished call, live or from the CDR, to the hand-over and the call counts."""
+        if self.handoff is not None:
+            log.info("call finished: %s; handed to the queue", _summary(record),
+                     extra=record.log_tags)  # fmt: skip
+            self.handoff.submit(record)
+        if self.service is not None:
+            self.service.calls.observe(record)
 
     async def stop(self) -> None:
         """Stop in reverse order; finished calls reach Redis or stay in the spool."""
         for listener in self.listeners:
             await _quietly(listener.stop(), "AMI listener")
+        for backfill in self.backfillers.values():  # calls held for their CDR: submitted
+            await _quietly(backfill.stop(), "backfill")
         if self.handoff is not None:
             await _quietly(self.handoff.close(), "hand-over")
             self.handoff = None
@@ -216,7 +252,7 @@ class Bridge:
     def http_url(self) -> str:
         if self._http is None:
             raise RuntimeError("HTTP is not running")
-        return self.settings.http.local_url(bound_port(self._http))
+        return self.settings.http.local_url(self._http.port)
 
     def describe(self) -> str:
         """One line for the log: what runs, where (no secrets)."""
@@ -227,6 +263,19 @@ class Bridge:
         if self._http is not None:
             parts.append(f"HTTP {self.http_url}")
         return ", ".join(parts)
+
+
+def _summary(r: CallRecord) -> str:
+    """One call in a few words, for the listener's line about it."""
+    who = f"{r.direction} {r.external or '(no outside number)'}"
+    if r.did:
+        who += f" via {r.did}"
+    how: str = r.disposition
+    if r.answered:
+        how += f" by {r.extension or '?'}, talk {r.talk_s:.0f} s"
+    if r.source != "live":
+        how += f" (from the {r.source.upper()})"
+    return f"{who}, {how}"
 
 
 async def _quietly(step: Any, what: str) -> None:

@@ -179,15 +179,16 @@ class _Environment:
             value = self.source.explode_env_vars(prefix, field, {low: self.source.env_vars[low]})
             entries[i] = _merge(entries[i], value)
             self.origin[("ami", i, *rest)] = self.names[low]
-        crm = doc["crm"] if isinstance(doc.get("crm"), dict) else {}
-        inherited = {k: v for k, v in crm.items() if k != "agents"}
-        for i, entry in enumerate(entries):
-            own = entry.get("crm") if isinstance(entry, dict) else None
-            if isinstance(own, dict):  # [ami.crm]: what it does not say comes from [crm]
-                entry["crm"] = inherited | own
-                for k in inherited.keys() - own.keys():
-                    if ("crm", k) in self.origin:
-                        self.origin[("ami", i, "crm", k)] = self.origin[("crm", k)]
+        for section in ("crm", "backfill"):  # [ami.crm], [ami.backfill]
+            table = doc[section] if isinstance(doc.get(section), dict) else {}
+            inherited = {k: v for k, v in table.items() if k != "agents"}
+            for i, entry in enumerate(entries):
+                own = entry.get(section) if isinstance(entry, dict) else None
+                if isinstance(own, dict):  # what it does not say comes from the global one
+                    entry[section] = inherited | own
+                    for k in inherited.keys() - own.keys():
+                        if (section, k) in self.origin:
+                            self.origin[("ami", i, section, k)] = self.origin[(section, k)]
 
 
 def _merge(base: Any, extra: dict[str, Any]) -> Any:
@@ -314,7 +315,7 @@ def _dotted(loc: Loc, doc: dict[str, Any], listed: bool, env: str | None) -> str
         elif isinstance(part, int):
             parts[-1] += f"[{part}]"
         else:
-            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part) and not part.isdigit()
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part) and not re.fullmatch("[0-9]+", part)
             parts.append(part if bare else f'"{part}"')
     return ".".join(parts) + (f" (from {env})" if env else "")
 

@@ -2,17 +2,19 @@
 other parts add their routes.
 
 :class:`Service` is what those two endpoints read (settings, AMI links, Redis, spool size,
-call counts); :func:`create_app` builds the app and runs each setup function given, which
-adds its routes and may read ``app[SERVICE]``; :func:`start_http` serves it on ``[http]
-listen`` (loopback unless configured). ``telefum.service.Bridge`` does all three, with
-``telefum.agent_routes.setup_agent_routes`` as the one setup: the agent pages,
+call counts, the caps' hits); :func:`create_app` builds the app and runs each setup function
+given, which adds its routes and may read ``app[SERVICE]``; :func:`start_http` serves it on
+``[http] listen`` (loopback unless configured). ``telefum.service.Bridge`` does all three,
+with ``telefum.agent_routes.setup_agent_routes`` as the one setup: the agent pages,
 click-to-call and the report, and the tokens that guard them. ``/health`` and
-``/metrics`` need no token.
+``/metrics`` need no token. Every route answers only for this service's own Host names, and
+the server caps its connections (``telefum.http_guard``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +25,23 @@ from aiohttp import web
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 
 from telefum import __version__, metrics
-from telefum.health import AmiLinkView, Health, RedisPing, SpoolWatch, evaluate, observe
+from telefum.health import (
+    AmiLinkView,
+    Health,
+    RedisPing,
+    SpoolWatch,
+    crm_routes,
+    evaluate,
+    observe,
+)
+from telefum.http_guard import HttpServer, host_check
+from telefum.limits import Limits
 from telephony.supervise import Supervisor
 from worker.policy import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from telefum.config import Settings
+    from telephony.backfill import BackfillStatus
 
 
 # --- the settings ([http]) -----------------------------------------------------------------
@@ -37,7 +50,7 @@ if TYPE_CHECKING:
 def split_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:8088"`` / ``"[::1]:8088"`` -> (host, port); port 0: the OS picks one."""
     host, sep, port_s = listen.rpartition(":")
-    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+    if not sep or not host or not re.fullmatch("[0-9]+", port_s) or int(port_s) > 65535:
         raise ValueError(f'expected "host:port" such as "127.0.0.1:8088", got "{listen}"')
     return host.strip("[]"), int(port_s)
 
@@ -67,6 +80,12 @@ class HttpSettings:
     agent_tokens: dict[str, Annotated[SecretStr, AfterValidator(_token)]] = Field(
         default_factory=dict
     )
+    # names (besides localhost, loopback and the listen address) this service answers to
+    allowed_hosts: tuple[str, ...] = ()
+    max_connections: Annotated[int, Field(ge=1, strict=True)] = 512  # open at once
+    # agent live feeds (SSE) per extension
+    max_streams_per_extension: Annotated[int, Field(ge=1, strict=True)] = 8
+    max_lookups: Annotated[int, Field(ge=1, strict=True)] = 32  # screen-pop CRM finds at once
 
     @property
     def host(self) -> str:
@@ -98,10 +117,12 @@ class Service:
     links: Sequence[AmiLinkView] = ()
     redis: RedisPing | None = None  # a redis.asyncio.Redis; None: no Redis checks
     spool_size: Callable[[], int] | None = None  # calls waiting in this process's spool
+    backfills: Callable[[], Sequence[BackfillStatus]] | None = None  # one per PBX listened to
     calls: metrics.CallCounts = field(default_factory=metrics.CallCounts)
     queue_name: str = QUEUE_NAME
     started_at: float = field(default_factory=time.time)
     spool_watch: SpoolWatch = field(default_factory=SpoolWatch)
+    limits: Limits = field(default_factory=Limits)
     supervisor: Supervisor | None = None  # the process's background tasks
 
     async def health(self) -> tuple[Health, Any]:
@@ -115,7 +136,8 @@ class Service:
 
         snap = await observe(
             self.links, self.redis, self.settings.health,
-            read_stats=read, spool_size=self.spool_size,
+            read_stats=read, spool_size=self.spool_size, crms=crm_routes(self.settings),
+            backfills=self.backfills,
             failing=self.supervisor.failing if self.supervisor is not None else None,
         )
         return evaluate(snap, self.settings.health, self.spool_watch), snap
@@ -125,8 +147,12 @@ SERVICE = web.AppKey("telefum_service", Service)
 
 
 def create_app(service: Service, setups: Iterable[Setup] = ()) -> web.Application:
-    """The app with ``/health`` and ``/metrics``; each setup then adds its own routes."""
-    app = web.Application()
+    """The app with ``/health`` and ``/metrics``; each setup then adds its own routes.
+    Requests for a Host that is not this service's get a 421 (``telefum.http_guard``)."""
+    http = service.settings.http
+    app = web.Application(
+        middlewares=[host_check(http.host, http.allowed_hosts, service.limits)]
+    )
     app[SERVICE] = service
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
@@ -135,27 +161,17 @@ def create_app(service: Service, setups: Iterable[Setup] = ()) -> web.Applicatio
     return app
 
 
-async def start_http(app: web.Application, listen: str) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` (``[http] listen``); ``await runner.cleanup()`` stops."""
-    host, port = split_listen(listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually bound (for ``listen = "127.0.0.1:0"`` in tests)."""
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise RuntimeError("not listening")
+async def start_http(app: web.Application, http: HttpSettings, **timeouts: float) -> HttpServer:
+    """Serve ``app`` (made by :func:`create_app`) on ``[http] listen`` with at most ``[http]
+    max_connections``; ``server.port`` is the port bound, ``await server.cleanup()`` stops.
+    ``timeouts``: ``header_timeout_s``, ``idle_timeout_s`` (tests shorten them)."""
+    host, port = split_listen(http.listen)
+    server = HttpServer(
+        app, host, port, limits=app[SERVICE].limits, max_connections=http.max_connections,
+        **timeouts,
+    )  # fmt: skip
+    await server.start()
+    return server
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -167,7 +183,7 @@ async def _health(request: web.Request) -> web.Response:
     }
     return web.Response(
         text=json.dumps(body, ensure_ascii=False),
-        status=200 if health.ok else 503,
+        status=200 if health.ok else 503,  # degraded too: 200 means fine (docs/operations.md)
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
@@ -176,5 +192,5 @@ async def _health(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     _, snap = await service.health()
-    body = metrics.render(snap, service.calls, service.settings.health)
+    body = metrics.render(snap, service.calls, service.settings.health, limits=service.limits)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -18,7 +18,9 @@ from worker.policy import RetryPolicy, WorkerConfig
 if TYPE_CHECKING:
     from crm_client.client import TelefumClient
     from telefum.agent_routes import AgentServices
+    from telefum.limits import Limits
     from telefum.screenpop import CrmLookup
+    from telephony.backfill import Backfiller
     from telephony.listener import AmiListener
     from telephony.supervise import Supervisor
     from worker.handoff import Handoff
@@ -33,6 +35,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         sources=settings.sources,
         retry=RetryPolicy(total_s=settings.worker.retry_total_s),
         outbox_dir=str(outbox_dir(settings.spool_dir)),
+        crm_failing_s=settings.health.crm_failing_s,
     )
 
 
@@ -43,6 +46,7 @@ def handoff(
     """The listener's hand-over to Redis, queueing the way the workers of ``config`` read
     (start it with ``await handoff.start()``)."""
     from worker.handoff import Handoff
+    from worker.redis_url import RedisAddress
 
     return Handoff(
         redis_url,
@@ -51,6 +55,7 @@ def handoff(
         job_expires_s=config.job_expires_s,
         ledger_ttl_s=config.ledger_ttl_s,
         listener_id=listener_id,
+        replicas=RedisAddress.parse(redis_url).replicas_to_wait_for,
         supervisor=supervisor,
     )
 
@@ -76,6 +81,35 @@ def listener(
         pbx=ami.name,
         supervisor=supervisor,
     )
+
+
+def backfiller(
+    settings: Settings, ami: AmiSettings, listener: AmiListener, submit: Callable[[Any], None],
+    supervisor: Supervisor | None = None,
+) -> Backfiller:
+    """The PBX's backfill from its CDR (``[backfill]``, or its ``[ami.backfill]``), told of
+    the listener's sessions and reading its tracker's live calls; its state file beside the
+    spool. Without a source it still counts and reports the gaps."""
+    from telephony.backfill import Backfiller
+
+    b = settings.backfill_for(ami.name)
+    tracker = listener.tracker
+    out = Backfiller(
+        b.source(),
+        settings.calls,
+        submit,
+        pbx=ami.name,
+        state_dir=settings.spool_dir,
+        live_ids=lambda: getattr(tracker, "live_ids", frozenset()),
+        alive=lambda: listener.last_data_at if listener.connected else None,
+        settle_s=b.settle_s,
+        cdr_batch_s=b.cdr_batch_s,
+        first_window_s=b.first_window_s,
+        retry_max_s=b.retry_max_s,
+        supervisor=supervisor,
+    )
+    listener.on_session = out.on_session
+    return out
 
 
 def crm_lookups(
@@ -109,7 +143,11 @@ def crm_lookups(
 
 
 def agent_services(
-    settings: Settings, *, listeners: Mapping[str, Any] | None = None, redis: Any = None
+    settings: Settings,
+    *,
+    listeners: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    limits: Limits | None = None,
 ) -> AgentServices:
     """The screen pop (CRM clients per ``[crm]``), the originator (on the listener of
     ``[originate] pbx``, else the first ``[[ami]]``) and the attribution store (on ``redis``,
@@ -121,7 +159,13 @@ def agent_services(
     from telefum.screenpop import ScreenPop
 
     crm_for, close_crm = crm_lookups(settings)
-    pop = ScreenPop(crm_for, sources=settings.sources, max_call_age_s=settings.calls.max_call_age_s)
+    pop = ScreenPop(
+        crm_for,
+        sources=settings.sources,
+        max_call_age_s=settings.calls.max_call_age_s,
+        max_lookups=settings.http.max_lookups,
+        limits=limits,
+    )
     originator = None
     pbx = settings.originate.pbx or settings.ami[0].name
     if listeners and pbx in listeners:

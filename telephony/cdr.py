@@ -21,21 +21,23 @@ rows of its ``;2`` half. Every row of a call carries the call's ``linkedid`` whe
 backend logs it.
 
 How rows become calls (``group_calls``): rows sharing a ``linkedid`` or a ``uniqueid``
-are one call; so are rows that name the same channel (one row's ``dstchannel`` is
+are one group; so are rows that name the same channel (one row's ``dstchannel`` is
 another's ``channel``, or the two halves ``;1``/``;2`` of a Local pair) while both rows'
 times overlap (channel names repeat after an Asterisk restart). That joins a call
 without ``linkedid`` (``Master.csv`` without ``newcdrcolumns``) and the two Linkedids
-of an attended transfer made from a second line, as the tracker merges them. The call id
-is the oldest Linkedid of the group, else the oldest ``uniqueid`` (the first channel's,
-which is the Linkedid Asterisk gave the call): ``1795727781.0`` < ``1795727781.10``.
+of an attended transfer made from a second line, as the tracker merges them. The group's
+id is its oldest Linkedid, else its oldest ``uniqueid`` (the first channel's, which is
+the Linkedid Asterisk gave the call): ``1795727781.0`` < ``1795727781.10``. A group is
+one call, but for callers an agent joined (``calls_apart``): as live, each caller keeps
+a call of its own, its id its channel's ``uniqueid``, and the two name each other.
 
 What each field of the record comes from, with the same ``[calls]`` rules
 (``CallRules``) as the tracker:
 
 - the *root* rows: those whose party A is the call's first channel. Direction: ``in``
-  when it is a trunk (its name matches ``trunk_channel_pattern``) or its first row's
-  ``dcontext`` is an inbound context; else ``out`` when any leg is a trunk; else
-  ``internal``.
+  when it is a trunk (``channel_kind``: the ``phones`` table, ``phone_channel_pattern``,
+  ``extension_pattern``, then ``trunk_channel_pattern``) or its first row's ``dcontext``
+  is an inbound context; else ``out`` when any leg is a trunk; else ``internal``.
 - external: ``src`` of the root (in); the number in the trunk leg's ``Dial`` argument,
   else its ``dst`` (out); E.164 by ``default_country``.
 - DID (in): the ``did`` column where the backend has one (FreePBX's
@@ -57,13 +59,17 @@ What each field of the record comes from, with the same ``[calls]`` rules
 - disposition: answered; else a leg that rang out (``NO ANSWER``, ``CANCEL``) before a
   busy one (``BUSY``) before an unreachable one (``FAILED``, ``CONGESTION``), as the
   tracker orders them.
-- transfers: the outside party's legs in order: a leg to another agent that begins after
-  the current agent answered is a transfer; blind when the outside party ran the dialplan
-  again for it (another ``lastapp``/``lastdata``), attended when only its bridge changed.
-  A leg to another caller's trunk (an agent joined two callers) is a transfer to that
-  caller's number.
+- transfers: the outside party's legs in order: a leg to another agent that begins once
+  the current agent's leg is over (not a queue member ringing beside it) is a transfer;
+  blind when the outside party ran the dialplan again for it (another
+  ``lastapp``/``lastdata``), attended when only its bridge changed. The conversation with
+  another caller an agent joined it with is an attended transfer to that caller's number.
 - ``rang``: every phone dialled, in order (not a picker); ``final_extension``: the agent
   of the last answered leg of the outside party (null when that was another caller).
+- ``forwarded_to``: the outside number a leg of an inbound caller dialled before anyone
+  answered (a forward: one inbound call, the extension whose forward it is).
+- ``flags``/``reasons``: what the rows cannot tell, as the tracker flags it
+  (``did-unknown``, ``direction-guessed``, ``extension-unknown``).
 
 What a CDR cannot know, and the record then says instead:
 
@@ -81,13 +87,21 @@ What a CDR cannot know, and the record then says instead:
   with ``cdr.conf`` ``unanswered = no`` (the default), or ``congestion = no``;
 - which agent pressed which key: a transfer's ``from`` is the agent who had the caller,
   its ``to`` the next one; a transfer made while nobody had answered is not one;
-- a phone whose channel name looks like a trunk (``PJSIP/ivan-0001``): the tracker tells
-  it from the context it was created in, which the CDR does not log; give phones
-  extension-like endpoint names, or a ``trunk_channel_pattern`` that excludes them.
+- a phone whose channel name looks like a trunk (``PJSIP/ivan-0001``,
+  ``SIP/150010001-...``): the tracker tells it from the context it was created in, or its
+  caller id, which the CDR does not log for a dialled phone: name it in ``[calls] phones``
+  or ``phone_channel_pattern``, or give phones extension-like endpoint names;
+- the extension of a phone that ``phone_channel_pattern`` (without a group) leaves to its
+  caller id, unless it has rows of its own (``src``) or a ``Local/<ext>@...`` dialled it;
+- a join of an outbound call's outside party (it was dialled, so no caller of its own):
+  the two calls come out as one.
+
+docs/backfill.md has the same, measured on the recorded calls.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,17 +111,19 @@ from typing import Literal
 from telephony.phones import to_e164
 from telephony.records import CallRecord, Direction, Disposition, Transfer, TransferKind
 from telephony.rules import CallRules
-from telephony.tracker_state import LOCAL, PHONE, TRUNK, channel_kind
+from telephony.tracker_state import LOCAL, PHONE, TRUNK, ChannelKind, Rule, channel_kind
 
 __all__ = [
     "CdrCall",
     "CdrRow",
     "CdrRowError",
+    "Joined",
     "backfill",
+    "calls_apart",
     "calls_ended_in",
     "group_calls",
     "make_row",
-    "record_of",
+    "records_of",
 ]
 
 ANSWERED = "ANSWERED"
@@ -122,8 +138,8 @@ _ALIASES = {
     "callerid": "clid", "destinationchannel": "dstchannel", "lastapplication": "lastapp",
     "billableseconds": "billsec", "uniqueid": "uniqueid", "userfield": "userfield",
 }  # fmt: skip
-_UID = re.compile(r"(\d+)\.(\d+)$")
-_NUMBER_RUN = re.compile(r"\+?\d{5,}")
+_UID = re.compile(r"([0-9]+)\.([0-9]+)$")
+_NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
 _CHANNEL_SEQ = re.compile(r"-([0-9a-fA-F]+)(?:;[12])?$")
 
 
@@ -160,12 +176,27 @@ class CdrRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """Another caller's call that an agent put this call's caller through to."""
+
+    call_id: str
+    channel: str  # that caller's channel
+    number: str  # its caller id (``src``), as the CDR has it
+
+
+@dataclass(frozen=True, slots=True)
 class CdrCall:
-    """The rows of one call, in order; ``call_id`` is "" when no row has an id."""
+    """The rows of one call, in order; ``call_id`` is "" when no row has an id.
+
+    ``joined``/``shared``: the callers an agent joined this call's caller with, and the
+    rows of their calls in which this call's caller is party B (the conversation after
+    the join is one row, written on the older caller's channel)."""
 
     call_id: str
     rows: tuple[CdrRow, ...]
     ids: frozenset[str] = field(default=frozenset())  # every linkedid and uniqueid in it
+    joined: tuple[Joined, ...] = ()
+    shared: tuple[CdrRow, ...] = ()
 
     @property
     def started_at(self) -> float:
@@ -173,7 +204,7 @@ class CdrCall:
 
     @property
     def ended_at(self) -> float:
-        return max(r.end for r in self.rows)
+        return max(r.end for r in self.rows + self.shared)
 
 
 # --- rows ---------------------------------------------------------------------------------
@@ -275,27 +306,45 @@ def _channel_key(name: str) -> str:
     return name[:-2] if name.startswith("Local/") and name[-2:] in (";1", ";2") else name
 
 
-def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
-    """Rows -> calls (see the module doc), ordered by the time each call ended."""
-    rows = list(rows)
-    parent = list(range(len(rows)))
+class _Sets:
+    """Union-find over row indexes: which rows are one call."""
 
-    def find(i: int) -> int:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+            self.parent[max(ra, rb)] = min(ra, rb)
 
+    def groups(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            out.setdefault(self.find(i), []).append(i)
+        return out
+
+
+def _row_order(r: CdrRow) -> tuple[float, float, tuple[int, int, int, str]]:
+    return (r.start, r.end, _uid_order(r.uniqueid))
+
+
+def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
+    """Rows -> groups of connected rows (see the module doc), ordered by the time each
+    ended. A group is one call, or the calls of callers an agent joined (``calls_apart``)."""
+    rows = list(rows)
+    sets = _Sets(len(rows))
     first_with: dict[tuple[str, str], int] = {}
     for i, r in enumerate(rows):
         for key in (("L", r.linkedid), ("U", r.uniqueid)):
             if key[1]:
-                union(i, first_with.setdefault(key, i))
+                sets.union(i, first_with.setdefault(key, i))
     # A channel name's rows, by start: those whose times overlap (1 s slack) are one channel.
     current: dict[str, tuple[float, int]] = {}  # name -> (end of its current run, a row)
     for i in sorted(range(len(rows)), key=lambda i: (rows[i].start, rows[i].end)):
@@ -303,20 +352,17 @@ def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
         for name in {_channel_key(r.channel), _channel_key(r.dstchannel)} - {""}:
             run = current.get(name)
             if run is not None and r.start <= run[0] + 1:
-                union(i, run[1])
+                sets.union(i, run[1])
                 current[name] = (max(run[0], r.end), run[1])
             else:
                 current[name] = (r.end, i)
-    groups: dict[int, list[CdrRow]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(find(i), []).append(r)
     calls = []
-    for members in groups.values():
-        members.sort(key=lambda r: (r.start, r.end, _uid_order(r.uniqueid)))
-        linked = [r.linkedid for r in members if r.linkedid]
-        uids = [r.uniqueid for r in members if r.uniqueid]
+    for members in sets.groups().values():
+        group = sorted((rows[i] for i in members), key=_row_order)
+        linked = [r.linkedid for r in group if r.linkedid]
+        uids = [r.uniqueid for r in group if r.uniqueid]
         call_id = min(linked or uids, key=_uid_order) if (linked or uids) else ""
-        calls.append(CdrCall(call_id, tuple(members), frozenset(linked + uids)))
+        calls.append(CdrCall(call_id, tuple(group), frozenset(linked + uids)))
     calls.sort(key=lambda c: (c.ended_at, _uid_order(c.call_id)))
     return calls
 
@@ -324,6 +370,109 @@ def group_calls(rows: Iterable[CdrRow]) -> list[CdrCall]:
 def calls_ended_in(calls: Iterable[CdrCall], since: float, until: float) -> list[CdrCall]:
     """The calls whose last row ended in ``[since, until]``."""
     return [c for c in calls if since <= c.ended_at <= until]
+
+
+# --- callers an agent joined: two calls -----------------------------------------------------
+
+
+def _kind_a(rules: CallRules, row: CdrRow) -> tuple[ChannelKind, str | None, Rule]:
+    """Party A's kind. ``dcontext`` is where its dialplan *ended* (a transferred trunk
+    ends in from-internal), so it only tells a phone with a trunk-like name, whose caller
+    id is an extension, from a trunk."""
+    context = row.dcontext if rules.is_extension(row.src) else ""
+    return channel_kind(rules, row.channel, context, row.src)
+
+
+def _callers(rows: tuple[CdrRow, ...], rules: CallRules) -> dict[str, int]:
+    """The outside callers among a group's channels, each with the index of its first
+    row: a trunk that is party A of rows of its own and that no earlier row dialled (the
+    first channel of a call of its own: inbound, or a callback)."""
+    first: dict[str, int] = {}
+    dialled: dict[str, float] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r.channel, i)
+        if r.dstchannel:
+            dialled[r.dstchannel] = min(dialled.get(r.dstchannel, r.start), r.start)
+    return {
+        ch: i for ch, i in first.items()
+        if dialled.get(ch, math.inf) > rows[i].start and _kind_a(rules, rows[i])[0] == TRUNK
+    }  # fmt: skip
+
+
+def calls_apart(call: CdrCall, rules: CallRules) -> list[CdrCall]:
+    """The calls the tracker reports for one group of rows: one, unless the group holds
+    several callers. An agent who joins two callers (an attended transfer of one to the
+    other) leaves both calls in one group: Asterisk gives the younger caller's channel
+    the older one's Linkedid (its rows carry it), and writes their conversation after the
+    join as a row from the older caller's channel to the younger's. Each caller keeps a
+    call of its own, as live: its id is the caller's ``uniqueid`` (the Linkedid Asterisk
+    gave its call), its rows those reached from its channel, and the calls name each other
+    (``joined``); the join row is the older one's, and ``shared`` with the younger."""
+    rows = call.rows
+    callers = _callers(rows, rules)
+    if len(callers) < 2:
+        return [call]
+
+    def into_another_caller(r: CdrRow) -> bool:
+        return r.dstchannel in callers and r.dstchannel != r.channel
+
+    # The rows reached from each caller: by channel and uniqueid, not linkedid (a join moved
+    # it), and not across a row into another caller's channel (the join).
+    sets = _Sets(len(rows))
+    first_with: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        keys = [("U", r.uniqueid), ("C", _channel_key(r.channel))]
+        if r.dstchannel and not into_another_caller(r):
+            keys.append(("C", _channel_key(r.dstchannel)))
+        for key in keys:
+            if key[1]:
+                sets.union(i, first_with.setdefault(key, i))
+    # One piece per caller; its id the caller's uniqueid (the oldest, should one piece
+    # hold two). Rows reached from no caller go with the caller whose id is their
+    # linkedid, else with the oldest caller.
+    caller_of: dict[int, str] = {}  # piece -> its caller's channel
+    for ch in sorted(callers, key=lambda ch: _uid_order(rows[callers[ch]].uniqueid)):
+        caller_of.setdefault(sets.find(callers[ch]), ch)
+    id_of = {p: rows[callers[ch]].uniqueid for p, ch in caller_of.items()}
+    piece_with_id = {cid: p for p, cid in id_of.items() if cid}
+    oldest = min(caller_of, key=lambda p: _uid_order(id_of[p]))
+    pieces: dict[int, list[int]] = {p: [] for p in caller_of}
+    for root, members in sets.groups().items():
+        if root not in pieces:
+            lids = sorted({rows[i].linkedid for i in members} & piece_with_id.keys(),
+                          key=_uid_order)  # fmt: skip
+            root = piece_with_id[lids[0]] if lids else oldest
+        pieces[root] += members
+    piece_of = {i: p for p, members in pieces.items() for i in members}
+    joined: dict[int, dict[int, None]] = {p: {} for p in pieces}  # piece -> joined pieces
+    shared: dict[int, list[CdrRow]] = {p: [] for p in pieces}
+    for i, r in enumerate(rows):
+        mine = piece_of[i]
+        others = []
+        if into_another_caller(r):
+            other = piece_of[callers[r.dstchannel]]
+            if other != mine:
+                shared[other].append(r)
+                others.append(other)
+        if r.channel in callers and r.linkedid in piece_with_id:
+            others.append(piece_with_id[r.linkedid])  # its Linkedid moved: a bridge joined them
+        for other in others:
+            if other != mine:
+                joined[mine][other] = None
+                joined[other][mine] = None
+    every_id = set(piece_with_id)
+    out = []
+    for p, members in pieces.items():
+        own = tuple(rows[i] for i in sorted(members))
+        ids = {r.uniqueid for r in own if r.uniqueid} | {r.linkedid for r in own if r.linkedid}
+        out.append(CdrCall(
+            id_of[p], own, frozenset(ids - (every_id - {id_of[p]})),
+            tuple(Joined(id_of[q], caller_of[q], rows[callers[caller_of[q]]].src)
+                  for q in joined[p]),
+            tuple(sorted(shared[p], key=_row_order)),
+        ))  # fmt: skip
+    out.sort(key=lambda c: (c.ended_at, _uid_order(c.call_id)))
+    return out
 
 
 # --- one call -> its record ---------------------------------------------------------------
@@ -340,6 +489,8 @@ class _Leg:
     answered_at: float
     picked: bool = False  # its phone rang, and another phone picked the call up
     pickup: bool = False  # the leg of the phone that picked it up (it never rang)
+    forward: str | None = None  # the outside number it dialled (a forward, a transfer out)
+    joined: bool = False  # the conversation with another caller an agent joined it with
 
 
 class _Call:
@@ -353,75 +504,92 @@ class _Call:
             self.by_channel.setdefault(r.channel, []).append(r)
         root = [r for r in call.rows if r.uniqueid and r.uniqueid == call.call_id]
         self.root = root or self.by_channel[call.rows[0].channel]
+        self.partners = {j.channel: j for j in call.joined}
 
-    def kind_a(self, row: CdrRow) -> tuple[int, str | None]:
-        """Party A's kind. ``dcontext`` is where its dialplan *ended* (a transferred
-        trunk ends in from-internal), so it only tells a phone with a trunk-like name,
-        whose caller id is an extension, from a trunk."""
-        context = row.dcontext if self.rules.is_extension(row.src) else ""
-        return channel_kind(self.rules, row.channel, context, row.src)
+    def kind_a(self, row: CdrRow) -> tuple[ChannelKind, str | None]:
+        kind, ext, _ = _kind_a(self.rules, row)
+        return kind, ext
 
-    def kind_b(self, row: CdrRow) -> tuple[int | None, str | None]:
+    def kind_b(self, row: CdrRow) -> tuple[ChannelKind | None, str | None]:
+        """Party B's kind. A phone whose extension only its caller id tells (a
+        ``phone_channel_pattern`` without a group) has it from the ``src`` of its own
+        rows (it placed or transferred a call), else from the Local ``<ext>@...`` that
+        dialled it; a phone only ever dialled directly has none in the CDR."""
         if not row.dstchannel:
             return None, None
-        return channel_kind(self.rules, row.dstchannel, "", "")
+        own = self.by_channel.get(row.dstchannel)
+        kind, ext, _ = channel_kind(self.rules, row.dstchannel, "", own[0].src if own else "")
+        if kind == PHONE and ext is None:
+            by, local_ext = self.kind_a(row)
+            ext = local_ext if by == LOCAL else None
+        return kind, ext
 
-    def reached(self, row: CdrRow, depth: int = 0) -> tuple[str | None, CdrRow | None]:
-        """The extension party B of ``row`` stands for, and the row where a person
-        answered for it (None: nobody): a phone; through a Local pair, the phone its
-        ``;2`` half reached; an outside number dialled by a Local (follow-me): the
-        Local's extension."""
+    def reached(
+        self, row: CdrRow, depth: int = 0
+    ) -> tuple[str | None, CdrRow | None, str | None]:
+        """The extension party B of ``row`` stands for, the row where a person answered
+        for it (None: nobody), and the outside number it dialled (a forward): a phone;
+        through a Local pair, what its ``;2`` half reached (an outside number dialled by
+        a Local, follow-me: the Local's extension's forward); an outside line."""
         kind, ext = self.kind_b(row)
         answered = row.disposition == ANSWERED
         if kind == PHONE:
-            return ext, row if answered else None
+            return ext, row if answered else None, None
         if kind == TRUNK:
             via_local = self.kind_a(row)
             agent = via_local[1] if via_local[0] == LOCAL else None
-            return agent, row if answered else None
+            return agent, row if answered else None, _dialled_number(
+                row, self.rules.default_country
+            )
         if kind == LOCAL and depth < 8:
             two = row.dstchannel[:-1] + "2" if row.dstchannel.endswith(";1") else ""
             legs = self.by_channel.get(two, [])
             found: str | None = None
+            number = None
             for leg in sorted(legs, key=lambda r: r.disposition != ANSWERED):
-                agent, leaf = self.reached(leg, depth + 1)
+                agent, leaf, dialled = self.reached(leg, depth + 1)
                 if leaf is not None and answered:
-                    return agent, leaf
+                    return agent or ext, leaf, dialled
                 found = found or agent
-            return found or ext, None
-        return None, None
+                number = number or dialled
+            return found or ext, None, number
+        return None, None, None
 
     def legs(self, anchor: str) -> list[_Leg]:
-        """Every row the outside party's channel ``anchor`` took part in, in order."""
+        """Every row the outside party's channel ``anchor`` took part in, in order (the
+        join rows of a joined call too)."""
         out: list[_Leg] = []
         country = self.rules.default_country
-        for r in self.call.rows:
+        for r in sorted(self.call.rows + self.call.shared, key=_row_order):
+            if anchor not in (r.channel, r.dstchannel):
+                continue
+            partner = self.partners.get(r.dstchannel if r.channel == anchor else r.channel)
+            if partner is not None:  # the conversation with another caller, joined
+                answered = r.disposition == ANSWERED
+                out.append(_Leg(r, None, to_e164(partner.number, country), answered,
+                                r.answered_at if answered else r.end, joined=True))  # fmt: skip
+                continue
+            number = None
             if r.channel == anchor:
-                agent, leaf = self.reached(r)
+                agent, leaf, number = self.reached(r)
                 target = agent
                 kind = self.kind_b(r)[0]
                 picked = kind == PHONE and self.picked(r)
                 if picked:
                     leaf = None
                 if kind == TRUNK and agent is None:
-                    other = self.by_channel.get(r.dstchannel)
-                    if other:  # joined with another caller: their number
-                        target = to_e164(other[0].src, country)
-                    else:  # forwarded outside: on behalf of the phone that rang before
-                        target = _dialled_number(r, country)
-                        agent = next(
-                            (x.agent for x in reversed(out) if x.agent and not x.answered),
-                            None,
-                        )
-            elif r.dstchannel == anchor:  # an outbound call's trunk, as party B
+                    # forwarded outside: on behalf of the phone that rang before
+                    target = number
+                    agent = next(
+                        (x.agent for x in reversed(out) if x.agent and not x.answered), None
+                    )
+            else:  # an outbound call's trunk, as party B
                 agent = self.agent_a(r)
                 leaf = r if r.disposition == ANSWERED else None
                 target = agent
                 picked = False
-            else:
-                continue
             at = leaf.answered_at if leaf is not None else r.end
-            leg = _Leg(r, agent, target, leaf is not None, at, picked=picked)
+            leg = _Leg(r, agent, target, leaf is not None, at, picked=picked, forward=number)
             before = out[-1] if out else None
             leg.pickup = (
                 before is not None and before.picked and self.kind_b(r)[0] == PHONE
@@ -479,19 +647,21 @@ def _disposition(legs: Iterable[_Leg], root: Iterable[CdrRow]) -> Disposition:
 
 
 def _transfers(legs: list[_Leg]) -> tuple[Transfer, ...]:
-    """A leg to someone else that begins after the current agent answered."""
+    """A leg to someone else that begins once the current agent's leg is over (within
+    the second both times are cut to): not a queue member or ring group phone that rang
+    beside it."""
     out: list[Transfer] = []
     current: _Leg | None = None
     for leg in legs:
         if leg.target is None:
             continue
         if current is not None and leg.target != current.agent and (
-            leg.row.start >= current.answered_at
+            leg.row.start >= current.row.end - 1
         ):
             same_dialplan = (leg.row.lastapp, leg.row.lastdata) == (
                 current.row.lastapp, current.row.lastdata,
             )  # fmt: skip
-            kind: TransferKind = "attended" if same_dialplan else "blind"
+            kind: TransferKind = "attended" if leg.joined or same_dialplan else "blind"
             out.append(Transfer(current.agent, leg.target, kind))
         if leg.answered and leg.agent is not None and (
             current is None or leg.agent != current.agent
@@ -500,9 +670,15 @@ def _transfers(legs: list[_Leg]) -> tuple[Transfer, ...]:
     return tuple(out)
 
 
-def record_of(call: CdrCall, rules: CallRules, pbx: str = "default") -> CallRecord:
-    """The record the live tracker would have made of this call (see the module doc for
-    what differs). ValueError: the call has no id."""
+def records_of(call: CdrCall, rules: CallRules, pbx: str = "default") -> list[CallRecord]:
+    """The records the live tracker would have made of a group of rows (``group_calls``):
+    one per call ``calls_apart`` finds in it. ValueError: a call has no id."""
+    return [_record(part, rules, pbx) for part in calls_apart(call, rules)]
+
+
+def _record(call: CdrCall, rules: CallRules, pbx: str) -> CallRecord:
+    """The record the live tracker would have made of one call (see the module doc for
+    what differs)."""
     if not call.call_id:
         raise ValueError("a CDR call without uniqueid or linkedid cannot be matched")
     c = _Call(call, rules)
@@ -535,12 +711,19 @@ def record_of(call: CdrCall, rules: CallRules, pbx: str = "default") -> CallReco
     if direction == "out":
         answers = [leg for leg in legs if leg.answered and leg.row.dstchannel == anchor]
     else:
-        answers = [leg for leg in legs if leg.answered and leg.row.channel == anchor]
+        answers = [leg for leg in legs if leg.answered and leg.row.channel == anchor
+                   and not leg.joined]  # fmt: skip
     answers.sort(key=lambda leg: leg.answered_at)
     answered_at = answers[0].answered_at if answers else None
     extension = dialler
+    forwarded_to = None
     if direction == "in":
         extension = answers[0].agent if answers else None
+        # the outside number it was dialled on to before anyone answered (the last one)
+        until = answers[0].row.start if answers else math.inf
+        for leg in legs:
+            if leg.forward and leg.row.channel == anchor and leg.row.start <= until:
+                forwarded_to = leg.forward
     if direction == "out" and _click_to_call(c, first):
         started = first.answered_at  # the agent's pickup: the PBX dials out from then on
         answered_at = started if answered_at is not None else None
@@ -556,6 +739,7 @@ def record_of(call: CdrCall, rules: CallRules, pbx: str = "default") -> CallReco
         kind, ext = c.kind_b(r)
         if kind == PHONE and ext and ext not in rang and id(r) not in pickups:
             rang.append(ext)
+    reasons = _unknowns(c, first, direction, did, extension)
     return CallRecord(
         call_id=call.call_id,
         direction=direction,
@@ -570,9 +754,36 @@ def record_of(call: CdrCall, rules: CallRules, pbx: str = "default") -> CallReco
         transfers=_transfers(legs),
         rang=tuple(rang),
         final_extension=final,
+        flags=tuple(reasons),
         pbx=pbx,
         source="cdr",
+        forwarded_to=forwarded_to,
+        joined_with=tuple(j.call_id for j in call.joined),
+        reasons=tuple(reasons.items()),
     )
+
+
+def _unknowns(
+    c: _Call, first: CdrRow, direction: Direction, did: str | None, extension: str | None
+) -> dict[str, str]:
+    """What the rows could not tell, flagged as the tracker flags it (flag -> why)."""
+    out: dict[str, str] = {}
+    kind, _, rule = _kind_a(c.rules, first)
+    if direction == "internal" and rule == Rule.NONE:
+        out["direction-guessed"] = (
+            f"the call started on {first.channel}, which no [calls] rule makes a trunk or "
+            "a phone; taken as internal"
+        )
+    if direction == "in" and did is None:
+        out["did-unknown"] = (
+            f"the CDR has no did for it, and the caller's dst {first.dst!r} (context "
+            f"{first.dcontext!r}) is no number dialled in one of [calls] inbound_contexts"
+        )
+    if direction != "in" and extension is None and kind != TRUNK:
+        out["extension-unknown"] = (
+            f"the call was placed from {first.channel}, which no [calls] rule makes a phone"
+        )
+    return out
 
 
 def _click_to_call(c: _Call, first: CdrRow) -> bool:
@@ -605,14 +816,16 @@ def backfill(
     ``uniqueid``: nothing to match the live path's call id with)."""
     out: list[CallRecord] = []
     skipped: dict[SkipReason, int] = {}
-    for call in calls:
-        reason: SkipReason | None = None
-        if not call.call_id:
-            reason = "no id"
-        elif call.call_id in skip or any(i in skip for i in call.ids):
-            reason = "known"
-        if reason is not None:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        out.append(record_of(call, rules, pbx))
+    for group in calls:
+        parts = calls_apart(group, rules) if group.call_id else [group]
+        for call in parts:
+            reason: SkipReason | None = None
+            if not call.call_id:
+                reason = "no id"
+            elif call.call_id in skip or any(i in skip for i in call.ids):
+                reason = "known"
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            out.append(_record(call, rules, pbx))
     return out, skipped

@@ -53,7 +53,8 @@ BASE_COLUMNS = (
 )  # fmt: skip
 NEW_COLUMNS = ("peeraccount", "linkedid", "sequence")
 BLOCK = 1 << 16
-_UNIQUEID = re.compile(r"^(?:[\w.-]+-)?\d{9,}\.\d+$")  # [systemname-]epoch.sequence
+# [systemname-]epoch.sequence
+_UNIQUEID = re.compile(r"^(?:[\w.-]+-)?[0-9]{9,}\.[0-9]+$", re.ASCII)
 _HEADER_HINTS = frozenset({"channel", "start", "calldate", "starttime"})
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SourceKind = Literal["none", "csv", "mysql", "postgres"]
@@ -52,6 +52,22 @@ def redact_dsn(dsn: str) -> str:
             [(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/"
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The secrets :func:`redact_dsn` masks by shape, as values (as written and decoded),
+    for the registry that masks them wherever text is shown (``crm_client.redact``): a
+    driver's error may quote the password without its ``password=``."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return [dsn] if dsn else []  # unparseable: it may be nothing but a secret
+    out = []
+    if parts.password:
+        out += [parts.password, unquote(parts.password)]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    out += [v for k, v in pairs if k.lower() in _SECRET_PARAMS]
+    return [v for v in out if v]
 
 
 @dataclass(frozen=True, slots=True)

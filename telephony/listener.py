@@ -45,8 +45,10 @@ import contextlib
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from panoramisk.actions import Action
@@ -55,7 +57,8 @@ from panoramisk.message import Message as PanoramiskMessage
 
 from telephony.ami import AmiCodec, Message
 from telephony.backoff import Backoff
-from telephony.records import CallStarted, Update
+from telephony.pbxclock import SKEW_WARN_S
+from telephony.records import CallStarted, Update, log_tags
 from telephony.supervise import Supervisor
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "AmiListener",
     "AmiLoginRejected",
     "AmiNotConnected",
+    "Session",
     "Tracker",
 ]
 
@@ -78,10 +82,30 @@ class Tracker(Protocol):
 
     def expire(self, now: float) -> Iterable[Update]: ...
 
-    def reconcile(self, snapshot: list[Message], now: float) -> Iterable[Update]: ...
+    def reconcile(
+        self, snapshot: list[Message], now: float, since: float | None = None
+    ) -> Iterable[Update]: ...
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds this host's clock is ahead of the PBX's (None: no Timestamps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session established (logged in, reconciled): what ``on_session`` is told.
+
+    ``gap``: (when the link was last known up, when this session began), wall clock, for
+    every session after this listener's first: what the event stream missed, and what a
+    backfill from the PBX's CDR reads (``telephony.backfill``)."""
+
+    number: int  # 1 for the first session of this listener
+    connected_at: float
+    gap: tuple[float, float] | None
 
 
 OnUpdate = Callable[[Update], Awaitable[Any] | None]
+OnSession = Callable[[Session], None]
 
 
 class AmiError(Exception):
@@ -113,7 +137,13 @@ def _channels_of(action: _Action) -> list[Message]:
     return [m for m in action.raw if m.get("Event") == "CoreShowChannel"]
 
 
-DID_VARIABLES = ("FROM_DID", "CALLERID(dnid)")  # where a live inbound channel keeps its DID
+def _did_variables(tracker: Tracker) -> tuple[list[str], str]:
+    """Where a live inbound channel keeps its DID: the tracker's ``[calls] did_variables``
+    (as stored: ``__FROM_DID`` is set, ``FROM_DID`` read), then ``CALLERID(dnid)``; and the
+    variable name under which the tracker takes a recovered DID."""
+    configured = list(getattr(tracker, "did_variables", None) or ("FROM_DID",))
+    asked = list(dict.fromkeys(v.lstrip("_") for v in configured))
+    return [*asked, "CALLERID(dnid)"], configured[0]
 
 
 def _adopted_without_did(updates: Iterable[Update], snapshot: list[Message]) -> list[Message]:
@@ -174,9 +204,26 @@ class _Action(Action):
         return f"<Action {shown}>"
 
 
-def _unsafe_value(value: object) -> bool:
-    text = "\n".join(value) if isinstance(value, list | tuple) else str(value)
-    return "\r" in text or "\n" in text
+# Asterisk ends a header line at CRLF and at a bare LF, and an action at an empty line:
+# a value carrying either could add headers or a whole action. No other control character
+# belongs in a header either.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_action(fields: Mapping[str, Any]) -> None:
+    """Refuse an action any of whose header names or values holds a control character
+    (ValueError naming the headers). Applied to every action the listener sends."""
+    bad = [str(k) for k, v in fields.items() if _has_control(k) or _has_control(v)]
+    if bad:
+        raise ValueError(
+            "AMI header values may not contain CR/LF or other control characters: "
+            + ", ".join(repr(b) for b in bad)
+        )
+
+
+def _has_control(value: object) -> bool:
+    values = value if isinstance(value, list | tuple) else (value,)  # repeated headers
+    return any(_CONTROL.search(str(v)) for v in values)
 
 
 class _AmiProtocol(AMIProtocol):
@@ -216,6 +263,7 @@ class _AmiProtocol(AMIProtocol):
         arrived = time.time()
         listener = self._listener
         listener.bytes_received += len(data)
+        listener.last_data_at = arrived
         on_event = listener._on_event
         codec = self.codec
         passed = codec.passed_over
@@ -258,7 +306,10 @@ class AmiListener:
 
     State for health and metrics (read them, don't write): ``connected``, ``last_event_at``,
     ``events_received``, ``bytes_received``, ``reconnects``, ``login_error``, ``malformed``,
-    ``handler_errors``, ``last_error``, ``sessions``, ``banner``.
+    ``handler_errors``, ``last_error``, ``sessions``, ``banner``, ``last_data_at``.
+
+    ``on_session`` (optional) is told of every session established (:class:`Session`), after
+    the tracker has reconciled it: a backfill reads what the gap before it hid.
 
     ``on_update`` gets every tracker update; it should be quick (e.g. put on a queue). If it
     returns an awaitable, that runs as a task. Its exceptions are logged, never fatal.
@@ -282,6 +333,7 @@ class AmiListener:
         connect_timeout: float = 10.0,
         action_timeout: float = 10.0,
         expire_interval: float = 1.0,
+        on_session: OnSession | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         self.host = host
@@ -291,6 +343,7 @@ class AmiListener:
         self._secret = secret
         self.tracker = tracker
         self._on_update = on_update
+        self.on_session = on_session
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.reconnect_max = reconnect_max
@@ -320,7 +373,10 @@ class AmiListener:
         self.handler_errors = 0  # exceptions in the tracker or in on_update
         self.last_error: str | None = None  # why the link was last lost / not made
         self.banner: str | None = None
+        self.last_data_at: float | None = None  # wall clock of the last bytes read
         self._malformed = 0
+        self._lost_since: float | None = None  # the link's last sign of life before a loss
+        self.clock_warned = False  # the PBX's clock was found off ours (logged once)
 
         self._proto: _AmiProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -426,10 +482,7 @@ class AmiListener:
         timeout: float | None = None,
     ) -> PanoramiskMessage | list[PanoramiskMessage]:
         """Send any action once on the live link; its answer (a list for multi-message
-        answers). Values may not contain CR/LF (no header injection from user input)."""
-        bad = [k for k, v in fields.items() if _unsafe_value(v) or _unsafe_value(k)]
-        if bad:
-            raise ValueError(f"AMI header values may not contain CR/LF: {', '.join(bad)}")
+        answers). ValueError for a control character in any header (see :func:`check_action`)."""
         proto = self._proto
         if proto is None or proto.closed or not self.connected:
             raise AmiNotConnected(f"AMI link to {self.host}:{self.port} is down")
@@ -451,6 +504,8 @@ class AmiListener:
         timeout: float,
         on_done: Callable[[_Action], None] | None = None,
     ) -> _Action:
+        """The one way an action reaches the PBX: checked, sent, its answer awaited."""
+        check_action(fields)
         action = _Action(dict(fields), as_list=as_list, on_done=on_done)
         if proto.closed or proto.transport.is_closing():  # panoramisk's send would write it
             raise AmiActionLost("the AMI link is down; not sent")
@@ -514,12 +569,23 @@ class AmiListener:
             self.reconnects += 1
         self.sessions += 1
         self.connected = True
+        now = time.time()
+        gap = None
+        if self._lost_since is not None:
+            gap = (min(self._lost_since, now), now)
+            self._lost_since = None
         self.log.info(
             "AMI %s: connected to %s:%s as %s (%s); %d channels up",
             self.pbx, self.host, self.port, self.username, self.banner or "no banner",
             len(snapshot or ()),
         )
         await self._notify_session()
+        if self.on_session is not None:
+            try:
+                self.on_session(Session(self.sessions, now, gap))
+            except Exception:
+                self.handler_errors += 1
+                self.log.exception("AMI %s: on_session failed", self.pbx)
 
         pinger = asyncio.create_task(self._watchdog(proto))
         try:
@@ -583,7 +649,7 @@ class AmiListener:
         if isinstance(action.future.result(), list):
             snapshot = _channels_of(action)
             try:
-                updates = list(self.tracker.reconcile(snapshot, time.time()))
+                updates = list(self.tracker.reconcile(snapshot, time.time(), self._lost_since))
             except Exception:
                 self.handler_errors += 1
                 self.log.exception("AMI %s: tracker reconcile failed", self.pbx)
@@ -597,11 +663,12 @@ class AmiListener:
 
     async def _recover_dids(self, proto: _AmiProtocol, channels: list[Message]) -> None:
         """An inbound call adopted after a restart lost its DID (CoreShowChannel does not
-        carry it): ask the PBX for the channel's ``FROM_DID`` (FreePBX) or, failing that,
-        ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed. Getvar needs no
-        more than the ``reporting`` write class CoreShowChannels already uses."""
+        carry it): ask the PBX for the channel's DID variables (FreePBX: ``FROM_DID``) or,
+        failing that, ``CALLERID(dnid)``, and tell the tracker as the ``VarSet`` it missed.
+        Getvar needs no more than the ``reporting`` write class CoreShowChannels uses."""
+        variables, told_as = _did_variables(self.tracker)
         for chan in channels:
-            for variable in DID_VARIABLES:
+            for variable in variables:
                 try:
                     action = await self._request(
                         proto, {"Action": "Getvar", "Channel": chan["Channel"],
@@ -609,14 +676,19 @@ class AmiListener:
                         False, self.action_timeout,
                     )  # fmt: skip
                     answer = action.future.result()
+                except ValueError as exc:  # a channel name no header may carry
+                    self.log.warning("AMI %s: not asking the DID of adopted %r: %s", self.pbx,
+                                     chan["Channel"], exc)  # fmt: skip
+                    break
                 except (AmiActionTimeout, AmiActionLost) as exc:
-                    self.log.info("AMI %s: no DID for adopted %s: %s", self.pbx,
-                                  chan["Channel"], exc)  # fmt: skip
+                    call_id = chan.get("Linkedid") or chan.get("Uniqueid") or ""
+                    log.info("AMI %s: no DID for adopted %s: %s", self.pbx, chan["Channel"],
+                             exc, extra=log_tags(call_id, self.pbx))  # fmt: skip
                     return
                 value = answer.get("Value") if answer.success else None
                 if value:
                     varset = {"Event": "VarSet", "Channel": chan["Channel"],
-                              "Uniqueid": chan["Uniqueid"], "Variable": "FROM_DID",
+                              "Uniqueid": chan["Uniqueid"], "Variable": told_as,
                               "Value": value}  # fmt: skip
                     self._deliver_from(
                         functools.partial(self.tracker.handle, varset, time.time()), "DID"
@@ -640,6 +712,8 @@ class AmiListener:
     async def _session_ended(self) -> None:
         was_connected = self.connected
         self.connected = False
+        if was_connected and not self._stopping:  # what follows is a gap in the stream
+            self._lost_since = self.last_data_at or time.time()
         proto, self._proto = self._proto, None
         if proto is not None:
             self._malformed += proto.codec.skipped
@@ -692,6 +766,21 @@ class AmiListener:
             await asyncio.sleep(self.expire_interval)
             now = time.time()
             self._deliver_from(functools.partial(self.tracker.expire, now), "expire")
+            self.check_clock()
+
+    def check_clock(self) -> None:
+        """Warn once when the PBX's clock (its events' Timestamps) is more than a minute
+        off this host's: the calls keep the PBX's times and are aged on its clock, but
+        reports that mix both clocks will not line up."""
+        offset = self.tracker.clock_offset
+        if offset is None or abs(offset) <= SKEW_WARN_S or self.clock_warned:
+            return
+        self.clock_warned = True
+        self.log.warning(
+            "AMI %s: the PBX's clock is %.0f s %s this host's (event Timestamps against their "
+            "arrival): call times stay the PBX's and calls are aged on its clock; set both "
+            "clocks right (NTP)", self.pbx, abs(offset), "behind" if offset > 0 else "ahead of",
+        )
 
     def _deliver_from(self, produce: Callable[[], Iterable[Update]], what: str) -> None:
         try:

@@ -1,9 +1,10 @@
 """Phone numbers: what PBXs and people write -> E.164, and back out for a CRM.
 
 The one place that knows number formats. Parsing is Google's libphonenumber
-(``phonenumbers``); the only rules of our own are the ones it cannot know: that a
-short all-digit string is a PBX extension, and Russia's ``8`` trunk prefix for national
-formatting (which the library already handles when parsing).
+(``phonenumbers``); the only rule of our own is the one it cannot know: Russia's ``8`` trunk
+prefix for national formatting (which the library already handles when parsing). What an
+extension looks like is the PBX's business: ``[calls] extension_pattern``
+(``telephony.rules.CallRules``); callers that may meet extensions ask it first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from functools import lru_cache
 import phonenumbers
 
 _NON_DIALABLE = re.compile(r"[\s\-().]")
-_EXTENSION = re.compile(r"^\d{2,5}$")
 
 
 class PhoneFormat(StrEnum):
@@ -26,14 +26,10 @@ class PhoneFormat(StrEnum):
     NATIONAL = "national"  # 89161234567
 
 
-def is_extension(raw: str | None, pattern: re.Pattern[str] = _EXTENSION) -> bool:
-    """True for an internal extension (2 to 5 digits by default), not an outside number."""
-    return bool(raw) and bool(pattern.match(raw.strip()))  # type: ignore[union-attr]
-
-
 @lru_cache(maxsize=8192)
 def to_e164(raw: str | None, default_country: str = "RU") -> str | None:
-    """E.164 for an outside number, or None when it is empty, an extension or not a number.
+    """E.164 for an outside number, or None when it is empty or not a number. (A short
+    number may be a local number in some countries: ask ``CallRules.is_extension`` first.)
 
     ``8 (916) 123-45-67``, ``+7 916 1234567``, ``79161234567``, ``9161234567`` and
     ``0079161234567`` all give ``+79161234567`` with the default country RU.
@@ -49,7 +45,10 @@ def to_e164(raw: str | None, default_country: str = "RU") -> str | None:
         return None
     if s.startswith("00"):
         s = "+" + s[2:]
-    if not s.lstrip("+").isdigit() or is_extension(s):
+    digits = s.lstrip("+")
+    # ASCII digits only, here and in every pattern that reads numbers: str.isdigit() also
+    # takes Arabic-Indic and other digits (١٠١ would dial PJSIP/١٠١)
+    if not (digits.isascii() and digits.isdigit()):
         return None
     candidates = [s] if s.startswith("+") else [s, "+" + s]
     # A bare number of international length (79161234567) is tried as international first:

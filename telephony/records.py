@@ -6,7 +6,7 @@ keep keys and meanings stable; add keys only compatibly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,6 +16,8 @@ TransferKind = Literal["blind", "attended"]
 # Where a record came from: the AMI event stream as it happened, or the PBX's call detail
 # records read afterwards (telephony/cdr.py) for a call the bridge did not see end.
 Source = Literal["live", "cdr"]
+GAP = "gap"  # flag: ended or answered while the AMI link was down (times are bounds)
+RING_UNKNOWN = "ring-unknown"  # flag: found answered after a restart (ring not known)
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -26,6 +28,13 @@ def iso_utc(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
         f"{ms % 1000:03d}Z"
     )
+
+
+def log_tags(call_id: str, pbx: str) -> dict[str, str]:
+    """The ``extra`` of every log line about one call, in the one form every process writes
+    (``call_id=<linkedid> pbx=<name>`` in text, the same two keys in JSON), so that
+    ``grep call_id=<linkedid>`` finds the call's whole story. Keep the order: call_id first."""
+    return {"call_id": call_id, "pbx": pbx}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +64,33 @@ class CallRecord:
     transfers: tuple[Transfer, ...] = ()
     rang: tuple[str, ...] = ()  # every extension that rang, in order
     final_extension: str | None = None  # who had the caller last (after transfers)
-    flags: tuple[str, ...] = ()  # "reconciled" (closed after a link loss), "stale" (max age)
+    # "reconciled" (closed after a link loss), "gap" (ended or answered while the AMI link
+    # was down: its end is the last moment the bridge knew it up, so talk is a lower
+    # bound), "stale" (max age), "adopted" (found in progress after a restart),
+    # "ring-unknown" (found answered: ``answered_at`` is its earliest, its ring unknown),
+    # "overflow" (a channel of it came while the tracker was full)
+    flags: tuple[str, ...] = ()
     pbx: str = "default"
     source: Source = "live"
+    # Keys below appear in the JSON only when they carry something (the replay contract).
+    forwarded_to: str | None = None  # the outside number an inbound call was forwarded to
+    joined_with: tuple[str, ...] = ()  # call ids an agent joined this call with
+    reasons: tuple[tuple[str, str], ...] = ()  # (flag, why) for what the tracker cannot tell
+    # Which rule decided direction, DID, extension, answered (``telefum replay --explain``);
+    # not part of the JSON.
+    explain: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
-    def ring_s(self) -> float:
+    def log_tags(self) -> dict[str, str]:
+        """The tags of a log line about this call (:func:`log_tags`)."""
+        return log_tags(self.call_id, self.pbx)
+
+    @property
+    def ring_s(self) -> float | None:
+        """From start until answer (or until the end, unanswered); None: not known (a
+        call found already answered after a restart)."""
+        if RING_UNKNOWN in self.flags:
+            return None
         end = self.answered_at if self.answered_at is not None else self.ended_at
         return round(max(0.0, end - self.started_at), 2)
 
@@ -71,8 +101,9 @@ class CallRecord:
         return round(max(0.0, self.ended_at - self.answered_at), 2)
 
     def to_json(self) -> dict[str, Any]:
-        """The public record; ``source`` only when it is not the live stream, so that what
-        ``telefum replay`` prints for a trace never changes."""
+        """The public record. Keys after ``pbx`` appear only when they carry something
+        (``source`` only when it is not the live stream), so that what ``telefum replay``
+        prints for a trace never changes."""
         out: dict[str, Any] = {
             "call_id": self.call_id,
             "direction": self.direction,
@@ -94,6 +125,12 @@ class CallRecord:
         }
         if self.source != "live":
             out["source"] = self.source
+        if self.forwarded_to is not None:
+            out["forwarded_to"] = self.forwarded_to
+        if self.joined_with:
+            out["joined_with"] = list(self.joined_with)
+        if self.reasons:
+            out["reasons"] = dict(self.reasons)
         return out
 
     @classmethod
@@ -127,6 +164,9 @@ class CallRecord:
             flags=tuple(d.get("flags", ())),
             pbx=d.get("pbx", "default"),
             source=d.get("source", "live"),
+            forwarded_to=d.get("forwarded_to"),
+            joined_with=tuple(d.get("joined_with", ())),
+            reasons=tuple((d.get("reasons") or {}).items()),
         )
 
 
@@ -169,4 +209,18 @@ class CallFinished:
     record: CallRecord
 
 
-Update = CallStarted | Ringing | Answered | CallFinished
+@dataclass(frozen=True, slots=True)
+class CallRefused:
+    """The tracker is full (``max_active_calls``) and does not track this channel. When it
+    began a call (``new_call``), that call is never reported; else its call goes on,
+    flagged "overflow" (its record may miss what this channel did)."""
+
+    call_id: str
+    channel: str
+    new_call: bool
+    at: float
+    active_calls: int
+    pbx: str = "default"
+
+
+Update = CallStarted | Ringing | Answered | CallFinished | CallRefused

@@ -1,8 +1,9 @@
 """The service's background loops, kept alive: one small supervisor for all of them.
 
 Every long-lived task of a bridge process runs under a :class:`Supervisor`: the hand-over's
-writer and drainer, each AMI link and its expiry loop, the worker and its heartbeat,
-reconciler and latency flusher, the outbox of CRM answers. A loop that raises is
+writer and drainer, each AMI link and its expiry loop, each PBX's CDR backfill, the worker
+and its heartbeat, reconciler and latency flusher (which also sends the CRMs' health), the
+outbox of CRM answers. A loop that raises is
 
 - logged, rate-limited (the first failure with its traceback, then at most one line per
   ``log_every_s`` per loop, saying how many were left out): a fault that repeats every

@@ -25,6 +25,20 @@ class ChannelKind(IntEnum):
     OTHER = 3  # anything else (Snoop, Announcer, ConfBridge...): part of the call, never an agent
 
 
+class Rule(IntEnum):
+    """Which [calls] rule classified a channel (rules.py, in the order they are tried)."""
+
+    LOCAL = 0  # Local/<exten>@<context>
+    PHONES_TABLE = 1  # [calls] phones maps its endpoint
+    PHONE_PATTERN = 2  # phone_channel_pattern, extension from the pattern
+    PHONE_PATTERN_CID = 3  # phone_channel_pattern, extension from the caller ID
+    ENDPOINT = 4  # the endpoint matches extension_pattern
+    TRUNK_PATTERN = 5  # trunk_channel_pattern
+    VIRTUAL = 6  # a technology that is never a phone (ConfBridge, Snoop...)
+    CALLER_ID = 7  # none of the above, but its caller ID is an extension
+    NONE = 8  # no rule says what it is
+
+
 # The kinds as plain names, for the tracker's per-event tests: a module global is several
 # times cheaper to read than ``ChannelKind.PHONE`` (an attribute of the enum class).
 TRUNK = ChannelKind.TRUNK
@@ -37,33 +51,41 @@ _VIRTUAL_TECHS = frozenset(
     {"Snoop", "Announcer", "CBAnn", "CBRec", "Recorder", "Bridge", "Message", "Multicast",
      "UnicastRTP", "AudioSocket", "ConfBridge", "Parked", "Surrogate"}
 )
-_TRAILING_DIGITS = re.compile(r"(\d+)#?$")
+_TRAILING_DIGITS = re.compile(r"([0-9]+)#?$")
 
 
 def channel_kind(
     rules: CallRules, name: str, context: str, callerid: str
-) -> tuple[ChannelKind, str | None]:
-    """What a channel is (TRUNK, PHONE, LOCAL, OTHER) and the extension it stands for, from
-    its name, the context it was created in and its caller id. The tracker asks it of every
-    new channel; the CDR mapping (telephony/cdr.py) of the channels a CDR row names."""
+) -> tuple[ChannelKind, str | None, Rule]:
+    """What a channel is (TRUNK, PHONE, LOCAL, OTHER), the extension it stands for and the
+    rule that said so, by the [calls] rules in the order rules.py documents: from its name,
+    the context it was created in and its caller id. The tracker asks it of every new
+    channel; the CDR mapping (telephony/cdr.py) of the channels a CDR row names."""
     tech, _, rest = name.partition("/")
     is_ext = rules.is_extension
     if tech == "Local":
         exten = rest.rpartition(";")[0].partition("@")[0]
         if is_ext(exten):
-            return LOCAL, exten
+            return LOCAL, exten, Rule.LOCAL
         m = _TRAILING_DIGITS.search(exten)  # FreePBX follow-me: Local/FMGL-101#@...
-        return LOCAL, (m.group(1) if m and is_ext(m.group(1)) else None)
-    if context not in rules.internal_contexts and rules.is_trunk_channel(name):
-        return TRUNK, None
-    if tech in _VIRTUAL_TECHS:
-        return OTHER, None
+        return LOCAL, (m.group(1) if m and is_ext(m.group(1)) else None), Rule.LOCAL
     endpoint = rest.rpartition("-")[0] or rest
+    if rules.phones or rules.phone_re is not None:
+        phone, ext, rule = rules.configured_phone(name, endpoint, callerid)
+        if phone:
+            how = Rule.PHONES_TABLE if rule.startswith("[calls] phones") else (
+                Rule.PHONE_PATTERN_CID if rule.endswith("caller ID") else Rule.PHONE_PATTERN
+            )
+            return PHONE, ext, how
     if is_ext(endpoint):
-        return PHONE, endpoint
+        return PHONE, endpoint, Rule.ENDPOINT
+    if context not in rules.internal_contexts and rules.is_trunk_channel(name):
+        return TRUNK, None, Rule.TRUNK_PATTERN
+    if tech in _VIRTUAL_TECHS:
+        return OTHER, None, Rule.VIRTUAL
     if is_ext(callerid):
-        return PHONE, callerid
-    return OTHER, None
+        return PHONE, callerid, Rule.CALLER_ID
+    return OTHER, None, Rule.NONE
 
 
 # DialEnd statuses, as Asterisk's DIALSTATUS spells them.
@@ -81,9 +103,10 @@ class Channel:
     caller's own channel, and for click-to-call the agent's leg the PBX rang first."""
 
     uid: str
-    name: str  # kept for Local halves only (pairing ";1" with ";2"); "" otherwise
+    name: str
     kind: ChannelKind
     ext: str | None  # the extension this channel stands for (phone, or Local/<ext>@...)
+    how: int  # which [calls] rule made it what it is (``Rule``), for the explanations
     call: Call
     # the ";2" half of a Local pair: it runs <exten>@<context> and dials on (the phone)
     onward_half: bool = False
@@ -95,6 +118,7 @@ class Channel:
     up: bool = False
     dial_status: str | None = None  # how the dial *to* this channel ended
     bridge: str | None = None
+    number: str | None = None  # a dialled outside leg's number (E.164)
 
 
 @dataclass(slots=True, eq=False)
@@ -128,6 +152,37 @@ class Call:
     dialstatus: str | None = None  # the last DIALSTATUS the dialplan saw
     first_cause: int | None = None  # hangup cause of the first channel
     flags: tuple[str, ...] = ()
+    # An inbound call whose first channel was created Down (chan_sip creates every channel
+    # Down): not announced until it shows it is a caller (Ring, a dial, the dialplan) and not
+    # a channel that Originate is about to dial (a callback).
+    awaiting: bool = False
+    unlinked: bool = False  # created by an event without Linkedid (Asterisk 13.0-13.4)
+    answer_leg: Channel | None = None  # the leg whose answer made the call answered
+    connected: bool = False  # the outside party shared a bridge with an agent
+    forwarded_to: str | None = None  # outside number an inbound call was dialled on to
+    joined_with: tuple[str, ...] = ()  # ids of calls an agent joined this one with
+    # What ``explain`` needs, kept as codes (explain.Because) and references, not text.
+    dir_why: int = 0
+    answer_why: int = 0
+    did_var: str | None = None  # the [calls] did_variables entry that gave the DID
+    did_exten: str | None = None  # the first channel's Exten, when it gave no DID
+    first_context: str | None = None  # its context, when that made the call inbound
+    refused: str | None = None  # how a refused leg's Dial ended (answer_why REFUSED)
+    reasons: dict[str, str] | None = None  # flag -> why the tracker cannot tell
+
+    def has_outside_party(self) -> bool:
+        """The call has a trunk channel of its own: a caller, or the callee of an outbound
+        call. Two such calls are never folded into one (a join keeps both)."""
+        anchor = self.anchor
+        return anchor is not None and anchor.kind == TRUNK
+
+    def flag(self, name: str, reason: str) -> None:
+        """Mark what the tracker could not tell, and why (the record's flags/reasons)."""
+        if name not in self.flags:
+            self.flags += (name,)
+        if self.reasons is None:
+            self.reasons = {}
+        self.reasons[name] = reason
 
     def note_status(self, status: str) -> None:
         """Remember how one dial attempt ended (for the unanswered disposition)."""
@@ -166,7 +221,9 @@ def disposition_of(call: Call) -> Disposition:
     return "no-answer"
 
 
-def build_record(call: Call, pbx: str) -> CallRecord:
+def build_record(
+    call: Call, pbx: str, explain: tuple[tuple[str, str], ...] = ()
+) -> CallRecord:
     """The public record of a finished call (``telefum replay``, docs/architecture.md)."""
     direction: Direction = call.direction or "internal"
     answered = call.answered_at is not None
@@ -180,7 +237,7 @@ def build_record(call: Call, pbx: str) -> CallRecord:
         extension = call.dialler
         external, did = None, None
     final = call.final_ext
-    if final is None and answered:
+    if final is None and answered and not call.joined_with:
         final = extension if direction != "internal" else call.first_agent
     ended = call.ended_at if call.ended_at is not None else call.started_at
     started = min(call.started_at, ended)
@@ -203,4 +260,8 @@ def build_record(call: Call, pbx: str) -> CallRecord:
         final_extension=final,
         flags=call.flags,
         pbx=pbx,
+        forwarded_to=call.forwarded_to if direction == "in" else None,
+        joined_with=call.joined_with,
+        reasons=tuple(call.reasons.items()) if call.reasons else (),
+        explain=explain,
     )

@@ -14,6 +14,8 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.pbx",
     "tests.support.cdr_db",
+    "tests.support.sentinel",
+    "tests.support.procs",
 ]
 
 

@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,19 @@ async def test_a_retried_delivery_counts_once(redis_client: Redis) -> None:
     assert (row.new_contact, row.contact_id, row.source, row.first_call) == (
         True, "7", "Yandex Direct", True,
     )
+
+
+async def test_a_call_whose_ring_is_unknown_counts_but_not_in_the_median_wait(
+    redis_client: Redis,
+) -> None:
+    attr = Attribution(redis_client)
+    found = replace(record("3.1", "+79160000001", ring=9.0), flags=("adopted", "ring-unknown"))
+    for rec in (record("3.2", "+79160000002", ring=2.0), found):
+        assert await attr.record_delivery(rec, contact_created=False)
+    rows = await attr.calls(0, 2e9)
+    assert sorted(r.ring_s is None for r in rows) == [False, True]  # stored and read back
+    (row,) = build_report(rows, since=0, until=2e9)["numbers"]
+    assert (row["calls"], row["median_wait_s"]) == (2, 2.0)
 
 
 async def test_outbound_and_internal_calls_are_not_attributed(redis_client: Redis) -> None:

@@ -11,6 +11,7 @@ figures that match the calls played and the CRM.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -219,3 +220,32 @@ async def test_metrics_and_report_of_the_real_service_follow_the_calls_played(
         "calls": 2, "answered": 1, "missed": 1, "new_contacts": refcrm.count_contacts(),
         "first_calls": 1, "repeat_calls": 1,
     }
+
+
+async def test_calls_beyond_the_trackers_cap_are_counted_and_logged_by_the_real_service(
+    tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    path = settings_file(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url)
+    path.write_text(path.read_text() + "[calls]\nmax_active_calls = 1\n")
+    bridge = Bridge(load_settings(path), Roles(listen=True, work=False, http=True))
+    caplog.set_level(logging.WARNING, logger="telefum.limits")
+    await bridge.start()
+    try:
+        await bridge.listeners[0].wait_for_session(1, timeout=TIMEOUT_S)
+        await pbx_sim.send([
+            {"Event": "Newchannel", "Channel": f"PJSIP/trunk-0000000{i}", "ChannelState": "4",
+             "CallerIDNum": "79161234567", "Context": "from-trunk", "Exten": "74951234567",
+             "Uniqueid": f"1800000000.{i}", "Linkedid": f"1800000000.{i}"}
+            for i in range(3)
+        ])  # fmt: skip
+        await bridge.listeners[0].ping()
+        _, text = await get(bridge, "/metrics")
+    finally:
+        await bridge.stop()
+    m = samples(text)
+    assert value(m, "telefum_calls_active", pbx="office") == 1
+    assert value(m, "telefum_limit_hits_total", limit="tracked_calls") == 2
+    assert "limit tracked_calls reached: pbx office: 1 calls in progress, a new call" in (
+        caplog.text
+    )

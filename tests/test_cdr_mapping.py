@@ -1,8 +1,9 @@
 """CDR rows -> call records (telephony/cdr.py): the same record the tracker makes.
 
 The rows are Asterisk's own, from the recorded traces (each holds the ``Cdr`` events that
-``cdr_csv`` and the database backends write): every call class the corpus has maps to
-what the tracker reported for it, within what a CDR can know.
+``cdr_csv`` and the database backends write): every recording of both PBXes maps to what
+the tracker reported for it, with the ``[calls]`` rules of its PBX, within what a CDR can
+know.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from telephony.cdr import (
     backfill,
     group_calls,
     make_row,
-    record_of,
+    records_of,
 )
 from telephony.records import CallRecord, Transfer
 from telephony.rules import CallRules
-from tests.support.cdr_rows import differences, live_records, trace_cdrs
+from tests.support.cdr_rows import CORPORA, differences, live_records, trace_cdrs, trace_rules
 from tests.support.pbx import TRACES
 
 CLASSES = {
@@ -40,6 +41,7 @@ CLASSES = {
     "three-overlapping": "12-inbound-overlapping-three-calls.ami",
     "click-to-call": "14-outbound-click-to-call-originate.ami",
 }
+RECORDINGS = [trace.name for corpus in CORPORA.values() for trace in corpus.traces]
 RULES = CallRules()
 
 
@@ -56,23 +58,30 @@ def rows_of(trace: str, *, linkedid: bool = True, did: bool = True) -> list[CdrR
     return out
 
 
-def records(rows: list[CdrRow]) -> dict[str, CallRecord]:
-    return {c.call_id: record_of(c, RULES) for c in group_calls(rows)}
+def records(rows: list[CdrRow], rules: CallRules = RULES) -> dict[str, CallRecord]:
+    return {r.call_id: r for c in group_calls(rows) for r in records_of(c, rules)}
 
 
-@pytest.mark.parametrize("trace", CLASSES.values(), ids=CLASSES.keys())
+def one(rows: list[CdrRow], rules: CallRules = RULES) -> CallRecord:
+    (record,) = records(rows, rules).values()
+    return record
+
+
+@pytest.mark.parametrize("trace", RECORDINGS)
 def test_cdr_rows_of_a_recorded_call_give_the_record_the_tracker_made(trace: str) -> None:
-    live = live_records(TRACES / trace)
-    got = records(rows_of(trace))
+    rules = trace_rules(trace)
+    live = live_records(TRACES / trace, rules)
+    got = records(rows_of(trace), rules)
     assert sorted(got) == sorted(live)
     for call_id, record in got.items():
         assert differences(record, live[call_id]) == [], call_id
 
 
-@pytest.mark.parametrize("trace", CLASSES.values(), ids=CLASSES.keys())
+@pytest.mark.parametrize("trace", RECORDINGS)
 def test_without_linkedid_rows_group_by_uniqueid_and_shared_channels(trace: str) -> None:
     # Master.csv with loguniqueid but not newcdrcolumns: no linkedid column
-    assert records(rows_of(trace, linkedid=False)) == records(rows_of(trace))
+    rules = trace_rules(trace)
+    assert records(rows_of(trace, linkedid=False), rules) == records(rows_of(trace), rules)
 
 
 def test_attended_transfer_rows_of_four_channels_are_one_call() -> None:
@@ -82,7 +91,7 @@ def test_attended_transfer_rows_of_four_channels_are_one_call() -> None:
     assert {r.uniqueid for r in call.rows} == {
         "1795727906.27", "1795727906.28", "1795727911.29", "1795727911.30"
     }  # fmt: skip
-    record = record_of(call, RULES)
+    (record,) = records_of(call, RULES)
     assert record.transfers == (Transfer("101", "102", "attended"),)
     assert (record.extension, record.final_extension) == ("101", "102")
 
@@ -100,6 +109,96 @@ def test_ring_group_and_queue_legs_that_rang_out_are_no_transfer() -> None:
         assert (record.extension, record.rang) == ("102", ("101", "102"))
 
 
+def test_a_queue_member_ringing_beside_the_one_who_answered_is_no_transfer() -> None:
+    # 45 (chan_sip, ringall): the queue answers the caller at once, so the row to 202, who
+    # answers, begins first; 201's row begins a second later and rings out inside it
+    trace = "45-sip-inbound-queue-202-answers.ami"
+    record = one(rows_of(trace), trace_rules(trace))
+    assert (record.extension, record.rang, record.transfers) == ("202", ("202", "201"), ())
+
+
+JOINED = "26-inbound-two-calls-joined-by-101.ami"
+A, C = "1796475246.182", "1796475251.184"
+
+
+@pytest.mark.parametrize("linkedid", [True, False], ids=["linkedid", "no-linkedid"])
+def test_two_callers_an_agent_joined_are_two_calls_each_joined_with_the_other(
+    linkedid: bool,
+) -> None:
+    # 26: A calls 101; C calls 101 on its second line; 101 joins them (REFER with Replaces).
+    # C's row carries A's Linkedid; A and C's talk is one row, from A's channel to C's.
+    (group,) = group_calls(rows_of(JOINED, linkedid=linkedid))
+    got = records_of(group, RULES)
+    assert sorted(r.call_id for r in got) == [A, C]
+    a, c = sorted(got, key=lambda r: r.call_id)
+    assert (a.joined_with, c.joined_with) == ((C,), (A,))
+    assert a.transfers == (Transfer("101", "+79262230026", "attended"),)
+    assert c.transfers == (Transfer("101", "+79161230026", "attended"),)
+    assert (a.extension, c.extension, a.final_extension, c.final_extension) == (
+        "101", "101", None, None)  # fmt: skip
+    assert c.ended_at == a.ended_at and c.talk_s == 12.0  # C's call ends with A and C's talk
+
+
+def test_a_joined_call_the_tracker_knows_leaves_the_other_to_the_backfill() -> None:
+    # the live path has A's call (delivered, or still up): C's call is its own
+    got, skipped = backfill(group_calls(rows_of(JOINED)), RULES, skip={A})
+    assert ([r.call_id for r in got], skipped) == ([C], {"known": 1})
+
+
+@pytest.mark.parametrize(
+    ("trace", "answered", "extension"),
+    [("24-inbound-forward-to-mobile-accepted.ami", True, "101"),
+     ("25-inbound-forward-to-mobile-not-accepted.ami", False, None)],
+)  # fmt: skip
+def test_a_call_forwarded_to_a_mobile_is_one_inbound_call_naming_the_mobile(
+    trace: str, answered: bool, extension: str | None
+) -> None:
+    # 101 rings 5 s, then Dial(PJSIP/79990001122@trunk,30,tTU(confirm-mobile)): the mobile
+    # answers, and accepts (24) or refuses (25) at the prompt
+    record = one(rows_of(trace))
+    assert (record.direction, record.forwarded_to) == ("in", "+79990001122")
+    assert (record.answered, record.extension, record.rang) == (answered, extension, ("101",))
+
+
+def test_a_transfer_to_an_outside_number_after_the_answer_is_no_forward() -> None:
+    # 101 answers, then transfers the caller blind to 79990001122 (the caller runs
+    # from-internal again and dials out)
+    caller = {"src": "79161234567", "channel": "PJSIP/trunk-00000001",
+              "uniqueid": "1795728000.1", "linkedid": "1795728000.1"}  # fmt: skip
+    legs = [
+        row(**caller, dst="to101", dcontext="inbound-routes", dstchannel="PJSIP/101-00000002",
+            lastdata="PJSIP/101,30,tT", start="2026-11-26 21:20:00",
+            end="2026-11-26 21:20:09", billsec="6"),
+        row(**caller, dst="79990001122", dcontext="from-internal",
+            dstchannel="PJSIP/trunk-00000003", lastdata="PJSIP/79990001122@trunk,30,tT",
+            start="2026-11-26 21:20:09", end="2026-11-26 21:20:30", billsec="15"),
+    ]  # fmt: skip
+    record = one(legs)
+    assert (record.forwarded_to, record.extension) == (None, "101")
+    assert record.transfers == (Transfer("101", "+79990001122", "blind"),)
+
+
+def test_phones_named_by_account_are_the_extensions_the_phones_table_says() -> None:
+    # 41 (chan_sip): SIP/150010001-... is 201's phone; by its name alone it is a trunk
+    trace = "41-sip-inbound-answered-caller-hangup.ami"
+    record = one(rows_of(trace), CallRules(phones={"150010001": "201"}))
+    assert (record.extension, record.rang, record.final_extension) == ("201", ("201",), "201")
+    assert one(rows_of(trace)).extension is None
+
+
+def test_a_phone_matched_by_a_pattern_without_a_group_takes_its_caller_id_from_its_rows() -> (
+    None
+):
+    # 49 (chan_sip): 201 answers, consults 203 and transfers. 201's channel has a row of its
+    # own (the consultation: src 201); 203's phone was dialled by Local/203@from-internal.
+    trace = "49-sip-inbound-attended-transfer-201-to-203.ami"
+    rules = CallRules(phone_channel_pattern=r"^SIP/15001\d{4}-")
+    record = one(rows_of(trace), rules)
+    assert differences(record, live_records(TRACES / trace, rules)[record.call_id]) == []
+    assert (record.extension, record.rang) == ("201", ("201", "203"))
+    assert record.transfers == (Transfer("201", "203", "attended"),)
+
+
 def test_a_queue_trying_agents_one_after_another_is_no_transfer() -> None:
     # Queue(support) with strategy linear: 101 rings out for 15 s, then 102 answers
     caller = {"src": "79031234455", "dst": "queue", "dcontext": "inbound-routes",
@@ -111,7 +210,7 @@ def test_a_queue_trying_agents_one_after_another_is_no_transfer() -> None:
         row(**caller, dstchannel="PJSIP/102-0000000f", start="2026-11-26 21:20:15",
             end="2026-11-26 21:20:40", billsec="25"),
     ]  # fmt: skip
-    record = record_of(group_calls(legs)[0], RULES)
+    record = one(legs)
     assert (record.extension, record.rang, record.transfers) == ("102", ("101", "102"), ())
 
 
@@ -150,7 +249,7 @@ def row(**kw: Any) -> CdrRow:
 
 
 def test_internal_call_has_no_outside_party_and_names_who_dialled() -> None:
-    record = record_of(group_calls([row()])[0], RULES)
+    record = one([row()])
     assert (record.direction, record.external, record.did) == ("internal", None, None)
     assert (record.extension, record.final_extension, record.rang) == ("101", "102", ("102",))
     assert (record.ring_s, record.talk_s, record.disposition) == (3.0, 6.0, "answered")
@@ -162,7 +261,7 @@ def test_internal_call_has_no_outside_party_and_names_who_dialled() -> None:
      ("FAILED", "failed"), ("CONGESTION", "failed")],
 )  # fmt: skip
 def test_unanswered_dispositions_map_onto_the_record_s(disposition: str, expected: str) -> None:
-    record = record_of(group_calls([row(disposition=disposition, billsec="0")])[0], RULES)
+    record = one([row(disposition=disposition, billsec="0")])
     assert (record.answered, record.disposition, record.talk_s) == (False, expected, 0.0)
 
 
@@ -171,11 +270,27 @@ def test_did_is_the_did_column_else_dst_in_an_inbound_context_else_unknown() -> 
                "dstchannel": "PJSIP/101-00000002", "lastdata": "PJSIP/101,30,tT"}  # fmt: skip
 
     def did(**kw: str) -> str | None:
-        return record_of(group_calls([row(**inbound, **kw)])[0], RULES).did
+        return one([row(**inbound, **kw)]).did
 
     assert did(did="74951234567", dst="101", dcontext="ext-local") == "+74951234567"
     assert did(dst="74951234568", dcontext="from-trunk") == "+74951234568"
     assert did(dst="to101", dcontext="inbound-routes") is None
+
+
+def test_an_inbound_call_whose_did_the_cdr_does_not_have_is_flagged_with_the_reason() -> None:
+    inbound = {"src": "79161234567", "channel": "PJSIP/trunk-00000001",
+               "dstchannel": "PJSIP/101-00000002", "lastdata": "PJSIP/101,30,tT"}  # fmt: skip
+    record = one([row(**inbound, dst="to101", dcontext="inbound-routes")])
+    assert (record.did, record.flags) == (None, ("did-unknown",))
+    assert "'to101'" in dict(record.reasons)["did-unknown"]
+    assert one([row(**inbound, did="74951234567")]).flags == ()
+
+
+def test_a_call_from_a_channel_no_rule_classifies_is_flagged_as_the_tracker_flags_it() -> None:
+    record = one([row(channel="Console/dsp", src="", dst="102")])
+    assert (record.direction, record.extension) == ("internal", None)
+    assert record.flags == ("direction-guessed", "extension-unknown")
+    assert "Console/dsp" in dict(record.reasons)["direction-guessed"]
 
 
 def test_call_id_is_the_oldest_id_by_its_sequence_number_not_as_text() -> None:
@@ -237,7 +352,7 @@ def test_backfill_leaves_out_calls_the_tracker_knows_and_rows_without_an_id() ->
 
 
 def test_a_cdr_record_says_so_in_its_json_and_reads_back() -> None:
-    record = record_of(group_calls([row()])[0], CallRules(), "pbx1")
+    (record,) = records_of(group_calls([row()])[0], CallRules(), "pbx1")
     data = json.loads(json.dumps(record.to_json()))
     assert data["source"] == "cdr" and data["pbx"] == "pbx1"
     assert CallRecord.from_json(data) == record

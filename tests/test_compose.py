@@ -41,6 +41,9 @@ def parse(argv: list[str]) -> None:
 def test_the_services_of_the_design_are_there() -> None:
     assert {"redis", "listener", "worker"} <= set(SERVICES)
     assert {"refcrm", "pbx-sim"} <= set(SERVICES)
+    assert {"listener-b", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(
+        SERVICES
+    )
 
 
 @pytest.mark.parametrize("name", TELEFUM_SERVICES)
@@ -55,7 +58,7 @@ def test_listener_and_worker_run_the_listen_and_worker_commands() -> None:
     assert argv_of(SERVICES["worker"])[:2] == ["telefum", "worker"]
 
 
-@pytest.mark.parametrize("name", ["redis", "listener", "worker", "refcrm", "pbx-sim"])
+@pytest.mark.parametrize("name", sorted(SERVICES))
 def test_every_service_has_a_health_check(name: str) -> None:
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] == "CMD" and len(test) > 1
@@ -90,9 +93,9 @@ def test_published_ports_are_on_the_hosts_loopback_only() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to the network"
 
 
-def redis_server_argv() -> list[str]:
-    """The redis-server command line the Redis service's shell wrapper ends in."""
-    script = argv_of(SERVICES["redis"])[-1]
+def redis_server_argv(name: str = "redis") -> list[str]:
+    """The redis-server command line a Redis service's shell wrapper ends in."""
+    script = argv_of(SERVICES[name])[-1]
     words = shlex.split(script)
     return words[words.index("redis-server"):]
 
@@ -127,12 +130,47 @@ def test_the_worker_unit_keeps_its_outbox_in_its_state_directory() -> None:
     assert "Environment=TELEFUM_SPOOL_DIR=/var/lib/telefum/spool" in text
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """``value`` as compose interpolates it with ``env``: ``${VAR}``, ``${VAR:-default}``,
+    ``${VAR:?error}`` (KeyError when VAR is unset or empty), nested in a default, which is
+    read only when needed; what a variable holds is taken as it is."""
+    out, i = [], 0
+    while (start := value.find("${", i)) >= 0:
+        out.append(value[i:start])
+        depth, end = 1, start + 2
+        while depth:
+            if value.startswith("${", end):
+                depth, end = depth + 1, end + 2
+            else:
+                depth -= value[end] == "}"
+                end += 1
+        m = re.fullmatch(r"(\w+)(?::([-?])(.*))?", value[start + 2 : end - 1], re.S)
+        assert m is not None, value
+        name, op, arg = m[1], m[2], m[3] or ""
+        if env.get(name):
+            out.append(env[name])
+        elif op == "?":
+            raise KeyError(f"{name}: {arg}")
+        elif op == "-":
+            out.append(interpolate(arg, env))
+        i = end
+    return "".join(out) + value[i:]
+
+
+def redis_url_of(service: dict[str, Any], env: dict[str, str]) -> str:
+    """The service's TELEFUM_REDIS__URL as compose interpolates it with ``env``."""
+    return interpolate(service["environment"]["TELEFUM_REDIS__URL"], env)
+
+
 def test_telefum_services_wait_for_a_healthy_redis_and_share_it() -> None:
     for name in ("listener", "worker"):
         service = SERVICES[name]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-        url = service["environment"]["TELEFUM_REDIS__URL"]
-        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/0", url), url
+        assert redis_url_of(service, {"REDIS_PASSWORD": "0123abcd"}) == (
+            "redis://:0123abcd@redis:6379/0"
+        )
+        with pytest.raises(KeyError, match="REDIS_PASSWORD"):  # required: no Redis without it
+            redis_url_of(service, {})
 
 
 def test_the_compose_redis_refuses_clients_without_the_password(tmp_path: Path) -> None:
@@ -166,11 +204,46 @@ def test_the_compose_redis_refuses_clients_without_the_password(tmp_path: Path) 
         server.wait(10)
 
 
+HA_URL = re.search(r"BRIDGE_REDIS_URL=(\S+)", (ROOT / "docker-compose.yml").read_text())
+
+
+def test_the_ha_profile_runs_a_second_listener_for_the_same_pbx_with_its_own_spool() -> None:
+    a, b = SERVICES["listener"], SERVICES["listener-b"]
+    assert b["profiles"] == ["ha"] and argv_of(b) == argv_of(a)
+    assert b["environment"] == a["environment"]  # the same settings: the same [[ami]] name
+    spools = [{v.split(":")[0] for v in s["volumes"]} & set(COMPOSE["volumes"]) for s in (a, b)]
+    assert spools[0] and spools[1] and not spools[0] & spools[1]
+    assert b["ports"] != a["ports"] and b["healthcheck"] == a["healthcheck"]
+
+
+def test_the_ha_profile_puts_redis_behind_three_sentinels_the_bridge_url_names() -> None:
+    from worker.redis_url import RedisAddress
+
+    assert HA_URL is not None, "docker-compose.yml shows no BRIDGE_REDIS_URL for the ha profile"
+    url = RedisAddress.parse(HA_URL[1])
+    assert url.sentinels and url.password == "${REDIS_PASSWORD}"  # the primary's password
+    sentinels = [n for n, s in SERVICES.items() if "--sentinel" in " ".join(argv_of(s))]
+    assert sorted(h for h, _ in url.sentinels) == sorted(sentinels) and len(sentinels) == 3
+    for name in sentinels:
+        script = " ".join(argv_of(SERVICES[name]))
+        assert f"sentinel monitor {url.primary} redis 6379 2" in script
+        assert f'sentinel auth-pass {url.primary} \\"$$REDIS_PASSWORD\\"' in script
+        assert SERVICES[name]["profiles"] == ["ha"]
+    replica = redis_server_argv("redis-replica")
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    assert SERVICES["redis-replica"]["environment"] == SERVICES["redis"]["environment"]
+    env = {"BRIDGE_REDIS_URL": HA_URL[1], "REDIS_PASSWORD": "0123abcd"}
+    for name in ("listener", "listener-b", "worker"):
+        assert redis_url_of(SERVICES[name], env) == HA_URL[1]
+
+
 def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
     for name in ("refcrm", "pbx-sim"):
         assert SERVICES[name]["profiles"] == ["demo"]
     for name in ("redis", "listener", "worker"):
         assert "profiles" not in SERVICES[name]
+    assert {n for n, s in SERVICES.items() if s.get("profiles") == ["ha"]} == {
+        "listener-b", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}  # fmt: skip
 
 
 def test_the_demo_env_points_the_bridge_at_the_demo_services() -> None:
@@ -234,11 +307,6 @@ def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
         parse(["telefum", *argv[1:]])
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
-def test_units_create_files_no_other_user_can_read(unit: Path) -> None:
-    assert "UMask=0077" in unit.read_text().splitlines()
-
-
 def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -> None:
     """Install as the units' header says (a venv at /opt/telefum, pip install the
     checkout), here under tmp_path: every ``Documentation=`` file must then exist."""
@@ -267,3 +335,19 @@ def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -
     missing = [u for u in sorted(docs)
                if not (venv / u.removeprefix("file:///opt/telefum/")).is_file()]  # fmt: skip
     assert missing == [], f"a pip install does not create {missing}"
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_raise_the_descriptor_limit_and_keep_their_files_private(unit: Path) -> None:
+    """1,100 slow HTTP clients exhausted the default 1,024 descriptors; the spool, the
+    outbox and the private Redis's files are the service's own. Each directive once: a
+    second one would silently win over the first."""
+    pairs = [
+        line.split("=", 1) for line in unit.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    ]  # fmt: skip
+    fields = dict(pairs)
+    assert fields["LimitNOFILE"] == "65536" and fields["UMask"] == "0077"
+    once = ("LimitNOFILE", "UMask", "StateDirectory", "WorkingDirectory", "User", "ExecStart")
+    keys = [k for k, _ in pairs]
+    assert {k: keys.count(k) for k in once} == dict.fromkeys(once, 1)

@@ -365,6 +365,7 @@ DOCUMENTED_OVERRIDES = {
     "crm.agents": "an example agent",
     "sources": "an example tracking number",
     "http.agent_tokens": "an example agent token (commented out)",
+    "http.allowed_hosts": "an example host name (commented out)",
 }
 
 
@@ -525,3 +526,56 @@ def test_the_packages_whose_classes_are_sections_do_not_import_the_shell() -> No
                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
                 wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in others]
     assert wrong == []
+
+
+# --- [backfill] ----------------------------------------------------------------------------
+
+BACKFILL_TWO_PBX = TWO_PBX + """
+[ami.backfill]
+kind = "mysql"
+dsn = "mysql://cdr@10.1.0.5:3306/asteriskcdrdb"
+
+[backfill]
+kind = "csv"
+path = "/srv/cdr/Master.csv"
+timezone = "UTC"
+password = "from-global"
+settle_s = 2.0
+"""
+
+
+def test_backfill_maps_onto_the_cdr_source_and_a_pbx_inherits_what_it_omits(
+    tmp_path: Path,
+) -> None:
+    s = load(tmp_path, BACKFILL_TWO_PBX, {"TELEFUM_AMI__BRANCH__BACKFILL__PASSWORD": "pw"})
+    office, branch = s.backfill_for("office"), s.backfill_for("branch")
+    assert office is s.backfill and office.source().path == "/srv/cdr/Master.csv"
+    src = branch.source()
+    assert (src.kind, src.effective_dsn, src.credentials()) == (
+        "mysql", "mysql://cdr@10.1.0.5:3306/asteriskcdrdb", ("cdr", "pw"))
+    assert (src.timezone, branch.settle_s) == ("UTC", 2.0)  # from [backfill]
+    assert src.describe() == "mysql cdr@10.1.0.5:3306/asteriskcdrdb table cdr"
+
+
+def test_no_backfill_section_means_no_backfill() -> None:
+    assert not Settings().backfill_for("default").enabled
+
+
+def test_a_backfill_mistake_names_the_key(tmp_path: Path) -> None:
+    err = error_of(tmp_path, MINIMAL + '[backfill]\nkind = "mysql"\ndsn = "postgresql://h/db"\n')
+    assert str(err).endswith(
+        "backfill: dsn: expected mysql:// or mariadb://..., got 'postgresql://h/db'"
+    )
+    err = error_of(tmp_path, MINIMAL + '[backfill]\nkind = "csv"\ntimezone = "Mars/Base"\n')
+    assert "backfill: timezone: unknown time zone 'Mars/Base'" in str(err)
+    err = error_of(tmp_path, MINIMAL + '[backfill]\nkind = "sqlite"\n')
+    assert "backfill.kind: expected one of" in str(err)
+
+
+def test_a_backfill_password_is_masked_in_the_dsn_too(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[backfill]\nkind = "postgres"\ndsn = "postgresql://u:dsn-pw@h/db"\npassword = "pw2"\n'
+    )
+    shown = settings_to_toml(load(tmp_path, text))
+    assert "dsn-pw" not in shown and "pw2" not in shown
+    assert "postgresql://u:***@h/db" in shown

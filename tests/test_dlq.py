@@ -132,3 +132,31 @@ async def test_a_redis_that_is_not_there_is_a_clear_error(tmp_path: Path) -> Non
     assert out.returncode == 1
     assert out.stderr.startswith("telefum dlq: Redis at redis://127.0.0.1:")
     assert "Traceback" not in out.stderr
+
+
+async def test_list_prints_a_crm_error_page_title_escaped_on_its_own_line(
+    redis_url: str, redis_client: Redis
+) -> None:
+    """An error page's title is stored in the dead letter; printing it must not clear the
+    operator's screen, colour it or add lines of its own."""
+    (jid,) = await dead(redis_client, 1)
+    title = "502 \x1b[2J\x1b[31mBad Gateway\n1764158400.9  died \x9b0m\u202efake"
+    await redis_client.rpush(keys.errors(jid), json.dumps({
+        "at": 1764158600.0, "attempt": 2, "error": "TransientCrmError",
+        "message": f"HTTP 502: {title}", "transient": True, "action": "dead letter"}))  # fmt: skip
+    await dlq.dead_letter(redis_client, jid, f"gave up: HTTP 502: {title}")
+
+    out = telefum("dlq", "list", "--errors", "--redis-url", redis_url)
+    assert out.returncode == 0, out.stderr
+    assert not any(c in out.stdout for c in "\x1b\x9b\u202e")
+    reason = [line for line in out.stdout.splitlines() if "reason:" in line]
+    assert reason == [
+        "    reason: gave up: HTTP 502: 502 \\x1b[2J\\x1b[31mBad Gateway\\n1764158400.9  died "
+        "\\x9b0m\\u202efake"
+    ]
+    assert not any(line.startswith("1764158400.9") for line in out.stdout.splitlines())
+
+    raw = telefum("dlq", "list", "--json", "--redis-url", redis_url).stdout
+    assert not any(c in raw for c in "\x1b\x9b\u202e")
+    (row,) = [json.loads(line) for line in raw.splitlines()]
+    assert row["reason"] == f"gave up: HTTP 502: {title}"

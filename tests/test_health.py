@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from telefum.config import HealthSettings
-from telefum.health import LinkState, Snapshot, SpoolWatch, evaluate
+from telefum.health import CrmRoute, LinkState, Snapshot, SpoolWatch, evaluate
 from telephony.supervise import TaskState
 
 CFG = HealthSettings(worker_heartbeat_max_age_s=30, spool_stall_s=60)
@@ -136,3 +136,76 @@ def test_a_live_workers_failing_task_is_a_reason_a_gone_workers_is_not() -> None
     ]
     h = evaluate(snap(stats=stats(workers)), CFG)
     assert h.reasons == ["worker h:1: background task failing: worker-reconciler: KeyError: x"]
+
+
+ROUTE = CrmRoute("a1b2c3", "https://crm.example.com/rest", ("office",))
+ERROR = "TransientCrmError: find https://crm.example.com/rest: HTTP 503: Service Unavailable"
+
+
+def crm_state(since: float | None, last: float | None, fails: int = 0, scope: str = "a1b2c3",
+              ok: float | None = NOW - 600) -> dict[str, Any]:  # fmt: skip
+    """A CRM's state as ``worker.crm_health.read_states`` gives it."""
+    return {"scope": scope, "url": "https://crm.example.com/rest", "last_ok_at": ok,
+            "failing_since": since, "last_failure_at": last, "failures": fails,
+            "last_error": ERROR if fails else None}  # fmt: skip
+
+
+def with_crm(*states: dict[str, Any], routes: tuple[CrmRoute, ...] = (ROUTE,),
+             **kw: Any) -> Snapshot:  # fmt: skip
+    return snap(stats=stats() | {"crm": list(states), "pending": 150}, crms=routes, **kw)
+
+
+def test_a_crm_failing_past_the_limit_is_degraded_naming_it_since_when_and_the_calls_waiting(
+) -> None:  # fmt: skip
+    h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37)), CFG)
+    assert not h.ok and h.degraded and h.to_json()["status"] == "degraded"
+    assert h.reasons == [
+        "CRM https://crm.example.com/rest failing since 1970-01-12T13:42:30.000Z (4.2 min: "
+        f"37 requests failed, none succeeded): 150 calls waiting; last error 12 s ago: {ERROR}"
+    ]
+    [crm] = h.details["crm"]
+    assert crm["failing"] is True and crm["waiting"] == 150 and crm["failures"] == 37
+
+
+def test_crm_failures_spanning_less_than_the_limit_or_none_are_no_reason() -> None:
+    cfg = HealthSettings(crm_failing_s=60)
+    for state in (
+        crm_state(NOW - 250, NOW - 250, fails=1),  # one failure, then nothing yet
+        crm_state(NOW - 50, NOW - 1, fails=9),  # failing for less than a minute
+        crm_state(None, None, ok=NOW - 1),  # answering
+    ):
+        h = evaluate(with_crm(state), cfg)
+        assert h.ok and h.to_json()["status"] == "ok", state
+        assert h.details["crm"][0]["failing"] is False
+
+
+def test_a_failing_crm_beside_a_broken_part_of_the_bridge_is_unhealthy() -> None:
+    h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37),
+                          links=(link(connected=False),)), CFG)  # fmt: skip
+    assert h.to_json()["status"] == "unhealthy"
+    assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "CRM https"]
+
+
+def test_with_several_crms_each_counts_the_calls_of_its_own_pbxs() -> None:
+    branch = CrmRoute("d4e5f6", "https://branch.example.com/rest", ("branch", "depot"))
+    h = evaluate(with_crm(
+        crm_state(NOW - 250, NOW - 12, fails=37), crm_state(None, None, scope="d4e5f6"),
+        routes=(ROUTE, branch), waiting_by_pbx={"office": 5, "branch": 7, "depot": 1},
+    ), CFG)  # fmt: skip
+    assert [c["waiting"] for c in h.details["crm"]] == [5, 8]
+    assert "5 calls waiting" in h.reasons[0] and len(h.reasons) == 1
+
+
+def test_a_crm_no_longer_configured_is_left_out() -> None:
+    h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37, scope="old")), CFG)
+    assert h.ok and h.details["crm"][0]["failing"] is False
+
+
+def test_a_pbx_clock_off_by_more_than_a_minute_is_shown_but_keeps_the_bridge_healthy() -> None:
+    # Calls are aged on the PBX's own clock, so nothing breaks; ops should still fix NTP.
+    h = evaluate(snap(links=(link(pbx_clock_offset_s=43200.04),)), CFG)
+    assert h.ok
+    ami = h.to_json()["ami"][0]
+    assert (ami["pbx_clock_offset_s"], ami["pbx_clock_skewed"]) == (43200.0, True)
+    fine = evaluate(snap(links=(link(pbx_clock_offset_s=0.2),)), CFG).to_json()["ami"][0]
+    assert fine["pbx_clock_skewed"] is False

@@ -16,7 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from telefum.config import HealthSettings, HttpSettings, Settings
-from telefum.web import Service, bound_port, create_app, start_http
+from telefum.web import Service, create_app, start_http
 from telephony.listener import AmiListener
 from telephony.records import CallFinished, CallRecord, Update
 from telephony.tracker import CallTracker
@@ -103,10 +103,10 @@ async def start_bridge(
             connect_timeout=2.0, expire_interval=3600.0, pbx="office",
         )
         service = Service(settings, links=[listener], redis=redis_client, **service_kw)
-        runner = await start_http(create_app(service), settings.http.listen)
+        runner = await start_http(create_app(service), settings.http)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         started.append((listener, runner, http))
-        bridge = LiveBridge(listener, service, f"http://127.0.0.1:{bound_port(runner)}", http)
+        bridge = LiveBridge(listener, service, f"http://127.0.0.1:{runner.port}", http)
         box.append(bridge)
         await listener.start()
         await listener.wait_for_session(1, timeout=5)

@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from telefum.config import HttpSettings, Settings
-from telefum.web import SERVICE, Service, bound_port, create_app, start_http
+from telefum.http_guard import HttpServer
+from telefum.web import SERVICE, Service, create_app, start_http
 
 Client = Callable[..., Awaitable[tuple[int, str, aiohttp.typedefs.LooseHeaders]]]
 
@@ -24,15 +25,15 @@ def setup_a_route(app: web.Application) -> None:
     app.router.add_get("/listen", listen)
 
 
-async def serve(http: HttpSettings) -> tuple[web.AppRunner, str]:
+async def serve(http: HttpSettings) -> tuple[HttpServer, str]:
     service = Service(Settings(http=http))
-    runner = await start_http(create_app(service, [setup_a_route]), http.listen)
-    return runner, f"http://127.0.0.1:{bound_port(runner)}"
+    server = await start_http(create_app(service, [setup_a_route]), http)
+    return server, f"http://127.0.0.1:{server.port}"
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
-    runners: list[web.AppRunner] = []
+    runners: list[HttpServer] = []
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
     async def call(
@@ -70,9 +71,8 @@ def test_the_default_listen_address_is_loopback() -> None:
 
 
 async def test_the_server_binds_only_the_configured_loopback_address() -> None:
-    runner, _ = await serve(HttpSettings(listen="127.0.0.1:0"))
+    server, _ = await serve(HttpSettings(listen="127.0.0.1:0"))
     try:
-        sockets = [s for site in runner.sites for s in site._server.sockets]  # type: ignore[attr-defined]
-        assert {s.getsockname()[0] for s in sockets} == {"127.0.0.1"}
+        assert {address[0] for address in server.addresses} == {"127.0.0.1"}
     finally:
-        await runner.cleanup()
+        await server.cleanup()

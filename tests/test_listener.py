@@ -24,13 +24,14 @@ from pbxsim.rebase import rebase
 from pbxsim.server import load_trace
 from pbxsim.synth import plan
 from telephony.ami import Message, encode, parse_trace
-from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, _Action
+from telephony.listener import AmiActionLost, AmiListener, AmiNotConnected, Session, _Action
 from telephony.records import CallFinished, CallRecord, CallStarted, Update
 from telephony.tracker import CallTracker
 from tests.support.pbx import PBX_SECRET, PBX_USER, TRACES, FaultyPbx
+from tests.test_tracker_traces import STAMPED, e164
 
 MANIFEST = json.loads((TRACES / "manifest.json").read_text())
-TRACE_FILES = [s["file"] for s in MANIFEST["scenarios"]]
+TRACE_FILES = STAMPED  # one AMI session each, with Timestamps (sent here at full speed)
 T01 = TRACES / "01-inbound-answered-caller-hangup.ami"
 T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
 
@@ -50,9 +51,15 @@ class SeenTracker:
     def expire(self, now: float) -> list[Update]:
         return self.tracker.expire(now)
 
-    def reconcile(self, snapshot: list[Message], now: float) -> list[Update]:
+    def reconcile(
+        self, snapshot: list[Message], now: float, since: float | None = None
+    ) -> list[Update]:
         self.snapshots.append(list(snapshot))
-        return self.tracker.reconcile(snapshot, now)
+        return self.tracker.reconcile(snapshot, now, since)
+
+    @property
+    def clock_offset(self) -> float | None:
+        return self.tracker.clock_offset
 
 
 @dataclass
@@ -151,7 +158,7 @@ async def test_trace_over_tcp_gives_the_records_of_the_file_and_the_manifest(
         assert rec["direction"] == call["direction"]
         assert rec["extension"] == call["extension"]
         assert rec["answered"] == call["answered"]
-        assert rec["external"] == "+" + call["external_number"]
+        assert rec["external"] == e164(call["external_number"])
         assert rec["did"] == (f"+{call['did']}" if call["did"] else None)
         assert abs(rec["ring_s"] - call["ring_seconds_events"]) <= 1
         assert abs(rec["talk_s"] - call["talk_seconds_events"]) <= 1
@@ -346,6 +353,61 @@ async def test_header_injection_in_an_originate_is_refused(connect: Connect,
     assert pbx_sim.originates == [] and pbx_sim.actions["command"] == 0
 
 
+def inbound_channel(uid: str, channel: str) -> Message:
+    """A caller's channel on an inbound route that keeps the DID in a variable (no Exten)."""
+    return {
+        "Event": "Newchannel", "Channel": channel, "ChannelState": "4",
+        "ChannelStateDesc": "Ring", "CallerIDNum": "79161234567", "CallerIDName": "",
+        "ConnectedLineNum": "", "ConnectedLineName": "", "Language": "ru", "AccountCode": "",
+        "Context": "from-pstn", "Exten": "s", "Priority": "1", "Uniqueid": uid,
+        "Linkedid": uid, "Timestamp": f"{time.time():.6f}",
+    }  # fmt: skip
+
+
+async def test_a_channel_name_from_the_pbx_cannot_inject_headers_into_the_did_lookup(
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CoreShowChannels lists a channel whose name carries bare LFs (Asterisk ends a line
+    at LF and an action at an empty line): the Getvar for its DID must not be sent."""
+    evil = (
+        "PJSIP/trunk-0000000a\n\nAction: Originate\nChannel: PJSIP/666\nExten: 900"
+        "\nContext: from-internal\nPriority: 1"
+    )
+    await pbx_sim.send([
+        inbound_channel("1732633200.1", "PJSIP/trunk-00000001"),
+        inbound_channel("1732633200.2", evil),
+    ])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="telephony.listener"):
+        bridge = await connect()  # restarted mid-call: both calls are adopted without a DID
+        await until(lambda: pbx_sim.actions["getvar"] >= 2)  # both DID variables asked...
+        await bridge.listener.ping()
+
+    assert pbx_sim.actions["originate"] == 0 and pbx_sim.originates == []
+    assert pbx_sim.actions["getvar"] == 2  # ...for the clean channel only
+    assert bridge.seen.tracker.active_count == 2  # the call itself is still tracked
+    assert "control characters" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value", ["a\rb", "a\nb", "a\x00b", "a\x1b[2Jb", "a\tb", "a\x7fb", "a\x85b", "a\x9bb"]
+)
+async def test_every_action_with_a_control_character_is_refused_before_it_is_sent(
+    pbx_sim: FaultyPbx, connect: Connect, value: str
+) -> None:
+    bridge = await connect()
+    for fields in (
+        {"Action": "Getvar", "Channel": value, "Variable": "FROM_DID"},
+        {"Action": "Ping", value: "x"},
+        {"Action": "Originate", "Channel": "PJSIP/101", "Variable": ["A=1", f"B={value}"]},
+    ):
+        with pytest.raises(ValueError, match="control characters"):
+            await bridge.listener.send_action(fields)
+    await bridge.listener.ping()
+    assert pbx_sim.actions["getvar"] == 0 and pbx_sim.originates == []
+    assert pbx_sim.actions["ping"] == 1  # the barrier's own
+    assert bridge.listener.connected
+
+
 # --- panoramisk defect 6: a rejected login retried forever without a word ---------------
 
 
@@ -504,6 +566,38 @@ async def test_link_cut_mid_call_keeps_the_live_call_and_closes_the_ended_one_on
     assert bridge.seen.tracker.active_count == 0
 
 
+async def test_a_call_that_ended_while_the_link_was_cut_is_not_inflated_by_the_outage(
+    pbx_sim: FaultyPbx, connect: Connect
+) -> None:
+    """Issue 15: a call that ended in a 7 s outage got its end at the reconnect. It ends at
+    the link's last sign of life, flagged "gap"; the gap is counted and told on_session."""
+    talk = live_trace(T01, shift=-3.0, ids=50_000)  # answered 1 s ago, ends in 4 s
+    t0 = float(talk[0]["Timestamp"])
+    before = [m for m in talk if float(m["Timestamp"]) - t0 < 3.0]
+    sessions: list[Session] = []
+    bridge = await connect(on_session=sessions.append)
+    await pbx_sim.send(before)
+    await bridge.listener.ping()
+    pbx_sim.refuse_connections = True
+    await pbx_sim.drop_clients()
+    cut = time.time()
+    await pbx_sim.send(talk[len(before):])  # it ends while nobody listens
+    await asyncio.sleep(1.5)
+    pbx_sim.refuse_connections = False
+    await bridge.listener.wait_for_session(2, timeout=5)
+
+    (rec,) = await bridge.records(1)
+    assert rec.flags == ("reconciled", "gap")
+    # on the PBX's clock (its Timestamps here are 3 s behind their arrival: PbxClock)
+    pbx_cut = bridge.seen.tracker.clock.pbx_time(cut)
+    assert pbx_cut - 0.5 < rec.ended_at <= pbx_cut + 0.05  # not the reconnect, 1.5 s later
+    assert rec.talk_s == pytest.approx(pbx_cut - rec.answered_at, abs=0.5)
+    assert [s.gap is None for s in sessions] == [True, False]
+    since, until = sessions[1].gap  # type: ignore[misc]
+    assert until - since >= 1.5
+    assert rec.ended_at == pytest.approx(bridge.seen.tracker.clock.pbx_time(since), abs=0.05)
+
+
 async def test_a_restarted_listener_reports_a_call_in_progress_once_with_its_did(
     pbx_sim: FaultyPbx, connect: Connect
 ) -> None:
@@ -562,3 +656,26 @@ async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
     (record,) = await bridge.records(1)
     assert not record.answered and bridge.listener.connected
 
+
+
+# --- the PBX's clock ------------------------------------------------------------------------
+
+
+async def test_a_pbx_clock_12_hours_behind_is_warned_about_once_and_its_calls_stay_right(
+    pbx_sim: FaultyPbx, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    behind = live_trace(T01, shift=-43200.0, ids=50_000)  # stamped 12 h before it arrives
+    bridge = await connect(expire_interval=0.02)
+    with caplog.at_level(logging.WARNING, logger="telephony.listener"):
+        await pbx_sim.send(behind)
+        (record,) = await bridge.records(1)
+        await until(lambda: bridge.listener.clock_warned)
+        await asyncio.sleep(0.1)  # several more expiry rounds: still one warning
+    warnings = [r for r in caplog.records if "clock" in r.getMessage()]
+    assert len(warnings) == 1
+    # Sent at full speed, the 7 s call's last events arrive up to 7 s "early".
+    offset = bridge.seen.tracker.clock_offset
+    assert offset == pytest.approx(43200.0, abs=10)
+    assert f"clock is {offset:.0f} s behind this host's" in warnings[0].getMessage()
+    assert record.to_json() == direct_records(behind)[0]  # not closed early as stale
+    assert "stale" not in record.flags and record.answered

@@ -120,3 +120,57 @@ def test_json_timestamps_are_utc_iso_8601_with_milliseconds(redis_url: str) -> N
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line["ts"]
         at = datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert before - 1 <= at.timestamp() <= time.time() + 1
+
+
+FORGED = "42\n2026-11-26 12:00:00 INFO telefum: all calls delivered\x1b[2J\x9b31m\u2028\u202e"
+
+
+def test_text_from_a_crm_cannot_forge_a_text_log_line_or_drive_the_terminal() -> None:
+    with capture("text") as (log, out):
+        log.info("contact %s created", FORGED, extra={"call_id": "1.2\r\nINFO x"})
+    text = out.getvalue()
+    assert text.count("\n") == 1  # one record, one line
+    assert "\\n2026-11-26" in text and "call_id=1.2\\r\\nINFO x" in text
+    assert "\\x1b[2J\\x9b31m\\u2028\\u202e" in text
+    assert not any(c in text for c in "\x1b\x9b\u2028\u202e\r")
+
+
+def test_a_traceback_keeps_its_lines_but_none_can_pass_for_a_record() -> None:
+    with capture("text") as (log, out):
+        try:
+            raise RuntimeError(f"CRM said: {FORGED}")
+        except RuntimeError:
+            log.exception("delivery failed")
+    first, *rest = out.getvalue().splitlines()
+    assert first == "ERROR delivery failed"
+    assert rest[0] == "    Traceback (most recent call last):"
+    assert all(line.startswith("    ") for line in rest)  # a record starts at column 0
+    assert any(line.startswith("    2026-11-26 12:00:00 INFO") for line in rest)
+    assert "\x1b" not in out.getvalue() and "\x9b" not in out.getvalue()
+
+
+def test_json_lines_escape_every_control_character_and_keep_the_text() -> None:
+    with capture("json") as (log, out):
+        log.info("contact %s created", FORGED)
+    raw = out.getvalue()
+    assert raw.count("\n") == 1
+    assert not any(c in raw for c in "\x1b\x9b\u2028\u202e")
+    assert json.loads(raw)["msg"] == f"contact {FORGED} created"
+
+
+@pytest.mark.parametrize(
+    ("msg", "arg"),
+    [("job %s expired", "call:office:1732633200.17"),
+     ("%s failed", "call:office:1732633200.17:deliver_call")],
+)  # fmt: skip
+def test_arqs_own_lines_about_a_job_carry_the_calls_tags_not_the_job_id(
+    msg: str, arg: str
+) -> None:
+    """arq names a job by its id; the line gets the one form every line about a call has."""
+    from worker.keys import ArqLineTags
+
+    record = logging.LogRecord("arq.worker", logging.WARNING, __file__, 1, msg, (arg,), None)
+    assert ArqLineTags().filter(record)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line.endswith(" call_id=1732633200.17 pbx=office")
+    assert json.loads(JsonFormatter().format(record))["pbx"] == "office"

@@ -6,6 +6,7 @@ Originate with the agent's channel and the number for an allowed call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -143,3 +144,73 @@ async def test_a_pbx_that_refuses_the_originate_gives_502(pbx_sim: PbxSimulator)
             "/originate", json={"extension": "101", "number": "+79161234567"}, headers=T101
         )
     assert status == 502 and "refused" in answer["error"]
+
+
+async def test_a_malformed_body_is_a_400_after_the_token_check_never_a_500(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    json_type = {"Content-Type": "application/json"}
+    deep = "[" * 100_000 + "]" * 100_000  # the JSON decoder runs out of recursion
+    for headers, status_wanted in (
+        ({}, 401), ({"Authorization": "Bearer wrong"}, 401), (T101, 400),
+    ):  # fmt: skip
+        status, answer, _ = await bridge.post(
+            "/originate", data=deep, headers={**json_type, **headers}
+        )
+        assert status == status_wanted, answer
+    for body, why in (
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "not valid JSON"),
+        ('{"extension": {"$gt": ""}, "number": "+79161234567"}', "'extension' must be a string"),
+        ('{"extension": "101", "number": ["+79161234567"]}', "'number' must be a string"),
+    ):
+        status, answer, _ = await bridge.post(
+            "/originate", data=body, headers={**json_type, **T101}
+        )
+        assert (status, why in answer["error"]) == (400, True), answer
+    # a token in the body is still read, and the body's shape checked after it
+    status, answer, _ = await bridge.post(
+        "/originate", json={"token": AGENT_TOKENS["101"], "extension": 101, "number": [1]}
+    )
+    assert status == 400 and "'number'" in answer["error"]
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+async def test_an_extension_or_number_in_other_digits_dials_nothing(
+    bridge: AgentBridge, pbx_sim: PbxSimulator
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for body, why in (
+        ({"extension": "\u0661\u0660\u0661", "number": "+79161234567"}, "not an extension"),
+        ({"extension": "101", "number": "\u0668\u0669\u0661\u0666\u0661\u0662\u0663\u0664\u0665"
+          "\u0666\u0667"}, "not an outside phone number"),
+    ):  # fmt: skip
+        status, answer, _ = await bridge.post("/originate", json=body, headers=admin)
+        assert status == 403 and why in answer["error"], answer
+    status, _, _ = await bridge.get(f"/agent/%D9%A1%D9%A0%D9%A1?token={ADMIN_TOKEN}")
+    assert status == 404
+    await bridge.barrier()
+    assert pbx_sim.originates == []
+
+
+async def test_a_body_that_never_arrives_is_a_408_not_a_held_connection(
+    bridge: AgentBridge, pbx_sim: PbxSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("telefum.agent_routes.BODY_TIMEOUT_S", 0.5)
+    host, port = bridge.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /originate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {AGENT_TOKENS['101']}\r\n".encode()
+        + b"Content-Length: 100\r\n\r\n"
+        + b'{"extension": "1'
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"did not arrive" in body
+    await bridge.barrier()
+    assert pbx_sim.originates == []

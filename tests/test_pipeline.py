@@ -353,3 +353,37 @@ async def test_telefum_worker_runs_from_settings_toml_and_stops_on_sigterm(
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+async def test_log_internal_puts_a_recorded_internal_call_on_the_other_extensions_contact(
+    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess], worker_procs: Procs
+) -> None:
+    # 201 calls 202 on the chan_sip PBX (recorded); the tracker's record goes through the
+    # queue to a worker process and the reference CRM, with log_internal = true.
+    from telephony.records import CallFinished
+    from telephony.tracker import CallTracker
+    from tests.test_tracker_traces import load
+
+    (record,) = [u.record for u in CallTracker().feed(load("51-sip-internal-call-201-to-202.ami"))
+                 if isinstance(u, CallFinished)]
+    assert (record.direction, record.extension, record.final_extension) == (
+        "internal", "201", "202")
+    crm = refcrm_process(USERS)
+    cfg = config(crm.rest_url)
+    cfg = cfg.with_(
+        crm=CrmTarget(crm.rest_url, SERVICE.login, SERVICE.password,
+                      agents={"201": Credentials("ivan", "ivan-pw")}, timeout_s=1.0),
+        calls=CallPolicy(description="Длительность {duration}; звонок {call_id}",
+                         job_timeout_s=3.0, log_internal=True,
+                         create_contacts_for=("in", "internal")),
+    )
+    w = worker_procs(cfg)
+    await w.wait_ready(redis_client)
+    await enqueue(redis_client, record.to_json())
+    stats = await settled(redis_client, 1, delivered=True)
+    assert stats["dead_letters"] == 0
+    ((contact_id, phone, x_pstn, _),) = crm.contacts()
+    assert (phone, x_pstn) == ("202", None)  # no source: not from a tracking number
+    ((on, subj, desc, by),) = crm.events()
+    assert (on, subj, by) == (contact_id, "Внутренний звонок", "ivan")  # by the caller, 201
+    assert desc == f"Длительность 0:03; звонок {record.call_id}"

@@ -330,7 +330,8 @@ def _settings_regions() -> dict[str, str]:
 def _schema_paths(tp: Any = Settings, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     for name, annotation in _fields(_unwrap(tp)).items():
         yield (*path, name)
-        if not (path and path[-1] == "ami" and name == "crm"):  # [ami.crm] is a [crm]
+        # [ami.crm] is a [crm], [ami.backfill] a [backfill]
+        if not (path and path[-1] == "ami" and name in ("crm", "backfill")):
             yield from _schema_paths(annotation, (*path, name))
 
 

@@ -264,3 +264,11 @@ def test_refcrm_command_exits_2_on_a_bad_user() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "LOGIN:PASSWORD" in done.stderr
+
+
+@pytest.mark.parametrize("raw_id", ["\u00b2", "\u0661\u0662"])
+async def test_a_contact_id_in_other_digits_is_not_found_never_a_500(
+    refcrm: RunningRefCrm, raw_id: str
+) -> None:
+    status, doc, _ = await rest(refcrm, typereq="addevent", id=raw_id, subj="x", **AUTH)
+    assert status == 200 and parse.text_of(doc["result"]) == "error"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tracker_traces import SCENARIOS, TRACES, check_against_manifest
+from tests.test_tracker_traces import SCENARIOS, STAMPED, TRACES, check_against_manifest
 
 RECORD_KEYS = ["call_id", "direction", "external", "did", "extension", "answered",
                "started_at", "answered_at", "ended_at", "ring_s", "talk_s", "disposition",
@@ -23,7 +23,7 @@ def replay(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", STAMPED)  # a trace alone has no arrival times
 def test_replay_prints_the_manifest_calls_as_json_lines(name: str) -> None:
     done = replay(str(TRACES / name))
     assert done.returncode == 0, done.stderr
@@ -103,3 +103,54 @@ def test_replay_with_a_broken_config_is_a_clear_error(tmp_path: Path) -> None:
     done = replay(str(TRACES / "01-inbound-answered-caller-hangup.ami"), "--config", str(config))
     assert done.returncode == 2
     assert str(config) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_explain_shows_an_admin_which_rule_misreads_a_hosted_pbx_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    # A hosted chan_sip PBX: phones are SIP accounts in a customer context. With the
+    # defaults the phone looks like a trunk; --explain says so, and which rule; with the
+    # [calls] phones table the same trace reads right, and --explain says by which rule.
+    from telephony.ami import encode
+    from tests.test_tracker_traces import hosted, load
+
+    trace = tmp_path / "hosted.ami"
+    calls = hosted(load("41-sip-inbound-answered-caller-hangup.ami"))
+    trace.write_bytes(b"".join(map(encode, calls)))
+    before = replay(str(trace), "--explain")
+    assert before.returncode == 0, before.stderr
+    # The phone is taken for a trunk, so 201 answering looks like a forward to a mobile:
+    assert ("extension  none: it was forwarded to +79161234567 on SIP/150010001-00000037 "
+            "(a trunk: it matches trunk_channel_pattern), before any extension rang"
+            in before.stdout)
+    config = tmp_path / "settings.toml"
+    config.write_text('[calls]\nphones = { "150010001" = "201" }\n', encoding="utf-8")
+    after = replay(str(trace), "--explain", "--config", str(config))
+    lines = after.stdout.splitlines()
+    assert lines[0].startswith("call 1796475770.62  in  +79161234567 -> +74951234567  "
+                               "extension 201  answered")
+    assert "  direction  in: the first channel is SIP/trunk-00000036 (a trunk: it matches " \
+           "trunk_channel_pattern)" in lines
+    assert "  did        +74951234567: the number the first channel dialled (its Exten)" in lines
+    assert "  extension  201: SIP/150010001-00000037 (the phone of 201 by [calls] phones)" \
+           in lines
+    assert "  answered   yes: SIP/150010001-00000037 went Up" in lines
+
+
+def test_explain_says_why_where_the_tracker_cannot_tell(tmp_path: Path) -> None:
+    from telephony.ami import encode
+    from tests.test_tracker_traces import load
+
+    # The DID lost: a trunk that sends the call to "s" and no DID variable in the dialplan.
+    msgs = [{**m, "Exten": "s"} if m.get("Event") == "Newchannel" else m
+            for m in load("41-sip-inbound-answered-caller-hangup.ami")
+            if m.get("Variable") != "__FROM_DID"]
+    trace = tmp_path / "no-did.ami"
+    trace.write_bytes(b"".join(map(encode, msgs)))
+    done = replay(str(trace), "--explain")
+    assert "  flag       did-unknown: the first channel's Exten 's' is not a number and none " \
+           "of [calls] did_variables was set" in done.stdout.splitlines()
+    (record,) = map(json.loads, replay(str(trace)).stdout.splitlines())
+    assert (record["flags"], record["reasons"]) == (["did-unknown"], {
+        "did-unknown": "the first channel's Exten 's' is not a number and none of [calls] "
+                       "did_variables was set"})

@@ -190,3 +190,15 @@ async def test_report_json_lists_a_configured_source_with_no_calls(redis_client:
     assert (rows[AVITO]["source"], rows[AVITO]["calls"], rows[AVITO]["first_calls"]) == (
         "Avito", 0, 0,
     )  # fmt: skip
+
+
+async def test_a_period_reaching_before_1970_is_a_400_with_the_reason(redis_client: Redis) -> None:
+    answers = {}
+    async with AgentBridge(agent_settings(), redis=redis_client) as bridge:
+        for since in ("9999999d", "1" + "0" * 400 + "d", "\u0667d", "0001-01-01"):
+            status, body, _ = await bridge.get(
+                "/report.json", params={"token": REPORT_TOKEN, "since": since}
+            )
+            answers[since] = (status, json.loads(body)["error"] if status == 400 else body)
+    assert {since: status for since, (status, _) in answers.items()} == dict.fromkeys(answers, 400)
+    assert "outside what a report covers (1970-01-01" in answers["9999999d"][1]

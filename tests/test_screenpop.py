@@ -362,3 +362,64 @@ async def test_an_internal_call_is_not_looked_up_and_has_no_search_link() -> Non
         lookup = pop.snapshot("101")["calls"][0]["lookup"]
     assert crm.finds == [] and lookup["state"] == "none" and lookup["search_url"] is None
     await pop.close()
+
+
+# --- how many lookups at once --------------------------------------------------------------
+
+
+def caller(i: int) -> str:
+    return f"+7916{i:07d}"
+
+
+async def test_thousands_of_calls_ringing_a_watched_extension_ask_the_crm_a_few_at_a_time() -> None:
+    crm = Directory()
+    crm.gate = asyncio.Event()
+    pop = make_pop(crm, max_lookups=8, max_lookups_per_extension=3)
+    for i in range(2000):
+        pop.on_update(ringing("101", f"c{i}", caller(i)))
+    snap = pop.watch("101")  # the JSON endpoint: asking counts as watching
+    await asyncio.sleep(0.01)
+    assert len(crm.finds) == 3
+    states = [c["lookup"]["state"] for c in snap["calls"]]
+    assert states.count("pending") == 3 and states.count("none") == 1997
+    waiting = [c for c in snap["calls"] if c["lookup"]["state"] == "none"]
+    assert all(c["lookup"]["search_url"] for c in waiting)  # shown with the search link
+    pop.watch("101")  # asking again does not count the same calls twice
+    assert pop.limits.hits["crm_lookups"] == 1997
+    # another agent's calls are not held back by 101's flood
+    pop.on_update(ringing("102", "d1", CALLER))
+    pop.watch("102")
+    await asyncio.sleep(0.01)
+    assert len(crm.finds) == 4 and crm.finds[-1] == CALLER
+    crm.gate.set()
+    await pop.idle()
+    await pop.close()
+
+
+async def test_an_open_page_gets_the_waiting_lookups_as_running_ones_end() -> None:
+    crm = Directory({caller(i): [Contact(str(i), "contact", f"N{i}", "")] for i in range(10)})
+    pop = make_pop(crm, max_lookups=8, max_lookups_per_extension=2)
+    async with pop.subscribe("101") as feed:
+        for i in range(10):
+            pop.on_update(ringing("101", f"c{i}", caller(i)))
+        await pop.idle()
+        snap = pop.snapshot("101")
+        assert [c["lookup"]["state"] for c in snap["calls"]] == ["done"] * 10
+        assert sorted(crm.finds) == sorted(caller(i) for i in range(10))
+        assert feed is not None
+    assert pop.limits.hits["crm_lookups"] == 8
+    await pop.close()
+
+
+async def test_many_calls_from_one_number_are_one_crm_request() -> None:
+    crm = Directory()
+    crm.gate = asyncio.Event()
+    pop = make_pop(crm)
+    async with watching(pop, "101", "102"):
+        for i in range(500):
+            pop.on_update(ringing("101" if i % 2 else "102", f"c{i}", CALLER))
+        await asyncio.sleep(0.01)
+        crm.gate.set()
+        await pop.idle()
+    assert crm.finds == [CALLER]
+    await pop.close()

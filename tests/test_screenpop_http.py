@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from telefum.config import AmiSettings, Settings
 from telefum.wiring import agent_services
 from telephony.listener import AmiListener
 from telephony.tracker import CallTracker
-from tests.support.agents import AGENT_TOKENS, agent_settings, split_at_first_ring
+from tests.support.agents import (
+    ADMIN_TOKEN,
+    AGENT_TOKENS,
+    AgentBridge,
+    agent_settings,
+    split_at_first_ring,
+)
 from tests.support.crm import RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER
 from worker.policy import CrmTarget
@@ -207,3 +214,33 @@ async def test_snapshot_request_looks_up_current_calls(
     assert call["lookup"]["state"] == "done"
     assert [c["name"] for c in call["lookup"]["contacts"]] == ["Иван"]
     assert refcrm.state.requests["find"] == 1
+
+
+async def test_live_feeds_are_capped_per_extension_and_in_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One agent token opened 5,000 feeds: each holds a connection for as long as it is
+    open. At most [http] max_streams_per_extension per extension, half of max_connections
+    in all; a feed beyond is a 429 and counts as a hit of the sse_streams cap."""
+    base = agent_settings()
+    http_settings = replace(base.http, max_streams_per_extension=2, max_connections=8)
+    caplog.set_level(logging.WARNING, logger="telefum.limits")
+    async with (
+        AgentBridge(base.model_copy(update={"http": http_settings})) as b,
+        ClientSession(timeout=ClientTimeout(total=10)) as http,
+    ):
+        async def feed(ext: str, token: str) -> Any:
+            resp = await http.get(f"{b.url}/agent/{ext}/events?token={token}")
+            opened.append(resp)
+            return resp
+
+        opened: list[Any] = []
+        assert [(await feed("101", AGENT_TOKENS["101"])).status for _ in range(2)] == [200, 200]
+        refused = await feed("101", AGENT_TOKENS["101"])
+        assert refused.status == 429 and "max_streams_per_extension" in await refused.text()
+        assert [(await feed("102", AGENT_TOKENS["102"])).status for _ in range(2)] == [200, 200]
+        refused = await feed("103", ADMIN_TOKEN)  # 4 open in all: half of max_connections
+        assert refused.status == 429 and "max_connections" in await refused.text()
+        for resp in opened:
+            resp.close()
+    assert "limit sse_streams reached: extension 101 has 2 open" in caplog.text

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import stat
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,9 @@ import pytest
 
 from pbxsim.server import PbxSimulator
 from tests.conftest import free_port
-from tests.support.crm import REPO, RunningRefCrm
+from tests.support.crm import RunningRefCrm
 from tests.support.pbx import PBX_SECRET, PBX_USER
+from tests.support.procs import Proc
 
 TOKEN = "admin-token-for-tests"
 ANSWERED = "01-inbound-answered-caller-hangup.ami"  # +79161234567 -> +74951234567, ext 101
@@ -57,44 +56,6 @@ token = "{TOKEN}"
         encoding="utf-8",
     )
     return path
-
-
-class Proc:
-    """A ``telefum`` subprocess, its stderr in a file shown when a test fails."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.proc, self.log = proc, log
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    async def terminate(self, timeout_s: float = 15.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout_s)
-
-
-@pytest.fixture
-async def telefum(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proc]]]:
-    started: list[Proc] = []
-
-    async def start(*args: str) -> Proc:
-        log = tmp_path / f"telefum-{len(started)}.log"
-        with open(log, "wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "telefum.cli", *args,
-                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        p = Proc(proc, log)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.proc.returncode is None:
-            p.proc.kill()
-            await p.proc.wait()
 
 
 async def until(check: Callable[[], Awaitable[Any]], what: str, procs: list[Proc]) -> Any:

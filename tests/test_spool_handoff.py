@@ -19,7 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from telefum.config import Settings
-from telefum.web import Service, bound_port, create_app, start_http
+from telefum.web import HttpSettings, Service, create_app, start_http
 from telephony.supervise import Supervisor
 from tests.conftest import free_port
 from tests.support.crm import RefCrmProcess
@@ -300,8 +300,8 @@ async def test_the_hand_over_survives_running_out_of_file_descriptors_and_health
     handoff = Handoff(redis_url, tmp_path / "spool", supervisor=supervisor)
     service = Service(Settings(), redis=redis_client, supervisor=supervisor,
                       spool_size=lambda: handoff.spool_size)  # fmt: skip
-    http = await start_http(create_app(service), "127.0.0.1:0")
-    url = f"http://127.0.0.1:{bound_port(http)}/health"
+    http = await start_http(create_app(service), HttpSettings(listen="127.0.0.1:0"))
+    url = f"http://127.0.0.1:{http.port}/health"
     session = aiohttp.ClientSession()
     await handoff.start()
     try:

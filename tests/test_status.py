@@ -126,3 +126,36 @@ def test_screen_shows_a_rejected_login_a_stuck_spool_and_retries() -> None:
     assert "7 queued (2 due, 5 retrying)   2 in progress   9 not yet delivered" in screen
     assert "w:1" in screen and "done 1,234" in screen
     assert "Spool         12 calls waiting (STUCK for 75 s)" in screen
+
+
+def test_texts_from_the_pbx_cannot_drive_the_terminal_of_whoever_runs_status() -> None:
+    body = {
+        "status": "unhealthy", "reasons": ["AMI login rejected: \x1b[2J\x1b[31mall fine\nOK"],
+        "ami": [{"pbx": "office", "connected": False, "login_error": "no\x1b]0;pwned\x07"}],
+    }  # fmt: skip
+    screen = render(body, now=0)
+    assert "\x1b" not in screen and "\x07" not in screen
+    assert "\\x1b[2J\\x1b[31mall fine\\nOK" in screen
+
+
+def test_screen_shows_a_failing_crm_as_degraded_with_the_calls_waiting() -> None:
+    reason = ("CRM https://crm.example.com/rest failing since 2026-11-26T12:00:03.120Z (4.2 min: "
+              "37 requests failed, none succeeded): 150 calls waiting; last error 3 s ago: ...")
+    body = {
+        "status": "degraded", "reasons": [reason],
+        "ami": [], "redis": {"checked": True, "ok": True},
+        "crm": [{"url": "https://crm.example.com/rest", "failing": True,
+                 "failing_since": 1764158403.12, "failures": 37, "waiting": 150},
+                {"url": "https://branch.example.com/rest", "failing": False,
+                 "failing_since": None, "last_ok_age_s": 0.4, "waiting": 0}],
+        "service": {"url": "http://127.0.0.1:8088", "reachable": True},
+    }  # fmt: skip
+    screen = render(body, now=0)
+    assert "DEGRADED" in screen.splitlines()[0]
+    assert f"  ! {reason}" in screen
+    [failing] = [x for x in screen.splitlines() if "crm.example.com" in x and "!" not in x]
+    assert failing.startswith("CRM           https://crm.example.com/rest   FAILING since ")
+    assert failing.endswith(
+        "37 requests failed   150 calls waiting   (once it answers: telefum queue retry-now)"
+    )
+    assert "CRM           https://branch.example.com/rest   ok   last answer 0.4 s ago" in screen

@@ -46,6 +46,25 @@ def test_answered_inbound_call_is_logged_with_duration_extension_and_source() ->
     assert plan.phone == "+79161234567"
 
 
+def test_a_call_that_ended_in_a_gap_says_its_talk_is_a_lower_bound_and_why() -> None:
+    """Issue 15: the event text must not claim a precision the bridge does not have."""
+    plan = planned(call(ended_at=T0 + 19, flags=("reconciled", "gap")))
+    assert plan.description == (
+        "Длительность ≥0:13 (разрыв связи с АТС); добавочный 101; номер +74951234567"
+    )
+
+
+def test_a_call_found_answered_after_a_restart_says_its_talk_is_an_upper_bound() -> None:
+    record = call(flags=("adopted", "ring-unknown"))
+    assert record.ring_s is None
+    plan = planned(record, CallPolicy(description="{duration}|{ring}"))
+    assert plan.description == "≤3:54 (разговор начался до перезапуска моста)|"
+
+
+def test_a_call_whose_times_came_from_the_cdr_reads_as_exact() -> None:
+    assert planned(call(source="cdr")).description.startswith("Длительность 3:54;")
+
+
 def test_missed_call_has_its_own_subject_and_no_duration() -> None:
     plan = planned(
         call(extension=None, answered=False, answered_at=None, disposition="no-answer")
@@ -78,6 +97,14 @@ def test_the_agents_own_credentials_are_used_when_configured_else_the_service_ac
     assert planned(missed).credentials == SERVICE
 
 
+def test_lookups_use_the_service_account_and_a_login_is_named_with_whose_it_is() -> None:
+    ivans = planned(call(extension="101"))
+    assert ivans.lookup == SERVICE and ivans.agent == "101"
+    assert ivans.whose(IVAN) == 'login "ivan" (agent 101\'s own)'
+    assert ivans.whose(SERVICE) == 'login "bridge" (the service account)'
+    assert planned(call(extension="102")).whose(SERVICE) == 'login "bridge" (the service account)'
+
+
 @pytest.mark.parametrize(
     ("record", "policy", "reason"),
     [
@@ -88,7 +115,7 @@ def test_the_agents_own_credentials_are_used_when_configured_else_the_service_ac
         (call(direction="internal", external=None, did=None), CallPolicy(), "internal"),
         (call(external=None), CallPolicy(), "no outside number"),
         (call(direction="internal", external=None, did=None), CallPolicy(log_internal=True),
-         "no outside number"),
+         "no other extension"),
     ],
 )  # fmt: skip
 def test_calls_the_policy_leaves_out_are_skipped_with_the_reason(
@@ -157,3 +184,32 @@ def test_worker_config_round_trips_through_json() -> None:
     assert again == config
     assert again.crm_for("office").phone_format == "digits"
     assert again.crm_for("elsewhere") == CRM
+
+
+def internal_call(**kw: object) -> CallRecord:
+    """101 called 102, who answered: the record of a call between extensions."""
+    base: dict[str, object] = dict(direction="internal", external=None, did=None,
+                                   extension="101", rang=("102",), final_extension="102")
+    return call(**(base | kw))
+
+
+def test_logged_internal_call_goes_on_the_other_extensions_contact_by_the_caller() -> None:
+    plan = planned(internal_call(), CallPolicy(log_internal=True))
+    assert (plan.phone, plan.credentials, plan.subject) == ("102", IVAN, "Внутренний звонок")
+    assert plan.description == "Длительность 3:54; добавочный 101"
+    assert plan.create is None  # create_contacts_for is ["in"] by default
+
+
+def test_unanswered_internal_call_goes_on_the_contact_of_the_extension_that_rang() -> None:
+    plan = planned(internal_call(answered=False, answered_at=None, final_extension=None,
+                                 disposition="no-answer", rang=("102", "103")),
+                   CallPolicy(log_internal=True))
+    assert plan.phone == "102"
+
+
+def test_internal_calls_create_the_other_extensions_contact_only_when_asked() -> None:
+    policy = CallPolicy(log_internal=True, create_contacts_for=("in", "internal"),
+                        contact_name="Сотрудник {phone}")
+    plan = planned(internal_call(), policy)
+    assert plan.create is not None
+    assert (plan.create.name, plan.create.x_pstn) == ("Сотрудник 102", "")

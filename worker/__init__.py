@@ -16,8 +16,11 @@ Where things are::
     dlq.py       the dead-letter store: list, requeue, drop
     reconcile.py re-enqueues calls the ledger still owes but arq lost
     stats.py     counters, latency buckets, heartbeats, spool sizes; read_stats()
+    crm_health.py  whether each CRM answers (for /health); a failing CRM back: its waiting
+                 calls run now (queue.retry_now)
     app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
-    redis_url.py one Redis URL -> every client's connection settings (arq's too)
+    redis_url.py one Redis URL -> every client's connection settings (arq's too): a plain
+                 URL (percent-decoded password), or redis+sentinel:// (a failover followed)
     embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
     private_files.py   0700 folders, 0600 files (spool, outbox, the private Redis)
 
@@ -43,8 +46,11 @@ Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
   (a duplicate rather than a loss), logged and counted in ``possible_duplicates``
   (``telefum_crm_possible_duplicates_total``); nothing else is counted there. See steps.py.
 
-Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes;
-anything if Redis loses acknowledged writes (no AOF, or AOF ``everysec`` and a power cut);
-an answer kept on the disk of a worker whose host never comes back (after ``settle_s``
-the call is sent again, and counted).
+Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes
+(the backfill from the PBX's CDR, telephony/backfill.py, finds those again at its next
+start when a source is configured); anything if Redis loses acknowledged writes (no AOF,
+or AOF ``everysec`` and a power cut; behind Sentinel the listener waits for a replica to
+have each batch, but a worker's ledger writes are not waited for); an answer kept on the
+disk of a worker whose host never comes back (after ``settle_s`` the call is sent again,
+and counted).
 """

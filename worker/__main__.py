@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from crm_client.redact import redact_line, register_secrets
 
 from .app import run_worker
+from .keys import ArqLineTags
 from .policy import WorkerConfig
 from .redis_url import RedisAddress
 
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ArqLineTags())
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("arq.worker").setLevel(logging.DEBUG if args.verbose else logging.WARNING)

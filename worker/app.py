@@ -47,11 +47,12 @@ from telephony.backoff import Backoff
 from telephony.supervise import Supervisor
 
 from . import keys, stats
+from .crm_health import CrmTally, Recovered
 from .jobs import RUNTIME_KEY, OnDelivered, Runtime, deliver_call
 from .ledger import LedgerWrite
 from .outbox import Outbox
 from .policy import CrmTarget, WorkerConfig
-from .queue import JOB_FUNCTION, dumps, loads
+from .queue import JOB_FUNCTION, dumps, loads, retry_now
 from .reconcile import try_reconcile
 from .redis_url import RedisAddress
 from .steps import CrmApi
@@ -161,6 +162,7 @@ class WorkerService:
             on_landed=self._landed,
         )  # fmt: skip
         self.latencies = stats.LatencyTally()  # outlives a Runtime rebuilt after an outage
+        self.answers = CrmTally()  # the same, for whether each CRM answers
         self._started = False  # the current arq worker got as far as on_startup
 
     def build(self) -> Worker:
@@ -202,7 +204,7 @@ class WorkerService:
                 self._clients[t.url] = self.client_factory(t)
         self.runtime = Runtime(
             self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered,
-            latencies=self.latencies,
+            latencies=self.latencies, answers=self.answers,
         )  # fmt: skip
         self.runtime.redis_back_at = time.time()  # (re)connected: see Runtime.redis_back_at
         self._started = True
@@ -234,6 +236,9 @@ class WorkerService:
         await self._stop_loops()
         with contextlib.suppress(Exception):
             await self.latencies.flush(ctx["redis"])
+        with contextlib.suppress(Exception):
+            for back in await self.answers.flush(ctx["redis"], self.config.crm_failing_s):
+                await self._crm_back(ctx["redis"], back)
         with contextlib.suppress(Exception):
             await stats.heartbeat_gone(ctx["redis"], self.worker_id)
         for client in self._clients.values():
@@ -280,12 +285,29 @@ class WorkerService:
             await asyncio.sleep(self.config.heartbeat_s)
 
     async def _latency_loop(self, redis: Any) -> None:
+        """CRM latencies and answers to Redis; a failing CRM that answers again gets its
+        waiting calls run now."""
         while True:
             await asyncio.sleep(LATENCY_FLUSH_S)
             try:
                 await self.latencies.flush(redis)
+                for back in await self.answers.flush(redis, self.config.crm_failing_s):
+                    await self._crm_back(redis, back)
             except RedisError as err:  # kept, and sent with the next flush
                 log.debug("CRM latencies not sent: %s", err)
+
+    async def _crm_back(self, redis: Any, back: Recovered) -> None:
+        """A CRM's failing streak ended: make its calls waiting for a retry due now."""
+
+        def goes_there(job: str) -> bool:
+            pbx = keys.split_job_id(job)[0]
+            return self.config.crm_for(pbx).lock_scope == back.scope
+
+        moved = await retry_now(redis, self.config.queue_name, only=goes_there)
+        log.warning(
+            "CRM %s answers again, after %d failed requests over %.0f s: %d waiting call(s) "
+            "run now", back.url, back.failures, back.last_failure - back.since, moved,
+        )  # fmt: skip
 
     async def _reconcile_loop(self, redis: Any) -> None:
         c = self.config

@@ -38,21 +38,27 @@ class DeadLetter:
     record: dict[str, Any] | None
     contact_id: str | None  # the contact found/created before it died, if any
     errors: list[dict[str, Any]] = field(default_factory=list)
+    login: str | None = None  # whose CRM login the failed request used (never a password)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "call_id": self.call_id, "pbx": self.pbx, "dead_at": self.dead_at,
             "reason": self.reason, "attempts": self.attempts, "first_seen": self.first_seen,
             "contact_id": self.contact_id, "record": self.record, "errors": self.errors,
+            "login": self.login,
         }  # fmt: skip
 
 
-async def dead_letter(redis: Redis, job_id: str, reason: str, now: float | None = None) -> None:
-    """Move a call to the store (one transaction: ledger, dlq set, pending set, counter)."""
+async def dead_letter(
+    redis: Redis, job_id: str, reason: str, now: float | None = None, *, login: str | None = None
+) -> None:
+    """Move a call to the store (one transaction: ledger, dlq set, pending set, counter).
+    ``login``: whose login the failed CRM request used (``login "ivan" (agent 101's own)``)."""
     now = time.time() if now is None else now
     lkey = keys.ledger(job_id)
+    fields = {"state": DEAD, "dead_at": repr(now), "dead_reason": reason, "dead_login": login or ""}
     async with redis.pipeline(transaction=True) as tr:
-        tr.hset(lkey, mapping={"state": DEAD, "dead_at": repr(now), "dead_reason": reason})
+        tr.hset(lkey, mapping=fields)
         tr.zadd(keys.DLQ, {job_id: now})
         tr.zrem(keys.PENDING, job_id)
         stats.incr_in(tr, "dead_lettered")
@@ -88,6 +94,7 @@ async def get(redis: Redis, job_id: str, *, with_errors: bool = True) -> DeadLet
         record=record,
         contact_id=entry.contact_id,
         errors=await error_history(redis, job_id) if with_errors else [],
+        login=entry.get("dead_login") or None,
     )
 
 

@@ -110,9 +110,9 @@ class FirstCalls:
         contact = new_contact(as_first, self.config.calls, target) or planned
         if contact.did != planned.did:
             log.info(
-                "new contact for %s gets x_pstn %s, the number of its first call %s; "
-                "this call dialled %s", record.external, first.did,
-                keys.job_id(first.pbx, first.call_id), record.did or "no tracking number",
-                extra={"call_id": record.call_id, "pbx": record.pbx},
+                "new contact for %s gets x_pstn %s, the number of its first call %s (pbx %s); "
+                "this call dialled %s", record.external, first.did, first.call_id, first.pbx,
+                record.did or "no tracking number",
+                extra=record.log_tags,
             )  # fmt: skip
         return contact

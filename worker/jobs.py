@@ -29,6 +29,7 @@ from telephony.records import CallRecord
 
 from . import keys, stats
 from . import ledger as ledger_mod
+from .crm_health import CrmTally
 from .dlq import dead_letter
 from .first_call import FirstCalls
 from .ledger import FINAL, CallLedger, LedgerWrite, PhoneLock
@@ -74,6 +75,7 @@ class Runtime:
         outbox: Outbox | None = None,
         on_delivered: OnDelivered | None = None,
         latencies: stats.LatencyTally | None = None,
+        answers: CrmTally | None = None,
     ) -> None:
         self.config = config
         self.on_delivered = on_delivered
@@ -93,6 +95,8 @@ class Runtime:
         self.done = 0
         # CRM latencies, sent to Redis by the worker process (app.py) every second
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
+        # whether each CRM answers: sent with the latencies (worker/crm_health.py)
+        self.answers = answers if answers is not None else CrmTally()
 
     def steps_for(self, target: CrmTarget) -> Steps:
         return Steps(
@@ -106,6 +110,8 @@ class Runtime:
             first_calls=FirstCalls(self.redis, self.config),
             not_before=self.redis_back_at,
             answer_waiting=self.outbox.holds,
+            crm_url=target.url,
+            answers=self.answers,
         )
 
     async def deliver(self, record_data: Any, job_id: str) -> str:
@@ -117,7 +123,7 @@ class Runtime:
             self.done += 1
 
     async def _deliver(self, record_data: Any, job_id: str) -> str:
-        tags = {"call_id": job_id}
+        tags = keys.log_tags(job_id)
         now = time.time()
         try:
             planned: Planned | Exception = self._plan(record_data)
@@ -142,17 +148,22 @@ class Runtime:
         led.begun(now)
         led.phone_lock = lock if locked else None
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)
+        steps: Steps | None = None
         try:
             try:
                 async with asyncio.timeout(deadline.remaining()):
-                    outcome = await self._run(planned, led, deadline)
+                    if not isinstance(planned, Exception):
+                        steps = self.steps_for(planned[1])
+                    outcome = await self._run(planned, led, deadline, steps)
             except Exception as err:
                 if led.answer_kept and led.entry.event_id:  # in the CRM; its answer is safe
                     log.info("call delivered: event %s; its ledger write waits for Redis in "
                              "the outbox (%s)", led.entry.event_id, describe(err),
                              extra=tags)  # fmt: skip
                     return f"delivered: event {led.entry.event_id} (ledger write pending)"
-                return await self._failed(err, led, tags)
+                # a CRM request failed: whose login it used (the dead letter names it)
+                login = steps.in_flight if steps is not None else None
+                return await self._failed(err, led, tags, login)
         finally:
             if led.phone_lock is not None:  # taken, and the steps never came to use it
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -192,16 +203,20 @@ class Runtime:
             self.config.job_timeout_s,
         )
 
-    async def _run(self, planned: Planned | Exception, led: CallLedger, deadline: Deadline) -> str:
+    async def _run(
+        self, planned: Planned | Exception, led: CallLedger, deadline: Deadline,
+        steps: Steps | None,
+    ) -> str:  # fmt: skip
         if isinstance(planned, Exception):
             raise planned
-        record, target, plan = planned
-        tags = {"call_id": record.call_id, "pbx": record.pbx}
+        assert steps is not None  # made with every plan
+        record, _, plan = planned
+        tags = record.log_tags
         if isinstance(plan, Skip):
             await led.skipped(plan.reason, time.time())
             log.info("call not logged: %s", plan.reason, extra=tags)
             return f"skipped: {plan.reason}"
-        event_id = await self.steps_for(target).deliver(plan, led, deadline)
+        event_id = await steps.deliver(plan, led, deadline)
         if event_id is None:
             reason = (
                 f"no CRM contact has {plan.phone}, and contacts are not created "
@@ -231,12 +246,17 @@ class Runtime:
         except RedisError as err:
             delay = self.backoff.delay(entry.attempts)
             log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
-                        describe(err), delay, extra={"call_id": entry.job_id})  # fmt: skip
+                        describe(err), delay, extra=keys.log_tags(entry.job_id))  # fmt: skip
             raise Retry(defer=delay) from err
         except Exception as err:
-            log.warning("delivery hook failed: %s", describe(err), extra={"call_id": entry.job_id})
+            log.warning("delivery hook failed: %s", describe(err),
+                        extra=keys.log_tags(entry.job_id))  # fmt: skip
 
-    async def _failed(self, err: Exception, led: CallLedger, tags: dict[str, str]) -> str:
+    async def _failed(
+        self, err: Exception, led: CallLedger, tags: dict[str, str], login: str | None = None
+    ) -> str:
+        """``login``: whose login the failed CRM request used (``Steps.in_flight``), named
+        in a dead letter's reason."""
         now = time.time()
         attempt = led.entry.attempts
         if isinstance(err, TimeoutError) and not str(err):
@@ -251,6 +271,7 @@ class Runtime:
             policy=self.config.retry,
             rng=self.rng,
         )
+        reason = f"{decision.reason}; {login}" if login and not decision.retry else decision.reason
         history = {
             "at": now,
             "attempt": attempt,
@@ -264,7 +285,7 @@ class Runtime:
                 history, retrying=decision.retry, event_uncertain=may_have_acted(err)
             )
             if not decision.retry:
-                await dead_letter(self.redis, led.job_id, decision.reason, now)
+                await dead_letter(self.redis, led.job_id, reason, now, login=login)
         except Exception as bookkeeping:
             # Redis went away while we wrote down the failure: arq retries the job later,
             # and the ledger (whatever reached it) tells that run where to resume.
@@ -280,8 +301,8 @@ class Runtime:
                 attempt, decision.delay_s, decision.reason, extra=tags,
             )  # fmt: skip
             raise Retry(defer=decision.delay_s) from err
-        log.error("call dead-lettered: %s", decision.reason, extra=tags)
-        return f"dead-lettered: {decision.reason}"
+        log.error("call dead-lettered: %s", reason, extra=tags)
+        return f"dead-lettered: {reason}"
 
 
 RUNTIME_KEY = "telefum"

@@ -6,12 +6,16 @@
 ``telefum:dlq``                  zset: dead-lettered job ids, by time of death
 ``telefum:lock:{crm}:{phone}``   the per-phone lock around find + addcont
 ``telefum:first-in:{phone}``     hash: a caller's earliest inbound call per PBX (first_call.py)
-``telefum:stats:*``              counters, latency buckets, heartbeats (worker/stats.py)
+``telefum:stats:*``              counters, latency buckets, heartbeats (worker/stats.py), whether
+                                 each CRM answers (worker/crm_health.py)
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from telephony.records import log_tags as call_log_tags
 
 PREFIX = "telefum:"
 PENDING = PREFIX + "pending"
@@ -22,6 +26,38 @@ RECONCILE_LOCK = PREFIX + "reconcile-lock"
 def job_id(pbx: str, call_id: str) -> str:
     """The arq job id of a call: the same call enqueued twice is one job."""
     return f"call:{pbx}:{call_id}"
+
+
+def split_job_id(job: str) -> tuple[str, str]:
+    """``call:{pbx}:{call_id}`` -> (pbx, call_id). A PBX name has no ":" (config checks it);
+    a call id may. Anything else: ("", job) (never raises: used to tag log lines)."""
+    kind, sep, rest = job.partition(":")
+    pbx, sep2, call_id = rest.partition(":")
+    if kind != "call" or not sep or not sep2 or not pbx or not call_id:
+        return "", job
+    return pbx, call_id
+
+
+def log_tags(job: str) -> dict[str, str]:
+    """The tags of a log line about the call of job ``job``: ``call_id=<linkedid> pbx=<name>``,
+    the form every line about a call has (``telephony.records.log_tags``), never the job id."""
+    pbx, call_id = split_job_id(job)
+    return call_log_tags(call_id, pbx)
+
+
+class ArqLineTags(logging.Filter):
+    """Gives arq's own lines about a job (``job call:office:1.1 expired``, ``call:office:1.1:
+    deliver_call failed``) the tags of every line about a call: install it on the handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("arq") and "call_id" not in record.__dict__:
+            for arg in record.args if isinstance(record.args, tuple) else ():
+                if isinstance(arg, str) and arg.startswith("call:"):
+                    pbx, call_id = split_job_id(arg.removesuffix(":deliver_call"))
+                    if pbx:
+                        record.__dict__.update(call_log_tags(call_id, pbx))
+                        break
+        return True
 
 
 def ledger(job: str) -> str:

@@ -31,7 +31,7 @@ event_uncertain    how many addevent sends of this call failed in a way the CRM 
                    added to ``possible_duplicates`` when the call is delivered
 outcome            delivered | skipped (when state is done)
 skip_reason        why a call was not logged
-done_at, dead_at, dead_reason
+done_at, dead_at, dead_reason, dead_login (whose CRM login the fatal request used)
 =================  ==========================================================================
 """
 
@@ -310,7 +310,7 @@ class CallLedger:
             self.answer_kept = True
             self.entry.fields.update(values)
             log.warning("Redis did not take a CRM answer (%s): kept for it in the outbox",
-                        _short(err), extra={"call_id": self.job_id})  # fmt: skip
+                        _short(err), extra=keys.log_tags(self.job_id))  # fmt: skip
             return False
         except asyncio.CancelledError:  # the run is stopped: the answer must not go with it
             if self.outbox is not None:
@@ -318,7 +318,7 @@ class CallLedger:
                 self.answer_kept = True
                 self.entry.fields.update(values)
                 log.warning("the run stopped before Redis took a CRM answer: kept for it in "
-                            "the outbox", extra={"call_id": self.job_id})  # fmt: skip
+                            "the outbox", extra=keys.log_tags(self.job_id))  # fmt: skip
             raise
         self.entry.fields.update(first.values)
         return True

@@ -40,9 +40,10 @@ from redis.exceptions import RedisError
 from telephony.backoff import Backoff
 from telephony.supervise import Supervisor
 
+from . import keys
 from .ledger import LedgerWrite, write
 from .private_files import private_dir
-from .redis_url import redis_client
+from .redis_url import connect
 from .spool import Spool
 
 log = logging.getLogger("worker.outbox")
@@ -208,17 +209,17 @@ class Outbox:
                 if self._waiting[w.job_id] <= 0:
                     del self._waiting[w.job_id]
                 log.info("recorded a CRM answer after Redis came back",
-                         extra={"call_id": w.job_id})  # fmt: skip
+                         extra=keys.log_tags(w.job_id))  # fmt: skip
                 if w.done and self.on_landed is not None:
                     try:
                         await self.on_landed(redis, w)
                     except Exception as err:  # the call is in the CRM and on record
-                        log.warning("delivery hook failed: %s", err, extra={"call_id": w.job_id})
+                        log.warning("delivery hook failed: %s", err, extra=keys.log_tags(w.job_id))
 
     def _client(self) -> Redis:
         if self._redis is None:
             assert self._url is not None
-            self._redis = redis_client(self._url, socket_connect_timeout=1, socket_timeout=5)
+            self._redis = connect(self._url, socket_connect_timeout=1, socket_timeout=5)
         return self._redis
 
     def _adopt(self) -> None:

@@ -6,12 +6,18 @@ Kinds of call and what happens to them (defaults in brackets):
 - inbound nobody answered (missed): logged when ``log_missed`` [yes] ("Пропущенный звонок");
 - outbound answered: logged ("Исходящий звонок");
 - outbound nobody answered: logged when ``log_unanswered_outbound`` [yes];
-- internal: logged when ``log_internal`` [no], and only if it has an outside number;
-- no outside number (anonymous caller, internal): skipped, there is nobody to find.
+- internal (between extensions): logged when ``log_internal`` [no] ("Внутренний звонок"),
+  on the contact whose phone is the *other* extension (who answered, else the first that
+  rang), as the dialling agent: so an agent's calls to a colleague, the warehouse or the
+  reception show on that colleague's card, by the caller. The extension is looked up as it
+  is written ("102");
+- no outside number (anonymous caller): skipped, there is nobody to find.
 
 A contact is created when ``find`` gives nothing and the call's direction is in
 ``create_contacts_for`` [inbound only], with ``x_pstn`` = the number the caller dialled
 first: this call's, or an earlier call's that has not reached the CRM yet (``first_call.py``).
+An internal call's contact, with "internal" there, is named by the template, phone the
+extension, no x_pstn.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from types import MappingProxyType
 
 from crm_client.types import Credentials
 from telephony.phones import for_crm
-from telephony.records import CallRecord
+from telephony.records import GAP, RING_UNKNOWN, CallRecord
 
 from .policy import CallPolicy, CrmTarget
 
@@ -43,11 +49,27 @@ class NewContact:
 @dataclass(frozen=True)
 class CallPlan:
     phone: str  # the outside number as the CRM wants it
-    credentials: Credentials
+    credentials: Credentials  # the author of addcont and addevent: the agent's own, or service
     create: NewContact | None  # None: never create a contact for this call
     subject: str
     description: str
     record: CallRecord  # the call (a contact is finally made from its caller's first call)
+    service: Credentials | None = None  # the service account: find, and the fallback author
+    agent: str | None = None  # the extension whose own login ``credentials`` is; None: service
+
+    @property
+    def lookup(self) -> Credentials:
+        """Whose login ``find`` uses: the service account. A lookup records no author, so an
+        agent's own login is needed only for writes, and a call whose fate ``find`` decides
+        (an outbound call to an unknown number is not logged) never waits on it."""
+        return self.service or self.credentials
+
+    def whose(self, creds: Credentials) -> str:
+        """``login "ivan" (agent 101's own)``: which login a request used, never the
+        password; for dead letters and log lines."""
+        if self.agent is not None and creds == self.credentials and creds != self.service:
+            return f'login "{creds.login}" (agent {self.agent}\'s own)'
+        return f'login "{creds.login}" (the service account)'
 
 
 @dataclass(frozen=True)
@@ -73,10 +95,13 @@ def plan_call(
         return Skip("missed calls are not logged (log_missed = false)")
     if kind == "out-unanswered" and not calls.log_unanswered_outbound:
         return Skip("unanswered outbound calls are not logged (log_unanswered_outbound = false)")
-    if kind == "internal" and not calls.log_internal:
-        return Skip("internal calls are not logged (log_internal = false)")
-    if not record.external:
-        return Skip("no outside number (anonymous caller or internal call)")
+    if kind == "internal":
+        if not calls.log_internal:
+            return Skip("internal calls are not logged (log_internal = false)")
+        if other_extension(record) is None:
+            return Skip("internal call with no other extension (nobody was dialled)")
+    elif not record.external:
+        return Skip("no outside number (anonymous caller)")
 
     values = template_values(record, calls, crm, sources)
     subject = {
@@ -89,6 +114,7 @@ def plan_call(
     description = render(calls.description, values)
     if values["recording_url"] and "{recording_url}" not in calls.description:
         description = "; ".join(p for p in (description, f"запись {values['recording_url']}") if p)
+    agent = record.extension if record.extension in crm.agents else None
     return CallPlan(
         phone=values["phone"],
         credentials=crm.credentials_for(record.extension),
@@ -96,6 +122,8 @@ def plan_call(
         subject=render(subject, values),
         description=description,
         record=record,
+        service=crm.service,
+        agent=agent,
     )
 
 
@@ -118,6 +146,15 @@ def _new_contact(
     )
 
 
+def other_extension(record: CallRecord) -> str | None:
+    """The extension an internal call was with: who had it last, else the first that rang;
+    never the caller's own."""
+    me = record.extension
+    if record.answered and record.final_extension and record.final_extension != me:
+        return record.final_extension
+    return next((ext for ext in record.rang if ext != me), None)
+
+
 def format_duration(seconds: float) -> str:
     """3:54, 1:02:03 (rounded to the second)."""
     total = round(seconds)
@@ -126,13 +163,33 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def duration_text(record: CallRecord) -> str:
+    """The talk time as the event text gives it: exact ("3:54"), or, when the bridge could
+    not see the whole call and no CDR gave its times, the bound it knows, saying why:
+    "≥0:13 (разрыв связи с АТС)" (it ended while the AMI link was down: its end is the
+    last moment the bridge knew it up) or "≤0:07 (...)" (found already answered after a
+    restart: its answer is not known, so talk counts from when that phone began ringing).
+    Empty when nobody answered."""
+    if not record.answered:
+        return ""
+    text = format_duration(record.talk_s)
+    if GAP in record.flags:
+        return f"≥{text} (разрыв связи с АТС)"
+    if RING_UNKNOWN in record.flags:
+        return f"≤{text} (разговор начался до перезапуска моста)"
+    return text
+
+
 def template_values(
     record: CallRecord, calls: CallPolicy, crm: CrmTarget, sources: Mapping[str, str] = NO_SOURCES
 ) -> dict[str, str]:
-    phone = for_crm(record.external, crm.phone_format) if record.external else ""
+    if record.direction == "internal":
+        phone = other_extension(record) or ""  # an extension is looked up as written
+    else:
+        phone = for_crm(record.external, crm.phone_format) if record.external else ""
     values = {
-        "duration": format_duration(record.talk_s) if record.answered else "",
-        "ring": format_duration(record.ring_s),
+        "duration": duration_text(record),
+        "ring": "" if record.ring_s is None else format_duration(record.ring_s),
         "extension": record.extension or "",
         "did": record.did or "",
         "source": sources.get(record.did, "") if record.did else "",

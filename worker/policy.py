@@ -28,8 +28,9 @@ from telephony.phones import PhoneFormat
 # Placeholders the subject, description, contact name and recording URL templates may use.
 PLACEHOLDERS = frozenset(
     {
-        "duration",  # talk time, "3:54" (empty when nobody answered)
-        "ring",  # time until answer (or until the end, unanswered), "0:12"
+        "duration",  # talk time, "3:54" (empty when nobody answered; a bound after a gap
+        #              in the AMI link: "≥0:13 (разрыв связи с АТС)", see plan.duration_text)
+        "ring",  # time until answer (or until the end, unanswered), "0:12"; empty: unknown
         "extension",  # who answered (in) / who dialled (out)
         "did",  # the number an inbound caller dialled, E.164
         "source",  # the [sources] label of that number
@@ -112,7 +113,7 @@ class CallPolicy:
     """``[worker]``: which calls are logged, what the CRM is told, how long delivery may take."""
 
     log_missed: _Bool = True  # inbound nobody answered
-    log_internal: _Bool = False  # needs an outside number: internal calls usually have none
+    log_internal: _Bool = False  # between extensions: on the other extension's contact (plan.py)
     log_unanswered_outbound: _Bool = True
     create_contacts_for: tuple[Direction, ...] = ("in",)  # directions that auto-create a contact
     contact_name: CallTemplate = "Новый контакт {phone}"
@@ -183,6 +184,9 @@ class WorkerConfig:
     poll_delay_s: float = 0.05
     heartbeat_s: float = 5.0
     reconcile_s: float = 30.0  # how often lost jobs are looked for (see worker/reconcile.py)
+    # a CRM whose requests all failed for this long, then answers: its waiting calls run at
+    # once (worker/crm_health.py); the service sets it to [health] crm_failing_s
+    crm_failing_s: float = 60.0
     ledger_ttl_s: float = 30 * 86400.0  # how long "this call was delivered" is remembered
     # where CRM answers wait for Redis on disk (worker/outbox.py); "": a temporary folder,
     # which does not outlive the process

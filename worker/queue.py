@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+
+from telephony.records import log_tags
 
 from . import keys, stats
 from .first_call import note_of
@@ -78,7 +81,8 @@ if not known then
   redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
 else
   if requeue then
-    redis.call('HDEL', KEYS[1], 'first_attempt', 'attempts', 'dead_at', 'dead_reason')
+    redis.call('HDEL', KEYS[1], 'first_attempt', 'attempts', 'dead_at', 'dead_reason',
+               'dead_login')
     redis.call('ZREM', KEYS[4], ARGV[10])
     redis.call('HINCRBY', KEYS[5], 'requeued', 1)
   else  -- the ledger knew it, arq had lost it: see worker/reconcile.py
@@ -185,7 +189,7 @@ async def enqueue_calls(
         if outcome != QUEUED:  # a replay, or the spool handing a call over again
             log.info(
                 "call handed over again, not queued: %s", _NOT_AGAIN.get(outcome, outcome),
-                extra={"call_id": record["call_id"], "pbx": record.get("pbx") or "default"},
+                extra=log_tags(record["call_id"], record.get("pbx") or "default"),
             )  # fmt: skip
     return outcomes
 
@@ -196,3 +200,21 @@ _NOT_AGAIN = {
     "dead": "it is in the dead letters (telefum dlq requeue delivers it)",
     "dropped": "it was dropped from the dead letters (telefum dlq drop)",
 }
+
+
+async def retry_now(
+    redis: Redis, queue_name: str, *, only: Callable[[str], bool] | None = None
+) -> int:
+    """Make every call waiting for a retry due now (``only``: those whose job id it
+    accepts); how many. For when the CRM is back and the backoff (up to 10 minutes) would
+    make the last calls wait. A job that ends meanwhile is not brought back (``ZADD XX``); a
+    run that fails again backs off from its attempt count, as before."""
+    now_ms = int(time.time() * 1000)
+    waiting = [keys.text(m) for m in await redis.zrangebyscore(queue_name, f"({now_ms}", "+inf")]
+    chosen = [job for job in waiting if only is None or only(job)]
+    moved = 0
+    for i in range(0, len(chosen), 1000):
+        moved += int(await redis.zadd(
+            queue_name, dict.fromkeys(chosen[i : i + 1000], now_ms), xx=True, ch=True
+        ))  # fmt: skip
+    return moved

@@ -65,7 +65,7 @@ async def reconcile_once(
             recovered += 1
             log.warning(
                 "re-enqueued a call arq had lost (ledger state %s)", entry.state,
-                extra={"call_id": jid},
+                extra=keys.log_tags(jid),
             )  # fmt: skip
     return recovered
 

@@ -79,7 +79,7 @@ class Spool:
     def _list_segments(self) -> list[int]:
         out = []
         for p in self.dir.glob(f"*{SEGMENT_SUFFIX}"):
-            if p.stem.isdigit():
+            if p.stem.isascii() and p.stem.isdigit():  # int() refuses "²", isdigit() not
                 out.append(int(p.stem))
         return sorted(out)
 

@@ -9,9 +9,11 @@ Keys::
     telefum:stats:crm:{op}:{outcome}         hash  bucket upper bound -> count (NOT cumulative),
                                                    plus "count" and "sum" (seconds)
     telefum:stats:workers                   set   worker ids that sent a heartbeat
-    telefum:stats:worker:{id}               hash  ts, pid, host, running, done (TTL: 3 beats)
+    telefum:stats:worker:{id}               hash  ts, pid, host, running, done, failing (its
+                                                   failing background tasks) (TTL: 3 beats)
     telefum:stats:listeners                 set   listener ids that published a spool size
     telefum:stats:spool:{id}                hash  ts, size (TTL)
+    telefum:stats:crms, :crm-state:{scope}  whether each CRM answers (worker/crm_health.py)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ COUNTER_NAMES = (
     "events_created",
     "possible_duplicates",  # sends of delivered calls' addevent that may have acted unanswered
     "recovered",  # calls re-enqueued by the reconciler after arq lost their job
+    "agent_login_fallbacks",  # writes sent with the service account: the agent's was refused
 )
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
@@ -149,7 +152,9 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
                    "listeners": [{"id": str, "size": int, "age_s": float}]},
          "crm_latency": {op: {outcome: {"buckets": [[le, cumulative count], ...,
                                                     ["+Inf", count]],
-                                        "count": int, "sum_s": float}}}}
+                                        "count": int, "sum_s": float}}},
+         "crm": [{"scope": str, "url": str, "failing_since": float | None, ...}]}
+                                          # each CRM's answers: worker/crm_health.py
 
     ``le`` is a float except the last, "+Inf"; buckets are cumulative, as Prometheus wants.
     """
@@ -224,6 +229,8 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
             "sum_s": float(h.get("sum", 0.0)),
         }
 
+    from .crm_health import read_states  # (it imports the ledger, which imports us)
+
     return {
         "counters": counters,
         "queue": {"depth": int(depth), "due": int(due), "deferred": int(depth) - int(due)},
@@ -232,4 +239,5 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
         "workers": workers,
         "spool": {"total": sum(x["size"] for x in listeners), "listeners": listeners},
         "crm_latency": latency,
+        "crm": await read_states(redis),
     }

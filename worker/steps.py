@@ -13,6 +13,10 @@ Order of writes, and why:
    longer than find + addcont can take.
 2. No event in the ledger: mark ``event_sent_at``, ``addevent``, ledger (state done).
 
+Logins: ``find`` goes as the service account (a lookup has no author); ``addcont`` and
+``addevent`` as the call's author, the agent's own login when one is configured, and as the
+service account when the CRM refuses that login (``_as_author``: logged and counted).
+
 When step 1 learns the contact, its ledger write also releases the lock and, if there is
 time left to start addevent, carries step 2's mark: one Redis round trip instead of three
 (the worker's CPU goes mostly to round trips).
@@ -50,14 +54,15 @@ from typing import Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
-from crm_client.errors import Transient
+from crm_client.errors import PermanentCrmError, Transient
 from crm_client.types import Credentials, FindResult
 
 from . import keys, stats
+from .crm_health import CrmTally
 from .first_call import FirstCalls
 from .ledger import CallLedger
 from .plan import CallPlan
-from .retry import is_transient
+from .retry import describe, is_transient
 
 log = logging.getLogger("worker.steps")
 
@@ -125,10 +130,14 @@ class Steps:
         first_calls: FirstCalls | None = None,
         not_before: float = 0.0,
         answer_waiting: Callable[[str], bool] | None = None,
+        crm_url: str = "",
+        answers: CrmTally | None = None,
     ) -> None:
         self.redis = redis
         self.not_before = not_before  # see Runtime.redis_back_at
         self.answer_waiting = answer_waiting or (lambda job_id: False)
+        self.crm_url = crm_url
+        self.answers = answers if answers is not None else CrmTally()
         self.first_calls = first_calls
         self.latencies = latencies if latencies is not None else stats.LatencyTally()
         self.settle_s = settle_s
@@ -136,18 +145,67 @@ class Steps:
         self.lock_scope = lock_scope
         self.crm_timeout_s = crm_timeout_s
         self.lock_ttl_s = lock_ttl_s
+        self.in_flight: str | None = None  # whose login the CRM request under way uses
+        self.agent_rejected = False  # the CRM refused the agent's own login in this run
 
     async def _timed(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``)."""
+        """Run a CRM request; its latency goes to the stats (``stats.LatencyTally``), and
+        whether the CRM answered to the CRM's state (``crm_health.CrmTally``)."""
         t0 = time.monotonic()
         outcome = "ok"
         try:
-            return await call()
+            result = await call()
         except Exception as err:
             outcome = "transient" if is_transient(err) else "permanent"
+            if outcome == "transient":
+                self.answers.failed(self.lock_scope, self.crm_url, describe(err))
             raise
         finally:
             self.latencies.observe(op, outcome, time.monotonic() - t0)
+        self.answers.ok(self.lock_scope, self.crm_url)
+        return result
+
+    async def _request(
+        self, op: str, plan: CallPlan, creds: Credentials, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """A CRM request on ``creds``; while it runs, ``in_flight`` says whose login it uses
+        (a failure the job dead-letters names it)."""
+        self.in_flight = plan.whose(creds)
+        result = await self._timed(op, call)
+        self.in_flight = None
+        return result
+
+    async def _as_author(
+        self, op: str, plan: CallPlan, deadline: Deadline,
+        send: Callable[[Credentials], Awaitable[T]],
+    ) -> T:  # fmt: skip
+        """A write (addcont, addevent) as the call's author: the agent's own login when one is
+        configured. The CRM rejecting that login (wrong password) does not cost the call: it
+        is written with the service account instead, logged and counted
+        (``agent_login_fallbacks``), and the rest of this run stays on the service account."""
+        service = plan.lookup
+        creds = service if self.agent_rejected else plan.credentials
+        try:
+            return await self._request(op, plan, creds, lambda: send(creds))
+        except PermanentCrmError as err:
+            if err.kind != "auth" or plan.agent is None or creds == service:
+                raise
+            rejected, why = plan.whose(creds), err.description or err.message
+        self.agent_rejected = True
+        self.in_flight = None
+        log.warning(
+            "the CRM refused %s (it said: %s); %s goes with the service account's login %r "
+            "instead, so the CRM shows that account as its author: fix the password in "
+            '[crm.agents."%s"]', rejected, why, op, service.login, plan.agent,
+            extra=plan.record.log_tags,
+        )  # fmt: skip
+        await stats.incr(self.redis, "agent_login_fallbacks")
+        deadline.require(self.crm_timeout_s, op)
+        try:
+            return await self._request(op, plan, service, lambda: send(service))
+        finally:
+            if self.in_flight is not None:  # failed too: the dead letter names both
+                self.in_flight = f"{self.in_flight}, after {rejected} was rejected"
 
     async def deliver(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str | None:
         """Run what the ledger says is still to do; the event id, or None when there is no
@@ -173,7 +231,10 @@ class Steps:
         """Look the phone up; a match goes to the ledger (with ``release``, the per-phone
         lock is released in the same write; ``created``: the match is the contact a previous
         run of this call created)."""
-        found = await self._timed("find", lambda: self.crm.find(plan.phone, plan.credentials))
+        lookup = plan.lookup
+        found = await self._request(
+            "find", plan, lookup, lambda: self.crm.find(plan.phone, lookup)
+        )
         if not found.contacts:
             return False
         # Several matches: the event goes on the first, in the CRM's own order (the CRM
@@ -184,7 +245,7 @@ class Steps:
                 "%d contacts match %s; logging on the first (id %s), others: %s",
                 len(found.contacts), plan.phone, first.id,
                 ", ".join(c.id for c in found.contacts[1:]),
-                extra={"call_id": ledger.job_id},
+                extra=keys.log_tags(ledger.job_id),
             )  # fmt: skip
         await ledger.contact_known(
             first.id, first.typecont or "contact", created=created,
@@ -218,19 +279,19 @@ class Steps:
             if sent_before:
                 log.info(
                     "a previous run sent addcont for %s and died; find shows nothing, "
-                    "so creating it now", plan.phone, extra={"call_id": ledger.job_id},
+                    "so creating it now", plan.phone, extra=keys.log_tags(ledger.job_id),
                 )  # fmt: skip
             new = plan.create
             if self.first_calls is not None:
                 new = await self.first_calls.contact_for(plan.record, new)
             deadline.require(self.crm_timeout_s, "addcont")
             await ledger.contact_sending(time.time(), did=new.did)
-            contact_id = await self._timed(
-                "addcont",
-                lambda: self.crm.add_contact(
-                    plan.phone, new.name, new.typecont, new.x_pstn, plan.credentials
+            contact_id = await self._as_author(
+                "addcont", plan, deadline,
+                lambda creds: self.crm.add_contact(
+                    plan.phone, new.name, new.typecont, new.x_pstn, creds
                 ),
-            )
+            )  # fmt: skip
             await ledger.contact_known(
                 str(contact_id), new.typecont, created=True,
                 event_sending_at=self._event_mark(deadline), release=held,
@@ -241,13 +302,14 @@ class Steps:
                 try:
                     await lock.release()
                 except LockError:  # expired meanwhile: the ledger is written, nothing to undo
-                    log.warning("phone lock for %s expired before release", plan.phone)
+                    log.warning("phone lock for %s expired before release", plan.phone,
+                                extra=keys.log_tags(ledger.job_id))  # fmt: skip
 
     async def _add_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         if ledger.entry.event_id:
             return ledger.entry.event_id
         if ledger.sent_event_this_run:  # marked with the contact just now (contact_known)
-            return await self._send_event(plan, ledger)
+            return await self._send_event(plan, ledger, deadline)
         sent = ledger.event_mark()
         resend = ""  # why the CRM may already hold this event
         unanswered = sent is not None  # a run's send that nobody recorded the end of
@@ -278,18 +340,18 @@ class Steps:
         if resend:
             log.warning(
                 "%s: sending again, the CRM may show this call twice", resend,
-                extra={"call_id": ledger.job_id},
+                extra=keys.log_tags(ledger.job_id),
             )  # fmt: skip
-        return await self._send_event(plan, ledger)
+        return await self._send_event(plan, ledger, deadline)
 
-    async def _send_event(self, plan: CallPlan, ledger: CallLedger) -> str:
+    async def _send_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         contact_id = ledger.entry.get("contact_id")
         typecont = ledger.entry.get("contact_typecont") or "contact"
-        event_id = await self._timed(
-            "addevent",
-            lambda: self.crm.add_event(
-                contact_id, typecont, plan.subject, plan.description, plan.credentials
+        event_id = await self._as_author(
+            "addevent", plan, deadline,
+            lambda creds: self.crm.add_event(
+                contact_id, typecont, plan.subject, plan.description, creds
             ),
-        )
+        )  # fmt: skip
         await ledger.event_created(str(event_id), time.time())
         return str(event_id)

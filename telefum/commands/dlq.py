@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -49,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("id", metavar="ID")
 
 
-def run(args: argparse.Namespace) -> int:
+def redis_target(args: argparse.Namespace, command: str) -> tuple[str, dict[str, Any]] | int:
+    """The Redis URL and queue options of the settings (``--config``, ``--redis-url``), or
+    an exit status once the reason is on stderr. Shared by ``dlq`` and ``queue``."""
     from worker.policy import DEFAULT_QUEUE, RetryPolicy, WorkerConfig
 
     url = getattr(args, "redis_url", None)
@@ -69,12 +70,19 @@ def run(args: argparse.Namespace) -> int:
                 config.queue_name, config.job_expires_s, config.ledger_ttl_s,
             )  # fmt: skip
         except ValueError as err:
-            print(f"telefum dlq: configuration error: {err}", file=sys.stderr)
+            print(f"telefum {command}: configuration error: {err}", file=sys.stderr)
             return 2
     if not url:
-        print(NEEDS_REDIS, file=sys.stderr)
+        print(NEEDS_REDIS.replace("telefum dlq", f"telefum {command}"), file=sys.stderr)
         return 2
-    opts = {"queue_name": queue, "expires_s": expires_s, "ledger_ttl_s": ledger_ttl_s}
+    return url, {"queue_name": queue, "expires_s": expires_s, "ledger_ttl_s": ledger_ttl_s}
+
+
+def run(args: argparse.Namespace) -> int:
+    target = redis_target(args, "dlq")
+    if isinstance(target, int):
+        return target
+    url, opts = target
     if args.dlq_command == "requeue" and bool(args.id) == bool(args.all):
         print("telefum dlq requeue: give one ID or --all", file=sys.stderr)
         return 2
@@ -85,9 +93,9 @@ async def _main(args: argparse.Namespace, url: str, opts: dict[str, Any]) -> int
     from redis.exceptions import RedisError
 
     from crm_client.redact import redact_url
-    from worker.redis_url import redis_client
+    from worker.redis_url import connect
 
-    redis = redis_client(url, socket_connect_timeout=2, socket_timeout=10)
+    redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
     try:
         if args.dlq_command == "list":
             return await _list(redis, args)
@@ -115,31 +123,37 @@ def _call_summary(record: dict[str, Any] | None) -> str:
 
 
 async def _list(redis: Any, args: argparse.Namespace) -> int:
+    """Stored errors hold the CRM's words (an error page's title): every line is printed
+    escaped, so none can break a line or drive the terminal."""
+    from telefum.logs import escape_controls, json_dumps_safe
     from worker import dlq
 
     letters = await dlq.list_dead(redis, args.limit, with_errors=args.errors or args.json)
     if args.json:
         for dl in letters:
-            print(json.dumps(dl.to_json(), ensure_ascii=False))
+            print(json_dumps_safe(dl.to_json()))
         return 0
     total = await dlq.count(redis)
     if not letters:
         print("no dead letters")
         return 0
+    lines: list[str] = []
     shown = f" (showing {len(letters)})" if len(letters) < total else ""
-    print(f"{total} dead letter(s){shown}, oldest first (times UTC):")
+    lines.append(f"{total} dead letter(s){shown}, oldest first (times UTC):")
     for dl in letters:
-        print(f"{dl.id}  died {_when(dl.dead_at)}  after {dl.attempts} attempt(s)  "
-              f"call: {_call_summary(dl.record)}")  # fmt: skip
-        print(f"    reason: {dl.reason}")
+        lines.append(f"{dl.id}  died {_when(dl.dead_at)}  after {dl.attempts} attempt(s)  "
+                     f"call: {_call_summary(dl.record)}")  # fmt: skip
+        lines.append(f"    reason: {dl.reason}")
         if dl.contact_id:
-            print(f"    contact {dl.contact_id} is already in the CRM (a requeue reuses it)")
+            lines.append(f"    contact {dl.contact_id} is already in the CRM (a requeue reuses it)")
         for e in dl.errors:
             if e.get("requeued"):
-                print(f"    {_when(e.get('at'))}  requeued")
+                lines.append(f"    {_when(e.get('at'))}  requeued")
             else:
-                print(f"    {_when(e.get('at'))}  attempt {e.get('attempt', '?')}: "
-                      f"{e.get('message', '')} -> {e.get('action', '')}")  # fmt: skip
+                lines.append(f"    {_when(e.get('at'))}  attempt {e.get('attempt', '?')}: "
+                             f"{e.get('message', '')} -> {e.get('action', '')}")  # fmt: skip
+    for line in lines:
+        print(escape_controls(line))
     return 0
 
 

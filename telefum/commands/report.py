@@ -97,9 +97,9 @@ async def _from_redis(
 
     from crm_client.redact import redact_url
     from telefum.attribution import Attribution
-    from worker.redis_url import redis_client
+    from worker.redis_url import connect
 
-    client = redis_client(url, socket_timeout=10)
+    client = connect(url, socket_timeout=10)
     try:
         return await Attribution(client, sources=settings.sources).report(since, until, tz)
     except (RedisError, OSError) as err:

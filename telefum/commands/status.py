@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
 import time
@@ -99,7 +98,7 @@ async def gather(settings: Any, url: str, timeout_s: float = 3.0) -> dict[str, A
 
 
 async def _from_redis(settings: Any) -> dict[str, Any]:
-    from telefum.health import evaluate, observe
+    from telefum.health import crm_routes, evaluate, observe
     from telefum.private_redis import redis_url
 
     url = redis_url(settings)
@@ -107,11 +106,11 @@ async def _from_redis(settings: Any) -> dict[str, Any]:
         return {"ami": None, "redis": None, "reasons": [
             "[redis] url is empty and no `telefum run` private Redis is running: nothing to read"
         ]}  # fmt: skip
-    from worker.redis_url import redis_client
+    from worker.redis_url import connect
 
-    redis = redis_client(url, socket_connect_timeout=1, socket_timeout=3)
+    redis = connect(url, socket_connect_timeout=1, socket_timeout=3)
     try:
-        snap = await observe([], redis, settings.health)
+        snap = await observe([], redis, settings.health, crms=crm_routes(settings))
     finally:
         await redis.aclose()
     body = evaluate(snap, settings.health).to_json()
@@ -120,10 +119,12 @@ async def _from_redis(settings: Any) -> dict[str, Any]:
 
 
 async def _once(settings: Any, url: str, as_json: bool) -> tuple[int, str]:
+    from telefum.logs import json_dumps_safe
+
     body = await gather(settings, url)
     code = 0 if body.get("status") == "ok" and body["service"]["reachable"] else 1
     if as_json:
-        return code, json.dumps(body, ensure_ascii=False, indent=2)
+        return code, json_dumps_safe(body, indent=2)
     return code, render(body)
 
 
@@ -145,10 +146,15 @@ def _age(seconds: float | None) -> str:
 
 
 def render(body: dict[str, Any], now: float | None = None) -> str:
-    """The one screen, from /health's JSON (pure: the tests feed it dicts)."""
+    """The one screen, from /health's JSON (pure: the tests feed it dicts). Its texts come
+    from outside (a PBX's login answer, a Redis error): each line is printed escaped."""
+    from telefum.logs import escape_controls
+
     lines: list[str] = []
     service = body.get("service", {})
-    verdict = "OK" if body.get("status") == "ok" and service.get("reachable", True) else "UNHEALTHY"
+    verdict = {"ok": "OK", "degraded": "DEGRADED"}.get(str(body.get("status")), "UNHEALTHY")
+    if not service.get("reachable", True):
+        verdict = "UNHEALTHY"
     stamp = datetime.fromtimestamp(now or time.time()).strftime("%H:%M:%S")
     version = f" {body['version']}" if body.get("version") else ""
     lines.append(f"telefum-bridge{version}   {verdict}   {service.get('url', '')}   {stamp}")
@@ -182,6 +188,9 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
         else:
             ok = "ok" if redis.get("ok") else f"UNREACHABLE ({redis.get('error', '')})"
             lines.append(f"Redis         {ok}")
+
+    for crm in body.get("crm") or []:
+        lines.append(f"CRM           {crm['url']}   {_crm_state(crm)}")
 
     why = " (Redis unreachable)" if redis is not None and not redis.get("ok", True) else ""
     queue = body.get("queue")
@@ -218,12 +227,29 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
             "draining" if spool.get("draining") else f"STUCK for {spool.get('stalled_s', 0):.0f} s"
         )
         lines.append(f"Spool         {spool['size']} calls waiting ({state})")
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
+
+
+def _crm_state(crm: dict[str, Any]) -> str:
+    """``ok``, or since when it fails and how many calls wait for it."""
+    waiting = crm.get("waiting")
+    calls = "" if waiting is None else f"   {waiting} calls waiting"
+    if crm.get("failing"):
+        since = datetime.fromtimestamp(crm["failing_since"]).strftime("%H:%M:%S")
+        return (
+            f"FAILING since {since}   {crm.get('failures', 0)} requests failed{calls}"
+            "   (once it answers: telefum queue retry-now)"
+        )
+    if crm.get("failing_since") is not None:
+        return f"not answering lately   the last {crm.get('failures', 0)} request(s) failed{calls}"
+    if crm.get("last_ok_age_s") is None:
+        return "no request yet"
+    return f"ok   last answer {_age(crm['last_ok_age_s'])}"
 
 
 async def _check_worker(settings: Any) -> int:
     from telefum.private_redis import redis_url
-    from worker.redis_url import redis_client
+    from worker.redis_url import connect
     from worker.stats import read_stats
 
     url = redis_url(settings)
@@ -231,7 +257,7 @@ async def _check_worker(settings: Any) -> int:
         print("no [redis] url: nothing to check", file=sys.stderr)
         return 1
     host = socket.gethostname()
-    redis = redis_client(url, socket_connect_timeout=1, socket_timeout=3)
+    redis = connect(url, socket_connect_timeout=1, socket_timeout=3)
     try:
         stats = await asyncio.wait_for(read_stats(redis), settings.health.redis_timeout_s + 3)
     except Exception as err:

@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
 async def _work(
     settings: Settings, config: WorkerConfig, url: str, args: argparse.Namespace
 ) -> None:
-    """One worker until SIGINT/SIGTERM (arq's own handlers), counting deliveries for the
-    marketers' report."""
+    """One worker until SIGINT/SIGTERM (its own handlers: worker/app.py), counting
+    deliveries for the marketers' report."""
     from telefum.attribution import attribution_hook
     from worker.app import WorkerService
-    from worker.redis_url import redis_client
+    from worker.redis_url import connect
 
-    redis = redis_client(url, socket_connect_timeout=1.0, socket_timeout=5.0)
+    redis = connect(url, socket_connect_timeout=1.0, socket_timeout=5.0)
     try:
         await WorkerService(
             config,

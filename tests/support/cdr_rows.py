@@ -12,13 +12,16 @@ backends insert. From them:
 - ``FREEPBX_CDR`` / ``ASTERISK_PG_CDR``: the tables the two database sources read
   (FreePBX's ``asteriskcdrdb.cdr``; the schema Asterisk ships for ``cdr_pgsql``), and
   ``mysql_values`` / ``pg_values``: a row as those backends write it.
-- ``live_records``: what the tracker makes of the same trace (``telefum replay``).
+- ``live_records``: what the tracker makes of the same trace (``telefum replay``);
+- ``CORPORA``: the recordings of each PBX, with the ``[calls]`` rules its admin writes
+  (``trace_rules``: the tracker trace tests' own), for round trips through one table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from telephony.ami import AmiCodec, event_time
 from telephony.records import CallFinished, CallRecord
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
+from tests.support.pbx import TRACES
+from tests.test_tracker_traces import CHANSIP, SCENARIOS, SIP_ACCOUNTS
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ def _messages(trace: Path) -> list[dict[str, str]]:
     return [dict(m) for m in codec.feed(trace.read_bytes())]
 
 
+@cache
 def trace_cdrs(trace: Path) -> list[TraceCdr]:
     linked: dict[str, str] = {}
     did: dict[str, str] = {}
@@ -69,6 +75,49 @@ def live_records(trace: Path, rules: CallRules | None = None) -> dict[str, CallR
             if isinstance(update, CallFinished):
                 out[update.record.call_id] = update.record
     return out
+
+
+def trace_rules(name: str) -> CallRules:
+    """The ``[calls]`` rules an admin of the trace's PBX writes, as the tracker trace tests
+    configure them (tests/test_tracker_traces.py): the chan_sip PBX names its phones by
+    account, so ``phones`` maps them; the Asterisk 22 one needs the defaults."""
+    return CallRules(phones=SIP_ACCOUNTS) if name in CHANSIP else CallRules()
+
+
+@dataclass
+class Corpus:
+    """The recordings of one PBX (the manifest's ``pbx``) that hold its ``Cdr`` events, as
+    one CDR table would: every call of them, and the tracker's records of the same calls."""
+
+    pbx: str
+    traces: tuple[Path, ...]
+    rules: CallRules
+
+    @cached_property
+    def cdrs(self) -> list[TraceCdr]:
+        return [c for trace in self.traces for c in trace_cdrs(trace)]
+
+    @cached_property
+    def live(self) -> dict[str, CallRecord]:
+        return {k: v for t in self.traces for k, v in live_records(t, self.rules).items()}
+
+
+def _corpora() -> dict[str, Corpus]:
+    # Real recordings only: a derived trace (synthetic) is another AMI view of a recording's
+    # calls (same CDR); 29's link cut needs its second session for the tracker's records.
+    by_pbx: dict[str, list[str]] = {}
+    for name, scenario in sorted(SCENARIOS.items()):
+        if not scenario.get("synthetic"):
+            by_pbx.setdefault(scenario["pbx"], []).append(name)
+    out = {}
+    for pbx, names in by_pbx.items():
+        rules = trace_rules(names[0])
+        assert all(trace_rules(n) == rules for n in names), pbx  # one PBX, one [calls]
+        out[pbx] = Corpus(pbx, tuple(TRACES / n for n in names), rules)
+    return out
+
+
+CORPORA = _corpora()
 
 
 def _q(text: str) -> str:
@@ -167,15 +216,17 @@ def pg_values(cdr: TraceCdr) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-# What a CDR cannot know of these recorded calls (telephony/cdr.py says why): the answer
+# What a CDR cannot know of these recorded calls (docs/backfill.md says why): the answer
 # of the queue agent (the PBX answered the caller first), and of the outside party of a
 # click-to-call (the CDR answers when the agent picks up).
 CDR_CANNOT_KNOW = {
     "1795727844.17": {"answered_at"},  # 07 queue
+    "1796475814.75": {"answered_at"},  # 45 queue (chan_sip)
     "1795727960.138": {"answered_at"},  # 14 click-to-call
+    "1796475904.90": {"answered_at"},  # 50 click-to-call (chan_sip)
 }
 EXACT = ("call_id", "direction", "external", "did", "extension", "answered", "disposition",
-         "transfers", "rang", "final_extension", "pbx")  # fmt: skip
+         "transfers", "rang", "final_extension", "pbx", "forwarded_to", "joined_with")  # fmt: skip
 
 
 def differences(
@@ -183,13 +234,19 @@ def differences(
 ) -> list[str]:
     """How a record made from the CDR differs from the tracker's beyond what a CDR
     cannot know: every field equal, each time within ``slack_s`` (CDR times are cut to
-    the second), the DID only when the source has it (``did``)."""
+    the second), the same flags with a reason each; the DID (and its "did-unknown" flag)
+    only when the source has it (``did``)."""
     got, want = cdr.to_json(), live.to_json()
     out = [
-        f"{k}: cdr {got[k]!r} != live {want[k]!r}"
+        f"{k}: cdr {got.get(k)!r} != live {want.get(k)!r}"
         for k in EXACT
-        if got[k] != want[k] and (did or k != "did")
+        if got.get(k) != want.get(k) and (did or k != "did")
     ]
+    flags = [[f for f in r["flags"] if did or f != "did-unknown"] for r in (got, want)]
+    if flags[0] != flags[1]:
+        out.append(f"flags: cdr {got['flags']} != live {want['flags']}")
+    if sorted(got.get("reasons", {})) != sorted(got["flags"]):
+        out.append(f"reasons: {got.get('reasons')} for flags {got['flags']}")
     skip = CDR_CANNOT_KNOW.get(live.call_id, set())
     for k in ("started_at", "answered_at", "ended_at"):
         a, b = getattr(cdr, k), getattr(live, k)
