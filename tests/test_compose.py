@@ -4,6 +4,7 @@ workers, persistent Redis, loopback-only ports and no root."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import shlex
@@ -12,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,115 @@ def test_the_compose_redis_refuses_clients_without_the_password(tmp_path: Path) 
     finally:
         server.terminate()
         server.wait(10)
+
+
+def local_script(name: str, tmp: Path, swaps: dict[str, str]) -> str:
+    """A Redis service's start script as this machine's shell runs it: compose's ``$$``
+    is ``$``, its /tmp a folder of the test's, and ``swaps`` (host names, ports) applied."""
+    script = argv_of(SERVICES[name])[-1].replace("$$", "$").replace("/tmp/", f"{tmp}/")
+    for old, new in swaps.items():
+        assert old in script, (name, old)
+        script = script.replace(old, new)
+    return script
+
+
+async def test_the_ha_profiles_redis_replica_and_sentinel_share_the_password_and_fail_over(
+    tmp_path: Path,
+) -> None:
+    """The ha profile's own start scripts for ``redis``, ``redis-replica`` and a sentinel,
+    run here with this machine's redis-server (host names and ports made local, one sentinel
+    with a quorum of 1 and a short down-after): the replica syncs with the password
+    (masterauth), the sentinel logs in to both (auth-pass) and promotes the replica when the
+    primary is killed, and the bridge's client, asking the sentinel with the password in its
+    URL, writes before and after the failover."""
+    import redis as redis_sync
+
+    from tests.conftest import free_port
+    from worker.embedded_redis import find_redis_server
+    from worker.redis_url import connect
+
+    password = "0123abcd" * 8
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").symlink_to(find_redis_server())
+    entry = bin_dir / "docker-entrypoint.sh"  # the image's: runs what it is given
+    entry.write_text('#!/bin/sh\nshift\nexec redis-server "$@" --port "$PORT" '
+                     '--bind 127.0.0.1 --dir "$DATA" --daemonize no\n')  # fmt: skip
+    entry.chmod(0o755)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, port: int, swaps: dict[str, str]) -> None:
+        (tmp_path / name).mkdir()
+        script = local_script(name, tmp_path / name, swaps)
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_PASSWORD": password,
+               "PORT": str(port), "DATA": str(tmp_path / name)}  # fmt: skip
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        procs[name] = subprocess.Popen(["sh", "-c", script], env=env, stdout=log, stderr=log)
+
+    def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            for name, proc in procs.items():
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    def answers(port: int, key: str, want: Callable[[dict[str, Any]], bool]) -> bool:
+        client = redis_sync.Redis(port=port, password=password if key else None,
+                                  socket_timeout=0.5)  # fmt: skip
+        try:
+            info = client.info(key) if key else client.sentinel_master("telefum")
+            return want(info)
+        except redis_sync.RedisError:
+            return False
+        finally:
+            client.close()
+
+    client = None
+    try:
+        # one after the other, each port taken as it is chosen: a port chosen early could
+        # meanwhile be the local end of another one's connection
+        primary = free_port()
+        start("redis", primary, {"--replica-announce-ip redis": "--replica-announce-ip 127.0.0.1"})
+        until(lambda: answers(primary, "server", bool), "the primary never answered")
+        replica = free_port()
+        start("redis-replica", replica, {
+            "--replicaof redis 6379": f"--replicaof 127.0.0.1 {primary}",
+            "--replica-announce-ip redis-replica": "--replica-announce-ip 127.0.0.1"})  # fmt: skip
+        until(lambda: answers(replica, "replication",
+                              lambda i: i.get("master_link_status") == "up"),
+              "the replica never logged in to the primary (masterauth)")  # fmt: skip
+        sentinel = free_port()
+        start("sentinel-1", sentinel, {
+            "'port 26379'": f"'port {sentinel}' 'bind 127.0.0.1'",
+            "monitor telefum redis 6379 2": f"monitor telefum 127.0.0.1 {primary} 1",
+            "down-after-milliseconds telefum 5000": "down-after-milliseconds telefum 500",
+            "failover-timeout telefum 60000": "failover-timeout telefum 5000"})  # fmt: skip
+        until(lambda: answers(sentinel, "", lambda m: int(m.get("num-slaves", 0)) >= 1),
+              "the sentinel never logged in to the primary (auth-pass)")  # fmt: skip
+        url = f"redis+sentinel://:{password}@127.0.0.1:{sentinel}/telefum/0"
+        client = connect(url, socket_connect_timeout=0.5, socket_timeout=1)
+        await client.set("before", "1")
+        assert await client.execute_command("WAIT", 1, 2000) == 1
+        procs["redis"].kill()
+        procs["redis"].wait(10)
+        deadline = time.monotonic() + 30
+        while True:  # the sentinel promotes the replica; the client follows it
+            try:
+                await client.set("after", "2")
+                if (await client.connection_pool.get_master_address())[1] == replica:  # type: ignore[attr-defined]
+                    break
+            except (redis_sync.ConnectionError, redis_sync.TimeoutError, redis_sync.ResponseError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "sentinel-1.log").read_text()
+            await asyncio.sleep(0.2)
+        assert await client.get("before") == b"1" and await client.get("after") == b"2"
+    finally:
+        if client is not None:
+            await client.aclose()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
 
 
 HA_URL = re.search(r"BRIDGE_REDIS_URL=(\S+)", (ROOT / "docker-compose.yml").read_text())
