@@ -5,14 +5,21 @@ under the bridge."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from arq.connections import create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tests.support.crm import REPO
+from tests.support.redis import inbound_call
 from tests.support.sentinel import PRIMARY_NAME, SentinelSet
+from worker.policy import DEFAULT_QUEUE
+from worker.queue import enqueue_call
 from worker.redis_url import RedisAddress, connect
+from worker.stats import read_stats
 
 
 def test_a_sentinel_url_names_the_sentinels_the_primary_and_the_database() -> None:
@@ -69,3 +76,25 @@ async def test_a_client_follows_the_primary_through_a_failover(
     finally:
         await client.aclose()
         await arq.aclose()
+
+
+async def test_telefum_queue_retry_now_reaches_a_redis_behind_sentinel(
+    sentinel_redis: SentinelSet,
+) -> None:
+    """Ops commands open Redis the way the bridge does (worker/redis_url.py): the one
+    added with CRM health read a Sentinel URL as a plain one and failed."""
+    client = connect(sentinel_redis.url)
+    try:
+        await enqueue_call(client, inbound_call("1.1"), queue_name=DEFAULT_QUEUE,
+                           expires_s=3600, ledger_ttl_s=3600, defer_s=600)  # fmt: skip
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "telefum.cli", "queue", "retry-now",
+             "--redis-url", sentinel_redis.url],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "1 waiting call(s) made due now" in done.stdout
+        assert (await read_stats(client))["queue"]["due"] == 1
+    finally:
+        await client.aclose()
