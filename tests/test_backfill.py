@@ -25,6 +25,7 @@ from telephony.cdr_settings import CdrSourceSettings
 from telephony.listener import AmiListener
 from telephony.records import CallFinished, CallRecord, Update
 from telephony.rules import CallRules
+from telephony.supervise import Supervisor
 from telephony.tracker import CallTracker
 from tests.support.cdr_rows import csv_line
 from tests.support.pbx import PBX_SECRET, PBX_USER, FaultyPbx
@@ -367,6 +368,38 @@ async def test_cdr_rows_without_uniqueid_are_named_not_dropped_silently(
     assert any("loguniqueid = yes" in x.getMessage() for x in caplog.records)
     health = evaluate(Snapshot(time.time(), backfills=(status,)), HealthSettings())
     assert any("without uniqueid" in x for x in health.reasons)
+
+
+async def test_a_backfill_loop_that_fails_is_started_again_and_named_in_health(
+    tmp_path: Path,
+) -> None:
+    """Backfill is one of the service's background tasks (telephony/supervise.py): a loop
+    that raises is named by the supervisor (and so in /health) with its error, started
+    again, and no longer named once it runs well."""
+    ticks = 0
+
+    def alive() -> float | None:  # asked on every tick; the first two fail
+        nonlocal ticks
+        ticks += 1
+        if ticks <= 2:
+            raise RuntimeError(f"boom {ticks}")
+        return None
+
+    supervisor = Supervisor(restart_first_s=0.05, restart_max_s=0.1, healthy_after_s=0.5)
+    b = Backfiller(CdrSourceSettings(), CallRules(), lambda r: None, pbx="office",
+                   state_dir=tmp_path, alive=alive, supervisor=supervisor)  # fmt: skip
+    await b.start()
+    try:
+        await until(lambda: ticks >= 1 and bool(supervisor.failing()), timeout=5)
+        [task] = supervisor.failing()
+        assert task.name == "backfill-office"
+        assert (task.last_error or "").startswith("RuntimeError: boom")
+        await until(lambda: ticks >= 3, timeout=5)  # started again, and again
+        await until(lambda: not supervisor.failing(), timeout=5)  # it runs well now
+        assert supervisor.names == ["backfill-office"]
+    finally:
+        await b.stop()
+    assert supervisor.names == []
 
 
 # --- what a record from the CDR keeps of the live one (pure) -------------------------------
