@@ -114,6 +114,29 @@ def test_the_settings_register_their_secrets_and_not_the_placeholder(tmp_path: P
     assert "change-me" not in registered_secrets()
 
 
+def test_backfill_and_sentinel_passwords_are_registered_too(tmp_path: Path) -> None:
+    """The secrets main's issue-15 settings brought: a password written into a backfill DSN
+    (its user part, a password-like parameter, a PBX's own [ami.backfill]), the backfill's
+    password field, and the primary's password in a Sentinel URL."""
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '[redis]\nurl = "redis+sentinel://:s3nt%40pass@10.0.0.1:26379/telefum/0"\n'
+        '[backfill]\nkind = "postgres"\n'
+        'dsn = "postgresql://cdr:dsn%2Fpass-5@db.example/asterisk?sslpassword=ssl-pass-6"\n'
+        '[[ami]]\nname = "office"\nhost = "pbx"\nusername = "u"\nsecret = "ami-secret-7"\n'
+        '[ami.backfill]\nkind = "mysql"\ndsn = "mysql://cdr@db.example/asteriskcdrdb"\n'
+        'password = "cdr-pass-8"\n',
+        encoding="utf-8",
+    )
+    load_settings_from(path, {})
+    assert {"s3nt@pass", "dsn/pass-5", "ssl-pass-6", "ami-secret-7", "cdr-pass-8"} <= (
+        registered_secrets()
+    )
+    assert redact_line("psql: FATAL: password dsn/pass-5 rejected") == (
+        "psql: FATAL: password *** rejected"
+    )
+
+
 @pytest.mark.parametrize(
     "line",
     ["a." * 100_000, '"password": "' * 15_000, "x://:" * 40_000],
