@@ -4,12 +4,14 @@ back, and outlive the worker that kept them (another worker on the host takes th
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import free_port
@@ -36,8 +38,10 @@ async def until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-unty
 
 
 async def test_an_answer_waits_on_disk_until_redis_is_back_then_lands_once(
-    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, "worker.outbox")
     landed: list[str] = []
 
     async def on_landed(redis: Redis, w: LedgerWrite) -> None:
@@ -45,23 +49,26 @@ async def test_an_answer_waits_on_disk_until_redis_is_back_then_lands_once(
 
     redis_server.stop()
     outbox = Outbox(redis_server.url, tmp_path / "outbox", on_landed=on_landed)
-    outbox.record(answer("call:default:1.1"))
-    outbox.record(answer("call:default:1.1"))  # the same answer twice: counted once
-    assert outbox.holds("call:default:1.1") and outbox.pending == 2
+    outbox.record(answer("call:office:1.1"))
+    outbox.record(answer("call:office:1.1"))  # the same answer twice: counted once
+    assert outbox.holds("call:office:1.1") and outbox.pending == 2
     [journal] = [p for p in (tmp_path / "outbox").iterdir()]
     assert stat.S_IMODE((tmp_path / "outbox").stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in journal.iterdir())
     assert b'"event_id":"77"' in b"".join(f.read_bytes() for f in journal.glob("*.jsonl"))
     await asyncio.sleep(0.5)
-    assert outbox.holds("call:default:1.1")
+    assert outbox.holds("call:office:1.1")
 
     redis_server.start()
-    await until(lambda: _done(redis_client, "call:default:1.1"))
-    await until(lambda: _async(not outbox.holds("call:default:1.1")))
+    await until(lambda: _done(redis_client, "call:office:1.1"))
+    await until(lambda: _async(not outbox.holds("call:office:1.1")))
     assert (await read_stats(redis_client))["counters"]["succeeded"] == 1
-    assert landed == ["call:default:1.1", "call:default:1.1"]
+    assert landed == ["call:office:1.1", "call:office:1.1"]
     assert await outbox.drain(1) == 0
     assert not journal.exists()  # nothing left: its folder goes
+    # its lines about the call carry the tags of every line about a call, not the job id
+    lines = [r for r in caplog.records if "recorded a CRM answer" in r.getMessage()]
+    assert lines and {(r.call_id, r.pbx) for r in lines} == {("1.1", "office")}  # type: ignore[attr-defined]
 
 
 async def test_a_dead_workers_answers_are_taken_over_by_the_next_one_on_the_host(
