@@ -9,7 +9,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from telefum.health import LinkState, Snapshot
+from telefum.limits import Limits
 from telefum.metrics import CallCounts, render
+from telephony.backfill import BackfillStatus
 from telephony.records import CallRecord
 from worker.stats import COUNTER_NAMES
 
@@ -139,7 +141,13 @@ def test_every_exported_metric_is_listed_in_the_ops_docs() -> None:
     links = (LinkState("office", True, NOW - 1, active_calls=1),)
     calls = CallCounts()
     calls.observe(record("in", "answered"))
-    body = render(Snapshot(now=NOW, links=links, stats=full), calls, process=False)
+    backfill = BackfillStatus(
+        pbx="office", source="csv Master.csv", state="ok", last_error=None, gaps=1,
+        gap_seconds=3.0, uncovered=(), uncovered_total=0, found=1, completed=1, released=0,
+        held=0, pending_windows=0, reads_ok=2, reads_failed=0, bad_rows=0, no_id=0,
+    )  # fmt: skip
+    snap = Snapshot(now=NOW, links=links, stats=full, spool_size=0, backfills=(backfill,))
+    body = render(snap, calls, process=False, limits=Limits())
     exported = {
         fam.name + ("_total" if fam.type == "counter" else "")
         for fam in text_string_to_metric_families(body.decode())
