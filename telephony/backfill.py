@@ -48,7 +48,7 @@ from telephony.backoff import Backoff
 from telephony.cdr_settings import CdrSourceSettings
 from telephony.cdr_sources import CdrSource, CdrSourceError, backfill_window, open_source
 from telephony.listener import Session
-from telephony.records import GAP, RING_UNKNOWN, CallRecord
+from telephony.records import GAP, RING_UNKNOWN, CallRecord, log_tags
 from telephony.rules import CallRules
 from telephony.supervise import Supervisor
 
@@ -470,9 +470,10 @@ class Backfiller:
         if held is None:
             return
         self.released += 1
-        self.log.info("backfill %s: no CDR for a call the bridge saw in part (%s): delivered "
-                      "with its own times, flagged", self.pbx, why,
-                      extra={"call_id": call_id})  # fmt: skip
+        # the module logger: a LoggerAdapter would replace this line's extra with its own
+        log.info("backfill %s: no CDR for a call the bridge saw in part (%s): delivered "
+                 "with its own times, flagged", self.pbx, why,
+                 extra=log_tags(call_id, self.pbx))  # fmt: skip
         self.submit(held.record)
         self._remember(call_id)
 
@@ -526,8 +527,11 @@ class Backfiller:
         windows = [[w.since, w.until] for w in self._windows] + [list(d) for d in self._deferred]
         tmp = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"last_seen": seen, "windows": windows}))
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0600 whatever the umask, as every file beside the spool (worker/private_files)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"last_seen": seen, "windows": windows}))
             os.replace(tmp, path)
         except OSError as err:
             self.log.warning("backfill %s: cannot write %s: %s", self.pbx, path, err)

@@ -220,6 +220,8 @@ async def test_calls_that_ended_while_the_bridge_was_down_are_backfilled_at_star
     first = await rig()
     await first.listener.ping()
     await asyncio.sleep(1.2)  # last_seen is written once a second
+    [state] = tmp_path.rglob("backfill.*.json")  # who called when: the bridge's own
+    assert state.stat().st_mode & 0o777 == 0o600, oct(state.stat().st_mode)
     gone = live_trace(T01, shift=-2.0, ids=64_000)  # ends 5 s from now: while we are down
     across = live_trace(T01, shift=-4.0, ids=65_000)  # answered 2 s ago, ends 3 s from now
     up_to = [m for m in across if float(m["Timestamp"]) <= time.time()]
