@@ -154,8 +154,14 @@ def stream_file(
                 f.write(b"".join(batch))
                 batch.clear()
         f.write(b"".join(batch))
-    meta = {"calls": n_calls, "rate_per_s": rate_per_s, "seed": seed, "events": events,
-            "bytes": tmp.stat().st_size, "active_only": active_only}
+    meta = {
+        "calls": n_calls,
+        "rate_per_s": rate_per_s,
+        "seed": seed,
+        "events": events,
+        "bytes": tmp.stat().st_size,
+        "active_only": active_only,
+    }
     tmp.replace(path)
     meta_path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
     return path, meta

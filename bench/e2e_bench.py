@@ -83,8 +83,12 @@ TARGET = {"crm_latency_ms": 50, "workers": 2, "calls_per_s": 200, "p99_s": P99_L
 # --quick (the smoke test): one short step; seed 17's 20 calls hold no 14-22 s transfer
 # recording, so the tail after the last call starts is ~10 s and the run fits in ~25 s.
 QUICK: dict[str, Any] = {
-    "rates": (10,), "latencies": (0,), "workers": (1,), "step_s": 2.0, "seed": 17,
-}  # fmt: skip
+    "rates": (10,),
+    "latencies": (0,),
+    "workers": (1,),
+    "step_s": 2.0,
+    "seed": 17,
+}
 
 BASE_TIME = synth.DEFAULT_BASE_TIME  # in the future: the listener never sees a call as stale
 SLOT_S = 0.01
@@ -216,11 +220,17 @@ class Pipeline:
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "telefum.cli", *args,
-                stdout=stdout if stdout is not None else log, stderr=log,
-                stdin=asyncio.subprocess.DEVNULL, cwd=REPO, preexec_fn=_die_with_parent,
+                sys.executable,
+                "-m",
+                "telefum.cli",
+                *args,
+                stdout=stdout if stdout is not None else log,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=REPO,
+                preexec_fn=_die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
         finally:
             log.close()
         self.procs[name] = proc
@@ -235,10 +245,20 @@ class Pipeline:
         self.redis_server = EmbeddedRedis(self.work / "redis", appendonly=True).start()
         self.redis = Redis.from_url(self.redis_server.url, socket_timeout=10)
         crm = await self._spawn(
-            "refcrm", "refcrm", "--db", str(self.crm_db), "--host", "127.0.0.1", "--port", "0",
-            "--latency-ms", str(self.crm_latency_ms), "--user", f"bridge:{PASSWORD}",
+            "refcrm",
+            "refcrm",
+            "--db",
+            str(self.crm_db),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(self.crm_latency_ms),
+            "--user",
+            f"bridge:{PASSWORD}",
             stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         try:
             line = (await asyncio.wait_for(crm.stdout.readline(), 30)).decode()
             crm_base = line.split(" on ", 1)[1].split()[0]
@@ -248,14 +268,16 @@ class Pipeline:
         await self.sim.start()
         config = self.work / "settings.toml"
         config.write_text(
-            settings_text(self.work, self.sim.port, self.redis_server.url, crm_base + "rest",
-                          self.max_jobs),
+            settings_text(
+                self.work, self.sim.port, self.redis_server.url, crm_base + "rest", self.max_jobs
+            ),
             encoding="utf-8",
-        )  # fmt: skip
+        )
         await self._spawn("listen", "listen", "--config", str(config))
         for i in range(self.n_workers):
-            await self._spawn(f"worker{i + 1}", "worker", "--config", str(config),
-                              "--worker-id", f"w{i + 1}")  # fmt: skip
+            await self._spawn(
+                f"worker{i + 1}", "worker", "--config", str(config), "--worker-id", f"w{i + 1}"
+            )
         await self._until_ready()
 
     async def _until_ready(self, timeout_s: float = 60.0) -> None:
@@ -272,8 +294,10 @@ class Pipeline:
             if self.sim.clients >= 1 and all(beats):
                 return
             await asyncio.sleep(0.1)
-        raise RuntimeError("the pipeline did not come up in time: "
-                           + " | ".join(self.log_tail(n) for n in self.procs))  # fmt: skip
+        raise RuntimeError(
+            "the pipeline did not come up in time: "
+            + " | ".join(self.log_tail(n) for n in self.procs)
+        )
 
     def pids(self) -> dict[str, int | None]:
         pids: dict[str, int | None] = {
@@ -406,15 +430,22 @@ async def ledger_times(redis: Redis) -> dict[str, tuple[float, ...]]:
             for raw, *times in await p.execute():
                 if raw and all(times[:3]):
                     record = json.loads(raw)
-                    out[record["call_id"]] = (_iso(record["ended_at"]),
-                                              *(float(t or 0) for t in times))  # fmt: skip
+                    out[record["call_id"]] = (
+                        _iso(record["ended_at"]),
+                        *(float(t or 0) for t in times),
+                    )
     return out
 
 
 async def run_setting(
-    streams: list[StepStream], crm_latency_ms: float, workers: int, *, step_s: float,
-    max_jobs: int, say: Any,
-) -> RunResult:  # fmt: skip
+    streams: list[StepStream],
+    crm_latency_ms: float,
+    workers: int,
+    *,
+    step_s: float,
+    max_jobs: int,
+    say: Any,
+) -> RunResult:
     work = Path(tempfile.mkdtemp(prefix="telefum-e2e-"))
     pipe = Pipeline(work, crm_latency_ms, workers, max_jobs)
     result = RunResult(crm_latency_ms, workers, max_jobs)
@@ -437,8 +468,10 @@ async def run_setting(
             cpu.append({n: (after[n] - before[n]) / span for n in after})
             late = await _late_calls(pipe.redis, streams[: k + 1], time.time() - wall0)
             backlog.append(late)
-            say(f"  {step.rate:5g} calls/s: played {len(step.call_ids)} calls; at the "
-                f"step's end {late} hung up over {P99_LIMIT_S:g} s ago, not in the CRM")
+            say(
+                f"  {step.rate:5g} calls/s: played {len(step.call_ids)} calls; at the "
+                f"step's end {late} hung up over {P99_LIMIT_S:g} s ago, not in the CRM"
+            )
             if late > max(10, step.rate * LATE_LIMIT):
                 result.stopped = f"{late} calls late after the {step.rate:g} calls/s step"
                 break
@@ -468,16 +501,23 @@ async def run_setting(
             # each played call is checked for loss in exactly one step
             lo, hi = k * step_s, (k + 1) * step_s
             first, last = k == 0, k == len(played_streams) - 1
-            hung_up = [c for c, t in end_of.items()
-                       if (first or t >= lo) and (last or t < hi)]  # fmt: skip
+            hung_up = [c for c, t in end_of.items() if (first or t >= lo) and (last or t < hi)]
             # ... and of those, the ones the figures are measured on: the step's second half
             mid = lo + MEASURE_FROM * step_s
             measured = [c for c in hung_up if end_of[c] >= mid]
             step_result = _step_figures(
-                step.rate, sum(1 for c in measured if end_of[c] < hi) / (hi - mid),
-                hung_up, measured, expected, events, ended, wall0, lags[k], backlog[k],
+                step.rate,
+                sum(1 for c in measured if end_of[c] < hi) / (hi - mid),
+                hung_up,
+                measured,
+                expected,
+                events,
+                ended,
+                wall0,
+                lags[k],
+                backlog[k],
                 cpu[k],
-            )  # fmt: skip
+            )
             result.steps.append(step_result)
             held_so_far = held_so_far and step_result.held
             if held_so_far:
@@ -499,17 +539,29 @@ async def _late_calls(redis: Redis, streams: list[StepStream], now: float) -> in
 
 
 def _step_figures(
-    rate: float, hangup_rate: float, window: list[str], measured: list[str],
-    expected_all: set[str], events: dict[str, list[float]], ended: dict[str, tuple[float, ...]],
-    wall0: float, lags: list[float], backlog: int, cpu: dict[str, float],
-) -> StepResult:  # fmt: skip
+    rate: float,
+    hangup_rate: float,
+    window: list[str],
+    measured: list[str],
+    expected_all: set[str],
+    events: dict[str, list[float]],
+    ended: dict[str, tuple[float, ...]],
+    wall0: float,
+    lags: list[float],
+    backlog: int,
+    cpu: dict[str, float],
+) -> StepResult:
     """Loss over ``window`` (every call that hung up in the step), latency over ``measured``
     (those of the step's measured part)."""
     latencies = []
     stages: dict[str, list[float]] = {
-        "to_queue": [], "queued": [], "in_worker": [], "worker_until_addevent": [],
-        "addevent": [], "crm_to_ledger": [],
-    }  # fmt: skip
+        "to_queue": [],
+        "queued": [],
+        "in_worker": [],
+        "worker_until_addevent": [],
+        "addevent": [],
+        "crm_to_ledger": [],
+    }
     stored = duplicates = 0
     expected = [c for c in window if c in expected_all]
     in_measured = set(measured)
@@ -583,9 +635,11 @@ def wait_for_quiet(say: Any, max_wait_s: float = 60.0, busy_limit: float = 0.5) 
 
 
 def table(runs: list[RunResult]) -> str:
-    head = (f"{'CRM ms':>6} {'wrk':>3} {'calls/s':>7} {'hang/s':>6} {'calls':>6} {'stored':>6} "
-            f"{'dup':>3} "
-            f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'lag99':>6} {'cores':>5} held")  # fmt: skip
+    head = (
+        f"{'CRM ms':>6} {'wrk':>3} {'calls/s':>7} {'hang/s':>6} {'calls':>6} {'stored':>6} "
+        f"{'dup':>3} "
+        f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'lag99':>6} {'cores':>5} held"
+    )
     lines = [head, "-" * len(head)]
     for run in runs:
         for s in run.steps:
@@ -596,10 +650,12 @@ def table(runs: list[RunResult]) -> str:
                 f"{s.stored:>6} {s.duplicates:>3} {_f(s.p50_s)} {_f(s.p95_s)} {_f(s.p99_s)} "
                 f"{_f(s.pbx_lag_p99_s)} {total:>5.2f} {'yes' if s.held else 'NO'}"
             )
-        lines.append(f"{'':>6} => highest rate held (zero loss, p99 < 1 s): "
-                     f"{run.max_rate_held:g} calls/s "
-                     f"({run.max_hangup_rate_held:g} hangups/s measured)"
-                     + (f"  [{run.stopped}]" if run.stopped else ""))  # fmt: skip
+        lines.append(
+            f"{'':>6} => highest rate held (zero loss, p99 < 1 s): "
+            f"{run.max_rate_held:g} calls/s "
+            f"({run.max_hangup_rate_held:g} hangups/s measured)"
+            + (f"  [{run.stopped}]" if run.stopped else "")
+        )
     return "\n".join(lines)
 
 
@@ -608,8 +664,9 @@ def _f(v: float | None) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.e2e_bench",
-                                description=__doc__.split("\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m bench.e2e_bench", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="one tiny step (smoke test)")
     p.add_argument("--rates", type=float, nargs="+", help=f"calls/s per step {RATES}")
     p.add_argument("--latencies", type=float, nargs="+", help=f"CRM latency, ms {LATENCIES_MS}")
@@ -638,21 +695,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     say(f"e2e: generating the call ladder {rates} x {step_s:g}s ...")
     streams = build_ladder(rates, step_s, seed)
-    say(f"e2e: {sum(len(s.call_ids) for s in streams)} calls, "
-        f"{sum(s.messages for s in streams)} AMI events, in {time.monotonic() - t0:.1f}s")
+    say(
+        f"e2e: {sum(len(s.call_ids) for s in streams)} calls, "
+        f"{sum(s.messages for s in streams)} AMI events, in {time.monotonic() - t0:.1f}s"
+    )
     others_at_start = 0.0 if args.no_wait_quiet else wait_for_quiet(say)
     runs: list[RunResult] = []
     for latency in latencies:
         for n in workers:
             say(f"e2e: CRM latency {latency:g} ms, {n} worker(s)")
-            runs.append(asyncio.run(run_setting(
-                streams, latency, n, step_s=step_s, max_jobs=args.max_jobs, say=say,
-            )))  # fmt: skip
+            runs.append(
+                asyncio.run(
+                    run_setting(
+                        streams,
+                        latency,
+                        n,
+                        step_s=step_s,
+                        max_jobs=args.max_jobs,
+                        say=say,
+                    )
+                )
+            )
     print(table(runs), flush=True)
     target_run = next(
-        (r for r in runs if r.crm_latency_ms == TARGET["crm_latency_ms"]
-         and r.workers == TARGET["workers"]), None,
-    )  # fmt: skip
+        (
+            r
+            for r in runs
+            if r.crm_latency_ms == TARGET["crm_latency_ms"] and r.workers == TARGET["workers"]
+        ),
+        None,
+    )
     figures: dict[str, Any] = {
         "bench": NAME,
         "what": "PBX simulator -> telefum listen -> Redis -> telefum worker(s) -> reference CRM",
@@ -665,14 +737,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "others_cores_at_start": others_at_start,
         "note": "all parts (PBX simulator, listener, Redis, workers, CRM) share this "
-                "machine's cores, and so do other users (cpu_cores.others, per step)",
+        "machine's cores, and so do other users (cpu_cores.others, per step)",
         "runs": [asdict(r) for r in runs],
-        "target": {**TARGET,
-                   "max_rate_held": target_run.max_rate_held if target_run else None,
-                   "met": bool(target_run and
-                               target_run.max_rate_held >= TARGET["calls_per_s"])},
+        "target": {
+            **TARGET,
+            "max_rate_held": target_run.max_rate_held if target_run else None,
+            "met": bool(target_run and target_run.max_rate_held >= TARGET["calls_per_s"]),
+        },
         "elapsed_s": round(time.monotonic() - t0, 1),
-    }  # fmt: skip
+    }
     if not args.no_write:
         say(f"e2e: wrote {write_results(NAME, figures, args.out)}")
     return figures

@@ -46,8 +46,10 @@ FULL_CALLS = 10_000  # ~1,000,000 events: the tracker bench's stream, reused
 
 def _tables(tracker: Any) -> dict[str, int]:
     """How many entries each of the tracker's tables holds."""
-    return {name.lstrip("_"): len(getattr(tracker, name)) for name in
-            ("_calls", "_by_linkedid", "_channels", "_local_ones", "_bridges")}
+    return {
+        name.lstrip("_"): len(getattr(tracker, name))
+        for name in ("_calls", "_by_linkedid", "_channels", "_local_ones", "_bridges")
+    }
 
 
 def _trimmed_rss() -> int | None:
@@ -105,8 +107,7 @@ def child(active_path: str, full_path: str, finished_target: int) -> dict[str, A
 
     # Finish them, then replay finished calls until the target is reported.
     now = 1e12  # far future: every call still open is closed by expire, flagged stale
-    finished = finished_in_active + sum(1 for u in tracker.expire(now)
-                                        if type(u) is CallFinished)
+    finished = finished_in_active + sum(1 for u in tracker.expire(now) if type(u) is CallFinished)
     rss_per_pass: list[int] = []  # flat if nothing is kept per finished call
     while finished < finished_target:
         finished += feed(AmiCodec(), tracker, full_path)
@@ -136,16 +137,20 @@ def child(active_path: str, full_path: str, finished_target: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory_bench",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.memory_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    parser.add_argument("--active", type=int, default=None,
-                        help="calls in progress at once (default 10,000)")
-    parser.add_argument("--finished", type=int, default=None,
-                        help="finished calls afterwards (default 100,000)")
+    parser.add_argument(
+        "--active", type=int, default=None, help="calls in progress at once (default 10,000)"
+    )
+    parser.add_argument(
+        "--finished", type=int, default=None, help="finished calls afterwards (default 100,000)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON")
-    parser.add_argument("--child", nargs=3, metavar=("ACTIVE", "FULL", "TARGET"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("ACTIVE", "FULL", "TARGET"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]))))
@@ -157,17 +162,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     active_path, active_meta = stream_file(n_active, 1000.0, SEED_ACTIVE, active_only=True)
     full_path, full_meta = stream_file(full_calls, FULL_RATE, SEED_FINISHED)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.memory_bench", "--child", str(active_path),
-         str(full_path), str(n_finished)],
-        capture_output=True, text=True, check=True, timeout=3600, cwd=BENCH_DIR.parent,
+        [
+            sys.executable,
+            "-m",
+            "bench.memory_bench",
+            "--child",
+            str(active_path),
+            str(full_path),
+            str(n_finished),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+        cwd=BENCH_DIR.parent,
     )
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     figures: dict[str, Any] = {
         "machine": machine_info(),
-        "sizes": {"active_calls_planned": n_active, "active_stream_events": active_meta["events"],
-                  "finished_calls_target": n_finished,
-                  "full_stream_calls": full_meta["calls"],
-                  "full_stream_events": full_meta["events"]},
+        "sizes": {
+            "active_calls_planned": n_active,
+            "active_stream_events": active_meta["events"],
+            "finished_calls_target": n_finished,
+            "full_stream_calls": full_meta["calls"],
+            "full_stream_events": full_meta["events"],
+        },
         **r,
         "rss_growth_after": r["rss_after"] - r["rss_before"],
     }
@@ -186,14 +205,20 @@ def _print(f: dict[str, Any]) -> None:
         ("RSS before, MiB", mib(f["rss_before"])),
         ("RSS peak, MiB", mib(f["rss_peak"])),
         ("finished calls afterwards", f["finished_calls"]),
-        (f"RSS after each {f['sizes']['full_stream_calls']:,} finished calls, MiB",
-         " ".join(f"{mib(r):.1f}" for r in f["rss_per_pass"])),
+        (
+            f"RSS after each {f['sizes']['full_stream_calls']:,} finished calls, MiB",
+            " ".join(f"{mib(r):.1f}" for r in f["rss_per_pass"]),
+        ),
         ("RSS after, MiB", mib(f["rss_after"])),
-        ("RSS after, free pages returned (malloc_trim), MiB",
-         mib(f["rss_after_trim"]) if f["rss_after_trim"] is not None else "n/a"),
+        (
+            "RSS after, free pages returned (malloc_trim), MiB",
+            mib(f["rss_after_trim"]) if f["rss_after_trim"] is not None else "n/a",
+        ),
         ("calls still tracked after", f["active_after"]),
-        ("live Python blocks before / after",
-         f"{f['allocated_blocks_before']:,} / {f['allocated_blocks_after']:,}"),
+        (
+            "live Python blocks before / after",
+            f"{f['allocated_blocks_before']:,} / {f['allocated_blocks_after']:,}",
+        ),
     ]
     print_table("Memory: codec + tracker (a listener's state)", rows)
 

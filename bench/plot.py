@@ -43,8 +43,14 @@ def plot(e2e: dict[str, Any], out: Path = DEFAULT_OUT) -> Path:
             ax.plot(rates, values, style, color=colour, label=name, linewidth=1.6)
             for s in steps:
                 lost = s["missing"] or s["duplicates"]
-                ax.plot(s.get("hangup_rate", s["rate"]), s[key], "o", color=colour, markersize=5,
-                        markerfacecolor="white" if lost else colour)  # fmt: skip
+                ax.plot(
+                    s.get("hangup_rate", s["rate"]),
+                    s[key],
+                    "o",
+                    color=colour,
+                    markersize=5,
+                    markerfacecolor="white" if lost else colour,
+                )
         ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_yscale("log")
         ax.set_title(f"{label}: last hangup -> event stored in the CRM")

@@ -35,14 +35,16 @@ def summary(results: dict[str, Any]) -> list[str]:
     lines = []
     t = results.get("tracker") or {}
     if "ours" in t:
-        lines.append(f"tracker: {t['ours']['events_per_s']:,.0f} events/s on one core "
-                     "(target >= 100,000)")  # fmt: skip
+        lines.append(
+            f"tracker: {t['ours']['events_per_s']:,.0f} events/s on one core (target >= 100,000)"
+        )
         if "ours_vs_cacofonisk" in t:
             lines.append(f"tracker: {t['ours_vs_cacofonisk']:.1f}x cacofonisk (target >= 2x)")
     m = results.get("memory") or {}
     if "bytes_per_active_call" in m:
-        lines.append(f"memory: {m['bytes_per_active_call']:,.0f} bytes per active call "
-                     "(target < 4096)")  # fmt: skip
+        lines.append(
+            f"memory: {m['bytes_per_active_call']:,.0f} bytes per active call (target < 4096)"
+        )
     e = results.get("e2e") or {}
     for run in e.get("runs", []):
         lines.append(
@@ -68,8 +70,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    results: dict[str, Any] = {"machine": machine_info(),
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     for name, run in BENCHES.items():
         if args.only and name not in args.only:
             continue

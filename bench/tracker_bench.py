@@ -66,8 +66,14 @@ def run_ours(blob: bytes, *, decode_all: bool = False) -> dict[str, Any]:
                         if type(update) is CallFinished:
                             calls += 1
     events += codec.passed_over
-    return {"events": events, "calls": calls, "cpu_s": t.cpu_s, "wall_s": t.wall_s,
-            "skipped": codec.skipped, "active_left": tracker.active_count}
+    return {
+        "events": events,
+        "calls": calls,
+        "cpu_s": t.cpu_s,
+        "wall_s": t.wall_s,
+        "skipped": codec.skipped,
+        "active_left": tracker.active_count,
+    }
 
 
 def run_split_only(blob: bytes) -> dict[str, Any]:
@@ -158,8 +164,9 @@ def run_cacofonisk(blob: bytes) -> dict[str, Any]:
     try:
         asyncio.set_event_loop(loop)  # AmiRunner asks for the current loop
         runner = AmiRunner([], reporter, logger=quiet)
-        manager = Manager(loop=loop, host="127.0.0.1", port=5038, encoding="utf8", log=quiet,
-                          ping_delay=3600)
+        manager = Manager(
+            loop=loop, host="127.0.0.1", port=5038, encoding="utf8", log=quiet, ping_delay=3600
+        )
         handler = EventHandler(reporter=reporter, hostname="bench", logger=quiet)
         for event_name in handler.event_handlers():  # AmiRunner.attach, minus connect()
             manager.register_event(event_name, runner.on_event)
@@ -190,8 +197,13 @@ def run_cacofonisk(blob: bytes) -> dict[str, Any]:
         with CpuTimer() as t:
             for data in chunks(blob):
                 data_received(data)
-        return {"events": reporter.events, "calls": reporter.calls, "cpu_s": t.cpu_s,
-                "wall_s": t.wall_s, "handler_errors": errors}
+        return {
+            "events": reporter.events,
+            "calls": reporter.calls,
+            "cpu_s": t.cpu_s,
+            "wall_s": t.wall_s,
+            "handler_errors": errors,
+        }
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -208,16 +220,23 @@ def _profile(blob: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m bench.tracker_bench",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tracker_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a small stream (smoke run)")
-    parser.add_argument("--events", type=int, default=None,
-                        help="at least this many events (default 1,000,000)")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="runs per contender, best kept (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--events", type=int, default=None, help="at least this many events (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per contender, best kept (default 3; 1 with --quick)",
+    )
     parser.add_argument("--no-cacofonisk", action="store_true")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print a pyinstrument profile of our path")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a pyinstrument profile of our path"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON")
     args = parser.parse_args(argv)
     want = args.events or (20_000 if args.quick else 1_000_000)
@@ -225,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_calls = max(10, -(-want // EVENTS_PER_CALL))
     path, meta = stream_file(n_calls, RATE_PER_S, SEED)
     if meta["events"] < want:
-        print(f"note: the stream has {meta['events']:,} events, fewer than {want:,}",
-              file=sys.stderr)
+        print(
+            f"note: the stream has {meta['events']:,} events, fewer than {want:,}", file=sys.stderr
+        )
     blob = path.read_bytes()
 
     ours = best_of(repeat, lambda: run_ours(blob))
@@ -243,8 +263,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ev = ours["events"]
     figures: dict[str, Any] = {
         "machine": machine_info(),
-        "stream": {"events": meta["events"], "calls": meta["calls"], "bytes": meta["bytes"],
-                   "chunk_bytes": 64 * 1024, "seed": SEED, "repeat": repeat},
+        "stream": {
+            "events": meta["events"],
+            "calls": meta["calls"],
+            "bytes": meta["bytes"],
+            "chunk_bytes": 64 * 1024,
+            "seed": SEED,
+            "repeat": repeat,
+        },
         "ours": {
             "events_per_s": ev / ours["cpu_s"],
             "calls_per_s": ours["calls"] / ours["cpu_s"],
@@ -264,8 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_s": base["cpu_s"],
         },
     }
-    figures["ours_vs_split_only"] = figures["ours"]["events_per_s"] / (
-        figures["split_only"]["events_per_s"]
+    figures["ours_vs_split_only"] = (
+        figures["ours"]["events_per_s"] / (figures["split_only"]["events_per_s"])
     )
     if caco is not None:
         figures["cacofonisk"] = {
@@ -276,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_s": caco["cpu_s"],
             "handler_errors": caco["handler_errors"],
         }
-        figures["ours_vs_cacofonisk"] = figures["ours"]["events_per_s"] / (
-            figures["cacofonisk"]["events_per_s"]
+        figures["ours_vs_cacofonisk"] = (
+            figures["ours"]["events_per_s"] / (figures["cacofonisk"]["events_per_s"])
         )
     elif caco_error:
         figures["cacofonisk"] = {"error": caco_error}
@@ -293,8 +319,11 @@ def _print(f: dict[str, Any]) -> None:
     m, s, o = f["machine"], f["stream"], f["ours"]
     rows: list[tuple[str, Any]] = [
         ("machine", f"{m['cpu']}, {m['cores']} cores, Python {m['python']}"),
-        ("stream", f"{s['events']:,} events, {s['calls']:,} calls, "
-                   f"{s['bytes'] / 2**20:,.0f} MiB in 64 KiB reads (best of {s['repeat']})"),
+        (
+            "stream",
+            f"{s['events']:,} events, {s['calls']:,} calls, "
+            f"{s['bytes'] / 2**20:,.0f} MiB in 64 KiB reads (best of {s['repeat']})",
+        ),
         ("ours: events/s (one core)", o["events_per_s"]),
         ("ours: calls/s", o["calls_per_s"]),
         ("ours: µs per event", o["us_per_event"]),

@@ -129,9 +129,12 @@ class TelefumClient:
     ) -> str:
         """Log an event (a call) on a contact (author: ``creds``' user); its ``idev``."""
         params = [
-            ("typereq", "addevent"), ("id", contact_id), ("typecont", typecont),
-            ("subj", subj), ("desc", desc),
-        ]  # fmt: skip
+            ("typereq", "addevent"),
+            ("id", contact_id),
+            ("typecont", typecont),
+            ("subj", subj),
+            ("desc", desc),
+        ]
         created: Created = await self._call(
             "addevent", "POST", params, creds, parse.parse_add_event
         )
@@ -166,8 +169,9 @@ class TelefumClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             if not self._own_session:
-                raise PermanentCrmError("the aiohttp session given to the client is closed",
-                                        kind="config")
+                raise PermanentCrmError(
+                    "the aiohttp session given to the client is closed", kind="config"
+                )
             self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         return self._session
 
@@ -201,8 +205,11 @@ class TelefumClient:
             except Exception as err:  # a parser bug must still come out classified
                 log.exception("crm %s: could not read the answer", op)
                 raise TransientCrmError(
-                    f"could not read the answer: {type(err).__name__}", kind="bad_response",
-                    may_have_acted=True, op=op, url=self.rest_url,
+                    f"could not read the answer: {type(err).__name__}",
+                    kind="bad_response",
+                    may_have_acted=True,
+                    op=op,
+                    url=self.rest_url,
                 ) from None
         except CrmError as err:
             outcome = "transient" if isinstance(err, Transient) else "permanent"
@@ -232,9 +239,14 @@ class TelefumClient:
         t0 = time.monotonic()
         try:
             async with self._http().request(
-                method, URL(url, encoded=True), data=data, headers=headers, timeout=timeout,
-                allow_redirects=False, middlewares=(_send_once,) if op in WRITES else None,
-            ) as resp:  # fmt: skip
+                method,
+                URL(url, encoded=True),
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                middlewares=(_send_once,) if op in WRITES else None,
+            ) as resp:
                 body = await self._read(resp)
                 status, ctype = resp.status, resp.headers.get("Content-Type")
                 retry_after = resp.headers.get("Retry-After")
@@ -244,8 +256,11 @@ class TelefumClient:
         except TimeoutError:  # asyncio's and aiohttp's timeouts are both TimeoutError
             # may have acted: the total timeout does not tell whether it hit before sending
             raise TransientCrmError(
-                f"no answer within {self.timeout_s:g} s", kind="timeout", may_have_acted=True,
-                op=op, url=url,
+                f"no answer within {self.timeout_s:g} s",
+                kind="timeout",
+                may_have_acted=True,
+                op=op,
+                url=url,
             ) from None
         except aiohttp.InvalidURL as err:
             raise PermanentCrmError(
@@ -253,8 +268,11 @@ class TelefumClient:
             ) from None
         except aiohttp.ClientPayloadError as err:
             raise TransientCrmError(
-                f"answer cut off: {_describe(err)}", kind="network", may_have_acted=True,
-                op=op, url=url,
+                f"answer cut off: {_describe(err)}",
+                kind="network",
+                may_have_acted=True,
+                op=op,
+                url=url,
             ) from None
         except aiohttp.ClientConnectorError as err:  # refused, DNS, TLS: nothing was sent
             raise TransientCrmError(
@@ -271,14 +289,26 @@ class TelefumClient:
         if log.isEnabledFor(logging.DEBUG):  # redacting the URL is not free: only when shown
             log.debug(
                 "crm %s %s %s -> HTTP %s, %d bytes in %.3f s",
-                op, method, redact_url(url), status, len(body), time.monotonic() - t0,
-            )  # fmt: skip
+                op,
+                method,
+                redact_url(url),
+                status,
+                len(body),
+                time.monotonic() - t0,
+            )
         problem = None
         if not 200 <= status < 300:
-            problem = await _off_loop_if_large(body, functools.partial(
-                parse.error_for_status, status, body, ctype,
-                retry_after=retry_after, location=location,
-            ))  # fmt: skip
+            problem = await _off_loop_if_large(
+                body,
+                functools.partial(
+                    parse.error_for_status,
+                    status,
+                    body,
+                    ctype,
+                    retry_after=retry_after,
+                    location=location,
+                ),
+            )
         if problem is not None:
             raise problem.at(op, url)
         return body, ctype
@@ -290,9 +320,11 @@ class TelefumClient:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise TransientCrmError(
-                    f"answer larger than {self.max_body_bytes} bytes", kind="bad_response",
-                    may_have_acted=True, status=resp.status,
-                )  # fmt: skip
+                    f"answer larger than {self.max_body_bytes} bytes",
+                    kind="bad_response",
+                    may_have_acted=True,
+                    status=resp.status,
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -305,8 +337,11 @@ class TelefumClient:
                 self._warned.add((op, w))
             log.log(
                 logging.INFO if first else logging.DEBUG,
-                "crm %s at %s: %s", op, redact_url(self.rest_url), w,
-            )  # fmt: skip
+                "crm %s at %s: %s",
+                op,
+                redact_url(self.rest_url),
+                w,
+            )
 
 
 async def _off_loop_if_large(body: bytes, read: Callable[[], Any]) -> Any:

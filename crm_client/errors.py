@@ -134,8 +134,7 @@ class TransientCrmError(CrmError, Transient):
         op: str | None = None,
         status: int | None = None,
     ) -> None:
-        super().__init__(message, kind=kind, description=description, url=url, op=op,
-                         status=status)  # fmt: skip
+        super().__init__(message, kind=kind, description=description, url=url, op=op, status=status)
         self.may_have_acted = may_have_acted
         self.retry_after = retry_after
 

@@ -202,7 +202,7 @@ def parse_document(body: bytes, content_type: str | None) -> tuple[dict[str, Any
         warnings.append(f"ignored text after </response>: {snippet(tail)!r}")
     if not isinstance(doc, dict) or len(doc) != 1:
         raise _bad(f"unreadable XML: {snippet(text)!r}")
-    (root, content), = doc.items()
+    ((root, content),) = doc.items()
     if root != "response":
         warnings.append(f"root element is <{root}>, not <response>")
     if content is None:
@@ -447,26 +447,37 @@ def error_for_status(
         wait = parse_retry_after(retry_after, now)
         hint = f" (Retry-After {wait:.0f} s)" if wait is not None else ""
         return TransientCrmError(
-            f"HTTP 429 Too Many Requests{hint}{said}", kind="rate_limited",
-            may_have_acted=False, status=status, description=desc, retry_after=wait,
-        )  # fmt: skip
+            f"HTTP 429 Too Many Requests{hint}{said}",
+            kind="rate_limited",
+            may_have_acted=False,
+            status=status,
+            description=desc,
+            retry_after=wait,
+        )
     if status >= 500 or status == 408:  # a 503 may say when to come back, too
         return TransientCrmError(
-            f"HTTP {status}{said}", kind="http", status=status, description=desc,
+            f"HTTP {status}{said}",
+            kind="http",
+            status=status,
+            description=desc,
             may_have_acted=status not in TURNED_AWAY,
             retry_after=parse_retry_after(retry_after, now),
-        )  # fmt: skip
+        )
     if status in (401, 403):
         return PermanentCrmError(
-            f"HTTP {status}: credentials refused{said}", kind="auth", status=status,
+            f"HTTP {status}: credentials refused{said}",
+            kind="auth",
+            status=status,
             description=desc,
-        )  # fmt: skip
+        )
     if 300 <= status < 400:
         target = f" to {redact_url(location)}" if location else ""  # may hold user:pw@
         return PermanentCrmError(
             f"HTTP {status} redirect{target}: not followed; point crm.url at the final address",
-            kind="http", status=status, description=desc,
-        )  # fmt: skip
+            kind="http",
+            status=status,
+            description=desc,
+        )
     if 400 <= status < 500:
         return PermanentCrmError(
             f"HTTP {status}{said}", kind="http", status=status, description=desc

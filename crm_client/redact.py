@@ -20,9 +20,7 @@ SECRET_KEYS = frozenset(
 )
 MASK = "***"
 
-_INLINE = re.compile(
-    r"(?i)\b(password|passwd|pass|secret|token|api_?key)=([^&\s\"'<>]*)"
-)
+_INLINE = re.compile(r"(?i)\b(password|passwd|pass|secret|token|api_?key)=([^&\s\"'<>]*)")
 
 
 def redact_url(url: str) -> str:

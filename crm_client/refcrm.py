@@ -263,8 +263,9 @@ def check_lose_replies(shares: Mapping[str, float]) -> dict[str, float]:
     out = {}
     for typereq, share in shares.items():
         if typereq not in _HANDLERS or not 0.0 <= float(share) <= 1.0:
-            raise ValueError(f"lose_replies: expected find/addcont/addevent=0..1, got "
-                             f"{typereq}={share}")  # fmt: skip
+            raise ValueError(
+                f"lose_replies: expected find/addcont/addevent=0..1, got {typereq}={share}"
+            )
         out[typereq] = float(share)
     return out
 
@@ -299,9 +300,12 @@ def _find(
 
 def _item(c: ContactRow) -> list[tuple[str, Any]]:
     return [
-        ("id", str(c.id)), ("typecont", c.typecont), ("name", c.name),
-        ("company", c.company), ("description", c.description),
-    ]  # fmt: skip
+        ("id", str(c.id)),
+        ("typecont", c.typecont),
+        ("name", c.name),
+        ("company", c.company),
+        ("description", c.description),
+    ]
 
 
 def _addcont(
@@ -327,9 +331,13 @@ def _addcont(
     log.debug("refcrm: contact %d (%s) created by %s", cid, typecont, login)
     return _xml(
         request,
-        [("result", "ok"), ("id", str(cid)), ("typecont", typecont),
-         ("description", MSG_CONTACT_ADDED)],
-    )  # fmt: skip
+        [
+            ("result", "ok"),
+            ("id", str(cid)),
+            ("typecont", typecont),
+            ("description", MSG_CONTACT_ADDED),
+        ],
+    )
 
 
 def _addevent(
@@ -353,14 +361,14 @@ def _addevent(
         created_by=login,
     )
     log.debug("refcrm: event %d on contact %d created by %s", idev, contact.id, login)
-    return _xml(
-        request, [("result", "ok"), ("idev", str(idev)), ("description", MSG_EVENT_ADDED)]
-    )
+    return _xml(request, [("result", "ok"), ("idev", str(idev)), ("description", MSG_EVENT_ADDED)])
 
 
-_HANDLERS: dict[
-    str, Callable[[web.Request, RefCrmState, MultiDict[str], str], web.Response]
-] = {"find": _find, "addcont": _addcont, "addevent": _addevent}
+_HANDLERS: dict[str, Callable[[web.Request, RefCrmState, MultiDict[str], str], web.Response]] = {
+    "find": _find,
+    "addcont": _addcont,
+    "addevent": _addevent,
+}
 
 
 def _error(request: web.Request, description: str) -> web.Response:
@@ -388,8 +396,7 @@ def _xml(
     if "mislabelled_charset" in state.quirks:
         codec, declared = "cp1251", "utf-8"
     text = (
-        f'<?xml version="1.0" encoding="{declared}"?>\n'
-        f"<response>{_xml_fields(fields)}</response>\n"
+        f'<?xml version="1.0" encoding="{declared}"?>\n<response>{_xml_fields(fields)}</response>\n'
     )
     return web.Response(
         body=text.encode(codec, errors="xmlcharrefreplace"),
@@ -405,16 +412,19 @@ async def _fail(request: web.Request, mode: str) -> web.StreamResponse:
     if mode in ("503", "429"):
         title = "503 Service Unavailable" if mode == "503" else "429 Too Many Requests"
         return web.Response(
-            text=page.format(title), status=int(mode), content_type="text/html",
+            text=page.format(title),
+            status=int(mode),
+            content_type="text/html",
             headers={"Retry-After": "1"},
-        )  # fmt: skip
+        )
     if mode == "html":
         return _html(page.format("502 Bad Gateway"))
     if mode == "garbage":
         return web.Response(body=b"\x00\x01 not xml at all \xff", content_type="text/xml")
     if mode == "truncated":
-        return web.Response(body=b'<?xml version="1.0"?>\n<response><item><id>1</id><na',
-                            content_type="text/xml")
+        return web.Response(
+            body=b'<?xml version="1.0"?>\n<response><item><id>1</id><na', content_type="text/xml"
+        )
     if mode == "error":
         return _error(request, "Сервис временно недоступен")
     await asyncio.Event().wait()  # "hang": until the client gives up and the server cancels
@@ -496,6 +506,10 @@ async def control(request: web.Request) -> web.Response:
     except ValueError as err:
         return web.json_response({"error": str(err)}, status=400)
     return web.json_response(
-        {"fail_mode": state.fail_mode, "fail_count": state.fail_count,
-         "latency_ms": state.latency_s * 1000, "lose_replies": state.lose_replies},
-    )  # fmt: skip
+        {
+            "fail_mode": state.fail_mode,
+            "fail_count": state.fail_count,
+            "latency_ms": state.latency_s * 1000,
+            "lose_replies": state.lose_replies,
+        },
+    )

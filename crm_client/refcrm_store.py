@@ -240,8 +240,7 @@ def _counts(conn: sqlite3.Connection, phone_key: PhoneKey, phone: str | None) ->
         return {"contacts": int(contacts), "events": int(events)}
     key = make_key(phone_key, phone)
     ids = [
-        r[0]
-        for r in conn.execute("SELECT DISTINCT contact_id FROM phones WHERE key = ?", (key,))
+        r[0] for r in conn.execute("SELECT DISTINCT contact_id FROM phones WHERE key = ?", (key,))
     ]
     if not ids:
         return {"contacts": 0, "events": 0}

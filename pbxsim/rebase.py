@@ -32,9 +32,7 @@ _CHANNEL_SEQ = re.compile(r"(?P<name>\b[A-Za-z][\w]*/[^\s,&|;]*?)-(?P<seq>[0-9a-
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 # Times: epoch floats, EventTV-style ISO stamps, CDR local stamps.
 _EPOCH_HEADERS = frozenset({"Timestamp", "SentNTP"})
-_ISO_TV = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-]\d{4}|Z)?$", re.ASCII
-)
+_ISO_TV = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-]\d{4}|Z)?$", re.ASCII)
 _CDR_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", re.ASCII)
 _DIGIT = re.compile(r"\d", re.ASCII)
 _UUID_NAMESPACE = uuid.UUID("6f1d1a52-3c1e-4f55-9d0e-7e1f0b0c7a11")
@@ -147,9 +145,7 @@ def _may_move(value: str) -> bool:
         return False
     if _UNIQUE_ID.match(value):
         return True
-    if value[0].isdigit() and "-" in value[:5] and (
-        _CDR_TIME.match(value) or _ISO_TV.match(value)
-    ):
+    if value[0].isdigit() and "-" in value[:5] and (_CDR_TIME.match(value) or _ISO_TV.match(value)):
         return True
     if "/" in value and _CHANNEL_SEQ.search(value):
         return True

@@ -115,10 +115,7 @@ def load_trace(
     """The events of a recorded AMI session, ready to replay: answers to the recorder's own
     actions and its session events (login, FullyBooted) left out; ids and times rebased."""
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    events = [
-        m for m in parse_trace(data)
-        if "Event" in m and m["Event"] not in _SESSION_EVENTS
-    ]
+    events = [m for m in parse_trace(data) if "Event" in m and m["Event"] not in _SESSION_EVENTS]
     if time_offset == 0.0 and id_offset == 0 and not number_map:
         return events
     return rebase(events, time_offset=time_offset, id_offset=id_offset, number_map=number_map)
@@ -162,14 +159,38 @@ class _Pace:
 # -- the channels the simulated PBX has up ---------------------------------------------
 
 _CHANNEL_FIELDS = (
-    "Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
-    "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode", "Context",
-    "Exten", "Priority", "Uniqueid", "Linkedid",
+    "Channel",
+    "ChannelState",
+    "ChannelStateDesc",
+    "CallerIDNum",
+    "CallerIDName",
+    "ConnectedLineNum",
+    "ConnectedLineName",
+    "Language",
+    "AccountCode",
+    "Context",
+    "Exten",
+    "Priority",
+    "Uniqueid",
+    "Linkedid",
 )
-_CHANNEL_UPDATES = frozenset({
-    "Newstate", "NewCallerid", "NewConnectedLine", "Newexten", "BridgeEnter", "BridgeLeave",
-    "Rename", "DialBegin", "DialState", "DialEnd", "Hold", "Unhold", "NewAccountCode",
-})
+_CHANNEL_UPDATES = frozenset(
+    {
+        "Newstate",
+        "NewCallerid",
+        "NewConnectedLine",
+        "Newexten",
+        "BridgeEnter",
+        "BridgeLeave",
+        "Rename",
+        "DialBegin",
+        "DialState",
+        "DialEnd",
+        "Hold",
+        "Unhold",
+        "NewAccountCode",
+    }
+)
 
 
 class _ChannelBook:
@@ -188,8 +209,12 @@ class _ChannelBook:
             uid = msg.get("Uniqueid")
             if uid:
                 chan = {k: msg.get(k, "") for k in _CHANNEL_FIELDS}
-                chan.update(Application="", ApplicationData="", BridgeId="",
-                            _created=msg.get("Timestamp") or f"{now:.6f}")
+                chan.update(
+                    Application="",
+                    ApplicationData="",
+                    BridgeId="",
+                    _created=msg.get("Timestamp") or f"{now:.6f}",
+                )
                 self.channels[uid] = chan
                 # what a SIP channel's CALLERID(dnid) holds: the number dialled to reach it
                 self.variables[uid] = {"CALLERID(dnid)": msg.get("Exten", "")}
@@ -343,9 +368,7 @@ class PbxSimulator:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=1 << 20
-        )
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=1 << 20)
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         log.info("PBX simulator listening on %s:%d", self.host, self.port)
@@ -522,9 +545,7 @@ class PbxSimulator:
         base_time, first_id = time.time(), self._next_id
         calls = synth.plan(n_calls, rate_per_s, seed, base_time=base_time, first_id=first_id)
         spans = {t.name: t.id_high for t in synth.load_templates()}
-        self._next_id = 1 + max(
-            (c.id_offset + spans[c.template] for c in calls), default=first_id
-        )
+        self._next_id = 1 + max((c.id_offset + spans[c.template] for c in calls), default=first_id)
         self.last_synth = {"base_time": base_time, "first_id": first_id}
         return await self.play(synth.stream(calls), speed=speed)
 
@@ -623,8 +644,7 @@ class PbxSimulator:
         if name == "login":
             self._login(client, fields, action_id)
         elif name == "logoff":
-            self._reply(client, action_id, Response="Goodbye",
-                        Message="Thanks for all the fish.")
+            self._reply(client, action_id, Response="Goodbye", Message="Thanks for all the fish.")
             client.writer.close()
         elif not client.authed:
             self._reply(client, action_id, Response="Error", Message="Authentication Required")
@@ -632,8 +652,9 @@ class PbxSimulator:
             if name == "originate":
                 self.originates.append(dict(action))
         elif name == "ping":
-            self._reply(client, action_id, Response="Success", Ping="Pong",
-                        Timestamp=f"{time.time():.6f}")
+            self._reply(
+                client, action_id, Response="Success", Ping="Pong", Timestamp=f"{time.time():.6f}"
+            )
         elif name == "coreshowchannels":
             self._core_show_channels(client, action_id)
         elif name == "originate":
@@ -641,9 +662,13 @@ class PbxSimulator:
         elif name == "getvar":
             self._getvar(client, fields, action_id)
         else:
-            self._reply(client, action_id, Response="Error",
-                        Message=f"Invalid/unknown command: {action.get('Action', '')}. "
-                                "Use Action: ListCommands to show available commands.")
+            self._reply(
+                client,
+                action_id,
+                Response="Error",
+                Message=f"Invalid/unknown command: {action.get('Action', '')}. "
+                "Use Action: ListCommands to show available commands.",
+            )
 
     def _reply(self, client: _Client, action_id: str | None, **headers: str) -> None:
         msg: Message = {"Response": headers.pop("Response")}
@@ -662,10 +687,17 @@ class PbxSimulator:
         self.logins += 1
         self._reply(client, action_id, Response="Success", Message="Authentication accepted")
         if client.events:
-            client.writer.write(encode({
-                "Event": "FullyBooted", "Privilege": "system,all", "Uptime": "1",
-                "LastReload": "1", "Status": "Fully Booted",
-            }))
+            client.writer.write(
+                encode(
+                    {
+                        "Event": "FullyBooted",
+                        "Privilege": "system,all",
+                        "Uptime": "1",
+                        "LastReload": "1",
+                        "Status": "Fully Booted",
+                    }
+                )
+            )
         waiting = []
         for n, fut in self._login_waiters:
             if self.logins >= n:
@@ -700,15 +732,17 @@ class PbxSimulator:
         client.writer.write(b"".join(encode(m) for m in (head, *items, tail)))
 
     def _originate(
-        self, client: _Client, action: dict[str, str], fields: dict[str, str],
+        self,
+        client: _Client,
+        action: dict[str, str],
+        fields: dict[str, str],
         action_id: str | None,
     ) -> None:
         self.originates.append(dict(action))
         if not fields.get("channel"):
             self._reply(client, action_id, Response="Error", Message="Channel not specified")
             return
-        self._reply(client, action_id, Response="Success",
-                    Message="Originate successfully queued")
+        self._reply(client, action_id, Response="Success", Message="Originate successfully queued")
         if self.click_to_call is not None:
             task = asyncio.create_task(self._play_click_to_call(fields, action_id))
             self._tasks.add(task)
@@ -741,8 +775,9 @@ class PbxSimulator:
         if self._template is None:
             trace = self.click_to_call
             if trace is None or not trace.is_file():
-                log.warning("PBX simulator: no click-to-call trace at %s; Originate plays "
-                            "nothing", trace)
+                log.warning(
+                    "PBX simulator: no click-to-call trace at %s; Originate plays nothing", trace
+                )
                 self._template = []
             else:
                 self._template = load_trace(trace.read_bytes())

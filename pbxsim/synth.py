@@ -167,9 +167,7 @@ def plan(
             external="+" + ext if ext else None,
             did="+" + number_map[did] if did else None,
         )
-        calls.append(
-            PlannedCall(index, tpl.name, start, time_offset, id_offset, number_map, facts)
-        )
+        calls.append(PlannedCall(index, tpl.name, start, time_offset, id_offset, number_map, facts))
     return calls
 
 

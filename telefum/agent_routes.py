@@ -207,8 +207,11 @@ class _AgentRoutes:
         refusal = self._stream_refusal(ext)
         if refusal is not None:
             self.limits.hit("sse_streams", refusal)
-            return _json({"error": f"too many live feeds: {refusal}"}, status=429,
-                         headers={"Retry-After": "30"})  # fmt: skip
+            return _json(
+                {"error": f"too many live feeds: {refusal}"},
+                status=429,
+                headers={"Retry-After": "30"},
+            )
         self._streams[ext] += 1
         try:
             return await self._feed(request, ext)
@@ -219,11 +222,11 @@ class _AgentRoutes:
 
     def _stream_refusal(self, ext: str) -> str | None:
         if self._streams[ext] >= self._max_streams_per_extension:
-            return (f"extension {ext} has {self._streams[ext]} open "
-                    "([http] max_streams_per_extension)")  # fmt: skip
+            return (
+                f"extension {ext} has {self._streams[ext]} open ([http] max_streams_per_extension)"
+            )
         if self._streams.total() >= self._max_streams:
-            return (f"{self._streams.total()} open in all (half of [http] "
-                    "max_connections)")  # fmt: skip
+            return f"{self._streams.total()} open in all (half of [http] max_connections)"
         return None
 
     async def _feed(self, request: web.Request, ext: str) -> web.StreamResponse:
@@ -365,8 +368,9 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             if request.content_type in (
-                "application/x-www-form-urlencoded", "multipart/form-data",
-            ):  # fmt: skip
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            ):
                 try:
                     form = await request.post()
                 except ValueError:

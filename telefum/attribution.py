@@ -202,9 +202,12 @@ class Attribution:
 
     async def report(self, since: float, until: float, tz: tzinfo | None = None) -> dict[str, Any]:
         return build_report(
-            await self.calls(since, until), since=since, until=until, tz=tz,
+            await self.calls(since, until),
+            since=since,
+            until=until,
+            tz=tz,
             sources=self._sources,
-        )  # fmt: skip
+        )
 
 
 def _with_first(r: AttributedCall, first: bool | None) -> AttributedCall:
@@ -249,9 +252,13 @@ def figures(calls: Iterable[AttributedCall], new_contacts: int) -> dict[str, Any
 
 
 def build_report(
-    calls: Iterable[AttributedCall], *, since: float, until: float, tz: tzinfo | None = None,
+    calls: Iterable[AttributedCall],
+    *,
+    since: float,
+    until: float,
+    tz: tzinfo | None = None,
     sources: Mapping[str, str] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Totals, per tracking number and source, and per day (in ``tz``; local by default).
 
     A new contact counts on the day of the call that created it, for the number it carries
@@ -280,10 +287,14 @@ def build_report(
     ]
     numbers.sort(key=lambda r: (-r["calls"], r["tracking_number"], r["source"]))
     days = [
-        {"day": d, "tracking_number": n, "source": s,
-         **figures(per_day.get((d, n, s), ()), day_credits[(d, n, s)])}
+        {
+            "day": d,
+            "tracking_number": n,
+            "source": s,
+            **figures(per_day.get((d, n, s), ()), day_credits[(d, n, s)]),
+        }
         for d, n, s in sorted(set(per_day) | set(day_credits))
-    ]  # fmt: skip
+    ]
     return {
         "since": _iso(since, zone),
         "until": _iso(until, zone),

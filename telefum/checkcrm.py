@@ -55,7 +55,13 @@ from telephony.phones import PhoneFormat, for_crm, to_e164
 
 _PHONEISH = re.compile(r"\+?[0-9][0-9\s().\-]{5,}[0-9]")
 _ENCODING_WORDS = (
-    "charset", "valid utf", "valid cp", "not valid", "undecodable", "byte-order", "read it as",
+    "charset",
+    "valid utf",
+    "valid cp",
+    "not valid",
+    "undecodable",
+    "byte-order",
+    "read it as",
 )
 _TOTAL = "spec §2 lists «Количество найденных контактов» among find's outputs"
 
@@ -220,24 +226,31 @@ class Checker:
     # --- requests -----------------------------------------------------------------------
 
     async def _rest(
-        self, what: str, op: str, method: str, params: list[tuple[str, str]],
+        self,
+        what: str,
+        op: str,
+        method: str,
+        params: list[tuple[str, str]],
         creds: Credentials | None = None,
-    ) -> tuple[bytes, str | None]:  # fmt: skip
+    ) -> tuple[bytes, str | None]:
         """One request's 2xx answer; Failed naming it and what came back otherwise."""
         try:
             return await self.crm.request(op, method, params, creds or self.creds)
         except CrmError as err:
             raise Failed(f"{what}: {err.message}") from None
 
-    def _parse(self, what: str, parser: Callable[[bytes, str | None], Any], body: bytes,
-               ctype: str | None) -> Any:  # fmt: skip
+    def _parse(
+        self, what: str, parser: Callable[[bytes, str | None], Any], body: bytes, ctype: str | None
+    ) -> Any:
         """The typed answer; Failed quoting an error answer or what could not be read."""
         try:
             return parser(body, ctype)
         except CrmError as err:
             if err.kind in ("auth", "rejected"):
-                said = f"<description>{err.description}</description>" if err.description else (
-                    "no <description>"
+                said = (
+                    f"<description>{err.description}</description>"
+                    if err.description
+                    else ("no <description>")
                 )
                 raise ErrorAnswer(f"{what}: answered <result>error</result> with {said}") from None
             raise Failed(f"{what}: {err.message}") from None
@@ -279,9 +292,14 @@ class Checker:
             places.append(where)
 
     async def _expect_error(
-        self, what: str, op: str, method: str, params: list[tuple[str, str]],
-        creds: Credentials, spec: str,
-    ) -> str:  # fmt: skip
+        self,
+        what: str,
+        op: str,
+        method: str,
+        params: list[tuple[str, str]],
+        creds: Credentials,
+        spec: str,
+    ) -> str:
         """The description of the error answer the request must get (``spec`` says where
         the protocol shows it); Failed saying what came instead."""
         expected = f"expected the protocol's error answer ({spec})"
@@ -361,9 +379,12 @@ class Checker:
             raise NotVerified("not checked: find showed no phone unused (see find unknown)")
         what = f"addcont phone={c.phone} x_pstn={c.x_pstn} typecont=contact"
         params = [
-            ("typereq", "addcont"), ("typecont", "contact"), ("phone", c.phone),
-            ("name", c.name), ("x_pstn", c.x_pstn),
-        ]  # fmt: skip
+            ("typereq", "addcont"),
+            ("typecont", "contact"),
+            ("phone", c.phone),
+            ("name", c.name),
+            ("x_pstn", c.x_pstn),
+        ]
         body, ctype = await self._rest(what, "addcont", "GET", params)
         created: Created = self._parse(what, parse.parse_add_contact, body, ctype)
         c.login_accepted = True
@@ -420,9 +441,12 @@ class Checker:
         contact = self._need_contact()
         what = f"addevent id={contact.id} typecont={contact.typecont} (form POST)"
         params = [
-            ("typereq", "addevent"), ("id", contact.id), ("typecont", contact.typecont),
-            ("subj", c.subj), ("desc", c.desc),
-        ]  # fmt: skip
+            ("typereq", "addevent"),
+            ("id", contact.id),
+            ("typecont", contact.typecont),
+            ("subj", c.subj),
+            ("desc", c.desc),
+        ]
         body, ctype = await self._rest(what, "addevent", "POST", params)
         created: Created = self._parse(what, parse.parse_add_event, body, ctype)
         c.idev = created.id
@@ -444,14 +468,22 @@ class Checker:
         spec = "spec §2: «Ответ в случае ошибки авторизации»"
         phone = self.ctx.phone or random_test_phone(self.country, self.rng)
         desc = await self._expect_error(
-            f"find phone={phone} with a random wrong password", "find", "GET",
-            [("typereq", "find"), ("phone", phone)], bad, spec,
-        )  # fmt: skip
+            f"find phone={phone} with a random wrong password",
+            "find",
+            "GET",
+            [("typereq", "find"), ("phone", phone)],
+            bad,
+            spec,
+        )
         fresh = random_test_phone(self.country, self.rng)
         before = (await self._find(fresh)).found
         what = f"addcont phone={fresh} with a random wrong password"
-        params = [("typereq", "addcont"), ("typecont", "contact"), ("phone", fresh),
-                  ("name", self.ctx.name + " (wrong password)")]  # fmt: skip
+        params = [
+            ("typereq", "addcont"),
+            ("typecont", "contact"),
+            ("phone", fresh),
+            ("name", self.ctx.name + " (wrong password)"),
+        ]
         await self._expect_error(what, "addcont", "GET", params, bad, spec)
         after = (await self._find(fresh)).found
         new = sorted({x.id for x in after.contacts} - {x.id for x in before.contacts})
@@ -466,16 +498,26 @@ class Checker:
     async def missing_fields(self) -> str:
         self._need_login()
         no_phone = await self._expect_error(
-            "addcont without phone (typecont=contact, a name)", "addcont", "GET",
+            "addcont without phone (typecont=contact, a name)",
+            "addcont",
+            "GET",
             [("typereq", "addcont"), ("typecont", "contact"), ("name", self.ctx.name)],
-            self.creds, f"spec §3: «{SPEC_WORDING['no phone']}»",
-        )  # fmt: skip
+            self.creds,
+            f"spec §3: «{SPEC_WORDING['no phone']}»",
+        )
         no_id = await self._expect_error(
-            "addevent without id (typecont=contact, subj, desc)", "addevent", "POST",
-            [("typereq", "addevent"), ("typecont", "contact"), ("subj", self.ctx.subj),
-             ("desc", self.ctx.desc)],
-            self.creds, f"spec §4: «{SPEC_WORDING['no id']}»",
-        )  # fmt: skip
+            "addevent without id (typecont=contact, subj, desc)",
+            "addevent",
+            "POST",
+            [
+                ("typereq", "addevent"),
+                ("typecont", "contact"),
+                ("subj", self.ctx.subj),
+                ("desc", self.ctx.desc),
+            ],
+            self.creds,
+            f"spec §4: «{SPEC_WORDING['no id']}»",
+        )
         return (
             f"addcont without phone: {no_phone!r}{_wording(no_phone, SPEC_WORDING['no phone'])}; "
             f"addevent without id: {no_id!r}{_wording(no_id, SPEC_WORDING['no id'])}"
@@ -486,8 +528,9 @@ class Checker:
         contact = self._need_contact()
         page = await self._page(self.crm.card_url(contact.id, contact.typecont))
         shows = c.marker in page.text
-        status, reason = judge(page, shows, f"the test contact's name {c.marker!r}",
-                               strict=self.strict)  # fmt: skip
+        status, reason = judge(
+            page, shows, f"the test contact's name {c.marker!r}", strict=self.strict
+        )
         if status == "pass":
             c.card = page
             return reason
@@ -526,8 +569,9 @@ class Checker:
         c = self.ctx
         contact = self._need_contact()
         page = await self._page(self.crm.search_url(c.phone))
-        status, reason = judge(page, c.marker in page.text, f"contact {contact.id} "
-                               f"({c.marker!r})", strict=self.strict)  # fmt: skip
+        status, reason = judge(
+            page, c.marker in page.text, f"contact {contact.id} ({c.marker!r})", strict=self.strict
+        )
         if status == "pass":
             c.search = page
             return reason
@@ -554,8 +598,9 @@ class Checker:
                 f"and look for {c.x_pstn}; --strict reads it on the card"
             )
         if c.card is None:
-            raise NotVerified("--strict reads the source on the card, which could not be read "
-                              "(see card page)")  # fmt: skip
+            raise NotVerified(
+                "--strict reads the source on the card, which could not be read (see card page)"
+            )
         if c.x_pstn in self._phones_in(c.card.text):
             return f"{c.card.where()}: shows the source {c.x_pstn}"
         raise Failed(f"{c.card.where()}: does not show the source {c.x_pstn}; {sent}")
@@ -604,12 +649,16 @@ class Checker:
             raise NotVerified("not checked: addevent created no event (see addevent)")
         if c.card is None:
             raise NotVerified("not checked: the card could not be read (see card page)")
-        missing = [f"{label} {text!r}" for label, text in (("subj", c.subj), ("desc", c.desc))
-                   if text not in c.card.text]  # fmt: skip
+        missing = [
+            f"{label} {text!r}"
+            for label, text in (("subj", c.subj), ("desc", c.desc))
+            if text not in c.card.text
+        ]
         if missing:
             raise Failed(
                 f"{c.card.where()}: does not show event {c.idev} as addevent sent it: "
-                + " and ".join(missing) + " not on the page"
+                + " and ".join(missing)
+                + " not on the page"
             )
         return f"{c.card.where()}: shows event {c.idev} with its Cyrillic subj and desc"
 
@@ -675,9 +724,16 @@ async def check_crm(
     """Run every point against ``rest_url``; one result per point of :data:`POINTS`."""
     async with aiohttp.ClientSession(headers={"User-Agent": "telefum-check-crm"}) as session:
         checker = Checker(
-            rest_url, creds, session, country=country, timeout_s=timeout_s, strict=strict,
-            hide_login=hide_login, skip_pages=skip_pages, rng=rng,
-        )  # fmt: skip
+            rest_url,
+            creds,
+            session,
+            country=country,
+            timeout_s=timeout_s,
+            strict=strict,
+            hide_login=hide_login,
+            skip_pages=skip_pages,
+            rng=rng,
+        )
         return await checker.run()
 
 

@@ -132,11 +132,18 @@ class BackfillSettings:
     def source(self) -> CdrSourceSettings:
         """What ``telephony.cdr_sources.open_source`` opens (with the plain password)."""
         return CdrSourceSettings(
-            kind=self.kind, path=self.path, dsn=self.dsn.get_secret_value(), user=self.user,
-            password=self.password.get_secret_value(), table=self.table,
-            timezone=self.timezone, margin_s=self.margin_s, lookback_s=self.lookback_s,
-            timeout_s=self.timeout_s, fallback_encoding=self.fallback_encoding,
-        )  # fmt: skip
+            kind=self.kind,
+            path=self.path,
+            dsn=self.dsn.get_secret_value(),
+            user=self.user,
+            password=self.password.get_secret_value(),
+            table=self.table,
+            timezone=self.timezone,
+            margin_s=self.margin_s,
+            lookback_s=self.lookback_s,
+            timeout_s=self.timeout_s,
+            fallback_encoding=self.fallback_encoding,
+        )
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=_FORBID)

@@ -160,8 +160,9 @@ async def _run(opts: DemoOptions, work: Path, out: IO[str]) -> DemoResult:
     db = work / "crm.sqlite"
     crm = web.AppRunner(
         create_crm_app(db, passwords, functools.partial(to_e164, default_country="RU")),
-        access_log=None, shutdown_timeout=1.0,
-    )  # fmt: skip
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
     await crm.setup()
     site = web.TCPSite(crm, "127.0.0.1", 0)
     await site.start()
@@ -176,12 +177,16 @@ async def _run(opts: DemoOptions, work: Path, out: IO[str]) -> DemoResult:
         await bridge.start()
         print(f"demo: working in {work}", file=out)
         print(f"demo: reference CRM {crm_base}/   bridge {bridge.http_url}/health", file=out)
-        print(f"demo: agent 101's screen pop  {bridge.http_url}/agent/101?token={token}-101",
-              file=out)  # fmt: skip
+        print(
+            f"demo: agent 101's screen pop  {bridge.http_url}/agent/101?token={token}-101", file=out
+        )
         out.flush()
         await bridge.listeners[0].wait_for_session(1, timeout=15.0)
-        print(f"demo: PBX simulator plays {opts.calls} calls "
-              f"({opts.rate:g}/s, {opts.speed:g}x real time)", file=out)  # fmt: skip
+        print(
+            f"demo: PBX simulator plays {opts.calls} calls "
+            f"({opts.rate:g}/s, {opts.speed:g}x real time)",
+            file=out,
+        )
         out.flush()
         result = await _play_and_wait(opts, sim, bridge, db, t0)
         await _attribution(bridge, out)
@@ -284,8 +289,9 @@ def _report(r: DemoResult, out: IO[str]) -> None:
     print(f"demo: {r.calls} calls finished in {r.elapsed_s:.1f}s", file=out)
     print(f"  delivered to the CRM    {r.delivered}", file=out)
     print(f"  not logged (by policy)  {r.skipped}", file=out)
-    print(f"  contacts created        {r.contacts_created}  (x_pstn = the tracking number)",
-          file=out)  # fmt: skip
+    print(
+        f"  contacts created        {r.contacts_created}  (x_pstn = the tracking number)", file=out
+    )
     print(f"  events in the CRM       {r.events}", file=out)
     print(f"  dead letters            {r.dead_letters}", file=out)
     for p in r.problems:

@@ -186,9 +186,7 @@ class Health:
         return {"status": self.status, "reasons": self.reasons, **self.details}
 
 
-def evaluate(
-    snap: Snapshot, cfg: HealthSettings, spool_watch: SpoolWatch | None = None
-) -> Health:
+def evaluate(snap: Snapshot, cfg: HealthSettings, spool_watch: SpoolWatch | None = None) -> Health:
     """The verdict and its reasons, from what was observed. No I/O, no clock."""
     reasons: list[str] = []
     ami = []
@@ -204,23 +202,26 @@ def evaluate(
             reasons.append(
                 f"AMI link silent: pbx {link.pbx}, {seen} (limit {cfg.max_event_age_s:g} s)"
             )
-        ami.append({
-            "pbx": link.pbx,
-            "connected": link.connected,
-            "last_event_age_s": age,
-            "events_received": link.events_received,
-            "reconnects": link.reconnects,
-            "login_error": link.login_error,
-            "last_error": link.last_error,
-            "malformed": link.malformed,
-            "active_calls": link.active_calls,
-            "pbx_clock_offset_s": (
-                None if link.pbx_clock_offset_s is None else round(link.pbx_clock_offset_s, 1)
-            ),
-            "pbx_clock_skewed": (
-                link.pbx_clock_offset_s is not None and abs(link.pbx_clock_offset_s) > SKEW_WARN_S
-            ),
-        })  # fmt: skip
+        ami.append(
+            {
+                "pbx": link.pbx,
+                "connected": link.connected,
+                "last_event_age_s": age,
+                "events_received": link.events_received,
+                "reconnects": link.reconnects,
+                "login_error": link.login_error,
+                "last_error": link.last_error,
+                "malformed": link.malformed,
+                "active_calls": link.active_calls,
+                "pbx_clock_offset_s": (
+                    None if link.pbx_clock_offset_s is None else round(link.pbx_clock_offset_s, 1)
+                ),
+                "pbx_clock_skewed": (
+                    link.pbx_clock_offset_s is not None
+                    and abs(link.pbx_clock_offset_s) > SKEW_WARN_S
+                ),
+            }
+        )
 
     redis: dict[str, Any] = {"checked": snap.redis_checked, "ok": snap.redis_error is None}
     if snap.redis_error is not None:
@@ -239,8 +240,7 @@ def evaluate(
         }
         if not beats:
             reasons.append(
-                "no worker alive: no heartbeat in the last "
-                f"{cfg.worker_heartbeat_max_age_s:g} s"
+                f"no worker alive: no heartbeat in the last {cfg.worker_heartbeat_max_age_s:g} s"
             )
         q = stats.get("queue", {})
         queue = {
@@ -277,8 +277,14 @@ def evaluate(
             f"background task {task.name} failing for {since:.0f} s "
             f"({task.failures} failure(s)): {redact_text(task.last_error or '')}"
         )
-        tasks.append({"task": task.name, "failures": task.failures,
-                      "failing_s": round(since, 1), "error": task.last_error})  # fmt: skip
+        tasks.append(
+            {
+                "task": task.name,
+                "failures": task.failures,
+                "failing_s": round(since, 1),
+                "error": task.last_error,
+            }
+        )
     for w in (workers or {}).get("heartbeats", []):
         if w.get("failing") and w["age_s"] <= cfg.worker_heartbeat_max_age_s:
             reasons.append(f"worker {w['id']}: background task failing: {w['failing']}")
@@ -319,17 +325,19 @@ def _crms(snap: Snapshot, cfg: HealthSettings) -> tuple[list[dict[str, Any]] | N
         else:
             waiting = None
         ok_at = st.get("last_ok_at")
-        out.append({
-            "url": route.url,
-            "pbx": list(route.pbxs),
-            "failing": failing,
-            "failing_since": since,
-            "failures": st.get("failures", 0),
-            "last_error": st.get("last_error"),
-            "last_error_age_s": None if last is None else round(snap.now - last, 3),
-            "last_ok_age_s": None if ok_at is None else round(snap.now - ok_at, 3),
-            "waiting": waiting,
-        })  # fmt: skip
+        out.append(
+            {
+                "url": route.url,
+                "pbx": list(route.pbxs),
+                "failing": failing,
+                "failing_since": since,
+                "failures": st.get("failures", 0),
+                "last_error": st.get("last_error"),
+                "last_error_age_s": None if last is None else round(snap.now - last, 3),
+                "last_ok_age_s": None if ok_at is None else round(snap.now - ok_at, 3),
+                "waiting": waiting,
+            }
+        )
         if failing:
             assert since is not None and last is not None
             calls = "calls waiting: unknown" if waiting is None else f"{waiting} calls waiting"
@@ -367,16 +375,29 @@ def _backfill(
                 f"{iso_utc(gap.since)}: {gap.why}"
             )
     return {
-        "pbx": b.pbx, "source": b.source, "state": b.state, "last_error": b.last_error,
-        "gaps": b.gaps, "gap_seconds": b.gap_seconds,
+        "pbx": b.pbx,
+        "source": b.source,
+        "state": b.state,
+        "last_error": b.last_error,
+        "gaps": b.gaps,
+        "gap_seconds": b.gap_seconds,
         "uncovered_gaps": [
-            {"from": iso_utc(g.since), "to": iso_utc(g.until), "seconds": round(g.seconds, 1),
-             "why": g.why} for g in b.uncovered
+            {
+                "from": iso_utc(g.since),
+                "to": iso_utc(g.until),
+                "seconds": round(g.seconds, 1),
+                "why": g.why,
+            }
+            for g in b.uncovered
         ],
-        "calls_found": b.found, "calls_completed": b.completed, "calls_released": b.released,
-        "calls_held": b.held, "pending_windows": b.pending_windows, "bad_rows": b.bad_rows,
+        "calls_found": b.found,
+        "calls_completed": b.completed,
+        "calls_released": b.released,
+        "calls_held": b.held,
+        "pending_windows": b.pending_windows,
+        "bad_rows": b.bad_rows,
         "calls_without_id": b.no_id,
-    }  # fmt: skip
+    }
 
 
 # async (redis) -> dict, e.g. worker.stats.read_stats
@@ -413,8 +434,10 @@ async def observe(
             redis_error = f"no answer within {cfg.redis_timeout_s:g} s"
         except Exception as err:  # any client error means "not reachable" to ops
             redis_error = _short(err)
-    if stats is not None and len(crms) > 1 and any(
-        s.get("failing_since") for s in stats.get("crm", [])
+    if (
+        stats is not None
+        and len(crms) > 1
+        and any(s.get("failing_since") for s in stats.get("crm", []))
     ):
         with contextlib.suppress(Exception):  # unknown, said as such
             count: Any = waiting_by_pbx  # takes the redis.asyncio.Redis behind RedisPing

@@ -28,9 +28,14 @@ from collections.abc import Callable
 log = logging.getLogger("telefum.limits")
 
 NAMES = (
-    "tracked_calls", "http_connections", "http_idle_closed", "http_header_timeout",
-    "http_host", "sse_streams", "crm_lookups",
-)  # fmt: skip
+    "tracked_calls",
+    "http_connections",
+    "http_idle_closed",
+    "http_header_timeout",
+    "http_host",
+    "sse_streams",
+    "crm_lookups",
+)
 
 LOG_EVERY_S = 60.0
 

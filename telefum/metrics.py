@@ -120,7 +120,9 @@ class CallCounts:
 
 
 def families(
-    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
+    snap: Snapshot,
+    calls: CallCounts | None = None,
+    cfg: HealthSettings | None = None,
     limits: Limits | None = None,
 ) -> Iterator[Metric]:
     """The metric families of one reading."""
@@ -132,9 +134,7 @@ def families(
     age = GaugeMetricFamily(
         "telefum_ami_last_event_age_seconds", "Seconds since the last AMI event", labels=["pbx"]
     )
-    events = CounterMetricFamily(
-        "telefum_ami_events_received", "AMI events read", labels=["pbx"]
-    )
+    events = CounterMetricFamily("telefum_ami_events_received", "AMI events read", labels=["pbx"])
     reconnects = CounterMetricFamily(
         "telefum_ami_reconnects", "AMI logins after the first", labels=["pbx"]
     )
@@ -160,7 +160,7 @@ def families(
         "Finished calls seen by this process",
         labels=["pbx", "direction", "disposition"],
     )
-    for labels, n in (calls.items() if calls else []):
+    for labels, n in calls.items() if calls else []:
         finished.add_metric(list(labels), n)
     yield finished
 
@@ -177,12 +177,14 @@ def families(
         spool = int(snap.stats.get("spool", {}).get("total", 0))
     if spool is not None:
         yield GaugeMetricFamily(
-            "telefum_spool_size", "Finished calls in the local spool, waiting for Redis",
+            "telefum_spool_size",
+            "Finished calls in the local spool, waiting for Redis",
             value=spool,
         )
     if limits is not None:
         hits = CounterMetricFamily(
-            "telefum_limit_hits", "Times a cap refused something (see telefum.limits)",
+            "telefum_limit_hits",
+            "Times a cap refused something (see telefum.limits)",
             labels=["limit"],
         )
         for name in sorted({*LIMIT_NAMES, *limits.hits}):
@@ -204,16 +206,17 @@ def _backfill(snap: Snapshot) -> Iterator[Metric]:
         "telefum_backfill_uncovered_gaps", "Gaps backfill could not cover", labels=["pbx"]
     )
     calls = CounterMetricFamily(
-        "telefum_backfill_calls", "Calls from the CDR by how they were used",
+        "telefum_backfill_calls",
+        "Calls from the CDR by how they were used",
         labels=["pbx", "how"],
-    )  # fmt: skip
-    held = GaugeMetricFamily("telefum_backfill_calls_held", "Calls waiting for their CDR",
-                             labels=["pbx"])  # fmt: skip
+    )
+    held = GaugeMetricFamily(
+        "telefum_backfill_calls_held", "Calls waiting for their CDR", labels=["pbx"]
+    )
     reads = CounterMetricFamily(
         "telefum_backfill_reads", "CDR reads by outcome", labels=["pbx", "outcome"]
     )
-    up = GaugeMetricFamily("telefum_backfill_up", "1 when the last CDR read worked",
-                           labels=["pbx"])  # fmt: skip
+    up = GaugeMetricFamily("telefum_backfill_up", "1 when the last CDR read worked", labels=["pbx"])
     bad = CounterMetricFamily(
         "telefum_backfill_bad_rows", "CDR rows skipped as unusable", labels=["pbx"]
     )
@@ -223,8 +226,7 @@ def _backfill(snap: Snapshot) -> Iterator[Metric]:
         uncovered.add_metric([b.pbx], b.uncovered_total)
         if b.state == "off":
             continue
-        for how, n in (("found", b.found), ("completed", b.completed),
-                       ("released", b.released)):  # fmt: skip
+        for how, n in (("found", b.found), ("completed", b.completed), ("released", b.released)):
             calls.add_metric([b.pbx, how], n)
         held.add_metric([b.pbx], b.held)
         reads.add_metric([b.pbx, "ok"], b.reads_ok)
@@ -245,7 +247,8 @@ def _pipeline(stats: dict[str, Any], cfg: HealthSettings) -> Iterator[Metric]:
         "telefum_queue_retrying", "Queued jobs waiting for a retry", value=q.get("deferred", 0)
     )
     yield GaugeMetricFamily(
-        "telefum_jobs_pending", "Calls accepted, not yet delivered nor dead-lettered",
+        "telefum_jobs_pending",
+        "Calls accepted, not yet delivered nor dead-lettered",
         value=stats.get("pending", 0),
     )
     yield GaugeMetricFamily(
@@ -257,11 +260,13 @@ def _pipeline(stats: dict[str, Any], cfg: HealthSettings) -> Iterator[Metric]:
         "telefum_workers_alive", "Workers with a fresh heartbeat", value=len(alive)
     )
     yield GaugeMetricFamily(
-        "telefum_jobs_in_progress", "Jobs running on live workers",
+        "telefum_jobs_in_progress",
+        "Jobs running on live workers",
         value=sum(int(w.get("running", 0)) for w in alive),
     )
     beat = GaugeMetricFamily(
-        "telefum_worker_heartbeat_age_seconds", "Seconds since a worker's heartbeat",
+        "telefum_worker_heartbeat_age_seconds",
+        "Seconds since a worker's heartbeat",
         labels=["worker"],
     )
     for w in workers:
@@ -275,9 +280,7 @@ def _pipeline(stats: dict[str, Any], cfg: HealthSettings) -> Iterator[Metric]:
     )
     for op, outcomes in sorted(stats.get("crm_latency", {}).items()):
         for outcome, h in sorted(outcomes.items()):
-            buckets = [
-                (le if isinstance(le, str) else _le(le), float(n)) for le, n in h["buckets"]
-            ]
+            buckets = [(le if isinstance(le, str) else _le(le), float(n)) for le, n in h["buckets"]]
             hist.add_metric([op, outcome], buckets, sum_value=h["sum_s"])
     yield hist
 
@@ -288,7 +291,10 @@ def _le(bound: float) -> str:
 
 class _SnapshotCollector:
     def __init__(
-        self, snap: Snapshot, calls: CallCounts | None, cfg: HealthSettings,
+        self,
+        snap: Snapshot,
+        calls: CallCounts | None,
+        cfg: HealthSettings,
         limits: Limits | None,
     ) -> None:
         self.snap, self.calls, self.cfg, self.limits = snap, calls, cfg, limits
@@ -298,8 +304,12 @@ class _SnapshotCollector:
 
 
 def render(
-    snap: Snapshot, calls: CallCounts | None = None, cfg: HealthSettings | None = None,
-    *, process: bool = True, limits: Limits | None = None,
+    snap: Snapshot,
+    calls: CallCounts | None = None,
+    cfg: HealthSettings | None = None,
+    *,
+    process: bool = True,
+    limits: Limits | None = None,
 ) -> bytes:
     """One scrape's body in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)

@@ -297,8 +297,14 @@ class ScreenPop:
         self._publish(u.extension)
 
     def _pop(
-        self, extension: str, pbx: str, call_id: str, direction: str, external: str | None,
-        did: str | None, at: float,
+        self,
+        extension: str,
+        pbx: str,
+        call_id: str,
+        direction: str,
+        external: str | None,
+        did: str | None,
+        at: float,
     ) -> PopCall:
         """A new call on an extension's page; the CRM lookup starts once per call, and only
         when the extension is watched (else when a page opens while the call is current)."""
@@ -341,8 +347,13 @@ class ScreenPop:
         if call is None and started is not None:
             # answered without a ring we saw: the agent's own outgoing or click-to-call
             call = self._pop(
-                u.extension, u.pbx, u.call_id, started.direction, started.external,
-                started.did, started.at,
+                u.extension,
+                u.pbx,
+                u.call_id,
+                started.direction,
+                started.external,
+                started.did,
+                started.at,
             )
         if call is not None:
             call.state, call.answered_at = "answered", u.at
@@ -539,9 +550,7 @@ class ScreenPop:
     def _ext(self, extension: str) -> _Extension:
         ext = self._extensions.get(extension)
         if ext is None:
-            ext = self._extensions[extension] = _Extension(
-                history=deque(maxlen=self._history_size)
-            )
+            ext = self._extensions[extension] = _Extension(history=deque(maxlen=self._history_size))
         return ext
 
     def _retire(self, ext: _Extension, key: str) -> None:

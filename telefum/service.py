@@ -140,7 +140,9 @@ class Bridge:
             supervisor=self.supervisor,
         )
         self.agents = wiring.agent_services(
-            s, listeners={x.pbx: x for x in self.listeners}, redis=self.redis,
+            s,
+            listeners={x.pbx: x for x in self.listeners},
+            redis=self.redis,
             limits=self.limits,
         )
         if self.roles.http:
@@ -182,8 +184,11 @@ class Bridge:
         register_secrets([redis.password])
         if self.embedded_redis_dir is None:
             private_redis.publish(self.settings, redis.address)
-        log.info("[redis] url is empty: started a private Redis at %s (data and password "
-                 "in %s)", redis.address, redis.data_dir)  # fmt: skip
+        log.info(
+            "[redis] url is empty: started a private Redis at %s (data and password in %s)",
+            redis.address,
+            redis.data_dir,
+        )
         return redis
 
     def _on_update(self, update: Any) -> None:
@@ -194,8 +199,11 @@ class Bridge:
             if backfill is None or not backfill.hold(update.record):
                 self._submit(update.record)
             else:
-                log.info("call finished: %s; waits for its CDR (the bridge saw it in part)",
-                         _summary(update.record), extra=update.record.log_tags)  # fmt: skip
+                log.info(
+                    "call finished: %s; waits for its CDR (the bridge saw it in part)",
+                    _summary(update.record),
+                    extra=update.record.log_tags,
+                )
         elif isinstance(update, CallRefused):
             what = "a new call" if update.new_call else "a channel (its call is flagged overflow)"
             self.limits.hit(
@@ -210,8 +218,9 @@ class Bridge:
     def _submit(self, record: CallRecord) -> None:
         """A finished call, live or from the CDR, to the hand-over and the call counts."""
         if self.handoff is not None:
-            log.info("call finished: %s; handed to the queue", _summary(record),
-                     extra=record.log_tags)  # fmt: skip
+            log.info(
+                "call finished: %s; handed to the queue", _summary(record), extra=record.log_tags
+            )
             self.handoff.submit(record)
         if self.service is not None:
             self.service.calls.observe(record)
@@ -294,4 +303,3 @@ def signal_stop() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
-

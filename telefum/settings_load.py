@@ -33,10 +33,16 @@ from telefum.config import CONFIG_ENV, AmiSettings, ConfigError, Settings
 
 PREFIX, DELIMITER = "TELEFUM_", "__"
 # read by other parts of telefum (or by docker compose): not settings, not warned about
-OTHER_VARIABLES = frozenset({
-    CONFIG_ENV, "TELEFUM_AGENT_TOKEN", "TELEFUM_AGENT_EXTENSION", "TELEFUM_AGENT_FILE",
-    "TELEFUM_BRIDGE_URL", "TELEFUM_ENV_FILE",
-})  # fmt: skip
+OTHER_VARIABLES = frozenset(
+    {
+        CONFIG_ENV,
+        "TELEFUM_AGENT_TOKEN",
+        "TELEFUM_AGENT_EXTENSION",
+        "TELEFUM_AGENT_FILE",
+        "TELEFUM_BRIDGE_URL",
+        "TELEFUM_ENV_FILE",
+    }
+)
 
 Loc = tuple[str | int, ...]  # a key as pydantic locates it: ("ami", 0, "port")
 
@@ -142,14 +148,17 @@ class _Environment:
             if parts[0] not in Settings.model_fields:
                 if len(parts) > 1:
                     known = list(Settings.model_fields)
-                    raise ConfigError(self.file, f"{parts[0]} (from {name})",
-                                      _unknown(parts[0], known, "section"))  # fmt: skip
+                    raise ConfigError(
+                        self.file, f"{parts[0]} (from {name})", _unknown(parts[0], known, "section")
+                    )
                 guess = difflib.get_close_matches(name.upper(), _variables(), n=1, cutoff=0.6)
                 hint = f' (did you mean "{guess[0]}"?)' if guess else ""
                 self.warnings.append(f"environment variable {name} is not a setting{hint}")
             elif parts == ["ami"]:  # reaches nothing: the library cannot set [[ami]] whole
-                self.warnings.append(f"environment variable {name} is not a setting "
-                                     '(did you mean "TELEFUM_AMI__<KEY>"?)')  # fmt: skip
+                self.warnings.append(
+                    f"environment variable {name} is not a setting "
+                    '(did you mean "TELEFUM_AMI__<KEY>"?)'
+                )
             elif parts[0] == "ami":
                 ami.append((low, parts[1:]))
             else:
@@ -171,9 +180,14 @@ class _Environment:
             elif len(entries) == 1:
                 i, rest, prefix = 0, parts, "ami"
             else:
-                raise ConfigError(self.file, "ami", (
-                    f"{self.names[low]} is ambiguous with several [[ami]] entries: "
-                    f"use TELEFUM_AMI__<NAME>__{DELIMITER.join(parts).upper()}"))  # fmt: skip
+                raise ConfigError(
+                    self.file,
+                    "ami",
+                    (
+                        f"{self.names[low]} is ambiguous with several [[ami]] entries: "
+                        f"use TELEFUM_AMI__<NAME>__{DELIMITER.join(parts).upper()}"
+                    ),
+                )
             # the library types the value by its key in AmiSettings
             field = FieldInfo.from_annotation(AmiSettings)
             value = self.source.explode_env_vars(prefix, field, {low: self.source.env_vars[low]})
@@ -245,16 +259,29 @@ def _unknown(key: str, known: list[str], what: str = "key") -> str:
 
 
 _EXPECTED = {  # pydantic's error type, by its start -> what the key wanted
-    "string": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-    "tuple": "a list", "list": "a list", "dict": "a table", "dataclass": "a table",
+    "string": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "tuple": "a list",
+    "list": "a list",
+    "dict": "a table",
+    "dataclass": "a table",
     "model": "a table",
-}  # fmt: skip
+}
 _TYPES: dict[Any, str] = {
-    str: "a string", SecretStr: "a string", int: "an integer", float: "a number",
+    str: "a string",
+    SecretStr: "a string",
+    int: "an integer",
+    float: "a number",
     bool: "true or false",
-}  # fmt: skip
-_BOUNDS = {"greater_than_equal": "at least", "greater_than": "more than",
-           "less_than_equal": "at most", "less_than": "less than"}  # fmt: skip
+}
+_BOUNDS = {
+    "greater_than_equal": "at least",
+    "greater_than": "more than",
+    "less_than_equal": "at most",
+    "less_than": "less than",
+}
 
 
 def _problem(error: Any, from_env: bool, env: str) -> str:
@@ -327,9 +354,13 @@ def _cross_checks(s: Settings) -> Iterator[tuple[Loc, str]]:
         if name in names[:i]:
             yield ("ami", i, "name"), f'expected a unique name, "{name}" is twice'
     if s.originate.pbx and s.originate.pbx not in names:
-        yield ("originate", "pbx"), (
-            f"expected empty or the name of an [[ami]] entry ({', '.join(sorted(names))}), "
-            f'got "{s.originate.pbx}"')  # fmt: skip
+        yield (
+            ("originate", "pbx"),
+            (
+                f"expected empty or the name of an [[ami]] entry ({', '.join(sorted(names))}), "
+                f'got "{s.originate.pbx}"'
+            ),
+        )
     ext = s.calls.extension_re
     keyed: list[tuple[Loc, Mapping[str, Any]]] = [(("crm", "agents"), s.crm.agents)]
     keyed += [(("ami", i, "crm", "agents"), a.crm.agents) for i, a in enumerate(s.ami) if a.crm]

@@ -135,8 +135,12 @@ class Service:
             return await read_stats(redis, queue_name=queue)
 
         snap = await observe(
-            self.links, self.redis, self.settings.health,
-            read_stats=read, spool_size=self.spool_size, crms=crm_routes(self.settings),
+            self.links,
+            self.redis,
+            self.settings.health,
+            read_stats=read,
+            spool_size=self.spool_size,
+            crms=crm_routes(self.settings),
             backfills=self.backfills,
             failing=self.supervisor.failing if self.supervisor is not None else None,
         )
@@ -150,9 +154,7 @@ def create_app(service: Service, setups: Iterable[Setup] = ()) -> web.Applicatio
     """The app with ``/health`` and ``/metrics``; each setup then adds its own routes.
     Requests for a Host that is not this service's get a 421 (``telefum.http_guard``)."""
     http = service.settings.http
-    app = web.Application(
-        middlewares=[host_check(http.host, http.allowed_hosts, service.limits)]
-    )
+    app = web.Application(middlewares=[host_check(http.host, http.allowed_hosts, service.limits)])
     app[SERVICE] = service
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
@@ -167,9 +169,13 @@ async def start_http(app: web.Application, http: HttpSettings, **timeouts: float
     ``timeouts``: ``header_timeout_s``, ``idle_timeout_s`` (tests shorten them)."""
     host, port = split_listen(http.listen)
     server = HttpServer(
-        app, host, port, limits=app[SERVICE].limits, max_connections=http.max_connections,
+        app,
+        host,
+        port,
+        limits=app[SERVICE].limits,
+        max_connections=http.max_connections,
         **timeouts,
-    )  # fmt: skip
+    )
     await server.start()
     return server
 

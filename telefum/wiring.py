@@ -40,7 +40,10 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def handoff(
-    settings: Settings, config: WorkerConfig, redis_url: str, listener_id: str | None = None,
+    settings: Settings,
+    config: WorkerConfig,
+    redis_url: str,
+    listener_id: str | None = None,
     supervisor: Supervisor | None = None,
 ) -> Handoff:
     """The listener's hand-over to Redis, queueing the way the workers of ``config`` read
@@ -61,7 +64,9 @@ def handoff(
 
 
 def listener(
-    settings: Settings, ami: AmiSettings, on_update: Callable[[Any], None],
+    settings: Settings,
+    ami: AmiSettings,
+    on_update: Callable[[Any], None],
     supervisor: Supervisor | None = None,
 ) -> AmiListener:
     """One PBX's AMI link feeding its own tracker (its records carry the PBX's name)."""
@@ -84,7 +89,10 @@ def listener(
 
 
 def backfiller(
-    settings: Settings, ami: AmiSettings, listener: AmiListener, submit: Callable[[Any], None],
+    settings: Settings,
+    ami: AmiSettings,
+    listener: AmiListener,
+    submit: Callable[[Any], None],
     supervisor: Supervisor | None = None,
 ) -> Backfiller:
     """The PBX's backfill from its CDR (``[backfill]``, or its ``[ami.backfill]``), told of

@@ -101,10 +101,14 @@ class AmiCodec:
             if block.startswith("Event: "):
                 nl = block.find("\r\n")
                 name = block[7:nl] if nl > 0 else block[7:]
-                if (name not in events or (name == "VarSet" and variables is not None
-                                           and _variable(block) not in variables)) and (
-                    "\r\nActionID:" not in block
-                ):
+                if (
+                    name not in events
+                    or (
+                        name == "VarSet"
+                        and variables is not None
+                        and _variable(block) not in variables
+                    )
+                ) and ("\r\nActionID:" not in block):
                     passed += 1
                     continue
             elif not block:

@@ -95,18 +95,20 @@ def complete(live: CallRecord, cdr: CallRecord) -> CallRecord:
         started_at=started,
         answered_at=answered_at,
         ended_at=ended,
-        disposition="answered" if answered else (cdr.disposition if ended_in_gap else
-                                                 live.disposition),
+        disposition="answered"
+        if answered
+        else (cdr.disposition if ended_in_gap else live.disposition),
         external=live.external or cdr.external,
         did=live.did or cdr.did,
         extension=live.extension or cdr.extension,
         transfers=cdr.transfers if more_transfers else live.transfers,
         rang=live.rang or cdr.rang,
         final_extension=(cdr.final_extension if more_transfers else None)
-        or live.final_extension or cdr.final_extension,
+        or live.final_extension
+        or cdr.final_extension,
         flags=tuple(f for f in live.flags if f not in (GAP, RING_UNKNOWN)),
         source="cdr",
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,14 +278,24 @@ class Backfiller:
             gap = (min(seen, now), now) if seen is not None else None
             since = seen if seen is not None else now - self.first_window_s
             if self.source is not None and (seen is not None or self.first_window_s > 0):
-                self._add(_Window(since - self.margin_s, now + self.margin_s,
-                                  self._schedule(now), [gap] if gap else [], now))  # fmt: skip
+                self._add(
+                    _Window(
+                        since - self.margin_s,
+                        now + self.margin_s,
+                        self._schedule(now),
+                        [gap] if gap else [],
+                        now,
+                    )
+                )
             for lo, hi in self._deferred:
                 self._add(_Window(lo, hi, self._schedule(now), [], now))
             self._deferred = []
         elif gap is not None and self.source is not None:
-            self._add(_Window(gap[0] - self.margin_s, gap[1] + self.margin_s,
-                              self._schedule(now), [gap], now))  # fmt: skip
+            self._add(
+                _Window(
+                    gap[0] - self.margin_s, gap[1] + self.margin_s, self._schedule(now), [gap], now
+                )
+            )
         if gap is not None:
             self.gaps += 1
             self.gap_seconds += gap[1] - gap[0]
@@ -293,11 +305,19 @@ class Backfiller:
                 self.log.warning(
                     "AMI %s: %.1f s gap in the event stream (%s) not backfilled: %s; calls "
                     "that ended in it are flagged gap, calls that began and ended in it are "
-                    "not seen", self.pbx, gap[1] - gap[0], what, NO_SOURCE,
-                )  # fmt: skip
+                    "not seen",
+                    self.pbx,
+                    gap[1] - gap[0],
+                    what,
+                    NO_SOURCE,
+                )
             else:
-                self.log.info("AMI %s: %.1f s gap in the event stream (%s): reading its CDR",
-                              self.pbx, gap[1] - gap[0], what)  # fmt: skip
+                self.log.info(
+                    "AMI %s: %.1f s gap in the event stream (%s): reading its CDR",
+                    self.pbx,
+                    gap[1] - gap[0],
+                    what,
+                )
         self._state_dirty = True
         self._wake.set()
 
@@ -312,8 +332,13 @@ class Backfiller:
         wait = self.settle_s + self.cdr_batch_s + self._backoff.max_s  # then it goes as it is
         self._held[record.call_id] = _Held(record, now + wait)
         first = now + min(1.0, self.settle_s)
-        self._add(_Window(record.ended_at - self.margin_s, now + self.margin_s,
-                          [first, *self._schedule(now)[1:]]))  # fmt: skip
+        self._add(
+            _Window(
+                record.ended_at - self.margin_s,
+                now + self.margin_s,
+                [first, *self._schedule(now)[1:]],
+            )
+        )
         self._wake.set()
         return True
 
@@ -329,13 +354,24 @@ class Backfiller:
         else:
             state = "ok"
         return BackfillStatus(
-            pbx=self.pbx, source=self.settings.describe(), state=state,
-            last_error=self.last_error, gaps=self.gaps, gap_seconds=round(self.gap_seconds, 3),
-            uncovered=tuple(g for g in self._gaps if g.why), uncovered_total=self.uncovered_total,
-            found=self.found, completed=self.completed, released=self.released,
-            held=len(self._held), pending_windows=len(self._windows), reads_ok=self.reads_ok,
-            reads_failed=self.reads_failed, bad_rows=self.bad_rows, no_id=self.no_id,
-        )  # fmt: skip
+            pbx=self.pbx,
+            source=self.settings.describe(),
+            state=state,
+            last_error=self.last_error,
+            gaps=self.gaps,
+            gap_seconds=round(self.gap_seconds, 3),
+            uncovered=tuple(g for g in self._gaps if g.why),
+            uncovered_total=self.uncovered_total,
+            found=self.found,
+            completed=self.completed,
+            released=self.released,
+            held=len(self._held),
+            pending_windows=len(self._windows),
+            reads_ok=self.reads_ok,
+            reads_failed=self.reads_failed,
+            bad_rows=self.bad_rows,
+            no_id=self.no_id,
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -397,8 +433,9 @@ class Backfiller:
         self._backoff.reset()
         self.reads_ok += 1
         if self.last_error is not None:
-            self.log.info("backfill %s: the CDR is readable again (%s)", self.pbx,
-                          self.settings.describe())  # fmt: skip
+            self.log.info(
+                "backfill %s: the CDR is readable again (%s)", self.pbx, self.settings.describe()
+            )
         self.last_error, self.misconfigured, self._logged_error = None, False, None
         window.reads.pop(0)
         ids_of = {c.call_id: c.ids | {c.call_id} for c in got.window.calls}
@@ -425,16 +462,23 @@ class Backfiller:
         if found or completed or bad or no_id:
             self.log.info(
                 "backfill %s: CDR %s: %d call(s) the bridge did not see end, %d completed "
-                "with their CDR, %d known, %d bad row(s)%s", self.pbx, span, found, completed,
-                got.skipped.get("known", 0), bad,
+                "with their CDR, %d known, %d bad row(s)%s",
+                self.pbx,
+                span,
+                found,
+                completed,
+                got.skipped.get("known", 0),
+                bad,
                 f" (first: {got.window.bad_reason})" if bad else "",
-            )  # fmt: skip
+            )
         if no_id:
             self.log.warning(
                 "backfill %s: CDR %s: %d call(s) without uniqueid cannot be matched with the "
                 "bridge's calls and are not submitted: set cdr.conf [csv] loguniqueid = yes",
-                self.pbx, span, no_id,
-            )  # fmt: skip
+                self.pbx,
+                span,
+                no_id,
+            )
         for gap in window.gaps:
             if no_id:
                 self._uncovered(gap, f"{no_id} CDR call(s) without uniqueid")
@@ -454,12 +498,21 @@ class Backfiller:
         if reason != self._logged_error:  # once per distinct problem, not per retry
             self._logged_error = reason
             if misconfigured:
-                self.log.error("backfill %s: cannot read the CDR (%s): %s; fix the settings "
-                               "or the source; retrying every %.0f s", self.pbx, source, reason,
-                               self._backoff.max_s)  # fmt: skip
+                self.log.error(
+                    "backfill %s: cannot read the CDR (%s): %s; fix the settings "
+                    "or the source; retrying every %.0f s",
+                    self.pbx,
+                    source,
+                    reason,
+                    self._backoff.max_s,
+                )
             else:
-                self.log.warning("backfill %s: the CDR is not readable now (%s): %s; "
-                                 "retrying", self.pbx, source, reason)  # fmt: skip
+                self.log.warning(
+                    "backfill %s: the CDR is not readable now (%s): %s; retrying",
+                    self.pbx,
+                    source,
+                    reason,
+                )
         delay = self._backoff.max_s if misconfigured else self._backoff.next(time.monotonic())
         window.reads[0] = self.clock() + delay
         for gap in window.gaps:
@@ -471,9 +524,13 @@ class Backfiller:
             return
         self.released += 1
         # the module logger: a LoggerAdapter would replace this line's extra with its own
-        log.info("backfill %s: no CDR for a call the bridge saw in part (%s): delivered "
-                 "with its own times, flagged", self.pbx, why,
-                 extra=log_tags(call_id, self.pbx))  # fmt: skip
+        log.info(
+            "backfill %s: no CDR for a call the bridge saw in part (%s): delivered "
+            "with its own times, flagged",
+            self.pbx,
+            why,
+            extra=log_tags(call_id, self.pbx),
+        )
         self.submit(held.record)
         self._remember(call_id)
 
@@ -512,8 +569,11 @@ class Backfiller:
         except (OSError, ValueError, TypeError, AttributeError) as err:
             self.log.warning(
                 "backfill %s: state file %s unreadable (%s): reading the last %.0f s instead",
-                self.pbx, path, err, self.first_window_s,
-            )  # fmt: skip
+                self.pbx,
+                path,
+                err,
+                self.first_window_s,
+            )
             return
         self._saved_seen = self._last_seen
 

@@ -133,11 +133,20 @@ _FAILED = frozenset({"FAILED", "CONGESTION"})
 
 # Column names as the CDR engine, the AMI ``Cdr`` event and FreePBX spell them -> ours.
 _ALIASES = {
-    "calldate": "start", "starttime": "start", "answertime": "answer", "endtime": "end",
-    "source": "src", "destination": "dst", "destinationcontext": "dcontext",
-    "callerid": "clid", "destinationchannel": "dstchannel", "lastapplication": "lastapp",
-    "billableseconds": "billsec", "uniqueid": "uniqueid", "userfield": "userfield",
-}  # fmt: skip
+    "calldate": "start",
+    "starttime": "start",
+    "answertime": "answer",
+    "endtime": "end",
+    "source": "src",
+    "destination": "dst",
+    "destinationcontext": "dcontext",
+    "callerid": "clid",
+    "destinationchannel": "dstchannel",
+    "lastapplication": "lastapp",
+    "billableseconds": "billsec",
+    "uniqueid": "uniqueid",
+    "userfield": "userfield",
+}
 _UID = re.compile(r"([0-9]+)\.([0-9]+)$")
 _NUMBER_RUN = re.compile(r"\+?[0-9]{5,}")
 _CHANNEL_SEQ = re.compile(r"-([0-9a-fA-F]+)(?:;[12])?$")
@@ -261,11 +270,22 @@ def make_row(
     if not channel:
         raise CdrRowError("no channel")
     return CdrRow(
-        start=start, end=end, billsec=billsec, disposition=text("disposition").upper(),
-        channel=channel, dstchannel=text("dstchannel"), src=text("src"), dst=text("dst"),
-        dcontext=text("dcontext"), lastapp=text("lastapp"), lastdata=text("lastdata"),
-        uniqueid=text("uniqueid"), linkedid=text("linkedid"), did=text("did"), answer=answer,
-    )  # fmt: skip
+        start=start,
+        end=end,
+        billsec=billsec,
+        disposition=text("disposition").upper(),
+        channel=channel,
+        dstchannel=text("dstchannel"),
+        src=text("src"),
+        dst=text("dst"),
+        dcontext=text("dcontext"),
+        lastapp=text("lastapp"),
+        lastdata=text("lastdata"),
+        uniqueid=text("uniqueid"),
+        linkedid=text("linkedid"),
+        did=text("did"),
+        answer=answer,
+    )
 
 
 def _time(x: object, tz: tzinfo | None, name: str) -> float | None:
@@ -394,9 +414,10 @@ def _callers(rows: tuple[CdrRow, ...], rules: CallRules) -> dict[str, int]:
         if r.dstchannel:
             dialled[r.dstchannel] = min(dialled.get(r.dstchannel, r.start), r.start)
     return {
-        ch: i for ch, i in first.items()
+        ch: i
+        for ch, i in first.items()
         if dialled.get(ch, math.inf) > rows[i].start and _kind_a(rules, rows[i])[0] == TRUNK
-    }  # fmt: skip
+    }
 
 
 def calls_apart(call: CdrCall, rules: CallRules) -> list[CdrCall]:
@@ -439,8 +460,9 @@ def calls_apart(call: CdrCall, rules: CallRules) -> list[CdrCall]:
     pieces: dict[int, list[int]] = {p: [] for p in caller_of}
     for root, members in sets.groups().items():
         if root not in pieces:
-            lids = sorted({rows[i].linkedid for i in members} & piece_with_id.keys(),
-                          key=_uid_order)  # fmt: skip
+            lids = sorted(
+                {rows[i].linkedid for i in members} & piece_with_id.keys(), key=_uid_order
+            )
             root = piece_with_id[lids[0]] if lids else oldest
         pieces[root] += members
     piece_of = {i: p for p, members in pieces.items() for i in members}
@@ -465,12 +487,18 @@ def calls_apart(call: CdrCall, rules: CallRules) -> list[CdrCall]:
     for p, members in pieces.items():
         own = tuple(rows[i] for i in sorted(members))
         ids = {r.uniqueid for r in own if r.uniqueid} | {r.linkedid for r in own if r.linkedid}
-        out.append(CdrCall(
-            id_of[p], own, frozenset(ids - (every_id - {id_of[p]})),
-            tuple(Joined(id_of[q], caller_of[q], rows[callers[caller_of[q]]].src)
-                  for q in joined[p]),
-            tuple(sorted(shared[p], key=_row_order)),
-        ))  # fmt: skip
+        out.append(
+            CdrCall(
+                id_of[p],
+                own,
+                frozenset(ids - (every_id - {id_of[p]})),
+                tuple(
+                    Joined(id_of[q], caller_of[q], rows[callers[caller_of[q]]].src)
+                    for q in joined[p]
+                ),
+                tuple(sorted(shared[p], key=_row_order)),
+            )
+        )
     out.sort(key=lambda c: (c.ended_at, _uid_order(c.call_id)))
     return out
 
@@ -524,9 +552,7 @@ class _Call:
             ext = local_ext if by == LOCAL else None
         return kind, ext
 
-    def reached(
-        self, row: CdrRow, depth: int = 0
-    ) -> tuple[str | None, CdrRow | None, str | None]:
+    def reached(self, row: CdrRow, depth: int = 0) -> tuple[str | None, CdrRow | None, str | None]:
         """The extension party B of ``row`` stands for, the row where a person answered
         for it (None: nobody), and the outside number it dialled (a forward): a phone;
         through a Local pair, what its ``;2`` half reached (an outside number dialled by
@@ -538,8 +564,10 @@ class _Call:
         if kind == TRUNK:
             via_local = self.kind_a(row)
             agent = via_local[1] if via_local[0] == LOCAL else None
-            return agent, row if answered else None, _dialled_number(
-                row, self.rules.default_country
+            return (
+                agent,
+                row if answered else None,
+                _dialled_number(row, self.rules.default_country),
             )
         if kind == LOCAL and depth < 8:
             two = row.dstchannel[:-1] + "2" if row.dstchannel.endswith(";1") else ""
@@ -566,8 +594,16 @@ class _Call:
             partner = self.partners.get(r.dstchannel if r.channel == anchor else r.channel)
             if partner is not None:  # the conversation with another caller, joined
                 answered = r.disposition == ANSWERED
-                out.append(_Leg(r, None, to_e164(partner.number, country), answered,
-                                r.answered_at if answered else r.end, joined=True))  # fmt: skip
+                out.append(
+                    _Leg(
+                        r,
+                        None,
+                        to_e164(partner.number, country),
+                        answered,
+                        r.answered_at if answered else r.end,
+                        joined=True,
+                    )
+                )
                 continue
             number = None
             if r.channel == anchor:
@@ -592,9 +628,11 @@ class _Call:
             leg = _Leg(r, agent, target, leaf is not None, at, picked=picked, forward=number)
             before = out[-1] if out else None
             leg.pickup = (
-                before is not None and before.picked and self.kind_b(r)[0] == PHONE
+                before is not None
+                and before.picked
+                and self.kind_b(r)[0] == PHONE
                 and (r.lastapp, r.lastdata) == (before.row.lastapp, before.row.lastdata)
-            )  # fmt: skip
+            )
             out.append(leg)
         return out
 
@@ -655,16 +693,21 @@ def _transfers(legs: list[_Leg]) -> tuple[Transfer, ...]:
     for leg in legs:
         if leg.target is None:
             continue
-        if current is not None and leg.target != current.agent and (
-            leg.row.start >= current.row.end - 1
+        if (
+            current is not None
+            and leg.target != current.agent
+            and (leg.row.start >= current.row.end - 1)
         ):
             same_dialplan = (leg.row.lastapp, leg.row.lastdata) == (
-                current.row.lastapp, current.row.lastdata,
-            )  # fmt: skip
+                current.row.lastapp,
+                current.row.lastdata,
+            )
             kind: TransferKind = "attended" if leg.joined or same_dialplan else "blind"
             out.append(Transfer(current.agent, leg.target, kind))
-        if leg.answered and leg.agent is not None and (
-            current is None or leg.agent != current.agent
+        if (
+            leg.answered
+            and leg.agent is not None
+            and (current is None or leg.agent != current.agent)
         ):
             current = leg
     return tuple(out)
@@ -696,9 +739,7 @@ def _record(call: CdrCall, rules: CallRules, pbx: str) -> CallRecord:
             (r.did for r in call.rows if r.did), ""
         )
         if not dialled:
-            dialled = next(
-                (r.dst for r in c.root if r.dcontext in rules.inbound_contexts), ""
-            )
+            dialled = next((r.dst for r in c.root if r.dcontext in rules.inbound_contexts), "")
         did = to_e164(dialled, country)
         dialler = None
     else:
@@ -711,8 +752,9 @@ def _record(call: CdrCall, rules: CallRules, pbx: str) -> CallRecord:
     if direction == "out":
         answers = [leg for leg in legs if leg.answered and leg.row.dstchannel == anchor]
     else:
-        answers = [leg for leg in legs if leg.answered and leg.row.channel == anchor
-                   and not leg.joined]  # fmt: skip
+        answers = [
+            leg for leg in legs if leg.answered and leg.row.channel == anchor and not leg.joined
+        ]
     answers.sort(key=lambda leg: leg.answered_at)
     answered_at = answers[0].answered_at if answers else None
     extension = dialler
@@ -807,7 +849,10 @@ SkipReason = Literal["no id", "known"]
 
 
 def backfill(
-    calls: Iterable[CdrCall], rules: CallRules, *, pbx: str = "default",
+    calls: Iterable[CdrCall],
+    rules: CallRules,
+    *,
+    pbx: str = "default",
     skip: Collection[str] = (),
 ) -> tuple[list[CallRecord], dict[SkipReason, int]]:
     """The records of the calls the bridge did not see end, and how many calls were left

@@ -48,9 +48,23 @@ from telephony.cdr import CdrRow, CdrRowError, make_row
 from telephony.cdr_sources import CdrConfigError, CdrUnavailable, RowsRead, SourceBase
 
 BASE_COLUMNS = (
-    "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp",
-    "lastdata", "start", "answer", "end", "duration", "billsec", "disposition", "amaflags",
-)  # fmt: skip
+    "accountcode",
+    "src",
+    "dst",
+    "dcontext",
+    "clid",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "start",
+    "answer",
+    "end",
+    "duration",
+    "billsec",
+    "disposition",
+    "amaflags",
+)
 NEW_COLUMNS = ("peeraccount", "linkedid", "sequence")
 BLOCK = 1 << 16
 # [systemname-]epoch.sequence
@@ -172,15 +186,17 @@ class CsvSource(SourceBase):
             return await asyncio.to_thread(reader.read, s.path, stop_before)
         except FileNotFoundError:
             raise CdrUnavailable(
-                self.name, "file not found (is cdr_csv loaded? Asterisk creates it at the "
+                self.name,
+                "file not found (is cdr_csv loaded? Asterisk creates it at the "
                 "first call it logs, and again after a log rotation)",
-            ) from None  # fmt: skip
+            ) from None
         except IsADirectoryError:
             raise CdrConfigError(self.name, "is a directory, not Master.csv") from None
         except PermissionError:
             raise CdrConfigError(
-                self.name, "permission denied (let the bridge's user read it: e.g. add it "
+                self.name,
+                "permission denied (let the bridge's user read it: e.g. add it "
                 "to the asterisk group)",
-            ) from None  # fmt: skip
+            ) from None
         except OSError as err:
             raise CdrUnavailable(self.name, f"cannot read: {err.strerror or err}") from None

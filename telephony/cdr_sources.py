@@ -154,9 +154,14 @@ class Backfilled:
 
 
 async def backfill_window(
-    source: CdrSource, rules: CallRules, since: float, until: float,
-    *, pbx: str = "default", skip: Collection[str] = (),
-) -> Backfilled:  # fmt: skip
+    source: CdrSource,
+    rules: CallRules,
+    since: float,
+    until: float,
+    *,
+    pbx: str = "default",
+    skip: Collection[str] = (),
+) -> Backfilled:
     """The records of the calls that ended in ``[since, until]`` and are not in ``skip``
     (the tracker's ``live_ids``: calls still up, whose CDR is not complete). Submit them
     as any finished call: the job id dedupes them against the live path.

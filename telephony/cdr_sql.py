@@ -38,9 +38,18 @@ from telephony.cdr_sources import (
 )
 
 TEXT_COLUMNS = (
-    "channel", "dstchannel", "src", "dst", "dcontext", "lastapp", "lastdata", "disposition",
-    "uniqueid", "linkedid", "did",
-)  # fmt: skip
+    "channel",
+    "dstchannel",
+    "src",
+    "dst",
+    "dcontext",
+    "lastapp",
+    "lastdata",
+    "disposition",
+    "uniqueid",
+    "linkedid",
+    "did",
+)
 REQUIRED = ("uniqueid", "channel", "dstchannel", "disposition", "billsec")
 WANTED = (*TEXT_COLUMNS, "end", "duration", "billsec")
 
@@ -93,9 +102,12 @@ def _bound(ts: float, sql_type: str, naive_tz: tzinfo | None) -> Any:
 
 
 def _rows(
-    records: Iterable[Sequence[Any]], names: Sequence[str], tz: tzinfo | None,
-    fallback: str, utc_columns: frozenset[str] = frozenset(),
-) -> RowsRead:  # fmt: skip
+    records: Iterable[Sequence[Any]],
+    names: Sequence[str],
+    tz: tzinfo | None,
+    fallback: str,
+    utc_columns: frozenset[str] = frozenset(),
+) -> RowsRead:
     rows: list[CdrRow] = []
     bad, reason = 0, ""
     for record in records:
@@ -116,11 +128,15 @@ def _rows(
 
 # Server error codes an admin must act on; anything else is worth retrying.
 _MYSQL_CONFIG = {
-    1044: "access denied to the database", 1045: "access denied (user or password)",
-    1049: "no such database", 1142: "no SELECT permission on the table",
-    1143: "no SELECT permission on a column", 1146: "no such table", 1054: "no such column",
+    1044: "access denied to the database",
+    1045: "access denied (user or password)",
+    1049: "no such database",
+    1142: "no SELECT permission on the table",
+    1143: "no SELECT permission on a column",
+    1146: "no such table",
+    1054: "no such column",
     1698: "access denied (user or password)",
-}  # fmt: skip
+}
 
 
 class MysqlSource(SourceBase):
@@ -132,10 +148,15 @@ class MysqlSource(SourceBase):
         params = dict(parse_qsl(parts.query))
         user, password = s.credentials()
         args: dict[str, Any] = {
-            "host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
-            "user": user or None, "password": password, "db": parts.path.strip("/"),
-            "connect_timeout": s.timeout_s or 10, "charset": "utf8mb4", "autocommit": True,
-        }  # fmt: skip
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 3306,
+            "user": user or None,
+            "password": password,
+            "db": parts.path.strip("/"),
+            "connect_timeout": s.timeout_s or 10,
+            "charset": "utf8mb4",
+            "autocommit": True,
+        }
         if params.get("unix_socket"):
             args["unix_socket"] = params["unix_socket"]
         return args
@@ -193,9 +214,8 @@ class MysqlSource(SourceBase):
         finally:
             conn.close()
         utc = frozenset(
-            c for c, t in [(plan.start, plan.start_type), *plan.columns.items()]
-            if t == "timestamp"
-        )  # fmt: skip
+            c for c, t in [(plan.start, plan.start_type), *plan.columns.items()] if t == "timestamp"
+        )
         return _rows(records, names, s.tz(), s.fallback_encoding, utc)
 
 
@@ -231,9 +251,12 @@ class PostgresSource(SourceBase):
         user, password = s.credentials()
         try:
             conn = await asyncpg.connect(
-                dsn=s.effective_dsn, user=user or None, password=password or None,
-                timeout=s.timeout_s or 60, command_timeout=s.timeout_s or None,
-            )  # fmt: skip
+                dsn=s.effective_dsn,
+                user=user or None,
+                password=password or None,
+                timeout=s.timeout_s or 60,
+                command_timeout=s.timeout_s or None,
+            )
         except Exception as err:
             raise self._error(err) from None
         try:
@@ -242,7 +265,8 @@ class PostgresSource(SourceBase):
                 for r in await conn.fetch(
                     "SELECT lower(column_name), lower(data_type) FROM information_schema.columns"
                     " WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2",
-                    schema or None, table,
+                    schema or None,
+                    table,
                 )
             }
             try:
@@ -260,7 +284,8 @@ class PostgresSource(SourceBase):
             records = await conn.fetch(
                 f"SELECT {select} FROM {_pg_name(s.table)} WHERE {start} >= $1 AND {start} <= $2"
                 f" ORDER BY {start}",
-                _bound(lo, plan.start_type, s.tz()), _bound(hi, plan.start_type, s.tz()),
+                _bound(lo, plan.start_type, s.tz()),
+                _bound(hi, plan.start_type, s.tz()),
             )
         except CdrSourceError:
             raise

@@ -64,8 +64,10 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
     if dir_why == Because.FIRST_TRUNK:
         text = f"in: the first channel is {by}"
     elif dir_why == Because.FIRST_CONTEXT:
-        text = (f"in: the first channel {first.name if first else ''} was created in "
-                f"{call.first_context}, one of inbound_contexts")
+        text = (
+            f"in: the first channel {first.name if first else ''} was created in "
+            f"{call.first_context}, one of inbound_contexts"
+        )
     elif dir_why == Because.CALLBACK:
         text = f"out: Originate dialled {by} first (a callback)"
     elif dir_why == Because.CLICK_TO_CALL:
@@ -77,8 +79,13 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
     out.append(("direction", text))
     if direction == "in":
         if call.did is None:
-            out.append(("did", f"none: the first channel's Exten {call.did_exten!r} is not a "
-                        "number and none of [calls] did_variables was set"))
+            out.append(
+                (
+                    "did",
+                    f"none: the first channel's Exten {call.did_exten!r} is not a "
+                    "number and none of [calls] did_variables was set",
+                )
+            )
         elif call.did_var:
             out.append(("did", f"{call.did}: the dialplan set {call.did_var}"))
         else:
@@ -92,31 +99,58 @@ def explain(call: Call) -> tuple[tuple[str, str], ...]:
             out.append(("extension", "none: nobody answered"))
         elif leg is not None and leg.kind == TRUNK:
             by_local = leg.parent is not None and leg.parent.kind == LOCAL
-            out.append(("extension", (
-                f"{who}: the call was forwarded to {leg.number or leg.name} by {who}'s "
-                + ("follow-me (a Local channel to it dialled the number)" if by_local else
-                   "forward: it rang there last before the number was dialled")
-            ) if who else f"none: it was forwarded to {leg.number or 'an outside number'} "
-                f"on {how}, before any extension rang"))
+            out.append(
+                (
+                    "extension",
+                    (
+                        f"{who}: the call was forwarded to {leg.number or leg.name} by {who}'s "
+                        + (
+                            "follow-me (a Local channel to it dialled the number)"
+                            if by_local
+                            else "forward: it rang there last before the number was dialled"
+                        )
+                    )
+                    if who
+                    else f"none: it was forwarded to {leg.number or 'an outside number'} "
+                    f"on {how}, before any extension rang",
+                )
+            )
         else:
-            out.append(("extension", f"{who}: {how}" if who else
-                        f"none: {how or 'the channel that answered'} maps to no extension"))
+            out.append(
+                (
+                    "extension",
+                    f"{who}: {how}"
+                    if who
+                    else f"none: {how or 'the channel that answered'} maps to no extension",
+                )
+            )
     else:
         ext = call.dialler or call.first_agent
-        out.append(("extension", f"{ext}: {by} placed the call" if call.dialler else
-                    f"{ext}: {how} answered it" if ext else
-                    f"none: {by} maps to no extension"))
+        out.append(
+            (
+                "extension",
+                f"{ext}: {by} placed the call"
+                if call.dialler
+                else f"{ext}: {how} answered it"
+                if ext
+                else f"none: {by} maps to no extension",
+            )
+        )
     if call.answered_at is None:
         if answer == Because.REFUSED and leg is not None:
-            text = (f"no: {leg.number or name} picked up, but its Dial ended {call.refused} "
-                    "(a confirmation refused or timed out) before the caller was put through")
+            text = (
+                f"no: {leg.number or name} picked up, but its Dial ended {call.refused} "
+                "(a confirmation refused or timed out) before the caller was put through"
+            )
         else:
             text = "no: no agent and outside party were ever put through"
     elif answer == Because.UP:
         text = f"yes: {name} went Up"
     elif answer == Because.FORWARD:
-        text = (f"yes: the caller's Dial of the forward to {leg.number if leg else '?'} "
-                f"({name}) ended ANSWER: put through")
+        text = (
+            f"yes: the caller's Dial of the forward to {leg.number if leg else '?'} "
+            f"({name}) ended ANSWER: put through"
+        )
     elif answer == Because.PICKUP:
         text = f"yes: {name} picked up a channel ringing for the call"
     elif answer == Because.AGENT_CONNECT:

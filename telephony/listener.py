@@ -249,9 +249,7 @@ class _AmiProtocol(AMIProtocol):
         # of a busy stream (VarSet, Newexten...) it would ignore after a full decode.
         tracker = listener.tracker
         self.codec = AmiCodec(getattr(tracker, "events", None), getattr(tracker, "variables", None))
-        self.lost: asyncio.Future[BaseException | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self.dead: str | None = None  # set when the watchdog gave up on the peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -276,8 +274,7 @@ class _AmiProtocol(AMIProtocol):
                 elif "Event" in msg:
                     on_event(msg, arrived)
                 elif "Response" in msg:
-                    log.debug("AMI: answer to no pending action (ActionID %r)",
-                              msg.get("ActionID"))  # fmt: skip
+                    log.debug("AMI: answer to no pending action (ActionID %r)", msg.get("ActionID"))
                 else:
                     listener._on_malformed(msg, arrived)
         except Exception:  # last line of defence: never let asyncio drop the link
@@ -352,9 +349,12 @@ class AmiListener:
         # [4 min, 8 min]... capped at max; a rejected login goes straight to the latter
         slow_first = min(3 * self.reconnect_min, reconnect_max)
         self._reconnect = Backoff(
-            slow_first, reconnect_max, jitter=1 / 3,
-            fast_s=1.5 * self.reconnect_min, fast_for_s=reconnect_fast_for,
-        )  # fmt: skip
+            slow_first,
+            reconnect_max,
+            jitter=1 / 3,
+            fast_s=1.5 * self.reconnect_min,
+            fast_for_s=reconnect_fast_for,
+        )
         self._relogin = Backoff(slow_first, reconnect_max, jitter=1 / 3)
         self.connect_timeout = connect_timeout
         self.action_timeout = action_timeout
@@ -536,8 +536,9 @@ class AmiListener:
                 backoff = self._relogin  # logged at error in _session
             except (OSError, TimeoutError, EOFError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                self.log.warning("AMI %s: link to %s:%s: %s", self.pbx, self.host, self.port,
-                                 self.last_error)
+                self.log.warning(
+                    "AMI %s: link to %s:%s: %s", self.pbx, self.host, self.port, self.last_error
+                )
             except Exception as exc:  # a bug must not end reconnecting
                 self.last_error = repr(exc)
                 self.log.exception("AMI %s: unexpected error on the link", self.pbx)
@@ -576,7 +577,11 @@ class AmiListener:
             self._lost_since = None
         self.log.info(
             "AMI %s: connected to %s:%s as %s (%s); %d channels up",
-            self.pbx, self.host, self.port, self.username, self.banner or "no banner",
+            self.pbx,
+            self.host,
+            self.port,
+            self.username,
+            self.banner or "no banner",
             len(snapshot or ()),
         )
         await self._notify_session()
@@ -618,7 +623,10 @@ class AmiListener:
         self.last_error = self.login_error
         self.log.error(
             "AMI %s: %s:%s %s; check [ami] username/secret and manager.conf; retrying with backoff",
-            self.pbx, self.host, self.port, self.login_error,
+            self.pbx,
+            self.host,
+            self.port,
+            self.login_error,
         )
         raise AmiLoginRejected(self.login_error)
 
@@ -627,7 +635,10 @@ class AmiListener:
         in :meth:`_reconcile`, in stream order. Returns the snapshot, or None."""
         try:
             action = await self._request(
-                proto, {"Action": "CoreShowChannels"}, None, self.connect_timeout,
+                proto,
+                {"Action": "CoreShowChannels"},
+                None,
+                self.connect_timeout,
                 on_done=self._reconcile,
             )
         except AmiActionTimeout as exc:
@@ -638,7 +649,8 @@ class AmiListener:
             self.log.error(
                 "AMI %s: CoreShowChannels refused (%s): grant write=reporting; calls that end "
                 "while the link is down are only closed as stale",
-                self.pbx, answer.get("Message", "?"),
+                self.pbx,
+                answer.get("Message", "?"),
             )
             return None
         return _channels_of(action)
@@ -671,25 +683,39 @@ class AmiListener:
             for variable in variables:
                 try:
                     action = await self._request(
-                        proto, {"Action": "Getvar", "Channel": chan["Channel"],
-                                "Variable": variable},
-                        False, self.action_timeout,
-                    )  # fmt: skip
+                        proto,
+                        {"Action": "Getvar", "Channel": chan["Channel"], "Variable": variable},
+                        False,
+                        self.action_timeout,
+                    )
                     answer = action.future.result()
                 except ValueError as exc:  # a channel name no header may carry
-                    self.log.warning("AMI %s: not asking the DID of adopted %r: %s", self.pbx,
-                                     chan["Channel"], exc)  # fmt: skip
+                    self.log.warning(
+                        "AMI %s: not asking the DID of adopted %r: %s",
+                        self.pbx,
+                        chan["Channel"],
+                        exc,
+                    )
                     break
                 except (AmiActionTimeout, AmiActionLost) as exc:
                     call_id = chan.get("Linkedid") or chan.get("Uniqueid") or ""
-                    log.info("AMI %s: no DID for adopted %s: %s", self.pbx, chan["Channel"],
-                             exc, extra=log_tags(call_id, self.pbx))  # fmt: skip
+                    log.info(
+                        "AMI %s: no DID for adopted %s: %s",
+                        self.pbx,
+                        chan["Channel"],
+                        exc,
+                        extra=log_tags(call_id, self.pbx),
+                    )
                     return
                 value = answer.get("Value") if answer.success else None
                 if value:
-                    varset = {"Event": "VarSet", "Channel": chan["Channel"],
-                              "Uniqueid": chan["Uniqueid"], "Variable": told_as,
-                              "Value": value}  # fmt: skip
+                    varset = {
+                        "Event": "VarSet",
+                        "Channel": chan["Channel"],
+                        "Uniqueid": chan["Uniqueid"],
+                        "Variable": told_as,
+                        "Value": value,
+                    }
                     self._deliver_from(
                         functools.partial(self.tracker.handle, varset, time.time()), "DID"
                     )
@@ -740,8 +766,9 @@ class AmiListener:
             updates = self.tracker.handle(msg, arrived)
         except Exception:
             self.handler_errors += 1
-            self.log.exception("AMI %s: tracker failed on a %s event; skipped",
-                               self.pbx, msg.get("Event"))
+            self.log.exception(
+                "AMI %s: tracker failed on a %s event; skipped", self.pbx, msg.get("Event")
+            )
             return
         if updates:
             self._deliver(updates)
@@ -758,8 +785,11 @@ class AmiListener:
                 if tag == "Event":  # its ActionID, if any, is no pending action's (_route)
                     self._on_event(fixed, arrived)
                 return
-        self.log.warning("AMI %s: skipping a message that is neither event nor answer: %s",
-                         self.pbx, ", ".join(list(msg)[:5]))
+        self.log.warning(
+            "AMI %s: skipping a message that is neither event nor answer: %s",
+            self.pbx,
+            ", ".join(list(msg)[:5]),
+        )
 
     async def _expire_loop(self) -> None:
         while True:
@@ -779,7 +809,10 @@ class AmiListener:
         self.log.warning(
             "AMI %s: the PBX's clock is %.0f s %s this host's (event Timestamps against their "
             "arrival): call times stay the PBX's and calls are aged on its clock; set both "
-            "clocks right (NTP)", self.pbx, abs(offset), "behind" if offset > 0 else "ahead of",
+            "clocks right (NTP)",
+            self.pbx,
+            abs(offset),
+            "behind" if offset > 0 else "ahead of",
         )
 
     def _deliver_from(self, produce: Callable[[], Iterable[Update]], what: str) -> None:
@@ -802,8 +835,11 @@ class AmiListener:
                     task.add_done_callback(self._callback_done)
             except Exception:
                 self.handler_errors += 1
-                self.log.exception("AMI %s: on_update failed for %s; the link stays up",
-                                   self.pbx, type(update).__name__)
+                self.log.exception(
+                    "AMI %s: on_update failed for %s; the link stays up",
+                    self.pbx,
+                    type(update).__name__,
+                )
 
     def _callback_done(self, task: asyncio.Future[Any]) -> None:
         self._callbacks.discard(task)

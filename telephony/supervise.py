@@ -50,15 +50,20 @@ class RateLimitedLog:
     """At most one line per key per ``every_s``; the next line says how many were left
     out. For errors that may repeat faster than anyone can read them."""
 
-    def __init__(self, logger: logging.Logger, every_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
         self.every_s = every_s
         self._clock = clock
         self._last: dict[str, tuple[float, int]] = {}  # key -> (logged at, left out since)
 
-    def log(self, level: int, key: str, msg: str, *args: object,
-            exc_info: BaseException | None = None) -> bool:  # fmt: skip
+    def log(
+        self, level: int, key: str, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> bool:
         """Log unless ``key`` was logged less than ``every_s`` ago; True if logged."""
         now = self._clock()
         at, skipped = self._last.get(key, (float("-inf"), 0))
@@ -133,10 +138,13 @@ class Supervisor:
             state.failing_since = time.time()
         first = state.failures == 1
         self._log.log(
-            logging.ERROR, state.name,
-            "background task %s failed (%s); it is started again", state.name,
-            state.last_error, exc_info=err if first else None,
-        )  # fmt: skip
+            logging.ERROR,
+            state.name,
+            "background task %s failed (%s); it is started again",
+            state.name,
+            state.last_error,
+            exc_info=err if first else None,
+        )
 
     def ok(self, name: str) -> None:
         """Told by a loop that it did its work again: it is no longer failing."""

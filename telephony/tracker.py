@@ -179,8 +179,9 @@ class CallTracker:
         try:
             return handler(msg, arrived) or []
         except Exception:  # a malformed message must never stop the tracker
-            log.warning("tracker: skipping %s message it could not use", msg.get("Event"),
-                        exc_info=True)
+            log.warning(
+                "tracker: skipping %s message it could not use", msg.get("Event"), exc_info=True
+            )
             return []
 
     def feed(self, messages: Iterable[Message], arrived: float = 0.0) -> list[Update]:
@@ -224,8 +225,10 @@ class CallTracker:
         live: dict[str, Message] = {}
         for msg in snapshot:
             uid = msg.get("Uniqueid")
-            if uid and msg.get("Channel") and msg.get("Event", "CoreShowChannel") == (
-                "CoreShowChannel"
+            if (
+                uid
+                and msg.get("Channel")
+                and msg.get("Event", "CoreShowChannel") == ("CoreShowChannel")
             ):
                 live[uid] = msg
         out: list[Update] = []
@@ -242,8 +245,11 @@ class CallTracker:
                 if shown.get("ChannelState") == _STATE_UP and not ch.up:
                     answered = self._up(ch, now) or []
                     if any(isinstance(u, Answered) for u in answered):  # talk: a lower bound
-                        call.flag(GAP, "answered while the AMI link was down: taken as "
-                                  "answered at the reconnect")  # fmt: skip
+                        call.flag(
+                            GAP,
+                            "answered while the AMI link was down: taken as "
+                            "answered at the reconnect",
+                        )
                     out += answered
                 bridge = shown.get("BridgeId") or None
                 if bridge != ch.bridge:  # moved (a transfer) while we were away
@@ -414,9 +420,13 @@ class CallTracker:
         if call is not None and "overflow" not in call.flags:
             call.flags += ("overflow",)
         return CallRefused(
-            call.id if call is not None else lid, name, call is None, t, len(self._calls),
+            call.id if call is not None else lid,
+            name,
+            call is None,
+            t,
+            len(self._calls),
             self._pbx,
-        )  # fmt: skip
+        )
 
     def _pair_local(self, ch: Channel) -> None:
         name = ch.name
@@ -485,13 +495,19 @@ class CallTracker:
         call.did = None
         call.dir_why = Because.CALLBACK
         if number is None:
-            call.flag("number-unknown", f"the callback's dial string "
-                      f"{msg.get('DialString', '')!r} holds no outside number")
+            call.flag(
+                "number-unknown",
+                f"the callback's dial string {msg.get('DialString', '')!r} holds no outside number",
+            )
 
     def _started(self, call: Call) -> CallStarted:
         call.started_sent = True
         return CallStarted(
-            call.id, call.direction or "internal", call.external, call.did, call.started_at,
+            call.id,
+            call.direction or "internal",
+            call.external,
+            call.did,
+            call.started_at,
             self._pbx,
         )
 
@@ -639,8 +655,10 @@ class CallTracker:
             dest.dial_status = status
             call = dest.call
             call.note_status(status)
-            if dest.up and not call.connected and (
-                dest is call.answer_leg or call.answered_at is None
+            if (
+                dest.up
+                and not call.connected
+                and (dest is call.answer_leg or call.answered_at is None)
             ):  # picked up, then refused before being put through (a U()/M() confirmation)
                 self._unanswer(call, dest, status)
         return None
@@ -683,8 +701,9 @@ class CallTracker:
                 call.direction = "internal"
             out.append(self._started(call))
         out.append(
-            Ringing(call.id, ext, call.external, call.did, call.direction or "internal", t,
-                    self._pbx)
+            Ringing(
+                call.id, ext, call.external, call.did, call.direction or "internal", t, self._pbx
+            )
         )
         return out
 
@@ -708,8 +727,11 @@ class CallTracker:
                     return None  # a callback's outside party picked up; no agent yet
                 why = Because.OUTSIDE_UP
             elif (
-                call.originated and not ch.origin and call.first is not None
-                and call.first.kind == TRUNK and call.first.up
+                call.originated
+                and not ch.origin
+                and call.first is not None
+                and call.first.kind == TRUNK
+                and call.first.up
             ):
                 why = Because.CALLBACK_AGENT
             else:
@@ -799,8 +821,11 @@ class CallTracker:
     def _on_newcallerid(self, msg: Message, arrived: float) -> list[Update] | None:
         ch = self._channel(msg)
         call = ch.call if ch is not None else None
-        if call is not None and ch is call.first and call.direction == "in" and (
-            call.external is None
+        if (
+            call is not None
+            and ch is call.first
+            and call.direction == "in"
+            and (call.external is None)
         ):  # the caller id came after the channel (some trunks set it in the dialplan)
             call.external = self._e164(msg.get("CallerIDNum"))
         return None
@@ -866,16 +891,20 @@ class CallTracker:
                 found = self._agent(peer)
                 if found:
                     agent_peer, agent = peer, found
-                elif peer is peer.call.anchor and peer.call is not call and (
-                    call.has_outside_party() and peer.call.has_outside_party()
+                elif (
+                    peer is peer.call.anchor
+                    and peer.call is not call
+                    and (call.has_outside_party() and peer.call.has_outside_party())
                 ):
                     self._join(call, peer.call)
             if agent_peer is None:
                 continue
             call.final_ext = agent
             call.connected = True
-            if call.answered_at is None and call.direction == "in" and (
-                agent_peer.kind == PHONE or agent_peer.kind == TRUNK
+            if (
+                call.answered_at is None
+                and call.direction == "in"
+                and (agent_peer.kind == PHONE or agent_peer.kind == TRUNK)
             ):  # picked up by a phone that never rang for it (a pickup, an agent's bridge)
                 out = (out or []) + self._answered(call, agent_peer, t, Because.BRIDGED)
         return out
@@ -936,9 +965,7 @@ class CallTracker:
             return None
         src = self._agent(transferer) or self._ext_or_none(msg.get("TransfererCallerIDNum"))
         target = msg.get("Extension", "")
-        dst = target if self.rules.is_extension(target) else (
-            self._e164(target) or target or None
-        )
+        dst = target if self.rules.is_extension(target) else (self._e164(target) or target or None)
         holder.call.transfers += (Transfer(src, dst, "blind"),)
         return None
 
@@ -973,14 +1000,19 @@ class CallTracker:
             dst = target.number
         call.transfers += (Transfer(src, dst, "attended"),)
         if dst is None:
-            call.flag("transfer-target-unknown", "AttendedTransfer names no target and "
-                      f"none could be worked out ({how})")
+            call.flag(
+                "transfer-target-unknown",
+                f"AttendedTransfer names no target and none could be worked out ({how})",
+            )
         elif call.answered_at is not None:
             call.final_ext = dst
         return None
 
     def _transfer_target(
-        self, msg: Message, transferee: Channel | None, orig: Channel | None,
+        self,
+        msg: Message,
+        transferee: Channel | None,
+        orig: Channel | None,
         second: Channel | None,
     ) -> tuple[Channel | None, str]:
         """The channel an attended transfer went to. Asterisk names it (TransferTarget*)
@@ -1021,9 +1053,7 @@ class CallTracker:
             cause = None
         if ch is call.first:
             call.first_cause = cause
-        elif not ch.origin and ch.dial_status is None and not ch.up and ch.kind in (
-            PHONE, TRUNK
-        ):
+        elif not ch.origin and ch.dial_status is None and not ch.up and ch.kind in (PHONE, TRUNK):
             if cause in BUSY_CAUSES:
                 call.saw_busy = True
             elif ch.has_rung:
@@ -1068,14 +1098,23 @@ class CallTracker:
         first = call.first
         direction = call.direction or "internal"
         if not call.dir_why and first is not None and first.how == Rule.NONE:
-            call.flag("direction-guessed", f"the call started on {first.name}, which no "
-                      f"[calls] rule makes a trunk or a phone; taken as {direction}")
+            call.flag(
+                "direction-guessed",
+                f"the call started on {first.name}, which no "
+                f"[calls] rule makes a trunk or a phone; taken as {direction}",
+            )
         if direction == "in" and call.did is None and "adopted" not in call.flags:
-            call.flag("did-unknown", f"the first channel's Exten {call.did_exten!r} is not a "
-                      "number and none of [calls] did_variables was set")
-        if direction != "in" and call.dialler is None and (
-            first is not None and first.kind != TRUNK
-        ) and (direction == "internal" or call.first_agent is None):
+            call.flag(
+                "did-unknown",
+                f"the first channel's Exten {call.did_exten!r} is not a "
+                "number and none of [calls] did_variables was set",
+            )
+        if (
+            direction != "in"
+            and call.dialler is None
+            and (first is not None and first.kind != TRUNK)
+            and (direction == "internal" or call.first_agent is None)
+        ):
             call.flag("extension-unknown", f"the call was placed from {describe(first)}")
 
     # --- after a reconnect ----------------------------------------------------------
@@ -1105,8 +1144,11 @@ class CallTracker:
         if msg.get("ChannelState") == _STATE_UP:
             answered = self._up(ch, t) or []
             if any(isinstance(u, Answered) for u in answered):
-                call.flag(RING_UNKNOWN, "found answered after a restart: answered_at is the "
-                          "earliest it can have been (its leg's start)")  # fmt: skip
+                call.flag(
+                    RING_UNKNOWN,
+                    "found answered after a restart: answered_at is the "
+                    "earliest it can have been (its leg's start)",
+                )
             out += answered
         bridge = msg.get("BridgeId")
         if bridge:

@@ -48,8 +48,21 @@ OTHER = ChannelKind.OTHER
 
 # Channel technologies that are never a person's phone.
 _VIRTUAL_TECHS = frozenset(
-    {"Snoop", "Announcer", "CBAnn", "CBRec", "Recorder", "Bridge", "Message", "Multicast",
-     "UnicastRTP", "AudioSocket", "ConfBridge", "Parked", "Surrogate"}
+    {
+        "Snoop",
+        "Announcer",
+        "CBAnn",
+        "CBRec",
+        "Recorder",
+        "Bridge",
+        "Message",
+        "Multicast",
+        "UnicastRTP",
+        "AudioSocket",
+        "ConfBridge",
+        "Parked",
+        "Surrogate",
+    }
 )
 _TRAILING_DIGITS = re.compile(r"([0-9]+)#?$")
 
@@ -73,8 +86,10 @@ def channel_kind(
     if rules.phones or rules.phone_re is not None:
         phone, ext, rule = rules.configured_phone(name, endpoint, callerid)
         if phone:
-            how = Rule.PHONES_TABLE if rule.startswith("[calls] phones") else (
-                Rule.PHONE_PATTERN_CID if rule.endswith("caller ID") else Rule.PHONE_PATTERN
+            how = (
+                Rule.PHONES_TABLE
+                if rule.startswith("[calls] phones")
+                else (Rule.PHONE_PATTERN_CID if rule.endswith("caller ID") else Rule.PHONE_PATTERN)
             )
             return PHONE, ext, how
     if is_ext(endpoint):
@@ -221,9 +236,7 @@ def disposition_of(call: Call) -> Disposition:
     return "no-answer"
 
 
-def build_record(
-    call: Call, pbx: str, explain: tuple[tuple[str, str], ...] = ()
-) -> CallRecord:
+def build_record(call: Call, pbx: str, explain: tuple[tuple[str, str], ...] = ()) -> CallRecord:
     """The public record of a finished call (``telefum replay``, docs/architecture.md)."""
     direction: Direction = call.direction or "internal"
     answered = call.answered_at is not None

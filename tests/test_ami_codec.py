@@ -51,8 +51,23 @@ def _feed_in_pieces(codec: AmiCodec, data: bytes, cuts: list[int]) -> list[Messa
 
 
 _piece = st.sampled_from(
-    ["Event", "Channel", "ChanVariable", "Output", ": ", ":", " ", "\r\n", "\r\n\r\n",
-     "x", "7", "Иван", "\n", "\r", "ActionID"]
+    [
+        "Event",
+        "Channel",
+        "ChanVariable",
+        "Output",
+        ": ",
+        ":",
+        " ",
+        "\r\n",
+        "\r\n\r\n",
+        "x",
+        "7",
+        "Иван",
+        "\n",
+        "\r",
+        "ActionID",
+    ]
 )
 
 
@@ -81,19 +96,29 @@ def test_a_cyrillic_name_split_inside_a_character_arrives_intact() -> None:
 
 
 def test_unread_events_are_passed_over_but_answers_and_junk_never_are() -> None:
-    stream = b"".join(encode(m) for m in [
-        {"Event": "Newexten", "Uniqueid": "1.1"},
-        {"Event": "VarSet", "Variable": "CDR(foo)", "Value": "1"},
-        {"Event": "VarSet", "Variable": "DIALSTATUS", "Value": "BUSY"},
-        {"Event": "Newchannel", "Uniqueid": "1.2"},
-        {"Event": "CoreShowChannel", "ActionID": "7", "Uniqueid": "1.3"},
-        {"Response": "Success", "ActionID": "7"},
-    ]) + b"garbageEvent: Hangup\r\nUniqueid: 1.4\r\n\r\n"
+    stream = (
+        b"".join(
+            encode(m)
+            for m in [
+                {"Event": "Newexten", "Uniqueid": "1.1"},
+                {"Event": "VarSet", "Variable": "CDR(foo)", "Value": "1"},
+                {"Event": "VarSet", "Variable": "DIALSTATUS", "Value": "BUSY"},
+                {"Event": "Newchannel", "Uniqueid": "1.2"},
+                {"Event": "CoreShowChannel", "ActionID": "7", "Uniqueid": "1.3"},
+                {"Response": "Success", "ActionID": "7"},
+            ]
+        )
+        + b"garbageEvent: Hangup\r\nUniqueid: 1.4\r\n\r\n"
+    )
     codec = AmiCodec(events={"Newchannel", "VarSet"}, variables={"DIALSTATUS"})
     codec.banner = ""
     got = list(codec.feed(stream))
     assert [m.get("Event") or m.get("Response") for m in got] == [
-        "VarSet", "Newchannel", "CoreShowChannel", "Success", None
+        "VarSet",
+        "Newchannel",
+        "CoreShowChannel",
+        "Success",
+        None,
     ]
     assert got[-1] == {"garbageEvent": "Hangup", "Uniqueid": "1.4"}  # for the listener
     assert codec.passed_over == 2

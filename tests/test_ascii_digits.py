@@ -48,12 +48,21 @@ def test_click_to_call_refuses_an_extension_in_other_digits() -> None:
 
 def test_the_tracker_reads_no_phone_from_a_channel_named_in_other_digits() -> None:
     tracker = CallTracker()
-    ups = tracker.feed([
-        {"Event": "Newchannel", "Channel": f"PJSIP/{ARABIC_101}-00000001", "Uniqueid": "1.1",
-         "Linkedid": "1.1", "Context": "from-internal", "CallerIDNum": ARABIC_101,
-         "Exten": "89161234567", "ChannelState": "4"},
-        {"Event": "Hangup", "Uniqueid": "1.1", "Cause": "16"},
-    ])  # fmt: skip
+    ups = tracker.feed(
+        [
+            {
+                "Event": "Newchannel",
+                "Channel": f"PJSIP/{ARABIC_101}-00000001",
+                "Uniqueid": "1.1",
+                "Linkedid": "1.1",
+                "Context": "from-internal",
+                "CallerIDNum": ARABIC_101,
+                "Exten": "89161234567",
+                "ChannelState": "4",
+            },
+            {"Event": "Hangup", "Uniqueid": "1.1", "Cause": "16"},
+        ]
+    )
     (finished,) = [u for u in ups if type(u).__name__ == "CallFinished"]
     assert finished.record.extension is None  # type: ignore[attr-defined]
 

@@ -31,14 +31,25 @@ DID = "+74951234567"
 
 
 def record(
-    call_id: str, caller: str | None = "+79161234567", *, did: str | None = DID,
-    at: float = 1_800_000_000.0, answered: bool = True, direction: str = "in",
+    call_id: str,
+    caller: str | None = "+79161234567",
+    *,
+    did: str | None = DID,
+    at: float = 1_800_000_000.0,
+    answered: bool = True,
+    direction: str = "in",
     ring: float = 3.0,
 ) -> CallRecord:
     return CallRecord(
-        call_id=call_id, direction=direction, external=caller, did=did,  # type: ignore[arg-type]
-        extension="101" if answered else None, answered=answered, started_at=at,
-        answered_at=at + ring if answered else None, ended_at=at + ring + 10,
+        call_id=call_id,
+        direction=direction,
+        external=caller,
+        did=did,  # type: ignore[arg-type]
+        extension="101" if answered else None,
+        answered=answered,
+        started_at=at,
+        answered_at=at + ring if answered else None,
+        ended_at=at + ring + 10,
         disposition="answered" if answered else "no-answer",
     )
 
@@ -50,7 +61,10 @@ async def test_a_retried_delivery_counts_once(redis_client: Redis) -> None:
     assert not await attr.record_delivery(rec, contact_created=False)  # the job ran again
     (row,) = await attr.calls(0, 2e9)
     assert (row.new_contact, row.contact_id, row.source, row.first_call) == (
-        True, "7", "Yandex Direct", True,
+        True,
+        "7",
+        "Yandex Direct",
+        True,
     )
 
 
@@ -69,10 +83,12 @@ async def test_a_call_whose_ring_is_unknown_counts_but_not_in_the_median_wait(
 
 async def test_outbound_and_internal_calls_are_not_attributed(redis_client: Redis) -> None:
     attr = Attribution(redis_client)
-    assert not await attr.record_delivery(record("2.1", direction="out", did=None),
-                                          contact_created=False)
-    assert not await attr.record_delivery(record("2.2", None, direction="internal", did=None),
-                                          contact_created=False)
+    assert not await attr.record_delivery(
+        record("2.1", direction="out", did=None), contact_created=False
+    )
+    assert not await attr.record_delivery(
+        record("2.2", None, direction="internal", did=None), contact_created=False
+    )
     assert await attr.calls(0, 2e9) == []
 
 
@@ -85,8 +101,9 @@ async def test_first_and_repeat_calls_are_right_when_deliveries_come_out_of_orde
     await attr.record_delivery(record("3.2", at=t + 3600), contact_created=False)
     await attr.record_delivery(record("3.1", at=t), contact_created=True)
     # the same caller on another tracking number is a first call there
-    await attr.record_delivery(record("3.3", did="+74951234568", at=t + 7200),
-                               contact_created=False)
+    await attr.record_delivery(
+        record("3.3", did="+74951234568", at=t + 7200), contact_created=False
+    )
     await attr.record_delivery(record("3.4", None, at=t + 10), contact_created=False)
     firsts = {r.call_id: r.first_call for r in await attr.calls(0, 2e9)}
     assert firsts == {"3.1": True, "3.2": False, "3.3": True, "3.4": None}
@@ -122,10 +139,27 @@ async def test_rows_older_than_the_retention_are_trimmed(redis_client: Redis) ->
 def test_report_groups_per_number_and_per_day_in_the_given_zone() -> None:
     from telefum.attribution import AttributedCall
 
-    def row(cid: str, at: float, answered: bool, ring: float, new: bool, first: bool | None,
-            did: str = DID) -> AttributedCall:
-        return AttributedCall(cid, "default", did, "Yandex Direct", "+79161234567", at,
-                              answered, ring, new, first_call=first)
+    def row(
+        cid: str,
+        at: float,
+        answered: bool,
+        ring: float,
+        new: bool,
+        first: bool | None,
+        did: str = DID,
+    ) -> AttributedCall:
+        return AttributedCall(
+            cid,
+            "default",
+            did,
+            "Yandex Direct",
+            "+79161234567",
+            at,
+            answered,
+            ring,
+            new,
+            first_call=first,
+        )
 
     day1 = 1_796_688_000.0  # 2026-12-08 00:00 UTC
     calls = [
@@ -135,12 +169,21 @@ def test_report_groups_per_number_and_per_day_in_the_given_zone() -> None:
         row("d", day1 + 30, True, 1.0, True, True, did="+74951234568"),
     ]
     rep = build_report(calls, since=day1, until=day1 + 2 * 86400, tz=UTC)
-    assert rep["totals"] == {"calls": 4, "answered": 3, "missed": 1, "new_contacts": 2,
-                             "first_calls": 2, "repeat_calls": 2, "median_wait_s": 3.0}
+    assert rep["totals"] == {
+        "calls": 4,
+        "answered": 3,
+        "missed": 1,
+        "new_contacts": 2,
+        "first_calls": 2,
+        "repeat_calls": 2,
+        "median_wait_s": 3.0,
+    }
     first = rep["numbers"][0]
     assert (first["tracking_number"], first["calls"], first["median_wait_s"]) == (DID, 3, 4.0)
     assert [(d["day"], d["tracking_number"], d["calls"]) for d in rep["days"]] == [
-        ("2026-12-08", DID, 2), ("2026-12-08", "+74951234568", 1), ("2026-12-09", DID, 1),
+        ("2026-12-08", DID, 2),
+        ("2026-12-08", "+74951234568", 1),
+        ("2026-12-09", DID, 1),
     ]
 
 
@@ -150,17 +193,21 @@ async def test_a_new_contact_counts_for_the_number_its_caller_dialled_first(
     google = "+74951234568"
     attr = Attribution(redis_client, sources={DID: "Yandex Direct", google: "Google Ads"})
     # the later call (Google) reached the CRM first and made the contact, with x_pstn = DID
-    assert await attr.record_delivery(record("9.2", did=google, at=1_800_003_600.0),
-                                      contact_created=True, contact_did=DID)  # fmt: skip
+    assert await attr.record_delivery(
+        record("9.2", did=google, at=1_800_003_600.0), contact_created=True, contact_did=DID
+    )
     assert await attr.record_delivery(record("9.1"), contact_created=False)
     rep = await attr.report(1_799_990_000.0, 1_800_010_000.0, UTC)
-    figures = {r["tracking_number"]: (r["calls"], r["new_contacts"], r["first_calls"])
-               for r in rep["numbers"]}  # fmt: skip
+    figures = {
+        r["tracking_number"]: (r["calls"], r["new_contacts"], r["first_calls"])
+        for r in rep["numbers"]
+    }
     assert figures == {DID: (1, 1, 1), google: (1, 0, 1)}
     assert rep["totals"]["new_contacts"] == 1
     assert [(d["tracking_number"], d["new_contacts"]) for d in rep["days"]] == [
-        (DID, 1), (google, 0),
-    ]  # fmt: skip
+        (DID, 1),
+        (google, 0),
+    ]
 
 
 async def test_a_configured_source_without_calls_is_reported_with_zeros(
@@ -171,12 +218,16 @@ async def test_a_configured_source_without_calls_is_reported_with_zeros(
     assert await attr.record_delivery(record("10.1"), contact_created=True)
     rep = await attr.report(1_799_990_000.0, 1_800_010_000.0, UTC)
     assert [(r["tracking_number"], r["source"], r["calls"]) for r in rep["numbers"]] == [
-        (DID, "Yandex Direct", 1), (avito, "Avito", 0),
-    ]  # fmt: skip
+        (DID, "Yandex Direct", 1),
+        (avito, "Avito", 0),
+    ]
     zero = rep["numbers"][1]
     assert {k: zero[k] for k in ("answered", "missed", "new_contacts", "median_wait_s")} == {
-        "answered": 0, "missed": 0, "new_contacts": 0, "median_wait_s": None,
-    }  # fmt: skip
+        "answered": 0,
+        "missed": 0,
+        "new_contacts": 0,
+        "median_wait_s": None,
+    }
     assert rep["totals"]["calls"] == 1
 
 
@@ -208,8 +259,15 @@ def expected_from_manifest(traces_dir: Path) -> dict[str, dict[str, Any]]:
     manifest = json.loads((traces_dir / "manifest.json").read_text())
     scenarios = {s["file"]: s for s in manifest["scenarios"]}
     per: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"calls": 0, "answered": 0, "missed": 0, "new_contacts": 0,
-                 "first_calls": 0, "repeat_calls": 0, "waits": []}
+        lambda: {
+            "calls": 0,
+            "answered": 0,
+            "missed": 0,
+            "new_contacts": 0,
+            "first_calls": 0,
+            "repeat_calls": 0,
+            "waits": [],
+        }
     )
     seen_pairs: set[tuple[str, str]] = set()
     known_callers: set[str] = set()
@@ -272,7 +330,8 @@ async def test_report_figures_match_the_calls_played_and_the_crm(
         # played at full speed, a recording's later calls are dated up to seconds ahead
         until = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
         status, text, _ = await bridge.get(
-            "/report.json", params={"since": "1d", "until": until, "tz": "UTC"},
+            "/report.json",
+            params={"since": "1d", "until": until, "tz": "UTC"},
             headers={"Authorization": f"Bearer {REPORT_TOKEN}"},
         )
         assert status == 200, text

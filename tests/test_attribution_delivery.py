@@ -35,13 +35,19 @@ CALLER = "+79161234567"
 
 def record(call_id: str, answered: bool = True, hour: int = 12) -> dict[str, Any]:
     return {
-        "call_id": call_id, "pbx": "default", "direction": "in", "external": CALLER,
-        "did": "+74951234567", "extension": "101" if answered else None, "answered": answered,
+        "call_id": call_id,
+        "pbx": "default",
+        "direction": "in",
+        "external": CALLER,
+        "did": "+74951234567",
+        "extension": "101" if answered else None,
+        "answered": answered,
         "started_at": f"2025-11-26T{hour}:00:00.000Z",
         "answered_at": f"2025-11-26T{hour}:00:06.000Z" if answered else None,
         "ended_at": f"2025-11-26T{hour}:04:00.000Z",
-        "disposition": "answered" if answered else "no-answer", "transfers": [],
-    }  # fmt: skip
+        "disposition": "answered" if answered else "no-answer",
+        "transfers": [],
+    }
 
 
 @pytest.fixture
@@ -59,14 +65,16 @@ def runtime(
         retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=60),
         calls=CallPolicy(job_timeout_s=5.0),
     )
-    return Runtime(config, redis, {refcrm.rest_url: client}, rng=random.Random(0),
-                   on_delivered=hook)  # fmt: skip
+    return Runtime(
+        config, redis, {refcrm.rest_url: client}, rng=random.Random(0), on_delivered=hook
+    )
 
 
 async def run_job(rt: Runtime, rec: dict[str, Any]) -> str:
     """The job as arq runs it (enqueueing again is a no-op while the call is pending)."""
-    await enqueue_call(rt.redis, rec, queue_name=rt.config.queue_name, expires_s=3600,
-                       ledger_ttl_s=3600)  # fmt: skip
+    await enqueue_call(
+        rt.redis, rec, queue_name=rt.config.queue_name, expires_s=3600, ledger_ttl_s=3600
+    )
     jid = f"call:default:{rec['call_id']}"
     try:
         return await rt.deliver(rec, jid)
@@ -126,8 +134,12 @@ async def test_a_retried_job_counts_its_call_once_and_a_second_call_as_a_repeat(
     (row,) = report["numbers"]
     figures = ("calls", "answered", "missed", "new_contacts", "first_calls", "repeat_calls")
     assert {k: row[k] for k in figures} == {
-        "calls": 2, "answered": 1, "missed": 1, "new_contacts": 1,
-        "first_calls": 1, "repeat_calls": 1,
+        "calls": 2,
+        "answered": 1,
+        "missed": 1,
+        "new_contacts": 1,
+        "first_calls": 1,
+        "repeat_calls": 1,
     }
     assert row["new_contacts"] == refcrm.count_contacts()
     assert refcrm.count_events() == 2

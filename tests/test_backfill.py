@@ -38,8 +38,11 @@ def live_trace(path: Path, *, shift: float, ids: int) -> list[Message]:
     """A recording moved to start ``shift`` seconds from now (by whole seconds, so that its
     CDR times stay cut to the second as Asterisk cuts them), with its own ids."""
     events = load_trace(path)
-    return rebase(events, time_offset=round(time.time() - float(events[0]["Timestamp"]) + shift),
-                  id_offset=ids)  # fmt: skip
+    return rebase(
+        events,
+        time_offset=round(time.time() - float(events[0]["Timestamp"]) + shift),
+        id_offset=ids,
+    )
 
 
 @dataclass
@@ -75,8 +78,9 @@ async def rig(pbx_sim: FaultyPbx, tmp_path: Path) -> AsyncIterator[MakeRig]:
     pbx_sim.cdr_csv = csv
     rigs: list[Rig] = []
 
-    async def make(*, path: Path | None = csv, state: Path | None = tmp_path,
-                   wait: bool = True, **kw: Any) -> Rig:  # fmt: skip
+    async def make(
+        *, path: Path | None = csv, state: Path | None = tmp_path, wait: bool = True, **kw: Any
+    ) -> Rig:
         source = {k: kw.pop(k) for k in ("kind", "margin_s") if k in kw}
         settings = CdrSourceSettings(
             **{"kind": "csv", "path": str(path), "timezone": "UTC", **source}
@@ -84,17 +88,29 @@ async def rig(pbx_sim: FaultyPbx, tmp_path: Path) -> AsyncIterator[MakeRig]:
         tracker = CallTracker(CallRules(), pbx="test")
         r = Rig(None, None, tracker)  # type: ignore[arg-type]
         r.listener = AmiListener(
-            "127.0.0.1", pbx_sim.port, PBX_USER, PBX_SECRET, tracker, r.on_update,
-            ping_interval=30.0, reconnect_min=0.01, reconnect_max=0.1, pbx="test",
+            "127.0.0.1",
+            pbx_sim.port,
+            PBX_USER,
+            PBX_SECRET,
+            tracker,
+            r.on_update,
+            ping_interval=30.0,
+            reconnect_min=0.01,
+            reconnect_max=0.1,
+            pbx="test",
             expire_interval=3600.0,
-        )  # fmt: skip
+        )
         options: dict[str, Any] = {"settle_s": SETTLE_S, "retry_max_s": 1.0, **kw}
         r.backfill = Backfiller(
-            settings, tracker.rules, r.submitted.append, pbx="test", state_dir=state,
+            settings,
+            tracker.rules,
+            r.submitted.append,
+            pbx="test",
+            state_dir=state,
             live_ids=lambda: tracker.live_ids,
             alive=lambda: r.listener.last_data_at if r.listener.connected else None,
             **options,
-        )  # fmt: skip
+        )
         r.listener.on_session = r.backfill.on_session
         rigs.append(r)
         await r.backfill.start()
@@ -388,8 +404,15 @@ async def test_a_backfill_loop_that_fails_is_started_again_and_named_in_health(
         return None
 
     supervisor = Supervisor(restart_first_s=0.05, restart_max_s=0.1, healthy_after_s=0.5)
-    b = Backfiller(CdrSourceSettings(), CallRules(), lambda r: None, pbx="office",
-                   state_dir=tmp_path, alive=alive, supervisor=supervisor)  # fmt: skip
+    b = Backfiller(
+        CdrSourceSettings(),
+        CallRules(),
+        lambda r: None,
+        pbx="office",
+        state_dir=tmp_path,
+        alive=alive,
+        supervisor=supervisor,
+    )
     await b.start()
     try:
         await until(lambda: ticks >= 1 and bool(supervisor.failing()), timeout=5)
@@ -409,10 +432,19 @@ async def test_a_backfill_loop_that_fails_is_started_again_and_named_in_health(
 
 def rec(**kw: Any) -> CallRecord:
     base: dict[str, Any] = dict(
-        call_id="1.1", direction="in", external="+79161234567", did="+74951234567",
-        extension="101", answered=True, started_at=100.25, answered_at=102.5, ended_at=110.0,
-        disposition="answered", rang=("101",), pbx="p",
-    )  # fmt: skip
+        call_id="1.1",
+        direction="in",
+        external="+79161234567",
+        did="+74951234567",
+        extension="101",
+        answered=True,
+        started_at=100.25,
+        answered_at=102.5,
+        ended_at=110.0,
+        disposition="answered",
+        rang=("101",),
+        pbx="p",
+    )
     return CallRecord(**{**base, **kw})
 
 
@@ -425,10 +457,15 @@ def test_complete_takes_the_end_of_a_call_that_ended_in_a_gap_from_the_cdr() -> 
 
 
 def test_complete_takes_an_answer_the_bridge_did_not_see_from_the_cdr() -> None:
-    missed_live = rec(answered=False, answered_at=None, extension=None, ended_at=104.0,
-                      disposition="no-answer", flags=("reconciled", "gap"))  # fmt: skip
-    cdr = rec(started_at=100.0, answered_at=105.0, ended_at=116.0, extension="102",
-              source="cdr")  # fmt: skip
+    missed_live = rec(
+        answered=False,
+        answered_at=None,
+        extension=None,
+        ended_at=104.0,
+        disposition="no-answer",
+        flags=("reconciled", "gap"),
+    )
+    cdr = rec(started_at=100.0, answered_at=105.0, ended_at=116.0, extension="102", source="cdr")
     got = complete(missed_live, cdr)
     assert (got.answered, got.answered_at, got.extension, got.disposition) == (
         True,

@@ -80,8 +80,9 @@ async def start_bridge(
     started: list[Bridge] = []
 
     async def start(roles: Roles) -> Bridge:
-        settings = load_settings(settings_file(tmp_path / "settings.toml", pbx_sim, refcrm,
-                                               redis_url))  # fmt: skip
+        settings = load_settings(
+            settings_file(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url)
+        )
         bridge = Bridge(settings, roles, worker_id="live-worker")
         started.append(bridge)
         await bridge.start()
@@ -187,8 +188,9 @@ async def test_metrics_and_report_of_the_real_service_follow_the_calls_played(
     while True:
         _, text = await get(bridge, "/metrics")
         after = samples(text)
-        latencies = value(after, "telefum_crm_request_duration_seconds_count",
-                          operation="addevent", outcome="ok")  # fmt: skip
+        latencies = value(
+            after, "telefum_crm_request_duration_seconds_count", operation="addevent", outcome="ok"
+        )
         if value(after, "telefum_jobs_succeeded_total") >= 2 and latencies >= 2:
             break  # (latencies come in with the worker's next flush, within a second)
         assert time.monotonic() < deadline, f"calls not delivered: {text[-2000:]}"
@@ -205,8 +207,12 @@ async def test_metrics_and_report_of_the_real_service_follow_the_calls_played(
     assert value(after, "telefum_crm_events_created_total") == 2
     assert value(after, "telefum_crm_contacts_created_total") == 1  # one new caller, twice
     assert value(after, "telefum_jobs_dead_lettered_total") == 0
-    assert value(after, "telefum_crm_request_duration_seconds_count",
-                 operation="addevent", outcome="ok") == 2  # fmt: skip
+    assert (
+        value(
+            after, "telefum_crm_request_duration_seconds_count", operation="addevent", outcome="ok"
+        )
+        == 2
+    )
     assert refcrm.count_events() == 2 and refcrm.count_contacts() == 1
 
     # played at full speed, a recording's later calls are dated seconds ahead of now
@@ -217,15 +223,22 @@ async def test_metrics_and_report_of_the_real_service_follow_the_calls_played(
     assert (row["tracking_number"], row["source"]) == ("+74951234567", "Yandex Direct")
     figures = ("calls", "answered", "missed", "new_contacts", "first_calls", "repeat_calls")
     assert {k: row[k] for k in figures} == {
-        "calls": 2, "answered": 1, "missed": 1, "new_contacts": refcrm.count_contacts(),
-        "first_calls": 1, "repeat_calls": 1,
+        "calls": 2,
+        "answered": 1,
+        "missed": 1,
+        "new_contacts": refcrm.count_contacts(),
+        "first_calls": 1,
+        "repeat_calls": 1,
     }
 
 
 async def test_calls_beyond_the_trackers_cap_are_counted_and_logged_by_the_real_service(
-    tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, redis_url: str,
+    tmp_path: Path,
+    pbx_sim: FaultyPbx,
+    refcrm: RunningRefCrm,
+    redis_url: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     path = settings_file(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url)
     path.write_text(path.read_text() + "[calls]\nmax_active_calls = 1\n")
     bridge = Bridge(load_settings(path), Roles(listen=True, work=False, http=True))
@@ -233,12 +246,21 @@ async def test_calls_beyond_the_trackers_cap_are_counted_and_logged_by_the_real_
     await bridge.start()
     try:
         await bridge.listeners[0].wait_for_session(1, timeout=TIMEOUT_S)
-        await pbx_sim.send([
-            {"Event": "Newchannel", "Channel": f"PJSIP/trunk-0000000{i}", "ChannelState": "4",
-             "CallerIDNum": "79161234567", "Context": "from-trunk", "Exten": "74951234567",
-             "Uniqueid": f"1800000000.{i}", "Linkedid": f"1800000000.{i}"}
-            for i in range(3)
-        ])  # fmt: skip
+        await pbx_sim.send(
+            [
+                {
+                    "Event": "Newchannel",
+                    "Channel": f"PJSIP/trunk-0000000{i}",
+                    "ChannelState": "4",
+                    "CallerIDNum": "79161234567",
+                    "Context": "from-trunk",
+                    "Exten": "74951234567",
+                    "Uniqueid": f"1800000000.{i}",
+                    "Linkedid": f"1800000000.{i}",
+                }
+                for i in range(3)
+            ]
+        )
         await bridge.listeners[0].ping()
         _, text = await get(bridge, "/metrics")
     finally:

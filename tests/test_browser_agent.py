@@ -41,8 +41,12 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
 ]
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 10_000
@@ -96,8 +100,12 @@ async def open_agent_page(browser: Any, bridge: AgentBridge, ext: str) -> Any:
 
 
 async def test_a_ring_pops_the_callers_card_link_within_half_a_second(
-    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
-    refcrm: RunningRefCrm, traces_dir: Path,
+    browser: Any,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    crm_client: TelefumClient,
+    refcrm: RunningRefCrm,
+    traces_dir: Path,
 ) -> None:
     creds = refcrm.creds()
     cid = await crm_client.add_contact("+79161234567", "Иван Петров", "contact", None, creds)
@@ -137,7 +145,10 @@ async def test_a_ring_pops_the_callers_card_link_within_half_a_second(
 
 
 async def test_an_unknown_caller_gets_the_crms_search_link(
-    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, refcrm: RunningRefCrm,
+    browser: Any,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    refcrm: RunningRefCrm,
     traces_dir: Path,
 ) -> None:
     page = await open_agent_page(browser, bridge, "101")
@@ -168,8 +179,12 @@ async def test_an_unknown_caller_gets_the_crms_search_link(
 
 
 async def test_a_call_missed_while_the_page_was_closed_shows_the_search_link_unasked(
-    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
-    refcrm: RunningRefCrm, traces_dir: Path,
+    browser: Any,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    crm_client: TelefumClient,
+    refcrm: RunningRefCrm,
+    traces_dir: Path,
 ) -> None:
     await crm_client.add_contact("+79161234567", "Иван Петров", "contact", None, refcrm.creds())
     await pbx_sim.play(
@@ -201,11 +216,16 @@ document.addEventListener("click", (ev) => {
 
 
 async def test_a_telf_click_in_the_crm_card_dials_from_the_agents_extension(
-    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
-    refcrm: RunningRefCrm, tmp_path: Path,
+    browser: Any,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    crm_client: TelefumClient,
+    refcrm: RunningRefCrm,
+    tmp_path: Path,
 ) -> None:
-    cid = await crm_client.add_contact("+79031112233", "Анна Смирнова", "contact", None,
-                                       refcrm.creds())
+    cid = await crm_client.add_contact(
+        "+79031112233", "Анна Смирнова", "contact", None, refcrm.creds()
+    )
     agent_page = await open_agent_page(browser, bridge, "102")
     handled: list[tuple[str, int, str]] = []
     done = asyncio.Event()
@@ -215,11 +235,20 @@ async def test_a_telf_click_in_the_crm_card_dials_from_the_agents_extension(
     async def scheme_handler(_source: Any, url: str) -> None:
         # x-scheme-handler/telf -> Exec=telefum dial --notify %u, with the agent's settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
-        env.update(TELEFUM_AGENT_TOKEN=AGENT_TOKENS["102"], TELEFUM_AGENT_EXTENSION="102",
-                   TELEFUM_BRIDGE_URL=bridge.url, TELEFUM_AGENT_FILE=str(tmp_path / "none"))
+        env.update(
+            TELEFUM_AGENT_TOKEN=AGENT_TOKENS["102"],
+            TELEFUM_AGENT_EXTENSION="102",
+            TELEFUM_BRIDGE_URL=bridge.url,
+            TELEFUM_AGENT_FILE=str(tmp_path / "none"),
+        )
         proc = await asyncio.create_subprocess_exec(
-            *command, "dial", url, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *command,
+            "dial",
+            url,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         handled.append((url, proc.returncode or 0, out.decode()))
@@ -289,9 +318,11 @@ async def test_an_internal_call_says_internal_and_an_unreadable_number_says_unkn
 ) -> None:
     page = await open_agent_page(browser, bridge, "101")
     # an outside caller whose number the PBX gave as "12": no E.164 number, yet not internal
-    ring, rest = split_at_first_ring(pbx_sim.prepare_trace(
-        traces_dir / "01-inbound-answered-caller-hangup.ami", number_map={"79161234567": "12"}
-    ))  # fmt: skip
+    ring, rest = split_at_first_ring(
+        pbx_sim.prepare_trace(
+            traces_dir / "01-inbound-answered-caller-hangup.ami", number_map={"79161234567": "12"}
+        )
+    )
     await pbx_sim.play(ring, speed=0)
     await page.wait_for_selector("[data-testid=pop][data-state=ringing]")
     crm = await page.inner_text("[data-testid=pop] .crm")
@@ -314,8 +345,12 @@ async def test_an_internal_call_says_internal_and_an_unreadable_number_says_unkn
 
 
 async def test_recent_calls_give_the_card_link_room_and_keep_call_back_in_its_row(
-    browser: Any, bridge: AgentBridge, pbx_sim: PbxSimulator, crm_client: TelefumClient,
-    refcrm: RunningRefCrm, traces_dir: Path,
+    browser: Any,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    crm_client: TelefumClient,
+    refcrm: RunningRefCrm,
+    traces_dir: Path,
 ) -> None:
     name = "Иван Петрович Сидоров"
     await crm_client.add_contact("+79161234567", name, "contact", None, refcrm.creds())

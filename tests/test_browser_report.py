@@ -75,9 +75,9 @@ async def test_the_chart_keeps_every_day_label_inside_it(
     for since in ("30d", "90d"):  # many days: the last label sits right at the edge
         await page.goto(f"{bridge.url}/report?token={REPORT_TOKEN}&since={since}")
         await page.wait_for_selector("body[data-loaded='1']")
-        width = float(await page.locator("[data-testid=chart] svg").evaluate(
-            "s => s.viewBox.baseVal.width"
-        ))  # fmt: skip
+        width = float(
+            await page.locator("[data-testid=chart] svg").evaluate("s => s.viewBox.baseVal.width")
+        )
         spans = await page.locator("[data-testid=chart] text.axis").evaluate_all(
             "ts => ts.map(t => [t.textContent, t.getBBox().x, t.getBBox().x + t.getBBox().width])"
         )
@@ -99,8 +99,9 @@ async def test_a_configured_source_without_calls_is_a_row_of_zeros_on_the_page(
         page.set_default_timeout(10_000)
         await page.goto(f"{b.url}/report?token={REPORT_TOKEN}&since=7d")
         await page.wait_for_selector("body[data-loaded='1']")
-        rows = [r.split("\t") for r in
-                await page.locator("[data-testid=number-row]").all_inner_texts()]  # fmt: skip
+        rows = [
+            r.split("\t") for r in await page.locator("[data-testid=number-row]").all_inner_texts()
+        ]
         assert rows[-1] == ["+78122003344", "Avito", "0", "0", "0", "0", "0", "0", "–"]
         legend = await page.inner_text("#legend")
         assert "Avito" not in legend  # no bars, no colour to explain

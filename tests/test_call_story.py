@@ -25,8 +25,9 @@ USERS = {"bridge": "bridge-pw"}
 TAGS = re.compile(r"call_id=(\S+) pbx=(\S+)")
 
 
-async def until(check: Callable[[], Awaitable[object]], what: str, procs: list[Proc],
-                timeout_s: float = 30.0) -> None:  # fmt: skip
+async def until(
+    check: Callable[[], Awaitable[object]], what: str, procs: list[Proc], timeout_s: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
         for p in procs:
@@ -50,16 +51,24 @@ def lines_about(log: str, call_id: str) -> list[str]:
 
 
 async def test_every_line_about_a_retried_dead_lettered_and_requeued_call_has_its_call_id_and_pbx(
-    tmp_path: Path, pbx_sim: PbxSimulator, redis_url: str, redis_client: Redis,
-    refcrm_process: Callable[..., RefCrmProcess], telefum: Callable[..., Awaitable[Proc]],
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    redis_url: str,
+    redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess],
+    telefum: Callable[..., Awaitable[Proc]],
     traces_dir: Path,
-) -> None:  # fmt: skip
+) -> None:
     crm = refcrm_process(USERS, extra_args=("--test-control",))
     http_port = free_port()
     config = bridge_settings(
-        tmp_path / "settings.toml", pbx_port=pbx_sim.port, crm_url=crm.rest_url,
-        crm_password=USERS["bridge"], redis_url=redis_url, http_port=http_port,
-    )  # fmt: skip
+        tmp_path / "settings.toml",
+        pbx_port=pbx_sim.port,
+        crm_url=crm.rest_url,
+        crm_password=USERS["bridge"],
+        redis_url=redis_url,
+        http_port=http_port,
+    )
     listen = await telefum("listen", "--config", str(config))
     worker = await telefum("worker", "--config", str(config))
     procs = [listen, worker]
@@ -87,8 +96,10 @@ async def test_every_line_about_a_retried_dead_lettered_and_requeued_call_has_it
     for p in procs:
         assert await p.terminate() == 0, p.tail()
 
-    heard = {"listen": lines_about(listen.text(), call_id),
-             "worker": lines_about(worker.text(), call_id)}  # fmt: skip
+    heard = {
+        "listen": lines_about(listen.text(), call_id),
+        "worker": lines_about(worker.text(), call_id),
+    }
     assert any("call finished" in line for line in heard["listen"]), listen.text()
     for what in ("retry 1 in", "call dead-lettered", "call delivered"):
         assert any(what in line for line in heard["worker"]), (what, worker.text())

@@ -89,8 +89,11 @@ def test_attended_transfer_rows_of_four_channels_are_one_call() -> None:
     assert call.call_id == "1795727906.27"
     assert len(call.rows) == 5
     assert {r.uniqueid for r in call.rows} == {
-        "1795727906.27", "1795727906.28", "1795727911.29", "1795727911.30"
-    }  # fmt: skip
+        "1795727906.27",
+        "1795727906.28",
+        "1795727911.29",
+        "1795727911.30",
+    }
     (record,) = records_of(call, RULES)
     assert record.transfers == (Transfer("101", "102", "attended"),)
     assert (record.extension, record.final_extension) == ("101", "102")
@@ -135,7 +138,11 @@ def test_two_callers_an_agent_joined_are_two_calls_each_joined_with_the_other(
     assert a.transfers == (Transfer("101", "+79262230026", "attended"),)
     assert c.transfers == (Transfer("101", "+79161230026", "attended"),)
     assert (a.extension, c.extension, a.final_extension, c.final_extension) == (
-        "101", "101", None, None)  # fmt: skip
+        "101",
+        "101",
+        None,
+        None,
+    )
     assert c.ended_at == a.ended_at and c.talk_s == 12.0  # C's call ends with A and C's talk
 
 
@@ -147,9 +154,11 @@ def test_a_joined_call_the_tracker_knows_leaves_the_other_to_the_backfill() -> N
 
 @pytest.mark.parametrize(
     ("trace", "answered", "extension"),
-    [("24-inbound-forward-to-mobile-accepted.ami", True, "101"),
-     ("25-inbound-forward-to-mobile-not-accepted.ami", False, None)],
-)  # fmt: skip
+    [
+        ("24-inbound-forward-to-mobile-accepted.ami", True, "101"),
+        ("25-inbound-forward-to-mobile-not-accepted.ami", False, None),
+    ],
+)
 def test_a_call_forwarded_to_a_mobile_is_one_inbound_call_naming_the_mobile(
     trace: str, answered: bool, extension: str | None
 ) -> None:
@@ -163,16 +172,34 @@ def test_a_call_forwarded_to_a_mobile_is_one_inbound_call_naming_the_mobile(
 def test_a_transfer_to_an_outside_number_after_the_answer_is_no_forward() -> None:
     # 101 answers, then transfers the caller blind to 79990001122 (the caller runs
     # from-internal again and dials out)
-    caller = {"src": "79161234567", "channel": "PJSIP/trunk-00000001",
-              "uniqueid": "1795728000.1", "linkedid": "1795728000.1"}  # fmt: skip
+    caller = {
+        "src": "79161234567",
+        "channel": "PJSIP/trunk-00000001",
+        "uniqueid": "1795728000.1",
+        "linkedid": "1795728000.1",
+    }
     legs = [
-        row(**caller, dst="to101", dcontext="inbound-routes", dstchannel="PJSIP/101-00000002",
-            lastdata="PJSIP/101,30,tT", start="2026-11-26 21:20:00",
-            end="2026-11-26 21:20:09", billsec="6"),
-        row(**caller, dst="79990001122", dcontext="from-internal",
-            dstchannel="PJSIP/trunk-00000003", lastdata="PJSIP/79990001122@trunk,30,tT",
-            start="2026-11-26 21:20:09", end="2026-11-26 21:20:30", billsec="15"),
-    ]  # fmt: skip
+        row(
+            **caller,
+            dst="to101",
+            dcontext="inbound-routes",
+            dstchannel="PJSIP/101-00000002",
+            lastdata="PJSIP/101,30,tT",
+            start="2026-11-26 21:20:00",
+            end="2026-11-26 21:20:09",
+            billsec="6",
+        ),
+        row(
+            **caller,
+            dst="79990001122",
+            dcontext="from-internal",
+            dstchannel="PJSIP/trunk-00000003",
+            lastdata="PJSIP/79990001122@trunk,30,tT",
+            start="2026-11-26 21:20:09",
+            end="2026-11-26 21:20:30",
+            billsec="15",
+        ),
+    ]
     record = one(legs)
     assert (record.forwarded_to, record.extension) == (None, "101")
     assert record.transfers == (Transfer("101", "+79990001122", "blind"),)
@@ -186,9 +213,7 @@ def test_phones_named_by_account_are_the_extensions_the_phones_table_says() -> N
     assert one(rows_of(trace)).extension is None
 
 
-def test_a_phone_matched_by_a_pattern_without_a_group_takes_its_caller_id_from_its_rows() -> (
-    None
-):
+def test_a_phone_matched_by_a_pattern_without_a_group_takes_its_caller_id_from_its_rows() -> None:
     # 49 (chan_sip): 201 answers, consults 203 and transfers. 201's channel has a row of its
     # own (the consultation: src 201); 203's phone was dialled by Local/203@from-internal.
     trace = "49-sip-inbound-attended-transfer-201-to-203.ami"
@@ -201,15 +226,33 @@ def test_a_phone_matched_by_a_pattern_without_a_group_takes_its_caller_id_from_i
 
 def test_a_queue_trying_agents_one_after_another_is_no_transfer() -> None:
     # Queue(support) with strategy linear: 101 rings out for 15 s, then 102 answers
-    caller = {"src": "79031234455", "dst": "queue", "dcontext": "inbound-routes",
-              "channel": "PJSIP/trunk-0000000d", "lastapp": "Queue", "lastdata": "support",
-              "uniqueid": "1795727844.17", "linkedid": "1795727844.17"}  # fmt: skip
+    caller = {
+        "src": "79031234455",
+        "dst": "queue",
+        "dcontext": "inbound-routes",
+        "channel": "PJSIP/trunk-0000000d",
+        "lastapp": "Queue",
+        "lastdata": "support",
+        "uniqueid": "1795727844.17",
+        "linkedid": "1795727844.17",
+    }
     legs = [
-        row(**caller, dstchannel="PJSIP/101-0000000e", disposition="NO ANSWER",
-            start="2026-11-26 21:20:00", end="2026-11-26 21:20:15", billsec="15"),
-        row(**caller, dstchannel="PJSIP/102-0000000f", start="2026-11-26 21:20:15",
-            end="2026-11-26 21:20:40", billsec="25"),
-    ]  # fmt: skip
+        row(
+            **caller,
+            dstchannel="PJSIP/101-0000000e",
+            disposition="NO ANSWER",
+            start="2026-11-26 21:20:00",
+            end="2026-11-26 21:20:15",
+            billsec="15",
+        ),
+        row(
+            **caller,
+            dstchannel="PJSIP/102-0000000f",
+            start="2026-11-26 21:20:15",
+            end="2026-11-26 21:20:40",
+            billsec="25",
+        ),
+    ]
     record = one(legs)
     assert (record.extension, record.rang, record.transfers) == ("102", ("101", "102"), ())
 
@@ -240,11 +283,21 @@ def test_busy_call_has_a_busy_disposition_and_the_phone_that_was_tried() -> None
 #  src  dst  dcontext       channel             dstchannel          start   answer  end  billsec
 #  101  102  from-internal  PJSIP/101-00000020  PJSIP/102-00000021  :00     :03     :09  6
 def row(**kw: Any) -> CdrRow:
-    base = {"start": "2026-11-26 21:20:00", "end": "2026-11-26 21:20:09", "billsec": "6",
-            "disposition": "ANSWERED", "src": "101", "dst": "102", "dcontext": "from-internal",
-            "channel": "PJSIP/101-00000020", "dstchannel": "PJSIP/102-00000021",
-            "lastapp": "Dial", "lastdata": "PJSIP/102,30,tT", "uniqueid": "1795728000.40",
-            "linkedid": "1795728000.40"}  # fmt: skip
+    base = {
+        "start": "2026-11-26 21:20:00",
+        "end": "2026-11-26 21:20:09",
+        "billsec": "6",
+        "disposition": "ANSWERED",
+        "src": "101",
+        "dst": "102",
+        "dcontext": "from-internal",
+        "channel": "PJSIP/101-00000020",
+        "dstchannel": "PJSIP/102-00000021",
+        "lastapp": "Dial",
+        "lastdata": "PJSIP/102,30,tT",
+        "uniqueid": "1795728000.40",
+        "linkedid": "1795728000.40",
+    }
     return make_row(base | kw, UTC)
 
 
@@ -257,17 +310,26 @@ def test_internal_call_has_no_outside_party_and_names_who_dialled() -> None:
 
 @pytest.mark.parametrize(
     ("disposition", "expected"),
-    [("NO ANSWER", "no-answer"), ("CANCEL", "no-answer"), ("BUSY", "busy"),
-     ("FAILED", "failed"), ("CONGESTION", "failed")],
-)  # fmt: skip
+    [
+        ("NO ANSWER", "no-answer"),
+        ("CANCEL", "no-answer"),
+        ("BUSY", "busy"),
+        ("FAILED", "failed"),
+        ("CONGESTION", "failed"),
+    ],
+)
 def test_unanswered_dispositions_map_onto_the_record_s(disposition: str, expected: str) -> None:
     record = one([row(disposition=disposition, billsec="0")])
     assert (record.answered, record.disposition, record.talk_s) == (False, expected, 0.0)
 
 
 def test_did_is_the_did_column_else_dst_in_an_inbound_context_else_unknown() -> None:
-    inbound = {"src": "79161234567", "channel": "PJSIP/trunk-00000001",
-               "dstchannel": "PJSIP/101-00000002", "lastdata": "PJSIP/101,30,tT"}  # fmt: skip
+    inbound = {
+        "src": "79161234567",
+        "channel": "PJSIP/trunk-00000001",
+        "dstchannel": "PJSIP/101-00000002",
+        "lastdata": "PJSIP/101,30,tT",
+    }
 
     def did(**kw: str) -> str | None:
         return one([row(**inbound, **kw)]).did
@@ -278,8 +340,12 @@ def test_did_is_the_did_column_else_dst_in_an_inbound_context_else_unknown() -> 
 
 
 def test_an_inbound_call_whose_did_the_cdr_does_not_have_is_flagged_with_the_reason() -> None:
-    inbound = {"src": "79161234567", "channel": "PJSIP/trunk-00000001",
-               "dstchannel": "PJSIP/101-00000002", "lastdata": "PJSIP/101,30,tT"}  # fmt: skip
+    inbound = {
+        "src": "79161234567",
+        "channel": "PJSIP/trunk-00000001",
+        "dstchannel": "PJSIP/101-00000002",
+        "lastdata": "PJSIP/101,30,tT",
+    }
     record = one([row(**inbound, dst="to101", dcontext="inbound-routes")])
     assert (record.did, record.flags) == (None, ("did-unknown",))
     assert "'to101'" in dict(record.reasons)["did-unknown"]
@@ -295,8 +361,12 @@ def test_a_call_from_a_channel_no_rule_classifies_is_flagged_as_the_tracker_flag
 
 def test_call_id_is_the_oldest_id_by_its_sequence_number_not_as_text() -> None:
     a = row(uniqueid="1795727830.10", linkedid="")
-    b = row(uniqueid="1795727830.9", linkedid="", channel="Local/102@x-0001;2",
-            dstchannel="PJSIP/102-00000021")  # fmt: skip
+    b = row(
+        uniqueid="1795727830.9",
+        linkedid="",
+        channel="Local/102@x-0001;2",
+        dstchannel="PJSIP/102-00000021",
+    )
     c = row(uniqueid="1795727830.11", linkedid="", dstchannel="Local/102@x-0001;1")
     (call,) = group_calls([a, b, c])
     assert call.call_id == "1795727830.9"
@@ -305,18 +375,27 @@ def test_call_id_is_the_oldest_id_by_its_sequence_number_not_as_text() -> None:
 def test_a_channel_name_used_again_after_an_asterisk_restart_joins_no_calls() -> None:
     # PJSIP/101-00000002 twice: a day apart (the channel counter restarted with Asterisk)
     first = row(uniqueid="1795700000.1", linkedid="", dstchannel="PJSIP/101-00000002")
-    later = row(uniqueid="1795790000.1", linkedid="", dstchannel="PJSIP/101-00000002",
-                start="2026-11-27 21:20:00", end="2026-11-27 21:20:09")  # fmt: skip
+    later = row(
+        uniqueid="1795790000.1",
+        linkedid="",
+        dstchannel="PJSIP/101-00000002",
+        start="2026-11-27 21:20:00",
+        end="2026-11-27 21:20:09",
+    )
     assert [c.call_id for c in group_calls([first, later])] == ["1795700000.1", "1795790000.1"]
 
 
 @pytest.mark.parametrize(
     ("change", "error"),
-    [({"start": ""}, "no start time"), ({"end": "2026-11-26 21:19:00"}, "ends before"),
-     ({"billsec": "ten"}, "billsec is not a number"), ({"channel": ""}, "no channel"),
-     ({"start": "yesterday"}, "start is not a time"),
-     ({"end": "", "duration": ""}, "neither an end time nor a duration")],
-)  # fmt: skip
+    [
+        ({"start": ""}, "no start time"),
+        ({"end": "2026-11-26 21:19:00"}, "ends before"),
+        ({"billsec": "ten"}, "billsec is not a number"),
+        ({"channel": ""}, "no channel"),
+        ({"start": "yesterday"}, "start is not a time"),
+        ({"end": "", "duration": ""}, "neither an end time nor a duration"),
+    ],
+)
 def test_a_row_that_cannot_be_used_is_refused_with_the_reason(
     change: dict[str, str], error: str
 ) -> None:
@@ -326,18 +405,30 @@ def test_a_row_that_cannot_be_used_is_refused_with_the_reason(
 
 def test_times_without_a_zone_are_the_pbx_zone_given_and_end_may_come_from_duration() -> None:
     moscow = make_row(
-        {"calldate": datetime(2026, 11, 27, 0, 20), "duration": 9, "billsec": 6,
-         "channel": "PJSIP/101-1", "disposition": "ANSWERED"},
+        {
+            "calldate": datetime(2026, 11, 27, 0, 20),
+            "duration": 9,
+            "billsec": 6,
+            "channel": "PJSIP/101-1",
+            "disposition": "ANSWERED",
+        },
         ZoneInfo("Europe/Moscow"),
-    )  # fmt: skip
+    )
     assert moscow.start == datetime(2026, 11, 26, 21, 20, tzinfo=UTC).timestamp()
     assert moscow.end == moscow.start + 9 and moscow.answered_at == moscow.start + 3
 
 
 def test_text_in_another_encoding_is_decoded_not_fatal() -> None:
     cp1251 = "Звонок".encode("cp1251")
-    r = make_row({"start": "2026-11-26 21:20:00", "end": "2026-11-26 21:20:09",
-                  "channel": "PJSIP/101-1", "lastdata": cp1251}, UTC)  # fmt: skip
+    r = make_row(
+        {
+            "start": "2026-11-26 21:20:00",
+            "end": "2026-11-26 21:20:09",
+            "channel": "PJSIP/101-1",
+            "lastdata": cp1251,
+        },
+        UTC,
+    )
     assert r.lastdata == "Звонок"
 
 
@@ -378,8 +469,9 @@ def test_a_call_the_tracker_still_holds_is_left_to_the_live_path() -> None:
         last = event_time(msg, last)
         tracker.handle(msg, last)
     assert "1795727830.10" in tracker.live_ids
-    got, skipped = backfill(group_calls(rows_of(CLASSES["ring-group"])), RULES,
-                            skip=tracker.live_ids)  # fmt: skip
+    got, skipped = backfill(
+        group_calls(rows_of(CLASSES["ring-group"])), RULES, skip=tracker.live_ids
+    )
     assert (got, skipped) == ([], {"known": 1})
     for msg in AmiCodec().feed(data[len(data) * 2 // 3 :]):
         last = event_time(msg, last)

@@ -63,13 +63,10 @@ def span(cdrs: list[TraceCdr]) -> tuple[float, float]:
     def ts(text: str) -> float:
         return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
-    return (min(ts(c.event["StartTime"]) for c in cdrs),
-            max(ts(c.event["EndTime"]) for c in cdrs))  # fmt: skip
+    return (min(ts(c.event["StartTime"]) for c in cdrs), max(ts(c.event["EndTime"]) for c in cdrs))
 
 
-async def read_records(
-    source: CdrSource | None, corpus: Corpus
-) -> dict[str, CallRecord]:
+async def read_records(source: CdrSource | None, corpus: Corpus) -> dict[str, CallRecord]:
     assert source is not None
     window = await source.read(*span(corpus.cdrs))
     assert window.bad_rows == 0, window.bad_reason
@@ -175,8 +172,7 @@ async def test_the_calls_that_ended_while_the_ami_link_was_cut_are_in_the_cdr() 
     assert sorted(r.call_id for r in got) == ["1796475313.290", "1796475317.292"]
     assert truth["1796475317.292"].get("only_in_cdr_csv") is True
     for record in got:
-        assert check_against_manifest(as_a_cdr_knows(truth[record.call_id]),
-                                      record.to_json()) == []  # fmt: skip
+        assert check_against_manifest(as_a_cdr_knows(truth[record.call_id]), record.to_json()) == []
 
 
 @pytest.mark.parametrize("corpus", PBXES)
@@ -233,9 +229,21 @@ async def test_csv_reads_only_the_end_of_a_large_file(tmp_path: Path) -> None:
 async def test_csv_with_a_header_reads_columns_in_its_order(corpus: Corpus, tmp_path: Path) -> None:
     # cdr_custom with a header line written by hand: another order, another spelling
     cdrs = corpus.cdrs
-    names = ["UniqueID", "StartTime", "EndTime", "BillableSeconds", "Disposition", "Channel",
-             "DestinationChannel", "Source", "Destination", "DestinationContext",
-             "LastApplication", "LastData", "Duration"]  # fmt: skip
+    names = [
+        "UniqueID",
+        "StartTime",
+        "EndTime",
+        "BillableSeconds",
+        "Disposition",
+        "Channel",
+        "DestinationChannel",
+        "Source",
+        "Destination",
+        "DestinationContext",
+        "LastApplication",
+        "LastData",
+        "Duration",
+    ]
     lines = [",".join(names) + "\n"]
     for c in cdrs:
         lines.append(",".join('"' + c.event[n].replace('"', '""') + '"' for n in names) + "\n")
@@ -249,10 +257,15 @@ async def test_csv_rows_in_other_encodings_and_garbage_lines_do_not_stop_the_rea
     tmp_path: Path,
 ) -> None:
     cdrs = trace_cdrs(TRACES / "12-inbound-overlapping-three-calls.ami")
-    named = [TraceCdr(c.event | {"CallerID": f'"{name}" <{c.event["Source"]}>'}, c.linkedid, c.did)
-             for c, name in zip(cdrs, ["Иван Петров", "José", "Zoë"], strict=True)]  # fmt: skip
-    lines = [csv_line(named[0]).encode("cp1251"), csv_line(named[1]).encode("latin-1"),
-             csv_line(named[2]).encode("utf-8")]  # fmt: skip
+    named = [
+        TraceCdr(c.event | {"CallerID": f'"{name}" <{c.event["Source"]}>'}, c.linkedid, c.did)
+        for c, name in zip(cdrs, ["Иван Петров", "José", "Zoë"], strict=True)
+    ]
+    lines = [
+        csv_line(named[0]).encode("cp1251"),
+        csv_line(named[1]).encode("latin-1"),
+        csv_line(named[2]).encode("utf-8"),
+    ]
     garbage = b"\x00\xff\xfe not a cdr line at all\n"
     path = tmp_path / "Master.csv"
     path.write_bytes(lines[0] + garbage + lines[1] + lines[2])
@@ -283,10 +296,12 @@ async def test_csv_old_rows_without_uniqueid_are_kept_apart_as_unmatchable(
 
 @pytest.mark.parametrize(
     ("options", "call_ids"),
-    [({"uniqueid": True, "userfield": False}, ["1795727781.0"]),  # 17 fields: uniqueid
-     ({"uniqueid": False, "userfield": True}, [""]),  # 17 fields: userfield, no id
-     ({"uniqueid": False, "userfield": False, "newcolumns": True}, ["1795727781.0"])],
-)  # fmt: skip
+    [
+        ({"uniqueid": True, "userfield": False}, ["1795727781.0"]),  # 17 fields: uniqueid
+        ({"uniqueid": False, "userfield": True}, [""]),  # 17 fields: userfield, no id
+        ({"uniqueid": False, "userfield": False, "newcolumns": True}, ["1795727781.0"]),
+    ],
+)
 async def test_csv_columns_are_told_from_the_field_count_and_content(
     tmp_path: Path, options: dict[str, bool], call_ids: list[str]
 ) -> None:
@@ -354,9 +369,13 @@ async def test_csv_file_the_bridge_may_not_read_is_a_configuration_error() -> No
 
 async def mysql_exec(server: DbServer, *statements: tuple[str, object]) -> None:
     conn = await asyncmy.connect(
-        host="127.0.0.1", port=server.port, user=server.user, password=PASSWORD,
-        db=server.database, autocommit=True,
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=server.port,
+        user=server.user,
+        password=PASSWORD,
+        db=server.database,
+        autocommit=True,
+    )
     try:
         async with conn.cursor() as cur:
             for sql, args in statements:
@@ -377,16 +396,23 @@ async def freepbx_table(mariadb: DbServer, corpus: Corpus) -> AsyncIterator[str]
     await mysql_exec(
         mariadb,
         (FREEPBX_CDR.format(table=name), None),
-        (f"INSERT INTO {name} ({', '.join(FREEPBX_COLUMNS)}) VALUES ({marks})",
-         [mysql_values(c) for c in corpus.cdrs]),
-    )  # fmt: skip
+        (
+            f"INSERT INTO {name} ({', '.join(FREEPBX_COLUMNS)}) VALUES ({marks})",
+            [mysql_values(c) for c in corpus.cdrs],
+        ),
+    )
     yield name
     await mysql_exec(mariadb, (f"DROP TABLE IF EXISTS {name}", None))
 
 
 def mysql_settings(server: DbServer, **kw: object) -> CdrSourceSettings:
-    base: dict[str, object] = {"kind": "mysql", "dsn": server.dsn, "user": server.user,
-                               "password": PASSWORD, "timezone": "UTC"}  # fmt: skip
+    base: dict[str, object] = {
+        "kind": "mysql",
+        "dsn": server.dsn,
+        "user": server.user,
+        "password": PASSWORD,
+        "timezone": "UTC",
+    }
     return CdrSourceSettings(**(base | kw))  # type: ignore[arg-type]
 
 
@@ -401,10 +427,12 @@ async def test_mysql_round_trip_gives_the_tracker_s_records_with_the_did(
 
 @pytest.mark.parametrize(
     ("change", "error"),
-    [({"password": "wrong"}, "access denied"),
-     ({"dsn": "mysql://127.0.0.1:{port}/nosuchdb"}, "no such database"),
-     ({"table": "nosuchtable"}, "table nosuchtable not found")],
-)  # fmt: skip
+    [
+        ({"password": "wrong"}, "access denied"),
+        ({"dsn": "mysql://127.0.0.1:{port}/nosuchdb"}, "no such database"),
+        ({"table": "nosuchtable"}, "table nosuchtable not found"),
+    ],
+)
 async def test_mysql_configuration_mistakes_are_configuration_errors(
     mariadb: DbServer, change: dict[str, str], error: str
 ) -> None:
@@ -419,9 +447,15 @@ async def test_mysql_configuration_mistakes_are_configuration_errors(
 async def test_mysql_table_without_uniqueid_is_refused_naming_the_column(
     mariadb: DbServer,
 ) -> None:
-    await mysql_exec(mariadb, ("CREATE TABLE IF NOT EXISTS cdr_lean (calldate datetime, "
-                               "channel varchar(80), dstchannel varchar(80), duration int, "
-                               "billsec int, disposition varchar(45))", None))  # fmt: skip
+    await mysql_exec(
+        mariadb,
+        (
+            "CREATE TABLE IF NOT EXISTS cdr_lean (calldate datetime, "
+            "channel varchar(80), dstchannel varchar(80), duration int, "
+            "billsec int, disposition varchar(45))",
+            None,
+        ),
+    )
     source = open_source(mysql_settings(mariadb, table="cdr_lean"))
     assert source is not None
     with pytest.raises(CdrConfigError, match="no column uniqueid"):
@@ -430,8 +464,13 @@ async def test_mysql_table_without_uniqueid_is_refused_naming_the_column(
 
 async def test_mysql_server_down_is_worth_retrying() -> None:
     port = free_port()  # nothing listens there
-    settings = CdrSourceSettings(kind="mysql", dsn=f"mysql://127.0.0.1:{port}/asteriskcdrdb",
-                                 user="telefum", password=PASSWORD, timeout_s=5)  # fmt: skip
+    settings = CdrSourceSettings(
+        kind="mysql",
+        dsn=f"mysql://127.0.0.1:{port}/asteriskcdrdb",
+        user="telefum",
+        password=PASSWORD,
+        timeout_s=5,
+    )
     source = open_source(settings)
     assert source is not None
     with pytest.raises(CdrUnavailable, match="cannot read") as err:
@@ -446,10 +485,17 @@ async def test_a_server_that_accepts_but_never_answers_is_a_timeout_worth_retryi
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        for kind, dsn in (("mysql", f"mysql://127.0.0.1:{port}/asteriskcdrdb"),
-                          ("postgres", f"postgresql://127.0.0.1:{port}/asterisk")):
-            settings = CdrSourceSettings(kind=kind, dsn=dsn, user="telefum",  # type: ignore[arg-type]
-                                         password=PASSWORD, timeout_s=0.5)  # fmt: skip
+        for kind, dsn in (
+            ("mysql", f"mysql://127.0.0.1:{port}/asteriskcdrdb"),
+            ("postgres", f"postgresql://127.0.0.1:{port}/asterisk"),
+        ):
+            settings = CdrSourceSettings(
+                kind=kind,
+                dsn=dsn,
+                user="telefum",  # type: ignore[arg-type]
+                password=PASSWORD,
+                timeout_s=0.5,
+            )
             source = open_source(settings)
             assert source is not None
             with pytest.raises(CdrUnavailable) as err:
@@ -472,7 +518,7 @@ async def test_mysql_rows_in_another_encoding_are_read(mariadb: DbServer) -> Non
         (FREEPBX_CDR.format(table=name).replace("utf8mb4", "latin1"), None),
         (f"INSERT INTO {name} ({cols}) VALUES ({marks})", values),
         (f"UPDATE {name} SET lastdata = CAST(%s AS BINARY)", "Звонок".encode("cp1251")),
-    )  # fmt: skip
+    )
     source = open_source(mysql_settings(mariadb, table=name))
     assert source is not None
     window = await source.read(*span(cdrs))
@@ -485,9 +531,12 @@ async def test_mysql_rows_in_another_encoding_are_read(mariadb: DbServer) -> Non
 
 async def pg_connect(server: DbServer, database: str | None = None) -> asyncpg.Connection:
     return await asyncpg.connect(
-        host="127.0.0.1", port=server.port, user=server.user, password=PASSWORD,
+        host="127.0.0.1",
+        port=server.port,
+        user=server.user,
+        password=PASSWORD,
         database=database or server.database,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -509,8 +558,13 @@ async def pg_table(postgres: DbServer, corpus: Corpus) -> AsyncIterator[str]:
 
 
 def pg_settings(server: DbServer, **kw: object) -> CdrSourceSettings:
-    base: dict[str, object] = {"kind": "postgres", "dsn": server.dsn, "user": server.user,
-                               "password": PASSWORD, "timezone": "UTC"}  # fmt: skip
+    base: dict[str, object] = {
+        "kind": "postgres",
+        "dsn": server.dsn,
+        "user": server.user,
+        "password": PASSWORD,
+        "timezone": "UTC",
+    }
     return CdrSourceSettings(**(base | kw))  # type: ignore[arg-type]
 
 
@@ -535,9 +589,11 @@ async def test_postgres_old_calldate_timestamptz_table_is_read(postgres: DbServe
         await conn.executemany(
             "INSERT INTO cdr_old VALUES ($1::timestamp AT TIME ZONE 'UTC', $2, $3, $4, $5, $6,"
             " $7, $8, $9, $10, $11, $12)",
-            [(v[9], v[1], v[2], v[3], v[5], v[6], v[7], v[8], v[12], v[13], v[14], v[17])
-             for v in map(pg_values, cdrs)],
-        )  # fmt: skip
+            [
+                (v[9], v[1], v[2], v[3], v[5], v[6], v[7], v[8], v[12], v[13], v[14], v[17])
+                for v in map(pg_values, cdrs)
+            ],
+        )
     finally:
         await conn.close()
     source = open_source(pg_settings(postgres, table="cdr_old", timezone="Asia/Tokyo"))
@@ -549,10 +605,12 @@ async def test_postgres_old_calldate_timestamptz_table_is_read(postgres: DbServe
 
 @pytest.mark.parametrize(
     ("change", "error"),
-    [({"password": "wrong"}, "password authentication failed"),
-     ({"dsn": "postgresql://127.0.0.1:{port}/nosuchdb"}, "does not exist"),
-     ({"table": "nosuchtable"}, "table nosuchtable not found")],
-)  # fmt: skip
+    [
+        ({"password": "wrong"}, "password authentication failed"),
+        ({"dsn": "postgresql://127.0.0.1:{port}/nosuchdb"}, "does not exist"),
+        ({"table": "nosuchtable"}, "table nosuchtable not found"),
+    ],
+)
 async def test_postgres_configuration_mistakes_are_configuration_errors(
     postgres: DbServer, change: dict[str, str], error: str
 ) -> None:
@@ -569,9 +627,11 @@ async def test_postgres_table_without_uniqueid_is_refused_naming_the_column(
 ) -> None:
     conn = await pg_connect(postgres)
     try:
-        await conn.execute("CREATE TABLE IF NOT EXISTS cdr_lean (start timestamp, "
-                           "channel text, dstchannel text, duration int, billsec int, "
-                           "disposition text)")  # fmt: skip
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS cdr_lean (start timestamp, "
+            "channel text, dstchannel text, duration int, billsec int, "
+            "disposition text)"
+        )
     finally:
         await conn.close()
     source = open_source(pg_settings(postgres, table="cdr_lean"))
@@ -582,8 +642,13 @@ async def test_postgres_table_without_uniqueid_is_refused_naming_the_column(
 
 async def test_postgres_server_down_is_worth_retrying() -> None:
     port = free_port()
-    settings = CdrSourceSettings(kind="postgres", dsn=f"postgresql://127.0.0.1:{port}/asterisk",
-                                 user="telefum", password=PASSWORD, timeout_s=5)  # fmt: skip
+    settings = CdrSourceSettings(
+        kind="postgres",
+        dsn=f"postgresql://127.0.0.1:{port}/asterisk",
+        user="telefum",
+        password=PASSWORD,
+        timeout_s=5,
+    )
     source = open_source(settings)
     assert source is not None
     with pytest.raises(CdrUnavailable) as err:
@@ -610,8 +675,10 @@ async def test_postgres_sql_ascii_database_with_cp1251_rows_is_read(postgres: Db
         cols = ", ".join(f'"{c}"' for c in PG_COLUMNS)
         marks = ", ".join(f"${i + 1}" for i in range(len(PG_COLUMNS)))
         await conn.execute(f"INSERT INTO cdr_ascii ({cols}) VALUES ({marks})", *pg_values(cdrs[0]))
-        await conn.execute("UPDATE cdr_ascii SET lastdata = convert_from($1, 'SQL_ASCII')",
-                           "Звонок".encode("cp1251"))  # fmt: skip
+        await conn.execute(
+            "UPDATE cdr_ascii SET lastdata = convert_from($1, 'SQL_ASCII')",
+            "Звонок".encode("cp1251"),
+        )
     finally:
         await conn.close()
     dsn = f"postgresql://127.0.0.1:{postgres.port}/asterisk_ascii"

@@ -26,9 +26,7 @@ def by_point(results: list[PointResult]) -> dict[str, PointResult]:
 
 
 @pytest.mark.parametrize("strict", [False, True])
-async def test_every_point_passes_on_the_reference_crm(
-    make_refcrm: MakeCrm, strict: bool
-) -> None:
+async def test_every_point_passes_on_the_reference_crm(make_refcrm: MakeCrm, strict: bool) -> None:
     crm = await make_refcrm()
     results = await check_crm(crm.rest_url, crm.creds("ivan"), strict=strict)
     assert [r.point for r in results] == list(POINTS)
@@ -146,8 +144,11 @@ def test_test_phones_are_valid_mobile_numbers_of_the_country(country: str) -> No
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", "check-crm", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_command_prints_the_table_and_exits_0_on_the_reference_crm(
@@ -178,9 +179,20 @@ def test_command_exits_1_naming_the_failed_point(
 
 def test_command_without_a_password_is_a_usage_error() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "telefum.cli", "check-crm", "http://127.0.0.1:9/rest",
-         "--login", "x"], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "check-crm",
+            "http://127.0.0.1:9/rest",
+            "--login",
+            "x",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert "--password" in done.stderr

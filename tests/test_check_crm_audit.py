@@ -41,8 +41,10 @@ async def test_refused_credentials_fail_find_quoting_the_crm_and_leave_the_rest_
     results = by_point(await check_crm(crm.rest_url, Credentials("bridge", "not-the-password")))
     first = results["find unknown"]
     assert first.failed
-    assert ("answered <result>error</result> with <description>Неправильный логин или пароль"
-            "</description>") in first.reason
+    assert (
+        "answered <result>error</result> with <description>Неправильный логин или пароль"
+        "</description>"
+    ) in first.reason
     for point in ("wrong password", "missing fields"):
         assert results[point].status == "not verified"
         assert "the CRM answered the login given with an error" in results[point].reason
@@ -72,8 +74,10 @@ def test_a_reader_that_goes_away_ends_the_command_without_a_traceback(
     big.write_bytes(one * 300)  # far more JSON than a pipe holds: the write must fail
     with subprocess.Popen(
         [sys.executable, "-m", "telefum.cli", "replay", str(big)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    ) as proc:  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.read(10)
         proc.stdout.close()  # as `| head -c 10` does

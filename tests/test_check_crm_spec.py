@@ -17,14 +17,25 @@ from tests.support.crm import REPO
 from tests.support.spec_crm import SpecCrm, spec_crm
 
 
-async def check(crm: SpecCrm, *args: str, login: str = "bridge", password: str = "secret"
-                ) -> tuple[int, str]:  # fmt: skip
+async def check(
+    crm: SpecCrm, *args: str, login: str = "bridge", password: str = "secret"
+) -> tuple[int, str]:
     """Exit code and stdout+stderr of ``telefum check-crm`` run against ``crm``."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "telefum.cli", "check-crm", crm.rest_url, "--login", login,
-        "--password", password, *args, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "telefum.cli",
+        "check-crm",
+        crm.rest_url,
+        "--login",
+        login,
+        "--password",
+        password,
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, out.decode() + err.decode()
@@ -97,16 +108,32 @@ async def test_strict_leaves_pages_behind_a_login_not_verified() -> None:
 # (switches, pages, the points that must fail, what their line must say)
 BROKEN = {
     "no <total>": (("no_total",), "login", {"find unknown", "find"}, "no <total>"),
-    "any password": (("any_password",), "login", {"wrong password"},
-                     "with a random wrong password: expected the protocol's error answer"),
-    "find matches the wrong contact": (("find_wrong_contact",), "login", {"find"},
-                                       "one digit off the test phone) returned contact 1"),
-    "missing fields taken": (("no_field_errors",), "login", {"missing fields"},
-                             "addcont without phone (typecont=contact, a name): expected"),
+    "any password": (
+        ("any_password",),
+        "login",
+        {"wrong password"},
+        "with a random wrong password: expected the protocol's error answer",
+    ),
+    "find matches the wrong contact": (
+        ("find_wrong_contact",),
+        "login",
+        {"find"},
+        "one digit off the test phone) returned contact 1",
+    ),
+    "missing fields taken": (
+        ("no_field_errors",),
+        "login",
+        {"missing fields"},
+        "addcont without phone (typecont=contact, a name): expected",
+    ),
     "no telf: links": (("no_telf",), "server", {"telf links"}, "as text, not as a telf: link"),
-    "source dropped, find says so": (("echo_x_pstn", "drop_x_pstn"), "login", {"source"},
-                                     "returned <x_pstn></x_pstn> for contact 1"),
-}  # fmt: skip
+    "source dropped, find says so": (
+        ("echo_x_pstn", "drop_x_pstn"),
+        "login",
+        {"source"},
+        "returned <x_pstn></x_pstn> for contact 1",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))

@@ -39,7 +39,6 @@ def parse(argv: list[str]) -> None:
     build_parser(argv[1:]).parse_args(argv[1:])
 
 
-
 def test_the_services_of_the_design_are_there() -> None:
     assert {"redis", "listener", "worker"} <= set(SERVICES)
     assert {"refcrm", "pbx-sim"} <= set(SERVICES)
@@ -99,7 +98,7 @@ def redis_server_argv(name: str = "redis") -> list[str]:
     """The redis-server command line a Redis service's shell wrapper ends in."""
     script = argv_of(SERVICES[name])[-1]
     words = shlex.split(script)
-    return words[words.index("redis-server"):]
+    return words[words.index("redis-server") :]
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume() -> None:
@@ -188,8 +187,10 @@ def test_the_compose_redis_refuses_clients_without_the_password(tmp_path: Path) 
     port, password = free_port(), "0123abcd" * 8
     entry = tmp_path / "bin" / "docker-entrypoint.sh"
     entry.parent.mkdir()
-    entry.write_text(f'#!/bin/sh\nshift\nexec {find_redis_server()} "$@" --port {port} '
-                     f"--bind 127.0.0.1 --dir {tmp_path} --daemonize no\n")  # fmt: skip
+    entry.write_text(
+        f'#!/bin/sh\nshift\nexec {find_redis_server()} "$@" --port {port} '
+        f"--bind 127.0.0.1 --dir {tmp_path} --daemonize no\n"
+    )
     entry.chmod(0o755)
     env = {"PATH": f"{entry.parent}:/usr/bin:/bin", "REDIS_PASSWORD": password}
     server = subprocess.Popen(["sh", "-c", script], env=env)
@@ -236,16 +237,22 @@ async def test_the_ha_profiles_redis_replica_and_sentinel_share_the_password_and
     bin_dir.mkdir()
     (bin_dir / "redis-server").symlink_to(find_redis_server())
     entry = bin_dir / "docker-entrypoint.sh"  # the image's: runs what it is given
-    entry.write_text('#!/bin/sh\nshift\nexec redis-server "$@" --port "$PORT" '
-                     '--bind 127.0.0.1 --dir "$DATA" --daemonize no\n')  # fmt: skip
+    entry.write_text(
+        '#!/bin/sh\nshift\nexec redis-server "$@" --port "$PORT" '
+        '--bind 127.0.0.1 --dir "$DATA" --daemonize no\n'
+    )
     entry.chmod(0o755)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, port: int, swaps: dict[str, str]) -> None:
         (tmp_path / name).mkdir()
         script = local_script(name, tmp_path / name, swaps)
-        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_PASSWORD": password,
-               "PORT": str(port), "DATA": str(tmp_path / name)}  # fmt: skip
+        env = {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "REDIS_PASSWORD": password,
+            "PORT": str(port),
+            "DATA": str(tmp_path / name),
+        }
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         procs[name] = subprocess.Popen(["sh", "-c", script], env=env, stdout=log, stderr=log)
 
@@ -258,8 +265,7 @@ async def test_the_ha_profiles_redis_replica_and_sentinel_share_the_password_and
             time.sleep(0.1)
 
     def answers(port: int, key: str, want: Callable[[dict[str, Any]], bool]) -> bool:
-        client = redis_sync.Redis(port=port, password=password if key else None,
-                                  socket_timeout=0.5)  # fmt: skip
+        client = redis_sync.Redis(port=port, password=password if key else None, socket_timeout=0.5)
         try:
             info = client.info(key) if key else client.sentinel_master("telefum")
             return want(info)
@@ -276,20 +282,33 @@ async def test_the_ha_profiles_redis_replica_and_sentinel_share_the_password_and
         start("redis", primary, {"--replica-announce-ip redis": "--replica-announce-ip 127.0.0.1"})
         until(lambda: answers(primary, "server", bool), "the primary never answered")
         replica = free_port()
-        start("redis-replica", replica, {
-            "--replicaof redis 6379": f"--replicaof 127.0.0.1 {primary}",
-            "--replica-announce-ip redis-replica": "--replica-announce-ip 127.0.0.1"})  # fmt: skip
-        until(lambda: answers(replica, "replication",
-                              lambda i: i.get("master_link_status") == "up"),
-              "the replica never logged in to the primary (masterauth)")  # fmt: skip
+        start(
+            "redis-replica",
+            replica,
+            {
+                "--replicaof redis 6379": f"--replicaof 127.0.0.1 {primary}",
+                "--replica-announce-ip redis-replica": "--replica-announce-ip 127.0.0.1",
+            },
+        )
+        until(
+            lambda: answers(replica, "replication", lambda i: i.get("master_link_status") == "up"),
+            "the replica never logged in to the primary (masterauth)",
+        )
         sentinel = free_port()
-        start("sentinel-1", sentinel, {
-            "'port 26379'": f"'port {sentinel}' 'bind 127.0.0.1'",
-            "monitor telefum redis 6379 2": f"monitor telefum 127.0.0.1 {primary} 1",
-            "down-after-milliseconds telefum 5000": "down-after-milliseconds telefum 500",
-            "failover-timeout telefum 60000": "failover-timeout telefum 5000"})  # fmt: skip
-        until(lambda: answers(sentinel, "", lambda m: int(m.get("num-slaves", 0)) >= 1),
-              "the sentinel never logged in to the primary (auth-pass)")  # fmt: skip
+        start(
+            "sentinel-1",
+            sentinel,
+            {
+                "'port 26379'": f"'port {sentinel}' 'bind 127.0.0.1'",
+                "monitor telefum redis 6379 2": f"monitor telefum 127.0.0.1 {primary} 1",
+                "down-after-milliseconds telefum 5000": "down-after-milliseconds telefum 500",
+                "failover-timeout telefum 60000": "failover-timeout telefum 5000",
+            },
+        )
+        until(
+            lambda: answers(sentinel, "", lambda m: int(m.get("num-slaves", 0)) >= 1),
+            "the sentinel never logged in to the primary (auth-pass)",
+        )
         url = f"redis+sentinel://:{password}@127.0.0.1:{sentinel}/telefum/0"
         client = connect(url, socket_connect_timeout=0.5, socket_timeout=1)
         await client.set("before", "1")
@@ -354,7 +373,12 @@ def test_the_demo_tools_are_only_in_the_demo_profile() -> None:
     for name in ("redis", "listener", "worker"):
         assert "profiles" not in SERVICES[name]
     assert {n for n, s in SERVICES.items() if s.get("profiles") == ["ha"]} == {
-        "listener-b", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}  # fmt: skip
+        "listener-b",
+        "redis-replica",
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
+    }
 
 
 def test_the_demo_env_points_the_bridge_at_the_demo_services() -> None:
@@ -404,8 +428,7 @@ def test_there_is_a_listener_unit_and_a_worker_template() -> None:
 def test_units_run_cli_commands_as_an_unprivileged_user(unit: Path) -> None:
     text = unit.read_text()
     fields = dict(
-        line.split("=", 1) for line in text.splitlines()
-        if "=" in line and not line.startswith("#")
+        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
     )
     assert fields["User"] == "telefum" and fields["NoNewPrivileges"] == "yes"
     for key in ("ExecStart", "ExecStartPre"):
@@ -424,16 +447,28 @@ def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -
     docs = {
         url
         for unit in UNITS
-        for line in unit.read_text().splitlines() if line.startswith("Documentation=")
+        for line in unit.read_text().splitlines()
+        if line.startswith("Documentation=")
         for url in line.removeprefix("Documentation=").split()
-    }  # fmt: skip
+    }
     assert docs, "the units name no documentation"
     assert all(u.startswith("file:///opt/telefum/") for u in docs), docs
 
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "tests", "bench", "build", "*.egg-info", "__pycache__", ".*_cache",
-    ))  # fmt: skip
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "tests",
+            "bench",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+        ),
+    )
     venv = tmp_path / "opt-telefum"
     run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300)
     made = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(src)])
@@ -443,8 +478,9 @@ def test_units_documentation_names_files_a_pip_install_creates(tmp_path: Path) -
     assert venv_made.returncode == 0, venv_made.stderr
     installed = run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", str(wheel)])
     assert installed.returncode == 0, installed.stderr[-3000:]
-    missing = [u for u in sorted(docs)
-               if not (venv / u.removeprefix("file:///opt/telefum/")).is_file()]  # fmt: skip
+    missing = [
+        u for u in sorted(docs) if not (venv / u.removeprefix("file:///opt/telefum/")).is_file()
+    ]
     assert missing == [], f"a pip install does not create {missing}"
 
 
@@ -454,9 +490,10 @@ def test_units_raise_the_descriptor_limit_and_keep_their_files_private(unit: Pat
     outbox and the private Redis's files are the service's own. Each directive once: a
     second one would silently win over the first."""
     pairs = [
-        line.split("=", 1) for line in unit.read_text().splitlines()
+        line.split("=", 1)
+        for line in unit.read_text().splitlines()
         if "=" in line and not line.startswith("#")
-    ]  # fmt: skip
+    ]
     fields = dict(pairs)
     assert fields["LimitNOFILE"] == "65536" and fields["UMask"] == "0077"
     once = ("LimitNOFILE", "UMask", "StateDirectory", "WorkingDirectory", "User", "ExecStart")

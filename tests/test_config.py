@@ -141,7 +141,7 @@ def test_env_values_are_coerced_to_the_key_type(tmp_path: Path) -> None:
 def test_env_override_that_is_not_a_number_names_the_variable(tmp_path: Path) -> None:
     err = error_of(tmp_path, MINIMAL, {"TELEFUM_AMI__PORT": "fifty"})
     assert str(err) == (
-        f'{tmp_path / "settings.toml"}: ami.port (from TELEFUM_AMI__PORT): '
+        f"{tmp_path / 'settings.toml'}: ami.port (from TELEFUM_AMI__PORT): "
         'expected an integer, got "fifty"'
     )
 
@@ -158,10 +158,14 @@ def test_one_word_telefum_variables_that_are_not_keys_are_left_alone(tmp_path: P
 
 
 def test_env_sets_one_agents_password(tmp_path: Path) -> None:
-    s = load(tmp_path, MINIMAL, {
-        "TELEFUM_CRM__AGENTS__101__LOGIN": "ivan",
-        "TELEFUM_CRM__AGENTS__101__PASSWORD": "ivans",
-    })
+    s = load(
+        tmp_path,
+        MINIMAL,
+        {
+            "TELEFUM_CRM__AGENTS__101__LOGIN": "ivan",
+            "TELEFUM_CRM__AGENTS__101__PASSWORD": "ivans",
+        },
+    )
     assert s.crm.credentials_for("101") == Credentials("ivan", "ivans")
 
 
@@ -308,7 +312,9 @@ def test_not_utf8_names_the_line(tmp_path: Path) -> None:
 
 SECRETS = ("ami-secret", "crm-secret", "agent-secret", "http-token", "agent-token", "redispw")
 
-WITH_SECRETS = MINIMAL + """
+WITH_SECRETS = (
+    MINIMAL
+    + """
 [crm.agents."101"]
 login = "ivan"
 password = "agent-secret"
@@ -321,6 +327,7 @@ token = "http-token"
 [http.agent_tokens]
 "101" = "agent-token"
 """
+)
 
 
 def test_effective_config_masks_every_secret(tmp_path: Path) -> None:
@@ -522,15 +529,20 @@ def test_the_packages_whose_classes_are_sections_do_not_import_the_shell() -> No
     for package, others in forbidden.items():
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                )
                 wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in others]
     assert wrong == []
 
 
 # --- [backfill] ----------------------------------------------------------------------------
 
-BACKFILL_TWO_PBX = TWO_PBX + """
+BACKFILL_TWO_PBX = (
+    TWO_PBX
+    + """
 [ami.backfill]
 kind = "mysql"
 dsn = "mysql://cdr@10.1.0.5:3306/asteriskcdrdb"
@@ -542,6 +554,7 @@ timezone = "UTC"
 password = "from-global"
 settle_s = 2.0
 """
+)
 
 
 def test_backfill_maps_onto_the_cdr_source_and_a_pbx_inherits_what_it_omits(
@@ -552,7 +565,10 @@ def test_backfill_maps_onto_the_cdr_source_and_a_pbx_inherits_what_it_omits(
     assert office is s.backfill and office.source().path == "/srv/cdr/Master.csv"
     src = branch.source()
     assert (src.kind, src.effective_dsn, src.credentials()) == (
-        "mysql", "mysql://cdr@10.1.0.5:3306/asteriskcdrdb", ("cdr", "pw"))
+        "mysql",
+        "mysql://cdr@10.1.0.5:3306/asteriskcdrdb",
+        ("cdr", "pw"),
+    )
     assert (src.timezone, branch.settle_s) == ("UTC", 2.0)  # from [backfill]
     assert src.describe() == "mysql cdr@10.1.0.5:3306/asteriskcdrdb table cdr"
 

@@ -28,7 +28,11 @@ def check(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", "config", "check", *args],
-        capture_output=True, text=True, timeout=30, cwd=ROOT, env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
     )
 
 
@@ -51,9 +55,9 @@ def test_the_shipped_settings_toml_passes() -> None:
 
 BAD = {
     "missing key": (GOOD.replace('secret = "ami-secret-value"\n', ""), "ami.secret", "missing"),
-    "wrong type": (GOOD + "timeout_s = \"ten\"\n", "crm.timeout_s", "expected a number"),
+    "wrong type": (GOOD + 'timeout_s = "ten"\n', "crm.timeout_s", "expected a number"),
     "unknown key": (GOOD + 'pasword = "x"\n', "crm.pasword", 'did you mean "password"'),
-    "unknown section": (GOOD + "[reddis]\nurl = \"\"\n", "reddis", 'did you mean "redis"'),
+    "unknown section": (GOOD + '[reddis]\nurl = ""\n', "reddis", 'did you mean "redis"'),
     "bad enum": (GOOD + 'phone_format = "intl"\n', "crm.phone_format", '"national"'),
     "invalid toml": (GOOD + "[http\n", "invalid TOML", f"(at line {GOOD.count(chr(10)) + 1},"),
     "url fragment": (GOOD.replace("/rest", "/rest#x"), "crm.url", "#fragment"),

@@ -65,8 +65,13 @@ async def call(client: TelefumClient, op: str) -> object:
     ("case", "op", "cls", "kind", "words"), FAILURES, ids=[f[0] for f in FAILURES]
 )
 async def test_each_bad_answer_becomes_one_classified_error_without_the_password(
-    hostile_crm: HostileCrm, caplog: pytest.LogCaptureFixture,
-    case: str, op: str, cls: type[CrmError], kind: str, words: str,
+    hostile_crm: HostileCrm,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    op: str,
+    cls: type[CrmError],
+    kind: str,
+    words: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with TelefumClient(hostile_crm.url(case), timeout_s=5) as client:
@@ -144,10 +149,17 @@ async def test_a_write_the_crm_carried_out_before_the_connection_dropped_is_sent
 
 async def _contact(crm: RunningRefCrm) -> str:
     """A contact made straight in the store (no request the CRM would lose the reply of)."""
-    return str(crm.state.store.add_contact(
-        phones=["+79160000000"], name="Иван", typecont="contact", created_by="bridge",
-        x_pstn=None, company="", description="",
-    ))  # fmt: skip
+    return str(
+        crm.state.store.add_contact(
+            phones=["+79160000000"],
+            name="Иван",
+            typecont="contact",
+            created_by="bridge",
+            x_pstn=None,
+            company="",
+            description="",
+        )
+    )
 
 
 async def test_a_find_may_still_be_sent_again_on_a_dropped_connection(
@@ -260,16 +272,21 @@ async def test_phones_and_source_are_percent_encoded_plus_as_2b(hostile_crm: Hos
 
 async def test_addevent_is_a_form_post_with_every_field(hostile_crm: HostileCrm) -> None:
     async with TelefumClient(hostile_crm.url("event_added")) as client:
-        idev = await client.add_event("3453", "contact", "Входящий звонок", "Длительность 3:54",
-                                      CREDS)
+        idev = await client.add_event(
+            "3453", "contact", "Входящий звонок", "Длительность 3:54", CREDS
+        )
     assert idev == "77"
     method, query, body = hostile_crm.seen[-1]
     assert (method, query) == ("POST", "")
     fields = parse_qs(body.decode("ascii"), strict_parsing=True)
     assert fields == {
-        "typereq": ["addevent"], "id": ["3453"], "typecont": ["contact"],
-        "subj": ["Входящий звонок"], "desc": ["Длительность 3:54"],
-        "login": ["bridge"], "password": [SECRET],
+        "typereq": ["addevent"],
+        "id": ["3453"],
+        "typecont": ["contact"],
+        "subj": ["Входящий звонок"],
+        "desc": ["Длительность 3:54"],
+        "login": ["bridge"],
+        "password": [SECRET],
     }
 
 
@@ -287,7 +304,9 @@ async def test_latency_hook_sees_each_request_with_its_outcome(hostile_crm: Host
         with pytest.raises(PermanentCrmError):
             await r.add_contact("+79161234567", "x", "contact", None, CREDS)
     assert [(op, outcome) for op, outcome, _ in seen] == [
-        ("find", "ok"), ("addevent", "transient"), ("addcont", "permanent"),
+        ("find", "ok"),
+        ("addevent", "transient"),
+        ("addcont", "permanent"),
     ]
     assert all(0 <= s < 5 for _, _, s in seen)
 
@@ -316,7 +335,10 @@ def test_errors_pickle_with_their_classification() -> None:
     err.at("find", "http://crm/rest?login=a&password=S3cr3t")
     back = pickle.loads(pickle.dumps(err))
     assert (type(back), back.kind, back.may_have_acted, back.retry_after) == (
-        TransientCrmError, "rate_limited", False, 3.0
+        TransientCrmError,
+        "rate_limited",
+        False,
+        3.0,
     )
     assert str(back) == str(err)
     assert_no_secret(str(back), repr(back))

@@ -71,8 +71,10 @@ def test_php_notices_around_the_xml_are_cut_off_with_a_warning() -> None:
         (b"<response><item><id>1", "unreadable XML"),
         (b"<response>ok</response>", "holds text"),
         (b"OK", "not XML"),
-        (b'<!DOCTYPE x [<!ENTITY a "aaaa">]><response><total>&a;</total></response>',
-         "entities are disabled"),
+        (
+            b'<!DOCTYPE x [<!ENTITY a "aaaa">]><response><total>&a;</total></response>',
+            "entities are disabled",
+        ),
     ],
 )
 def test_unreadable_answers_are_transient(body: bytes, words: str) -> None:
@@ -105,12 +107,18 @@ def test_created_answers_give_the_new_id() -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls", "kind"),
-    [(500, TransientCrmError, "http"), (502, TransientCrmError, "http"),
-     (408, TransientCrmError, "http"), (429, TransientCrmError, "rate_limited"),
-     (401, PermanentCrmError, "auth"), (403, PermanentCrmError, "auth"),
-     (400, PermanentCrmError, "http"), (404, PermanentCrmError, "http"),
-     (301, PermanentCrmError, "http")],
-)  # fmt: skip
+    [
+        (500, TransientCrmError, "http"),
+        (502, TransientCrmError, "http"),
+        (408, TransientCrmError, "http"),
+        (429, TransientCrmError, "rate_limited"),
+        (401, PermanentCrmError, "auth"),
+        (403, PermanentCrmError, "auth"),
+        (400, PermanentCrmError, "http"),
+        (404, PermanentCrmError, "http"),
+        (301, PermanentCrmError, "http"),
+    ],
+)
 def test_http_statuses_are_classified(status: int, cls: type, kind: str) -> None:
     err = parse.error_for_status(status, b"", None)
     assert isinstance(err, cls) and err.kind == kind and err.status == status

@@ -44,11 +44,17 @@ async def test_the_crm_records_who_created_contacts_and_events_and_the_source(
         )
     (row,) = refcrm.contacts("+79161234567")
     assert (str(row.id), row.created_by, row.x_pstn, row.typecont) == (
-        cid, "maria", "+74951234567", "lead"  # '+' arrived as '+', not a space
+        cid,
+        "maria",
+        "+74951234567",
+        "lead",  # '+' arrived as '+', not a space
     )
     (event,) = refcrm.events(cid)
     assert (str(event.id), event.created_by, event.subj, event.desc) == (
-        idev, "ivan", "Входящий звонок", "Длительность 3:54"
+        idev,
+        "ivan",
+        "Входящий звонок",
+        "Длительность 3:54",
     )
 
 
@@ -94,8 +100,9 @@ async def test_windows_1251_answers_read_right(
 ) -> None:
     crm_1251 = await make_refcrm(encoding="windows-1251")
     async with TelefumClient(crm_1251.rest_url) as crm:
-        await crm.add_contact("+79161234567", "Щукин Эдуард Юрьевич", "contact", None,
-                              crm_1251.creds())
+        await crm.add_contact(
+            "+79161234567", "Щукин Эдуард Юрьевич", "contact", None, crm_1251.creds()
+        )
         found = await crm.find("89161234567", crm_1251.creds())
     assert [c.name for c in found.contacts] == ["Щукин Эдуард Юрьевич"]
     assert found.warnings == ()
@@ -114,9 +121,14 @@ async def test_a_crm_failing_for_a_while_is_transient_then_works(refcrm: Running
 
 @pytest.mark.parametrize(
     ("mode", "kind"),
-    [("500", "http"), ("429", "rate_limited"), ("html", "bad_response"),
-     ("garbage", "bad_response"), ("truncated", "bad_response")],
-)  # fmt: skip
+    [
+        ("500", "http"),
+        ("429", "rate_limited"),
+        ("html", "bad_response"),
+        ("garbage", "bad_response"),
+        ("truncated", "bad_response"),
+    ],
+)
 async def test_refcrm_failure_modes_are_transient_for_the_client(
     refcrm: RunningRefCrm, mode: str, kind: str
 ) -> None:
@@ -141,8 +153,9 @@ async def test_a_slow_crm_times_out_transiently(
 async def test_card_and_search_urls_open_the_contact(refcrm: RunningRefCrm) -> None:
     async with aiohttp.ClientSession() as session:
         crm = TelefumClient(refcrm.rest_url, session=session)
-        cid = await crm.add_contact("+79161234567", "Иван Павлович", "contact", None,
-                                    refcrm.creds())
+        cid = await crm.add_contact(
+            "+79161234567", "Иван Павлович", "contact", None, refcrm.creds()
+        )
         assert crm.card_url(cid, "contact") == f"{refcrm.base_url}card?id={cid}&typecont=contact"
         assert crm.search_url("+79161234567") == f"{refcrm.base_url}search?phone=%2B79161234567"
         for url in (crm.card_url(cid, "contact"), crm.search_url("+79161234567")):

@@ -85,10 +85,21 @@ async def test_retry_now_makes_the_chosen_waiting_calls_due_and_leaves_the_rest(
     redis_client: Redis,
 ) -> None:
     for i, pbx in enumerate(["office", "office", "branch"]):
-        await enqueue_call(redis_client, inbound_call(f"1.{i}", pbx=pbx), queue_name=DEFAULT_QUEUE,
-                           expires_s=3600, ledger_ttl_s=3600, defer_s=600)  # fmt: skip
-    await enqueue_call(redis_client, inbound_call("2.0"), queue_name=DEFAULT_QUEUE,
-                       expires_s=3600, ledger_ttl_s=3600)  # due already  # fmt: skip
+        await enqueue_call(
+            redis_client,
+            inbound_call(f"1.{i}", pbx=pbx),
+            queue_name=DEFAULT_QUEUE,
+            expires_s=3600,
+            ledger_ttl_s=3600,
+            defer_s=600,
+        )
+    await enqueue_call(
+        redis_client,
+        inbound_call("2.0"),
+        queue_name=DEFAULT_QUEUE,
+        expires_s=3600,
+        ledger_ttl_s=3600,
+    )  # due already
     assert (await read_stats(redis_client))["queue"] == {"depth": 4, "due": 1, "deferred": 3}
 
     moved = await retry_now(redis_client, DEFAULT_QUEUE, only=lambda job: ":office:" in job)

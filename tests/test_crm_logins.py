@@ -42,17 +42,26 @@ def requests_of(crm: RefCrmProcess) -> dict[str, int]:
 def with_agent(crm_url: str, agent_password: str, **kw: Any) -> WorkerConfig:
     """Agent 101 is ``ivan`` with ``agent_password``; the service account is right."""
     base = config(crm_url, **kw)
-    return base.with_(crm=CrmTarget(
-        crm_url, "bridge", USERS["bridge"], timeout_s=1.0,
-        agents={"101": Credentials("ivan", agent_password)},
-    ))  # fmt: skip
+    return base.with_(
+        crm=CrmTarget(
+            crm_url,
+            "bridge",
+            USERS["bridge"],
+            timeout_s=1.0,
+            agents={"101": Credentials("ivan", agent_password)},
+        )
+    )
 
 
 def outbound(call_id: str, phone: str = UNKNOWN, *, answered: bool = True) -> dict[str, Any]:
     rec = call(call_id, phone, extension="101")
-    rec.update(direction="out", did=None, answered=answered,
-               disposition="answered" if answered else "no-answer",
-               answered_at=rec["answered_at"] if answered else None)  # fmt: skip
+    rec.update(
+        direction="out",
+        did=None,
+        answered=answered,
+        disposition="answered" if answered else "no-answer",
+        answered_at=rec["answered_at"] if answered else None,
+    )
     return rec
 
 
@@ -100,9 +109,11 @@ async def test_a_refused_agent_login_writes_the_call_with_the_service_account_an
 
 
 async def test_a_dead_letter_for_a_refused_login_names_the_login_and_whose_it_is(
-    redis_url: str, redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess],
+    redis_url: str,
+    redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess],
     worker_procs: Procs,
-) -> None:  # fmt: skip
+) -> None:
     crm = refcrm_process(USERS)
     w = worker_procs(config(crm.rest_url, Credentials("bridge", "typo-pw")))
     await w.wait_ready(redis_client)
@@ -125,13 +136,18 @@ async def test_a_dead_letter_from_a_write_names_the_agents_own_login(
     says the request was the agent's (a permanent answer other than a refused login is
     not fallen back on)."""
     crm = MemoryCrm()
-    target = CrmTarget(URL, "bridge", "pw", timeout_s=1.0,
-                       agents={"101": Credentials("ivan", "ivan-pw")})  # fmt: skip
-    cfg = WorkerConfig(crm=target, calls=CallPolicy(job_timeout_s=3.0),
-                       retry=RetryPolicy(total_s=60))  # fmt: skip
+    target = CrmTarget(
+        URL, "bridge", "pw", timeout_s=1.0, agents={"101": Credentials("ivan", "ivan-pw")}
+    )
+    cfg = WorkerConfig(
+        crm=target, calls=CallPolicy(job_timeout_s=3.0), retry=RetryPolicy(total_s=60)
+    )
     runtime = Runtime(cfg, redis_client, {URL: crm}, rng=random.Random(0))
-    crm.before["addevent"] = raising(PermanentCrmError(
-        "CRM answered error (request rejected): Не указано id-контакта", kind="rejected"))
+    crm.before["addevent"] = raising(
+        PermanentCrmError(
+            "CRM answered error (request rejected): Не указано id-контакта", kind="rejected"
+        )
+    )
     result = await run(runtime, record("11.1", extension="101"))
     assert result.endswith('Не указано id-контакта; login "ivan" (agent 101\'s own)')
     [dead] = await dlq.list_dead(redis_client)

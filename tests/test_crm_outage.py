@@ -31,8 +31,11 @@ from worker.queue import enqueue_call
 from worker.stats import read_stats
 
 USERS = {"bridge": "bridge-pw"}
-TRACES = ("01-inbound-answered-caller-hangup.ami", "03-inbound-missed-caller-abandons.ami",
-          "08-outbound-answered.ami")  # fmt: skip
+TRACES = (
+    "01-inbound-answered-caller-hangup.ami",
+    "03-inbound-missed-caller-abandons.ami",
+    "08-outbound-answered.ami",
+)
 SLOW_RETRY = RetryPolicy(first_delay_s=60.0, max_delay_s=600.0, total_s=3600.0)
 FAILING_S = 1.0
 
@@ -40,13 +43,17 @@ FAILING_S = 1.0
 def worker_config(crm_url: str) -> WorkerConfig:
     return WorkerConfig(
         crm=CrmTarget(crm_url, "bridge", USERS["bridge"], timeout_s=1.0),
-        calls=CallPolicy(job_timeout_s=3.0), retry=SLOW_RETRY, crm_failing_s=FAILING_S,
-        heartbeat_s=0.5, poll_delay_s=0.05,
-    )  # fmt: skip
+        calls=CallPolicy(job_timeout_s=3.0),
+        retry=SLOW_RETRY,
+        crm_failing_s=FAILING_S,
+        heartbeat_s=0.5,
+        poll_delay_s=0.05,
+    )
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, logs: Callable[[], str],
-                timeout_s: float = 20.0) -> Any:  # fmt: skip
+async def until(
+    check: Callable[[], Awaitable[Any]], what: str, logs: Callable[[], str], timeout_s: float = 20.0
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := await check()):
         assert time.monotonic() < deadline, f"no {what} in {timeout_s:g} s:\n{logs()[-4000:]}"
@@ -72,17 +79,26 @@ async def earliest_retry_ms(redis: Redis) -> float:
 
 
 async def test_health_and_status_say_degraded_why_and_retry_now_delivers_the_waiting_calls(
-    tmp_path: Path, pbx_sim: PbxSimulator, redis_url: str, redis_client: Redis,
-    refcrm_process: Callable[..., RefCrmProcess], worker_procs: Callable[..., WorkerProcess],
-    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    redis_url: str,
+    redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess],
+    worker_procs: Callable[..., WorkerProcess],
+    telefum: Callable[..., Awaitable[Proc]],
+    traces_dir: Path,
+) -> None:
     crm = refcrm_process(USERS, extra_args=("--test-control",))
     port = free_port()
     config = bridge_settings(
-        tmp_path / "settings.toml", pbx_port=pbx_sim.port, crm_url=crm.rest_url,
-        crm_password=USERS["bridge"], redis_url=redis_url, http_port=port,
+        tmp_path / "settings.toml",
+        pbx_port=pbx_sim.port,
+        crm_url=crm.rest_url,
+        crm_password=USERS["bridge"],
+        redis_url=redis_url,
+        http_port=port,
         extra=f"[health]\ncrm_failing_s = {FAILING_S}\n",
-    )  # fmt: skip
+    )
     listen = await telefum("listen", "--config", str(config))
     worker = worker_procs(worker_config(crm.rest_url))
     logs = lambda: listen.text() + "\n---\n" + worker.log()  # noqa: E731
@@ -139,9 +155,10 @@ async def test_health_and_status_say_degraded_why_and_retry_now_delivers_the_wai
 
 
 async def test_a_worker_runs_the_waiting_calls_when_a_failing_crm_answers_again(
-    redis_client: Redis, refcrm_process: Callable[..., RefCrmProcess],
+    redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess],
     worker_procs: Callable[..., WorkerProcess],
-) -> None:  # fmt: skip
+) -> None:
     crm = refcrm_process(USERS, extra_args=("--test-control",))
     worker = worker_procs(worker_config(crm.rest_url))
     await worker.wait_ready(redis_client)
@@ -163,8 +180,13 @@ async def test_a_worker_runs_the_waiting_calls_when_a_failing_crm_answers_again(
 
 
 async def enqueue(redis: Redis, call_id: str, phone: str) -> None:
-    await enqueue_call(redis, inbound_call(call_id, phone), queue_name=DEFAULT_QUEUE,
-                       expires_s=3600, ledger_ttl_s=3600)  # fmt: skip
+    await enqueue_call(
+        redis,
+        inbound_call(call_id, phone),
+        queue_name=DEFAULT_QUEUE,
+        expires_s=3600,
+        ledger_ttl_s=3600,
+    )
 
 
 async def _is(answer: Awaitable[tuple[int, Any]], status: int) -> bool:
@@ -178,5 +200,3 @@ async def _settled(redis: Redis, n: int) -> bool:
 
 async def _events(crm: RefCrmProcess, n: int) -> bool:
     return len(crm.events()) >= n
-
-

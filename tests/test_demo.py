@@ -13,10 +13,27 @@ from tests.support.crm import REPO
 def test_demo_delivers_every_played_call_and_ends_with_the_json_summary() -> None:
     calls, rate, seed = 24, 6.0, 5
     proc = subprocess.run(
-        [sys.executable, "-m", "telefum.cli", "demo", "--calls", str(calls),
-         "--rate", str(rate), "--speed", "10", "--seed", str(seed), "--timeout", "60"],
-        capture_output=True, text=True, cwd=REPO, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "demo",
+            "--calls",
+            str(calls),
+            "--rate",
+            str(rate),
+            "--speed",
+            "10",
+            "--seed",
+            str(seed),
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     # the demo creates contacts for every call with an outside party: one per new number

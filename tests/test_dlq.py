@@ -30,10 +30,19 @@ async def dead(redis: Redis, n: int, contact_of_first: str | None = None) -> lis
         jid = f"call:default:1764158400.{i}"
         await redis.delete(f"arq:job:{jid}")
         await redis.zrem(Q, jid)
-        await redis.rpush(keys.errors(jid), json.dumps(
-            {"at": 1764158500.0, "attempt": 1, "error": "PermanentCrmError",
-             "message": "PermanentCrmError: Неправильный логин или пароль",
-             "transient": False, "action": "dead letter"}))  # fmt: skip
+        await redis.rpush(
+            keys.errors(jid),
+            json.dumps(
+                {
+                    "at": 1764158500.0,
+                    "attempt": 1,
+                    "error": "PermanentCrmError",
+                    "message": "PermanentCrmError: Неправильный логин или пароль",
+                    "transient": False,
+                    "action": "dead letter",
+                }
+            ),
+        )
         await dlq.dead_letter(redis, jid, "permanent: PermanentCrmError: Неправильный логин")
         ids.append(jid)
     if contact_of_first:
@@ -44,8 +53,11 @@ async def dead(redis: Redis, n: int, contact_of_first: str | None = None) -> lis
 def telefum(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", *args],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 async def test_list_shows_each_dead_letter_with_its_reason_and_history(
@@ -87,9 +99,7 @@ async def test_requeue_by_call_id_puts_it_back_and_drop_forgets_for_good(
     assert out.stdout.strip() == f"dropped {ids[1]}"
     assert await dlq.count(redis_client) == 0
     # a listener handing the dropped call over again does not bring it back
-    again = await enqueue_call(
-        redis_client, record(1), queue_name=Q, expires_s=60, ledger_ttl_s=60
-    )
+    again = await enqueue_call(redis_client, record(1), queue_name=Q, expires_s=60, ledger_ttl_s=60)
     assert again == "dropped"
 
 
@@ -141,9 +151,19 @@ async def test_list_prints_a_crm_error_page_title_escaped_on_its_own_line(
     operator's screen, colour it or add lines of its own."""
     (jid,) = await dead(redis_client, 1)
     title = "502 \x1b[2J\x1b[31mBad Gateway\n1764158400.9  died \x9b0m\u202efake"
-    await redis_client.rpush(keys.errors(jid), json.dumps({
-        "at": 1764158600.0, "attempt": 2, "error": "TransientCrmError",
-        "message": f"HTTP 502: {title}", "transient": True, "action": "dead letter"}))  # fmt: skip
+    await redis_client.rpush(
+        keys.errors(jid),
+        json.dumps(
+            {
+                "at": 1764158600.0,
+                "attempt": 2,
+                "error": "TransientCrmError",
+                "message": f"HTTP 502: {title}",
+                "transient": True,
+                "action": "dead letter",
+            }
+        ),
+    )
     await dlq.dead_letter(redis_client, jid, f"gave up: HTTP 502: {title}")
 
     out = telefum("dlq", "list", "--errors", "--redis-url", redis_url)

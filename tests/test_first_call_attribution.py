@@ -46,10 +46,18 @@ SOURCES = {YANDEX: "Yandex Direct", GOOGLE: "Google Ads"}
 def call(call_id: str, did: str, ago_s: float, *, pbx: str = "default") -> dict[str, Any]:
     at = time.time() - ago_s
     return CallRecord(
-        call_id=call_id, direction="in", external=CALLER, did=did, extension="101",
-        answered=True, started_at=at, answered_at=at + 3, ended_at=at + 60,
-        disposition="answered", pbx=pbx,
-    ).to_json()  # fmt: skip
+        call_id=call_id,
+        direction="in",
+        external=CALLER,
+        did=did,
+        extension="101",
+        answered=True,
+        started_at=at,
+        answered_at=at + 3,
+        ended_at=at + 60,
+        disposition="answered",
+        pbx=pbx,
+    ).to_json()
 
 
 async def until(redis: Redis, what: str, ok: Callable[[dict[str, Any]], bool]) -> None:
@@ -63,15 +71,21 @@ def telefum(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", *args],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
 
 
 @pytest.fixture
 async def worker(
-    tmp_path: Path, redis_url: str, redis_client: Redis,
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: Redis,
     refcrm_process: Callable[..., RefCrmProcess],
-) -> AsyncIterator[tuple[Path, RefCrmProcess]]:  # fmt: skip
+) -> AsyncIterator[tuple[Path, RefCrmProcess]]:
     """``telefum worker`` from a settings.toml, as systemd runs it; the CRM it talks to."""
     crm = refcrm_process({"bridge": "bridge-pw"}, extra_args=("--test-control",))
     settings = tmp_path / "settings.toml"
@@ -86,10 +100,22 @@ async def worker(
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "telefum.cli", "worker", "--config", str(settings),
-         "--worker-id", "w1"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "worker",
+            "--config",
+            str(settings),
+            "--worker-id",
+            "w1",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 20
         while not await redis_client.exists("telefum:stats:worker:w1"):
@@ -105,9 +131,11 @@ async def worker(
 
 
 async def test_a_first_call_dead_lettered_and_requeued_after_a_later_call_keeps_its_source(
-    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis,
+    tmp_path: Path,
+    redis_server: EmbeddedRedis,
+    redis_client: Redis,
     worker: tuple[Path, RefCrmProcess],
-) -> None:  # fmt: skip
+) -> None:
     settings, crm = worker
     handoff = Handoff(redis_server.url, tmp_path / "spool")
     await handoff.start()
@@ -124,8 +152,9 @@ async def test_a_first_call_dead_lettered_and_requeued_after_a_later_call_keeps_
     finally:
         await handoff.close()
 
-    requeued = await asyncio.to_thread(telefum, "dlq", "requeue", "--all", "--config",
-                                       str(settings))  # fmt: skip
+    requeued = await asyncio.to_thread(
+        telefum, "dlq", "requeue", "--all", "--config", str(settings)
+    )
     assert requeued.returncode == 0, requeued.stderr
     await until(redis_client, "first call requeued", lambda s: s["counters"]["succeeded"] == 2)
 
@@ -134,18 +163,25 @@ async def test_a_first_call_dead_lettered_and_requeued_after_a_later_call_keeps_
     assert (phone, x_pstn) == (CALLER, YANDEX)
     assert [e[0] for e in crm.events()] == [contact_id, contact_id]
 
-    out = await asyncio.to_thread(telefum, "report", "--config", str(settings), "--format",
-                                  "json", "--since", "1d")  # fmt: skip
+    out = await asyncio.to_thread(
+        telefum, "report", "--config", str(settings), "--format", "json", "--since", "1d"
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     by = {r["tracking_number"]: r for r in report["numbers"]}
     figures = ("calls", "new_contacts", "first_calls", "repeat_calls")
     assert {k: by[YANDEX][k] for k in figures} == {
-        "calls": 1, "new_contacts": 1, "first_calls": 1, "repeat_calls": 0,
-    }  # fmt: skip
+        "calls": 1,
+        "new_contacts": 1,
+        "first_calls": 1,
+        "repeat_calls": 0,
+    }
     assert {k: by[GOOGLE][k] for k in figures} == {
-        "calls": 1, "new_contacts": 0, "first_calls": 1, "repeat_calls": 0,
-    }  # fmt: skip
+        "calls": 1,
+        "new_contacts": 0,
+        "first_calls": 1,
+        "repeat_calls": 0,
+    }
     assert report["totals"]["new_contacts"] == len(crm.contacts())
 
 
@@ -159,16 +195,20 @@ async def crm_client(refcrm: RunningRefCrm) -> AsyncIterator[TelefumClient]:
 
 
 def runtime(config: WorkerConfig, redis: Redis, clients: dict[str, TelefumClient]) -> Runtime:
-    return Runtime(config, redis, clients, rng=random.Random(0),
-                   on_delivered=attribution_hook(redis, SOURCES))  # fmt: skip
+    return Runtime(
+        config, redis, clients, rng=random.Random(0), on_delivered=attribution_hook(redis, SOURCES)
+    )
 
 
-def worker_config(target: CrmTarget, calls: dict[str, Any] | None = None, **kw: Any
-                  ) -> WorkerConfig:  # fmt: skip
+def worker_config(
+    target: CrmTarget, calls: dict[str, Any] | None = None, **kw: Any
+) -> WorkerConfig:
     return WorkerConfig(
-        crm=target, retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=60),
-        calls=CallPolicy(job_timeout_s=5.0, **(calls or {})), **kw,
-    )  # fmt: skip
+        crm=target,
+        retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=60),
+        calls=CallPolicy(job_timeout_s=5.0, **(calls or {})),
+        **kw,
+    )
 
 
 async def queue(redis: Redis, rec: dict[str, Any]) -> str:
@@ -195,8 +235,9 @@ async def test_an_unreadable_first_call_entry_is_replaced_and_the_call_still_que
 ) -> None:
     await redis_client.hset(keys.first_inbound(CALLER), "default", "not json")
     rec = call("5.1", YANDEX, 60)
-    outcome = await enqueue_call(redis_client, rec, queue_name=DEFAULT_QUEUE, expires_s=60,
-                                 ledger_ttl_s=60)  # fmt: skip
+    outcome = await enqueue_call(
+        redis_client, rec, queue_name=DEFAULT_QUEUE, expires_s=60, ledger_ttl_s=60
+    )
     assert outcome == "queued"
     [first] = await first_calls(redis_client, CALLER)
     assert (first.call_id, first.did) == ("5.1", YANDEX)
@@ -216,8 +257,10 @@ async def test_the_contact_name_follows_the_first_call_as_its_source_does(
     assert (contact.name, contact.x_pstn) == (f"Звонок на {YANDEX}", YANDEX)
     [row] = await Attribution(redis_client).calls(0, 4e9)
     assert (row.tracking_number, row.new_contact, row.credited) == (
-        GOOGLE, True, (YANDEX, "Yandex Direct"),
-    )  # fmt: skip
+        GOOGLE,
+        True,
+        (YANDEX, "Yandex Direct"),
+    )
 
 
 async def test_a_first_call_to_a_pbx_with_another_crm_does_not_set_the_source(

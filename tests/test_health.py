@@ -39,7 +39,12 @@ def test_all_fine_is_healthy_with_the_details_ops_read() -> None:
     assert body["status"] == "ok"
     assert body["ami"][0]["pbx"] == "office" and body["ami"][0]["last_event_age_s"] == 5.0
     assert body["queue"] == {
-        "depth": 4, "due": 1, "retrying": 3, "in_progress": 1, "pending": 4, "dead_letters": 2,
+        "depth": 4,
+        "due": 1,
+        "retrying": 3,
+        "in_progress": 1,
+        "pending": 4,
+        "dead_letters": 2,
     }
     assert body["workers"]["alive"] == 1
     assert body["spool"]["size"] == 0
@@ -107,25 +112,33 @@ def test_an_unreadable_spool_is_a_reason() -> None:
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    h = evaluate(
-        snap(links=(link(connected=False),), redis_error="timeout", stats=None), CFG
-    )
+    h = evaluate(snap(links=(link(connected=False),), redis_error="timeout", stats=None), CFG)
     assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "Redis unreachable"]
 
 
 def test_a_failing_background_task_is_a_reason_with_its_error_and_how_long() -> None:
-    task = TaskState("handoff-drainer", failures=4, failing_since=NOW - 12,
-                     last_error="OSError: [Errno 24] Too many open files")  # fmt: skip
+    task = TaskState(
+        "handoff-drainer",
+        failures=4,
+        failing_since=NOW - 12,
+        last_error="OSError: [Errno 24] Too many open files",
+    )
     h = evaluate(snap(failing=(task,)), CFG)
     assert not h.ok
     assert h.reasons == [
         "background task handoff-drainer failing for 12 s (4 failure(s)): "
         "OSError: [Errno 24] Too many open files"
     ]
-    assert h.to_json()["tasks"] == {"failing": [{
-        "task": "handoff-drainer", "failures": 4, "failing_s": 12.0,
-        "error": "OSError: [Errno 24] Too many open files",
-    }]}  # fmt: skip
+    assert h.to_json()["tasks"] == {
+        "failing": [
+            {
+                "task": "handoff-drainer",
+                "failures": 4,
+                "failing_s": 12.0,
+                "error": "OSError: [Errno 24] Too many open files",
+            }
+        ]
+    }
 
 
 def test_a_live_workers_failing_task_is_a_reason_a_gone_workers_is_not() -> None:
@@ -142,21 +155,34 @@ ROUTE = CrmRoute("a1b2c3", "https://crm.example.com/rest", ("office",))
 ERROR = "TransientCrmError: find https://crm.example.com/rest: HTTP 503: Service Unavailable"
 
 
-def crm_state(since: float | None, last: float | None, fails: int = 0, scope: str = "a1b2c3",
-              ok: float | None = NOW - 600) -> dict[str, Any]:  # fmt: skip
+def crm_state(
+    since: float | None,
+    last: float | None,
+    fails: int = 0,
+    scope: str = "a1b2c3",
+    ok: float | None = NOW - 600,
+) -> dict[str, Any]:
     """A CRM's state as ``worker.crm_health.read_states`` gives it."""
-    return {"scope": scope, "url": "https://crm.example.com/rest", "last_ok_at": ok,
-            "failing_since": since, "last_failure_at": last, "failures": fails,
-            "last_error": ERROR if fails else None}  # fmt: skip
+    return {
+        "scope": scope,
+        "url": "https://crm.example.com/rest",
+        "last_ok_at": ok,
+        "failing_since": since,
+        "last_failure_at": last,
+        "failures": fails,
+        "last_error": ERROR if fails else None,
+    }
 
 
-def with_crm(*states: dict[str, Any], routes: tuple[CrmRoute, ...] = (ROUTE,),
-             **kw: Any) -> Snapshot:  # fmt: skip
+def with_crm(
+    *states: dict[str, Any], routes: tuple[CrmRoute, ...] = (ROUTE,), **kw: Any
+) -> Snapshot:
     return snap(stats=stats() | {"crm": list(states), "pending": 150}, crms=routes, **kw)
 
 
-def test_a_crm_failing_past_the_limit_is_degraded_naming_it_since_when_and_the_calls_waiting(
-) -> None:  # fmt: skip
+def test_a_crm_failing_past_the_limit_is_degraded_naming_it_since_when_and_the_calls_waiting() -> (
+    None
+):
     h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37)), CFG)
     assert not h.ok and h.degraded and h.to_json()["status"] == "degraded"
     assert h.reasons == [
@@ -180,18 +206,24 @@ def test_crm_failures_spanning_less_than_the_limit_or_none_are_no_reason() -> No
 
 
 def test_a_failing_crm_beside_a_broken_part_of_the_bridge_is_unhealthy() -> None:
-    h = evaluate(with_crm(crm_state(NOW - 250, NOW - 12, fails=37),
-                          links=(link(connected=False),)), CFG)  # fmt: skip
+    h = evaluate(
+        with_crm(crm_state(NOW - 250, NOW - 12, fails=37), links=(link(connected=False),)), CFG
+    )
     assert h.to_json()["status"] == "unhealthy"
     assert [r.split(":")[0] for r in h.reasons] == ["AMI link down", "CRM https"]
 
 
 def test_with_several_crms_each_counts_the_calls_of_its_own_pbxs() -> None:
     branch = CrmRoute("d4e5f6", "https://branch.example.com/rest", ("branch", "depot"))
-    h = evaluate(with_crm(
-        crm_state(NOW - 250, NOW - 12, fails=37), crm_state(None, None, scope="d4e5f6"),
-        routes=(ROUTE, branch), waiting_by_pbx={"office": 5, "branch": 7, "depot": 1},
-    ), CFG)  # fmt: skip
+    h = evaluate(
+        with_crm(
+            crm_state(NOW - 250, NOW - 12, fails=37),
+            crm_state(None, None, scope="d4e5f6"),
+            routes=(ROUTE, branch),
+            waiting_by_pbx={"office": 5, "branch": 7, "depot": 1},
+        ),
+        CFG,
+    )
     assert [c["waiting"] for c in h.details["crm"]] == [5, 8]
     assert "5 calls waiting" in h.reasons[0] and len(h.reasons) == 1
 

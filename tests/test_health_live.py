@@ -76,9 +76,7 @@ StartBridge = Callable[..., Awaitable[LiveBridge]]
 
 
 @pytest.fixture
-async def start_bridge(
-    pbx_sim: FaultyPbx, redis_client: Redis
-) -> AsyncIterator[StartBridge]:
+async def start_bridge(pbx_sim: FaultyPbx, redis_client: Redis) -> AsyncIterator[StartBridge]:
     started: list[tuple[AmiListener, web.AppRunner, aiohttp.ClientSession]] = []
 
     async def start(
@@ -98,9 +96,19 @@ async def start_bridge(
                     on_finished(update.record)
 
         listener = AmiListener(
-            "127.0.0.1", pbx_sim.port, PBX_USER, PBX_SECRET, tracker, on_update,
-            ping_interval=30.0, ping_timeout=2.0, reconnect_min=0.01, reconnect_max=0.1,
-            connect_timeout=2.0, expire_interval=3600.0, pbx="office",
+            "127.0.0.1",
+            pbx_sim.port,
+            PBX_USER,
+            PBX_SECRET,
+            tracker,
+            on_update,
+            ping_interval=30.0,
+            ping_timeout=2.0,
+            reconnect_min=0.01,
+            reconnect_max=0.1,
+            connect_timeout=2.0,
+            expire_interval=3600.0,
+            pbx="office",
         )
         service = Service(settings, links=[listener], redis=redis_client, **service_kw)
         runner = await start_http(create_app(service), settings.http)

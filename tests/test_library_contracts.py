@@ -74,9 +74,13 @@ async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
 
 def make_worker(cls: type[Worker], pool: ArqRedis, queue: str, max_jobs: int = 10) -> Worker:
     return cls(
-        functions=[func(job, name="job")], redis_pool=pool, queue_name=queue,
-        handle_signals=False, max_jobs=max_jobs, keep_result=0,
-    )  # fmt: skip
+        functions=[func(job, name="job")],
+        redis_pool=pool,
+        queue_name=queue,
+        handle_signals=False,
+        max_jobs=max_jobs,
+        keep_result=0,
+    )
 
 
 async def queue_jobs(pool: ArqRedis, queue: str) -> list[bytes]:
@@ -184,30 +188,64 @@ class Recording(Action):
 
 # action fields, as_list, the answer's messages, the result panoramisk completes it with
 ANSWERS = [
-    ({"Action": "Login"}, False, [reply(Response="Success", Message="Authentication accepted")],
-     "message"),
-    ({"Action": "Login"}, False, [reply(Response="Error", Message="Authentication failed")],
-     "message"),
+    (
+        {"Action": "Login"},
+        False,
+        [reply(Response="Success", Message="Authentication accepted")],
+        "message",
+    ),
+    (
+        {"Action": "Login"},
+        False,
+        [reply(Response="Error", Message="Authentication failed")],
+        "message",
+    ),
     ({"Action": "Ping"}, False, [reply(Response="Success", Ping="Pong")], "message"),
-    ({"Action": "Getvar"}, False, [reply(Response="Success", Variable="FROM_DID", Value="7495")],
-     "message"),
-    ({"Action": "Originate", "Async": "true"}, False,
-     [reply(Response="Success", Message="Originate successfully queued")], "message"),
-    ({"Action": "CoreShowChannels"}, None,
-     [reply(Response="Success", EventList="start", Message="Channels will follow"),
-      reply(Event="CoreShowChannel", Channel="PJSIP/101-1"),
-      reply(Event="CoreShowChannel", Channel="PJSIP/102-2"),
-      reply(Event="CoreShowChannelsComplete", EventList="Complete", ListItems="2")], "list"),
-    ({"Action": "CoreShowChannels"}, None,
-     [reply(Response="Error", Message="Permission denied")], "message"),
-]  # fmt: skip
+    (
+        {"Action": "Getvar"},
+        False,
+        [reply(Response="Success", Variable="FROM_DID", Value="7495")],
+        "message",
+    ),
+    (
+        {"Action": "Originate", "Async": "true"},
+        False,
+        [reply(Response="Success", Message="Originate successfully queued")],
+        "message",
+    ),
+    (
+        {"Action": "CoreShowChannels"},
+        None,
+        [
+            reply(Response="Success", EventList="start", Message="Channels will follow"),
+            reply(Event="CoreShowChannel", Channel="PJSIP/101-1"),
+            reply(Event="CoreShowChannel", Channel="PJSIP/102-2"),
+            reply(Event="CoreShowChannelsComplete", EventList="Complete", ListItems="2"),
+        ],
+        "list",
+    ),
+    (
+        {"Action": "CoreShowChannels"},
+        None,
+        [reply(Response="Error", Message="Permission denied")],
+        "message",
+    ),
+]
 
 
 @pytest.mark.parametrize(
-    ("fields", "as_list", "messages", "result"), ANSWERS,
-    ids=["login", "login-rejected", "ping", "getvar", "originate", "coreshowchannels",
-         "coreshowchannels-refused"],
-)  # fmt: skip
+    ("fields", "as_list", "messages", "result"),
+    ANSWERS,
+    ids=[
+        "login",
+        "login-rejected",
+        "ping",
+        "getvar",
+        "originate",
+        "coreshowchannels",
+        "coreshowchannels-refused",
+    ],
+)
 async def test_panoramisk_matches_each_answer_to_its_action_and_completes_it_in_order(
     fields: dict[str, str], as_list: bool | None, messages: list[PanoramiskMessage], result: str
 ) -> None:

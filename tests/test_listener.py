@@ -90,19 +90,33 @@ async def connect(pbx_sim: FaultyPbx) -> AsyncIterator[Connect]:
     started: list[AmiListener] = []
 
     async def _connect(
-        *, secret: str = PBX_SECRET, wait: bool = True,
-        on_update: Callable[[Update], Any] | None = None, **kw: Any,
+        *,
+        secret: str = PBX_SECRET,
+        wait: bool = True,
+        on_update: Callable[[Update], Any] | None = None,
+        **kw: Any,
     ) -> Bridge:
         options: dict[str, Any] = dict(
-            ping_interval=30.0, ping_timeout=2.0, reconnect_min=0.01, reconnect_max=0.1,
-            connect_timeout=2.0, action_timeout=2.0, expire_interval=3600.0, pbx="test",
+            ping_interval=30.0,
+            ping_timeout=2.0,
+            reconnect_min=0.01,
+            reconnect_max=0.1,
+            connect_timeout=2.0,
+            action_timeout=2.0,
+            expire_interval=3600.0,
+            pbx="test",
         )
         options.update(kw)
         seen = SeenTracker()
         bridge = Bridge(listener=None, seen=seen)  # type: ignore[arg-type]
         bridge.listener = AmiListener(
-            "127.0.0.1", pbx_sim.port, PBX_USER, secret, seen,
-            on_update or bridge.on_update, **options,
+            "127.0.0.1",
+            pbx_sim.port,
+            PBX_USER,
+            secret,
+            seen,
+            on_update or bridge.on_update,
+            **options,
         )
         started.append(bridge.listener)
         await bridge.listener.start()
@@ -183,10 +197,14 @@ async def test_synthetic_mix_over_tcp_gives_every_planned_call(
         rec = records[call.call_id]
         facts = call.facts
         assert (rec.direction, rec.external, rec.did) == (
-            facts["direction"], facts["external"], facts["did"]
+            facts["direction"],
+            facts["external"],
+            facts["did"],
         ), call.template
         assert (rec.answered, rec.extension, rec.disposition) == (
-            facts["answered"], facts["extension"], facts["disposition"]
+            facts["answered"],
+            facts["extension"],
+            facts["disposition"],
         ), call.template
         assert abs(rec.talk_s - facts["talk_s"]) <= 1, call.template
 
@@ -199,9 +217,16 @@ async def test_cyrillic_caller_name_split_across_two_tcp_writes_arrives_intact(
 ) -> None:
     bridge = await connect()
     name = "Иван Петров"
-    wire = encode({"Event": "Newchannel", "Channel": "PJSIP/trunk-0000aaaa",
-                   "CallerIDNum": "79161234567", "CallerIDName": name,
-                   "Uniqueid": "1795727000.1", "Linkedid": "1795727000.1"})
+    wire = encode(
+        {
+            "Event": "Newchannel",
+            "Channel": "PJSIP/trunk-0000aaaa",
+            "CallerIDNum": "79161234567",
+            "CallerIDName": name,
+            "Uniqueid": "1795727000.1",
+            "Linkedid": "1795727000.1",
+        }
+    )
     cut = wire.index(name.encode()) + len("Иван П".encode()) - 1  # inside "П"
     head, tail = wire[:cut], wire[cut:]
     assert head.decode("utf-8", "ignore") + tail.decode("utf-8", "ignore") != wire.decode()
@@ -331,7 +356,10 @@ async def test_originate_is_sent_once_and_its_call_is_tracked_as_outbound_by_the
 ) -> None:
     bridge = await connect()
     answer = await bridge.listener.originate(
-        "PJSIP/105", "79990001122", "from-internal", caller_id="79990001122",
+        "PJSIP/105",
+        "79990001122",
+        "from-internal",
+        caller_id="79990001122",
         variables={"TELEFUM_CLICK_TO_CALL": "1"},
     )
     assert answer.success and answer["Message"] == "Originate successfully queued"
@@ -343,8 +371,9 @@ async def test_originate_is_sent_once_and_its_call_is_tracked_as_outbound_by_the
     assert record.answered
 
 
-async def test_header_injection_in_an_originate_is_refused(connect: Connect,
-                                                           pbx_sim: FaultyPbx) -> None:
+async def test_header_injection_in_an_originate_is_refused(
+    connect: Connect, pbx_sim: FaultyPbx
+) -> None:
     bridge = await connect()
     with pytest.raises(ValueError, match="CR/LF"):
         await bridge.listener.originate(
@@ -356,12 +385,23 @@ async def test_header_injection_in_an_originate_is_refused(connect: Connect,
 def inbound_channel(uid: str, channel: str) -> Message:
     """A caller's channel on an inbound route that keeps the DID in a variable (no Exten)."""
     return {
-        "Event": "Newchannel", "Channel": channel, "ChannelState": "4",
-        "ChannelStateDesc": "Ring", "CallerIDNum": "79161234567", "CallerIDName": "",
-        "ConnectedLineNum": "", "ConnectedLineName": "", "Language": "ru", "AccountCode": "",
-        "Context": "from-pstn", "Exten": "s", "Priority": "1", "Uniqueid": uid,
-        "Linkedid": uid, "Timestamp": f"{time.time():.6f}",
-    }  # fmt: skip
+        "Event": "Newchannel",
+        "Channel": channel,
+        "ChannelState": "4",
+        "ChannelStateDesc": "Ring",
+        "CallerIDNum": "79161234567",
+        "CallerIDName": "",
+        "ConnectedLineNum": "",
+        "ConnectedLineName": "",
+        "Language": "ru",
+        "AccountCode": "",
+        "Context": "from-pstn",
+        "Exten": "s",
+        "Priority": "1",
+        "Uniqueid": uid,
+        "Linkedid": uid,
+        "Timestamp": f"{time.time():.6f}",
+    }
 
 
 async def test_a_channel_name_from_the_pbx_cannot_inject_headers_into_the_did_lookup(
@@ -373,10 +413,12 @@ async def test_a_channel_name_from_the_pbx_cannot_inject_headers_into_the_did_lo
         "PJSIP/trunk-0000000a\n\nAction: Originate\nChannel: PJSIP/666\nExten: 900"
         "\nContext: from-internal\nPriority: 1"
     )
-    await pbx_sim.send([
-        inbound_channel("1732633200.1", "PJSIP/trunk-00000001"),
-        inbound_channel("1732633200.2", evil),
-    ])  # fmt: skip
+    await pbx_sim.send(
+        [
+            inbound_channel("1732633200.1", "PJSIP/trunk-00000001"),
+            inbound_channel("1732633200.2", evil),
+        ]
+    )
     with caplog.at_level(logging.WARNING, logger="telephony.listener"):
         bridge = await connect()  # restarted mid-call: both calls are adopted without a DID
         await until(lambda: pbx_sim.actions["getvar"] >= 2)  # both DID variables asked...
@@ -581,7 +623,7 @@ async def test_a_call_that_ended_while_the_link_was_cut_is_not_inflated_by_the_o
     pbx_sim.refuse_connections = True
     await pbx_sim.drop_clients()
     cut = time.time()
-    await pbx_sim.send(talk[len(before):])  # it ends while nobody listens
+    await pbx_sim.send(talk[len(before) :])  # it ends while nobody listens
     await asyncio.sleep(1.5)
     pbx_sim.refuse_connections = False
     await bridge.listener.wait_for_session(2, timeout=5)
@@ -648,14 +690,14 @@ async def test_garbage_in_the_stream_is_logged_and_skipped(
     assert len(got) == len(events)  # the event behind the glued junk was salvaged
 
 
-async def test_a_peer_that_is_not_ami_never_kills_the_listener(connect: Connect,
-                                                               pbx_sim: FaultyPbx) -> None:
+async def test_a_peer_that_is_not_ami_never_kills_the_listener(
+    connect: Connect, pbx_sim: FaultyPbx
+) -> None:
     bridge = await connect()
     await pbx_sim.inject(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)) * 40)
     await pbx_sim.send(load_trace(T03))
     (record,) = await bridge.records(1)
     assert not record.answered and bridge.listener.connected
-
 
 
 # --- the PBX's clock ------------------------------------------------------------------------

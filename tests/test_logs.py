@@ -23,11 +23,15 @@ SECRETS = ("pw-in-query", "ami-s3cret", "userinfo-pw", "nested-pw", "redis-pw", 
 
 def emit(log: logging.Logger) -> None:
     log.warning(
-        "CRM said no: %s", "https://crm.example.com/rest?login=bridge&password=pw-in-query",
-        extra={"call_id": "1732633200.17", "pbx": "office",
-               "settings": {"crm": {"password": "nested-pw"}},
-               "redis": "redis://:redis-pw@10.0.0.9:6379/0"},
-    )  # fmt: skip
+        "CRM said no: %s",
+        "https://crm.example.com/rest?login=bridge&password=pw-in-query",
+        extra={
+            "call_id": "1732633200.17",
+            "pbx": "office",
+            "settings": {"crm": {"password": "nested-pw"}},
+            "redis": "redis://:redis-pw@10.0.0.9:6379/0",
+        },
+    )
     log.info("AMI sent:\r\nAction: Login\r\nUsername: telefum\r\nSecret: ami-s3cret\r\n")
     log.info("token=tok-123 for https://ivan:userinfo-pw@crm.example.com/card")
     try:
@@ -96,10 +100,20 @@ def test_the_cli_logs_json_to_stderr_without_secrets(tmp_path: Path) -> None:
     bad = tmp_path / "s.toml"
     bad.write_text('[redis]\nurl = "http://:redis-pw@r:6379"\n')
     done = subprocess.run(
-        [sys.executable, "-m", "telefum.cli", "--log-json", "config", "check", "--config",
-         str(bad)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "--log-json",
+            "config",
+            "check",
+            "--config",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "redis-pw" not in done.stderr + done.stdout
     assert "redis.url" in done.stderr
@@ -109,10 +123,20 @@ def test_json_timestamps_are_utc_iso_8601_with_milliseconds(redis_url: str) -> N
     """As journald and log shippers get them: ``telefum --log-json worker`` as a process."""
     before = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "telefum.cli", "--log-json", "worker", "--burst",
-         "--redis-url", redis_url],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "--log-json",
+            "worker",
+            "--burst",
+            "--redis-url",
+            redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert lines and all(set(line) >= {"ts", "level", "logger", "msg"} for line in lines)
@@ -160,12 +184,12 @@ def test_json_lines_escape_every_control_character_and_keep_the_text() -> None:
 
 @pytest.mark.parametrize(
     ("msg", "arg"),
-    [("job %s expired", "call:office:1732633200.17"),
-     ("%s failed", "call:office:1732633200.17:deliver_call")],
-)  # fmt: skip
-def test_arqs_own_lines_about_a_job_carry_the_calls_tags_not_the_job_id(
-    msg: str, arg: str
-) -> None:
+    [
+        ("job %s expired", "call:office:1732633200.17"),
+        ("%s failed", "call:office:1732633200.17:deliver_call"),
+    ],
+)
+def test_arqs_own_lines_about_a_job_carry_the_calls_tags_not_the_job_id(msg: str, arg: str) -> None:
     """arq names a job by its id; the line gets the one form every line about a call has."""
     from worker.keys import ArqLineTags
 

@@ -30,24 +30,47 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def stats() -> dict[str, Any]:
     return {
-        "counters": {"enqueued": 5, "succeeded": 3, "retried": 4, "dead_lettered": 1,
-                     "contacts_created": 2, "events_created": 3},
+        "counters": {
+            "enqueued": 5,
+            "succeeded": 3,
+            "retried": 4,
+            "dead_lettered": 1,
+            "contacts_created": 2,
+            "events_created": 3,
+        },
         "queue": {"depth": 2, "due": 0, "deferred": 2},
         "pending": 2,
         "dead_letters": 1,
-        "workers": [{"id": "a:1", "age_s": 1.5, "running": 2},
-                    {"id": "b:7", "age_s": 99.0, "running": 5}],
+        "workers": [
+            {"id": "a:1", "age_s": 1.5, "running": 2},
+            {"id": "b:7", "age_s": 99.0, "running": 5},
+        ],
         "spool": {"total": 4, "listeners": []},
-        "crm_latency": {"addevent": {"transient": {
-            "buckets": [[0.1, 1], [1.0, 3], ["+Inf", 4]], "count": 4, "sum_s": 7.5}}},
-    }  # fmt: skip
+        "crm_latency": {
+            "addevent": {
+                "transient": {
+                    "buckets": [[0.1, 1], [1.0, 3], ["+Inf", 4]],
+                    "count": 4,
+                    "sum_s": 7.5,
+                }
+            }
+        },
+    }
 
 
 def record(direction: str, disposition: str, pbx: str = "office") -> CallRecord:
     return CallRecord(
-        call_id="1.1", direction=direction, external="+79161234567", did=None,  # type: ignore[arg-type]
-        extension="101", answered=disposition == "answered", started_at=NOW - 10,
-        answered_at=None, ended_at=NOW, disposition=disposition, pbx=pbx,  # type: ignore[arg-type]
+        call_id="1.1",
+        direction=direction,
+        external="+79161234567",
+        did=None,  # type: ignore[arg-type]
+        extension="101",
+        answered=disposition == "answered",
+        started_at=NOW - 10,
+        answered_at=None,
+        ended_at=NOW,
+        disposition=disposition,
+        pbx=pbx,  # type: ignore[arg-type]
     )
 
 
@@ -96,8 +119,13 @@ def test_every_figure_ops_asked_for_is_exported() -> None:
 
 def test_with_redis_down_only_what_this_process_knows_is_exported() -> None:
     body = render(
-        Snapshot(now=NOW, links=(LinkState("office", True),), redis_error="refused", stats=None,
-                 spool_size=6),
+        Snapshot(
+            now=NOW,
+            links=(LinkState("office", True),),
+            redis_error="refused",
+            stats=None,
+            spool_size=6,
+        ),
         process=False,
     )
     m = samples(body)
@@ -142,10 +170,24 @@ def test_every_exported_metric_is_listed_in_the_ops_docs() -> None:
     calls = CallCounts()
     calls.observe(record("in", "answered"))
     backfill = BackfillStatus(
-        pbx="office", source="csv Master.csv", state="ok", last_error=None, gaps=1,
-        gap_seconds=3.0, uncovered=(), uncovered_total=0, found=1, completed=1, released=0,
-        held=0, pending_windows=0, reads_ok=2, reads_failed=0, bad_rows=0, no_id=0,
-    )  # fmt: skip
+        pbx="office",
+        source="csv Master.csv",
+        state="ok",
+        last_error=None,
+        gaps=1,
+        gap_seconds=3.0,
+        uncovered=(),
+        uncovered_total=0,
+        found=1,
+        completed=1,
+        released=0,
+        held=0,
+        pending_windows=0,
+        reads_ok=2,
+        reads_failed=0,
+        bad_rows=0,
+        no_id=0,
+    )
     snap = Snapshot(now=NOW, links=links, stats=full, spool_size=0, backfills=(backfill,))
     body = render(snap, calls, process=False, limits=Limits())
     exported = {

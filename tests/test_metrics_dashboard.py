@@ -18,8 +18,12 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "tel
 def exported_names() -> set[str]:
     calls = CallCounts()
     calls.observe(record("in", "answered"))
-    snap = Snapshot(now=100.0, links=(LinkState("office", True, 99.0, active_calls=1),),
-                    stats=stats(), spool_size=0)
+    snap = Snapshot(
+        now=100.0,
+        links=(LinkState("office", True, 99.0, active_calls=1),),
+        stats=stats(),
+        spool_size=0,
+    )
     return {
         s.name
         for fam in text_string_to_metric_families(render(snap, calls, process=False).decode())

@@ -45,11 +45,13 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
     tmp_path: Path,
 ) -> None:
     crm = refcrm_process({"bridge": "pw"})
-    worker_procs(WorkerConfig(
-        crm=CrmTarget(crm.rest_url, "bridge", "pw", timeout_s=5.0),
-        calls=CallPolicy(job_timeout_s=10.0),
-        heartbeat_s=0.5,
-    ))  # fmt: skip
+    worker_procs(
+        WorkerConfig(
+            crm=CrmTarget(crm.rest_url, "bridge", "pw", timeout_s=5.0),
+            calls=CallPolicy(job_timeout_s=10.0),
+            heartbeat_s=0.5,
+        )
+    )
     handoff = Handoff(redis_url, tmp_path / "spool", publish_every_s=0.2)
     await handoff.start()
     try:
@@ -67,10 +69,16 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
         async def delivered() -> bool:
             m = await scrape(bridge)
             # CRM latencies come in with the worker's next flush (within a second)
-            return value(m, "telefum_crm_events_created_total") >= 2 and value(
-                m, "telefum_crm_request_duration_seconds_count",
-                operation="addevent", outcome="ok",
-            ) >= 2  # fmt: skip
+            return (
+                value(m, "telefum_crm_events_created_total") >= 2
+                and value(
+                    m,
+                    "telefum_crm_request_duration_seconds_count",
+                    operation="addevent",
+                    outcome="ok",
+                )
+                >= 2
+            )
 
         await until(delivered, timeout=30)
         after = await scrape(bridge)
@@ -95,15 +103,22 @@ async def test_metrics_follow_calls_from_the_pbx_to_the_crm(
     hist = "telefum_crm_request_duration_seconds_count"
     assert value(after, hist, operation="addevent", outcome="ok") == 2
     assert value(after, hist, operation="find", outcome="ok") >= 2
-    assert value(
-        after, "telefum_crm_request_duration_seconds_bucket",
-        operation="addevent", outcome="ok", le="+Inf",
-    ) == 2
+    assert (
+        value(
+            after,
+            "telefum_crm_request_duration_seconds_bucket",
+            operation="addevent",
+            outcome="ok",
+            le="+Inf",
+        )
+        == 2
+    )
     assert len(crm.events()) == 2
 
 
 async def test_metrics_show_a_cut_link_and_count_the_reconnect(
-    start_bridge: StartBridge, pbx_sim: FaultyPbx  # noqa: F811
+    start_bridge: StartBridge,  # noqa: F811
+    pbx_sim: FaultyPbx,
 ) -> None:
     bridge = await start_bridge()
     pbx_sim.refuse_connections = True

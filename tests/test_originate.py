@@ -118,12 +118,22 @@ class Pbx:
         self.raises = raises
 
     async def __call__(
-        self, channel: str, exten: str, context: str, caller_id: str | None = None,
-        variables: Mapping[str, str] | None = None, timeout: float = 30.0,
+        self,
+        channel: str,
+        exten: str,
+        context: str,
+        caller_id: str | None = None,
+        variables: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
     ) -> Any:
         self.sent.append(
-            {"channel": channel, "exten": exten, "context": context, "caller_id": caller_id,
-             "timeout": timeout}
+            {
+                "channel": channel,
+                "exten": exten,
+                "context": context,
+                "caller_id": caller_id,
+                "timeout": timeout,
+            }
         )
         if self.raises:
             raise self.raises
@@ -140,14 +150,22 @@ class Pbx:
 async def test_originate_carries_the_configured_channel_context_number_and_caller_id() -> None:
     pbx = Pbx()
     settings = OriginateSettings(
-        channel="SIP/{extension}", context="click2call", exten="9{national}",
-        caller_id="CRM <{digits}>", timeout_s=20,
+        channel="SIP/{extension}",
+        context="click2call",
+        exten="9{national}",
+        caller_id="CRM <{digits}>",
+        timeout_s=20,
     )
     d = await Originator(pbx, settings).dial("101", "+7 916 123-45-67")
     assert d.e164 == "+79161234567"
     assert pbx.sent == [
-        {"channel": "SIP/101", "exten": "989161234567", "context": "click2call",
-         "caller_id": "CRM <79161234567>", "timeout": 20}
+        {
+            "channel": "SIP/101",
+            "exten": "989161234567",
+            "context": "click2call",
+            "caller_id": "CRM <79161234567>",
+            "timeout": 20,
+        }
     ]
 
 

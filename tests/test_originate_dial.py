@@ -27,8 +27,12 @@ async def bridge(pbx_sim: PbxSimulator) -> AsyncIterator[AgentBridge]:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in ("TELEFUM_AGENT_TOKEN", "TELEFUM_AGENT_EXTENSION", "TELEFUM_BRIDGE_URL",
-                 "TELEFUM_CONFIG"):
+    for name in (
+        "TELEFUM_AGENT_TOKEN",
+        "TELEFUM_AGENT_EXTENSION",
+        "TELEFUM_BRIDGE_URL",
+        "TELEFUM_CONFIG",
+    ):
         monkeypatch.delenv(name, raising=False)
     agent_file = tmp_path / "agent.toml"
     monkeypatch.setenv("TELEFUM_AGENT_FILE", str(agent_file))
@@ -41,7 +45,9 @@ async def dial(*args: str) -> int:
 
 
 async def test_the_agent_file_says_who_dials_and_where(
-    bridge: AgentBridge, pbx_sim: PbxSimulator, clean_env: Path,
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    clean_env: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clean_env.write_text(
@@ -56,8 +62,11 @@ async def test_the_agent_file_says_who_dials_and_where(
 
 
 async def test_environment_wins_over_the_file_and_refusals_exit_1_with_the_reason(
-    bridge: AgentBridge, pbx_sim: PbxSimulator, clean_env: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    bridge: AgentBridge,
+    pbx_sim: PbxSimulator,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     clean_env.write_text(f'bridge = "{bridge.url}"\nextension = "101"\ntoken = "stale"\n')
     monkeypatch.setenv("TELEFUM_AGENT_TOKEN", AGENT_TOKENS["102"])
@@ -122,9 +131,16 @@ async def dial_process(
     base = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
     base["TELEFUM_AGENT_FILE"] = str(tmp_path / "no-agent.toml")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "telefum.cli", "dial", *args, cwd=REPO, env=base | (env or {}),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "telefum.cli",
+        "dial",
+        *args,
+        cwd=REPO,
+        env=base | (env or {}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -139,8 +155,9 @@ def bridge_settings(bridge: AgentBridge, tmp_path: Path, http: str) -> Path:
 async def test_without_an_extension_it_says_an_extension_is_needed(
     bridge: AgentBridge, pbx_sim: PbxSimulator, tmp_path: Path
 ) -> None:
-    code, _, err = await dial_process("--bridge", bridge.url, "telf:+79161234567",
-                                      tmp_path=tmp_path)  # fmt: skip
+    code, _, err = await dial_process(
+        "--bridge", bridge.url, "telf:+79161234567", tmp_path=tmp_path
+    )
     assert code == 2
     assert "which extension dials?" in err and "--extension" in err, err
     assert "TELEFUM_AGENT_TOKEN" not in err
@@ -148,15 +165,19 @@ async def test_without_an_extension_it_says_an_extension_is_needed(
     # on the bridge's machine: its settings hold tokens, but none says which extension
     tokens = f'token = "{ADMIN_TOKEN}"\n[http.agent_tokens]\n"101" = "{AGENT_TOKENS["101"]}"\n'
     config = bridge_settings(bridge, tmp_path, tokens)
-    code, _, err = await dial_process("--config", str(config), "telf:+79161234567",
-                                      tmp_path=tmp_path)  # fmt: skip
+    code, _, err = await dial_process(
+        "--config", str(config), "telf:+79161234567", tmp_path=tmp_path
+    )
     assert code == 2 and "which extension dials?" in err, err
 
     # the admin token names no extension either: the bridge's 400 is said the same way
     code, _, err = await dial_process(
-        "--bridge", bridge.url, "telf:+79161234567", tmp_path=tmp_path,
+        "--bridge",
+        bridge.url,
+        "telf:+79161234567",
+        tmp_path=tmp_path,
         env={"TELEFUM_AGENT_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
+    )
     assert code == 2 and "which extension dials?" in err, err
     assert pbx_sim.originates == []
 
@@ -165,8 +186,9 @@ async def test_with_config_the_admin_token_dials_for_an_extension_without_a_toke
     bridge: AgentBridge, pbx_sim: PbxSimulator, tmp_path: Path
 ) -> None:
     config = bridge_settings(bridge, tmp_path, f'token = "{ADMIN_TOKEN}"\n')
-    code, out, err = await dial_process("--config", str(config), "-e", "102",
-                                        "telf:84951234567", tmp_path=tmp_path)  # fmt: skip
+    code, out, err = await dial_process(
+        "--config", str(config), "-e", "102", "telf:84951234567", tmp_path=tmp_path
+    )
     assert code == 0, err
     assert "calling +74951234567" in out
     assert [o["Channel"] for o in pbx_sim.originates] == ["PJSIP/102"]

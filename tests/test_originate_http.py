@@ -104,12 +104,14 @@ async def test_the_admin_token_may_dial_from_any_extension(
     bridge: AgentBridge, pbx_sim: PbxSimulator
 ) -> None:
     status, answer, _ = await bridge.post(
-        "/originate", json={"extension": "103", "number": "+74951234567"},
+        "/originate",
+        json={"extension": "103", "number": "+74951234567"},
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert status == 202, answer
     status, answer, _ = await bridge.post(
-        "/originate", json={"number": "+74951234567"},
+        "/originate",
+        json={"number": "+74951234567"},
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert status == 400 and "extension" in answer["error"]
@@ -128,7 +130,8 @@ async def test_the_rate_limit_answers_429_with_retry_after(
     assert 1 <= int(headers["Retry-After"]) <= 60 and answer["retry_after_s"] >= 1
     # another extension is not held back by 101's calls
     status, _, _ = await bridge.post(
-        "/originate", json={"extension": "102", "number": "+79161234567"},
+        "/originate",
+        json={"extension": "102", "number": "+79161234567"},
         headers={"Authorization": f"Bearer {AGENT_TOKENS['102']}"},
     )
     assert status == 202
@@ -152,8 +155,10 @@ async def test_a_malformed_body_is_a_400_after_the_token_check_never_a_500(
     json_type = {"Content-Type": "application/json"}
     deep = "[" * 100_000 + "]" * 100_000  # the JSON decoder runs out of recursion
     for headers, status_wanted in (
-        ({}, 401), ({"Authorization": "Bearer wrong"}, 401), (T101, 400),
-    ):  # fmt: skip
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        (T101, 400),
+    ):
         status, answer, _ = await bridge.post(
             "/originate", data=deep, headers={**json_type, **headers}
         )
@@ -183,9 +188,14 @@ async def test_an_extension_or_number_in_other_digits_dials_nothing(
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     for body, why in (
         ({"extension": "\u0661\u0660\u0661", "number": "+79161234567"}, "not an extension"),
-        ({"extension": "101", "number": "\u0668\u0669\u0661\u0666\u0661\u0662\u0663\u0664\u0665"
-          "\u0666\u0667"}, "not an outside phone number"),
-    ):  # fmt: skip
+        (
+            {
+                "extension": "101",
+                "number": "\u0668\u0669\u0661\u0666\u0661\u0662\u0663\u0664\u0665\u0666\u0667",
+            },
+            "not an outside phone number",
+        ),
+    ):
         status, answer, _ = await bridge.post("/originate", json=body, headers=admin)
         assert status == 403 and why in answer["error"], answer
     status, _, _ = await bridge.get(f"/agent/%D9%A1%D9%A0%D9%A1?token={ADMIN_TOKEN}")

@@ -26,9 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def answer(job_id: str) -> LedgerWrite:
     return LedgerWrite(
-        job_id, {"event_id": "77", "state": "done", "outcome": "delivered"},
-        counters={"events_created": 1, "succeeded": 1}, done=True, ttl_s=3600,
-    )  # fmt: skip
+        job_id,
+        {"event_id": "77", "state": "done", "outcome": "delivered"},
+        counters={"events_created": 1, "succeeded": 1},
+        done=True,
+        ttl_s=3600,
+    )
 
 
 async def until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -38,7 +41,9 @@ async def until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-unty
 
 
 async def test_an_answer_waits_on_disk_until_redis_is_back_then_lands_once(
-    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: Redis,
+    tmp_path: Path,
+    redis_server: EmbeddedRedis,
+    redis_client: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "worker.outbox")

@@ -37,10 +37,16 @@ NEW_PHONE = "+79161234567"
 def config(crm_url: str, service: Credentials = SERVICE, **kw: Any) -> WorkerConfig:
     """Fast clocks for tests: a killed worker's job is re-run ~3.5 s after it started."""
     base = WorkerConfig(
-        crm=CrmTarget(crm_url, service.login, service.password,
-                      agents={"101": Credentials("ivan", "ivan-pw")}, timeout_s=1.0),
-        calls=CallPolicy(description="Длительность {duration}; звонок {call_id}",
-                         job_timeout_s=3.0),
+        crm=CrmTarget(
+            crm_url,
+            service.login,
+            service.password,
+            agents={"101": Credentials("ivan", "ivan-pw")},
+            timeout_s=1.0,
+        ),
+        calls=CallPolicy(
+            description="Длительность {duration}; звонок {call_id}", job_timeout_s=3.0
+        ),
         retry=RetryPolicy(first_delay_s=0.1, max_delay_s=0.5, total_s=120),
         in_progress_grace_s=0.5,
         poll_delay_s=0.05,
@@ -56,8 +62,7 @@ def call(call_id: str, phone: str = NEW_PHONE, extension: str | None = "102") ->
 
 async def enqueue(redis: Redis, *records: dict[str, Any]) -> None:
     for rec in records:
-        await enqueue_call(redis, rec, queue_name=DEFAULT_QUEUE, expires_s=3600,
-                           ledger_ttl_s=3600)  # fmt: skip
+        await enqueue_call(redis, rec, queue_name=DEFAULT_QUEUE, expires_s=3600, ledger_ttl_s=3600)
 
 
 async def settled(
@@ -201,9 +206,9 @@ async def test_the_crm_down_for_a_while_then_back_gets_every_call(
     assert events_per_call(crm) == {c["call_id"]: 1 for c in calls}
     assert contacts_per_phone(crm) == {f"+7916000000{i}": 1 for i in range(5)}
     deadline = time.monotonic() + 5  # the workers send latencies once a second
-    while (await read_stats(redis_client))["crm_latency"].get("find", {}).get(
-        "transient", {}
-    ).get("count", 0) < 20:  # fmt: skip
+    while (await read_stats(redis_client))["crm_latency"].get("find", {}).get("transient", {}).get(
+        "count", 0
+    ) < 20:
         assert time.monotonic() < deadline, "the failed finds' latencies never reached Redis"
         await asyncio.sleep(0.1)
 
@@ -211,8 +216,10 @@ async def test_the_crm_down_for_a_while_then_back_gets_every_call(
 def telefum(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_a_wrong_crm_password_dead_letters_with_the_reason_and_a_requeue_delivers(
@@ -306,8 +313,9 @@ async def test_agents_own_credentials_make_them_the_author_of_the_event(
     await w.wait_ready(redis_client)
     await enqueue(redis_client, call("6.1", extension="101"), call("6.2", extension="102"))
     await settled(redis_client, 2)
-    authors = {m.group(1): by for _, _, desc, by in crm.events()
-               if (m := re.search(r"звонок (\S+)", desc))}  # fmt: skip
+    authors = {
+        m.group(1): by for _, _, desc, by in crm.events() if (m := re.search(r"звонок (\S+)", desc))
+    }
     assert authors == {"6.1": "ivan", "6.2": "bridge"}
 
 
@@ -322,17 +330,27 @@ async def test_telefum_worker_runs_from_settings_toml_and_stops_on_sigterm(
     settings.write_text(
         f'[redis]\nurl = "{redis_url}"\n\n'
         f'[crm]\nurl = "{crm.rest_url}"\nlogin = "bridge"\npassword = "bridge-pw"\n'
-        'timeout_s = 2.0\n\n'
+        "timeout_s = 2.0\n\n"
         '[sources]\n"+74951234567" = "Yandex Direct"\n\n'
-        '[worker]\njob_timeout_s = 5.0\n',
+        "[worker]\njob_timeout_s = 5.0\n",
         encoding="utf-8",
     )
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "telefum.cli", "worker", "--config", str(settings),
-         "--worker-id", "from-settings"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "worker",
+            "--config",
+            str(settings),
+            "--worker-id",
+            "from-settings",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not await redis_client.exists("telefum:stats:worker:from-settings"):
@@ -364,18 +382,32 @@ async def test_log_internal_puts_a_recorded_internal_call_on_the_other_extension
     from telephony.tracker import CallTracker
     from tests.test_tracker_traces import load
 
-    (record,) = [u.record for u in CallTracker().feed(load("51-sip-internal-call-201-to-202.ami"))
-                 if isinstance(u, CallFinished)]
+    (record,) = [
+        u.record
+        for u in CallTracker().feed(load("51-sip-internal-call-201-to-202.ami"))
+        if isinstance(u, CallFinished)
+    ]
     assert (record.direction, record.extension, record.final_extension) == (
-        "internal", "201", "202")
+        "internal",
+        "201",
+        "202",
+    )
     crm = refcrm_process(USERS)
     cfg = config(crm.rest_url)
     cfg = cfg.with_(
-        crm=CrmTarget(crm.rest_url, SERVICE.login, SERVICE.password,
-                      agents={"201": Credentials("ivan", "ivan-pw")}, timeout_s=1.0),
-        calls=CallPolicy(description="Длительность {duration}; звонок {call_id}",
-                         job_timeout_s=3.0, log_internal=True,
-                         create_contacts_for=("in", "internal")),
+        crm=CrmTarget(
+            crm.rest_url,
+            SERVICE.login,
+            SERVICE.password,
+            agents={"201": Credentials("ivan", "ivan-pw")},
+            timeout_s=1.0,
+        ),
+        calls=CallPolicy(
+            description="Длительность {duration}; звонок {call_id}",
+            job_timeout_s=3.0,
+            log_internal=True,
+            create_contacts_for=("in", "internal"),
+        ),
     )
     w = worker_procs(cfg)
     await w.wait_ready(redis_client)

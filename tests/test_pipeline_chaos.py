@@ -64,9 +64,18 @@ async def test_chaos_every_call_once_but_the_counted_duplicates_one_contact_per_
 ) -> None:
     rng = random.Random(20261213)
     # 40 ms per request: a killed worker often leaves a write the CRM then carries out
-    crm = refcrm_process(USERS, latency_ms=40, extra_args=(
-        "--encoding", "windows-1251", "--lose-replies", "addcont:0.15", "--seed", "7",
-    ))  # fmt: skip
+    crm = refcrm_process(
+        USERS,
+        latency_ms=40,
+        extra_args=(
+            "--encoding",
+            "windows-1251",
+            "--lose-replies",
+            "addcont:0.15",
+            "--seed",
+            "7",
+        ),
+    )
     cfg = config(crm.rest_url, outbox_dir=str(tmp_path / "outbox"))
     workers = [worker_procs(cfg), worker_procs(cfg)]
     for w in workers:

@@ -37,18 +37,24 @@ def soak_calls(rng: random.Random, new: list[str], known: list[str]) -> list[dic
         answered = rng.random() < 0.8
         phone = rng.choice(known) if outbound else rng.choice(new + known)
         start = t0 + i * 7
-        calls.append({
-            "call_id": f"{start}.{i}", "pbx": "default",
-            "direction": "out" if outbound else "in", "external": phone,
-            "did": None if outbound else "+74951234567",
-            "extension": rng.choice(["101", "102", "103"]) if answered or outbound else None,
-            "answered": answered,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start)),
-            "answered_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start + 5))
-            if answered else None,
-            "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start + 95)),
-            "disposition": "answered" if answered else "no-answer", "transfers": [],
-        })  # fmt: skip
+        calls.append(
+            {
+                "call_id": f"{start}.{i}",
+                "pbx": "default",
+                "direction": "out" if outbound else "in",
+                "external": phone,
+                "did": None if outbound else "+74951234567",
+                "extension": rng.choice(["101", "102", "103"]) if answered or outbound else None,
+                "answered": answered,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start)),
+                "answered_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start + 5))
+                if answered
+                else None,
+                "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start + 95)),
+                "disposition": "answered" if answered else "no-answer",
+                "transfers": [],
+            }
+        )
     return calls
 
 

@@ -23,12 +23,19 @@ from telefum.config import load_settings_from
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=S3cr3t",
-         "https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=***"),
+        (
+            "https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=S3cr3t",
+            "https://crm.example.com/rest?typereq=find&phone=%2B79161234567&login=bridge&password=***",
+        ),
         ("https://bridge:S3cr3t@crm.example.com/rest", "https://bridge:***@crm.example.com/rest"),
-        ("https://crm.example.com/rest?apikey=S3cr3t&api_key=S3cr3t&token=S3cr3t",
-         "https://crm.example.com/rest?apikey=***&api_key=***&token=***"),
-        ("https://crm.example.com/rest?PASSWORD=S3cr3t%2B%26", "https://crm.example.com/rest?PASSWORD=***"),
+        (
+            "https://crm.example.com/rest?apikey=S3cr3t&api_key=S3cr3t&token=S3cr3t",
+            "https://crm.example.com/rest?apikey=***&api_key=***&token=***",
+        ),
+        (
+            "https://crm.example.com/rest?PASSWORD=S3cr3t%2B%26",
+            "https://crm.example.com/rest?PASSWORD=***",
+        ),
         ("https://crm.example.com/rest", "https://crm.example.com/rest"),
     ],
 )
@@ -70,8 +77,9 @@ def test_the_worker_process_log_masks_passwords_in_tracebacks_too() -> None:
     except RuntimeError:
         import sys
 
-        record = logging.LogRecord("worker", logging.ERROR, __file__, 1, "delivery failed",
-                                   None, sys.exc_info())  # fmt: skip
+        record = logging.LogRecord(
+            "worker", logging.ERROR, __file__, 1, "delivery failed", None, sys.exc_info()
+        )
     line = _Formatter("%(message)s").format(record)
     assert "RuntimeError" in line and "hunter2" not in line
 

@@ -26,13 +26,20 @@ def test_a_sentinel_url_names_the_sentinels_the_primary_and_the_database() -> No
     url = "redis+sentinel://bridge:s3cr%40t@10.0.0.1:26379,10.0.0.2/mymaster/2"
     address = RedisAddress.parse(url)
     assert (address.sentinels, address.primary, address.db) == (
-        (("10.0.0.1", 26379), ("10.0.0.2", 26379)), "mymaster", 2)  # fmt: skip
+        (("10.0.0.1", 26379), ("10.0.0.2", 26379)),
+        "mymaster",
+        2,
+    )
     assert (address.username, address.password) == ("bridge", "s3cr@t")  # percent-decoded
     assert RedisAddress.parse(address.url()) == address
     assert address.replicas_to_wait_for == 1
     settings = address.arq_settings()
     assert (settings.sentinel, settings.host, settings.sentinel_master, settings.database) == (
-        True, [("10.0.0.1", 26379), ("10.0.0.2", 26379)], "mymaster", 2)  # fmt: skip
+        True,
+        [("10.0.0.1", 26379), ("10.0.0.2", 26379)],
+        "mymaster",
+        2,
+    )
     assert (settings.username, settings.password) == ("bridge", "s3cr@t")
     plain = RedisAddress.parse("redis://127.0.0.1:6379/0")
     assert not plain.sentinels and plain.replicas_to_wait_for == 0
@@ -85,14 +92,30 @@ async def test_telefum_queue_retry_now_reaches_a_redis_behind_sentinel(
     added with CRM health read a Sentinel URL as a plain one and failed."""
     client = connect(sentinel_redis.url)
     try:
-        await enqueue_call(client, inbound_call("1.1"), queue_name=DEFAULT_QUEUE,
-                           expires_s=3600, ledger_ttl_s=3600, defer_s=600)  # fmt: skip
+        await enqueue_call(
+            client,
+            inbound_call("1.1"),
+            queue_name=DEFAULT_QUEUE,
+            expires_s=3600,
+            ledger_ttl_s=3600,
+            defer_s=600,
+        )
         done = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "telefum.cli", "queue", "retry-now",
-             "--redis-url", sentinel_redis.url],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "telefum.cli",
+                "queue",
+                "retry-now",
+                "--redis-url",
+                sentinel_redis.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
         assert done.returncode == 0, done.stderr
         assert "1 waiting call(s) made due now" in done.stdout
         assert (await read_stats(client))["queue"]["due"] == 1

@@ -74,8 +74,9 @@ async def test_the_listener_and_a_worker_both_log_in_with_a_percent_encoded_pass
     assert quote(PASSWORD, safe="") in url
     client = RedisAddress.parse(url).client(socket_connect_timeout=1, socket_timeout=5)
     handoff = Handoff(url, tmp_path / "spool", retry_max_s=0.2)
-    worker = WorkerService(config(refcrm.rest_url, refcrm.creds()), url, worker_id="encoded",
-                           handle_signals=False)  # fmt: skip
+    worker = WorkerService(
+        config(refcrm.rest_url, refcrm.creds()), url, worker_id="encoded", handle_signals=False
+    )
     task = asyncio.create_task(worker.run(retry_max_s=0.2))
     try:
         await handoff.start()

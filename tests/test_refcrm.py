@@ -23,17 +23,23 @@ from telefum.commands.refcrm import parse_users
 from tests.support.crm import PHONE_KEY, REPO, RefCrmProcess, RunningRefCrm
 
 
-async def rest(crm: RunningRefCrm, method: str = "GET", data: bytes | None = None,
-               headers: dict[str, str] | None = None, **fields: str) -> tuple[int, dict, bytes]:
+async def rest(
+    crm: RunningRefCrm,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    **fields: str,
+) -> tuple[int, dict, bytes]:
     """Send exactly these fields; (status, the <response> children, raw body)."""
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in fields.items())
     url = crm.rest_url + (f"?{query}" if method == "GET" else "")
     body = data if data is not None else (query.encode() if method == "POST" else None)
     if method == "POST" and headers is None:
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    async with aiohttp.ClientSession() as s, s.request(
-        method, url, data=body, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, url, data=body, headers=headers) as resp,
+    ):
         raw = await resp.read()
         assert resp.headers["Content-Type"].startswith("text/xml")
         doc, warnings = parse.parse_document(raw, resp.headers["Content-Type"])
@@ -47,10 +53,14 @@ AUTH = {"login": "bridge", "password": "secret"}
 @pytest.mark.parametrize(
     ("fields", "description"),
     [
-        ({"typereq": "find", "phone": "1", "login": "bridge", "password": "nope"},
-         "Неправильный логин или пароль"),
-        ({"typereq": "find", "phone": "1", "login": "nobody", "password": "secret"},
-         "Неправильный логин или пароль"),
+        (
+            {"typereq": "find", "phone": "1", "login": "bridge", "password": "nope"},
+            "Неправильный логин или пароль",
+        ),
+        (
+            {"typereq": "find", "phone": "1", "login": "nobody", "password": "secret"},
+            "Неправильный логин или пароль",
+        ),
         ({"typereq": "find", "phone": "1"}, "Неправильный логин или пароль"),
         ({"typereq": "find", **AUTH}, "Не указан номер телефона"),
         ({"typereq": "addcont", "name": "Иван", **AUTH}, "Не указан номер телефона"),
@@ -70,27 +80,51 @@ async def test_bad_requests_get_the_protocols_error_answer_in_russian(
     status, doc, _ = await rest(refcrm, method, **fields)
     assert status == 200
     assert (parse.text_of(doc["result"]), parse.text_of(doc["description"])) == (
-        "error", description,
+        "error",
+        description,
     )
     assert refcrm.counts() == {"contacts": 0, "events": 0}
 
 
 async def test_success_answers_carry_the_specs_fields_and_words(refcrm: RunningRefCrm) -> None:
-    _, added, _ = await rest(refcrm, typereq="addcont", typecont="contact", phone="0123456789",
-                             name="Имя контакта", x_pstn="+79012222222", **AUTH)
+    _, added, _ = await rest(
+        refcrm,
+        typereq="addcont",
+        typecont="contact",
+        phone="0123456789",
+        name="Имя контакта",
+        x_pstn="+79012222222",
+        **AUTH,
+    )
     assert {k: parse.text_of(v) for k, v in added.items()} == {
-        "result": "ok", "id": "1", "typecont": "contact", "description": "Контакт добавлен",
+        "result": "ok",
+        "id": "1",
+        "typecont": "contact",
+        "description": "Контакт добавлен",
     }
-    _, event, _ = await rest(refcrm, "POST", typereq="addevent", id="1", typecont="contact",
-                             subj="Входящий Звонок", desc="Длительность 3:54", **AUTH)
+    _, event, _ = await rest(
+        refcrm,
+        "POST",
+        typereq="addevent",
+        id="1",
+        typecont="contact",
+        subj="Входящий Звонок",
+        desc="Длительность 3:54",
+        **AUTH,
+    )
     assert {k: parse.text_of(v) for k, v in event.items()} == {
-        "result": "ok", "idev": "1", "description": "Событие добавлено",
+        "result": "ok",
+        "idev": "1",
+        "description": "Событие добавлено",
     }
     _, found, raw = await rest(refcrm, typereq="find", phone="0123456789", **AUTH)
     assert raw.startswith(b'<?xml version="1.0" encoding="utf-8"?>')
     assert parse.text_of(found["total"]) == "1"
     assert {k: parse.text_of(v) for k, v in found["item"][0].items()} == {
-        "id": "1", "typecont": "contact", "name": "Имя контакта", "company": "",
+        "id": "1",
+        "typecont": "contact",
+        "name": "Имя контакта",
+        "company": "",
         "description": "",
     }
 
@@ -99,24 +133,28 @@ async def test_addcont_keeps_several_phones_and_matches_each_in_any_format(
     refcrm: RunningRefCrm,
 ) -> None:
     query = "typereq=addcont&name=Ivan&phone=%2B79161234567&phone=8%20495%20765-43-21"
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{refcrm.rest_url}?{query}&login=ivan&password=ivanpw"
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{refcrm.rest_url}?{query}&login=ivan&password=ivanpw") as resp,
+    ):
         assert b"<result>ok</result>" in await resp.read()
     assert refcrm.count_contacts("+74957654321") == 1
     assert refcrm.count_contacts("8 916 123 45 67") == 1
     (row,) = refcrm.contacts("74957654321")
     assert row.created_by == "ivan"
     assert [p.raw for p in refcrm.state.store.phones_of(row.id)] == [
-        "+79161234567", "8 495 765-43-21"
+        "+79161234567",
+        "8 495 765-43-21",
     ]
 
 
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
-        (b"typereq=find&phone=%FF%FE\xff&login=bridge&password=secret",
-         "application/x-www-form-urlencoded"),
+        (
+            b"typereq=find&phone=%FF%FE\xff&login=bridge&password=secret",
+            "application/x-www-form-urlencoded",
+        ),
         (b"--zz\r\ngarbage", "multipart/form-data; boundary=zz"),
         (b"a=b", "application/x-www-form-urlencoded; charset=no-such-charset"),
         (b"\x00\x01\x02", "application/octet-stream"),
@@ -149,10 +187,16 @@ async def test_card_shows_phones_as_telf_links_source_and_events_with_authors(
     refcrm: RunningRefCrm,
 ) -> None:
     async with TelefumClient(refcrm.rest_url) as crm:
-        cid = await crm.add_contact("8 (916) 123-45-67", "<script>Иван</script>", "contact",
-                                    "+74951234567", refcrm.creds("maria"))
-        await crm.add_event(cid, "contact", "Входящий звонок", "Длительность 3:54",
-                            refcrm.creds("ivan"))
+        cid = await crm.add_contact(
+            "8 (916) 123-45-67",
+            "<script>Иван</script>",
+            "contact",
+            "+74951234567",
+            refcrm.creds("maria"),
+        )
+        await crm.add_event(
+            cid, "contact", "Входящий звонок", "Длительность 3:54", refcrm.creds("ivan")
+        )
         status, page = await get_page(crm.card_url(cid, "contact"))
     assert status == 200
     assert '<a class="telf" href="telf:+79161234567">8 (916) 123-45-67</a>' in page
@@ -165,14 +209,21 @@ async def test_card_shows_phones_as_telf_links_source_and_events_with_authors(
 
 @pytest.mark.parametrize(
     ("query", "status"),
-    [("", 400), ("?id=", 400), ("?id=7", 404), ("?id=abc", 404), ("?id=1&typecont=lead", 404),
-     ("?id=" + "9" * 30, 404)],
+    [
+        ("", 400),
+        ("?id=", 400),
+        ("?id=7", 404),
+        ("?id=abc", 404),
+        ("?id=1&typecont=lead", 404),
+        ("?id=" + "9" * 30, 404),
+    ],
 )
 async def test_card_for_a_missing_contact_is_a_page_not_a_crash(
     refcrm: RunningRefCrm, query: str, status: int
 ) -> None:
-    refcrm.state.store.add_contact(phones=["+79161234567"], name="Иван", typecont="contact",
-                                   created_by="bridge")
+    refcrm.state.store.add_contact(
+        phones=["+79161234567"], name="Иван", typecont="contact", created_by="bridge"
+    )
     got, page = await get_page(f"{refcrm.base_url}card{query}")
     assert got == status
     assert "<h1>" in page
@@ -182,12 +233,15 @@ async def test_search_lists_matching_contacts_with_links_to_their_cards(
     refcrm: RunningRefCrm,
 ) -> None:
     store = refcrm.state.store
-    a = store.add_contact(phones=["+79161234567"], name="Анна", typecont="contact",
-                          created_by="bridge")
-    b = store.add_contact(phones=["89161234567"], name="Борис", typecont="lead",
-                          created_by="bridge")
-    store.add_contact(phones=["+79990000000"], name="Чужой", typecont="contact",
-                      created_by="bridge")
+    a = store.add_contact(
+        phones=["+79161234567"], name="Анна", typecont="contact", created_by="bridge"
+    )
+    b = store.add_contact(
+        phones=["89161234567"], name="Борис", typecont="lead", created_by="bridge"
+    )
+    store.add_contact(
+        phones=["+79990000000"], name="Чужой", typecont="contact", created_by="bridge"
+    )
     status, page = await get_page(f"{refcrm.base_url}search?phone=9161234567")
     assert status == 200
     assert f'href="card?id={a}&amp;typecont=contact"' in page
@@ -223,8 +277,9 @@ def test_refcrm_process_serves_and_keeps_its_data_across_restarts(
 
     async def add_and_count(url: str) -> int:
         async with TelefumClient(url) as crm:
-            await crm.add_contact("+79161234567", "Иван", "contact", None,
-                                  Credentials("bridge", "secret"))
+            await crm.add_contact(
+                "+79161234567", "Иван", "contact", None, Credentials("bridge", "secret")
+            )
             return (await crm.find("89161234567", Credentials("bridge", "secret"))).total
 
     crm = refcrm_process(db_path=db)
@@ -239,8 +294,9 @@ def test_refcrm_process_test_control_switches_failures_at_run_time(
     refcrm_process: Callable[..., RefCrmProcess],
 ) -> None:
     proc = refcrm_process(extra_args=("--test-control",))
-    req = urllib.request.Request(f"{proc.base_url}_control?fail_mode=503&fail_count=1",
-                                 method="POST")
+    req = urllib.request.Request(
+        f"{proc.base_url}_control?fail_mode=503&fail_count=1", method="POST"
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.load(resp)["fail_mode"] == "503"
     find = f"{proc.rest_url}?typereq=find&phone=1&login=bridge&password=secret"
@@ -259,9 +315,21 @@ def test_a_user_needs_both_login_and_password(bad_user: str) -> None:
 
 def test_refcrm_command_exits_2_on_a_bad_user() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "telefum.cli", "refcrm", "--db", "/nonexistent/x.sqlite",
-         "--user", "bridge"], cwd=REPO, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "refcrm",
+            "--db",
+            "/nonexistent/x.sqlite",
+            "--user",
+            "bridge",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "LOGIN:PASSWORD" in done.stderr
 

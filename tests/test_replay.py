@@ -11,15 +11,30 @@ import pytest
 
 from tests.test_tracker_traces import SCENARIOS, STAMPED, TRACES, check_against_manifest
 
-RECORD_KEYS = ["call_id", "direction", "external", "did", "extension", "answered",
-               "started_at", "answered_at", "ended_at", "ring_s", "talk_s", "disposition",
-               "transfers"]
+RECORD_KEYS = [
+    "call_id",
+    "direction",
+    "external",
+    "did",
+    "extension",
+    "answered",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "ring_s",
+    "talk_s",
+    "disposition",
+    "transfers",
+]
 
 
 def replay(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "telefum.cli", "replay", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -42,7 +57,10 @@ def test_replay_output_is_stable_run_to_run() -> None:
     first, second = replay(trace), replay(trace)
     assert first.stdout == second.stdout
     assert [json.loads(x)["call_id"] for x in first.stdout.splitlines()] == [
-        "1795727934.34", "1795727935.36", "1795727933.32"]  # finish order
+        "1795727934.34",
+        "1795727935.36",
+        "1795727933.32",
+    ]  # finish order
 
 
 def test_replay_leaves_out_calls_still_open_and_says_so(tmp_path: Path) -> None:
@@ -86,8 +104,7 @@ def test_replay_uses_the_calls_rules_of_the_config(tmp_path: Path) -> None:
     # An admin whose trunks arrive in a context the defaults do not know, and whose
     # trunk names the pattern does not match: the call is not inbound to this bridge.
     config.write_text(
-        '[calls]\ninbound_contexts = ["from-carrier"]\n'
-        "trunk_channel_pattern = '^IAX2/'\n",
+        "[calls]\ninbound_contexts = [\"from-carrier\"]\ntrunk_channel_pattern = '^IAX2/'\n",
         encoding="utf-8",
     )
     done = replay(trace, "--config", str(config))
@@ -120,20 +137,23 @@ def test_explain_shows_an_admin_which_rule_misreads_a_hosted_pbx_and_the_fix(
     before = replay(str(trace), "--explain")
     assert before.returncode == 0, before.stderr
     # The phone is taken for a trunk, so 201 answering looks like a forward to a mobile:
-    assert ("extension  none: it was forwarded to +79161234567 on SIP/150010001-00000037 "
-            "(a trunk: it matches trunk_channel_pattern), before any extension rang"
-            in before.stdout)
+    assert (
+        "extension  none: it was forwarded to +79161234567 on SIP/150010001-00000037 "
+        "(a trunk: it matches trunk_channel_pattern), before any extension rang" in before.stdout
+    )
     config = tmp_path / "settings.toml"
     config.write_text('[calls]\nphones = { "150010001" = "201" }\n', encoding="utf-8")
     after = replay(str(trace), "--explain", "--config", str(config))
     lines = after.stdout.splitlines()
-    assert lines[0].startswith("call 1796475770.62  in  +79161234567 -> +74951234567  "
-                               "extension 201  answered")
-    assert "  direction  in: the first channel is SIP/trunk-00000036 (a trunk: it matches " \
-           "trunk_channel_pattern)" in lines
+    assert lines[0].startswith(
+        "call 1796475770.62  in  +79161234567 -> +74951234567  extension 201  answered"
+    )
+    assert (
+        "  direction  in: the first channel is SIP/trunk-00000036 (a trunk: it matches "
+        "trunk_channel_pattern)" in lines
+    )
     assert "  did        +74951234567: the number the first channel dialled (its Exten)" in lines
-    assert "  extension  201: SIP/150010001-00000037 (the phone of 201 by [calls] phones)" \
-           in lines
+    assert "  extension  201: SIP/150010001-00000037 (the phone of 201 by [calls] phones)" in lines
     assert "  answered   yes: SIP/150010001-00000037 went Up" in lines
 
 
@@ -142,15 +162,23 @@ def test_explain_says_why_where_the_tracker_cannot_tell(tmp_path: Path) -> None:
     from tests.test_tracker_traces import load
 
     # The DID lost: a trunk that sends the call to "s" and no DID variable in the dialplan.
-    msgs = [{**m, "Exten": "s"} if m.get("Event") == "Newchannel" else m
-            for m in load("41-sip-inbound-answered-caller-hangup.ami")
-            if m.get("Variable") != "__FROM_DID"]
+    msgs = [
+        {**m, "Exten": "s"} if m.get("Event") == "Newchannel" else m
+        for m in load("41-sip-inbound-answered-caller-hangup.ami")
+        if m.get("Variable") != "__FROM_DID"
+    ]
     trace = tmp_path / "no-did.ami"
     trace.write_bytes(b"".join(map(encode, msgs)))
     done = replay(str(trace), "--explain")
-    assert "  flag       did-unknown: the first channel's Exten 's' is not a number and none " \
-           "of [calls] did_variables was set" in done.stdout.splitlines()
+    assert (
+        "  flag       did-unknown: the first channel's Exten 's' is not a number and none "
+        "of [calls] did_variables was set" in done.stdout.splitlines()
+    )
     (record,) = map(json.loads, replay(str(trace)).stdout.splitlines())
-    assert (record["flags"], record["reasons"]) == (["did-unknown"], {
-        "did-unknown": "the first channel's Exten 's' is not a number and none of [calls] "
-                       "did_variables was set"})
+    assert (record["flags"], record["reasons"]) == (
+        ["did-unknown"],
+        {
+            "did-unknown": "the first channel's Exten 's' is not a number and none of [calls] "
+            "did_variables was set"
+        },
+    )

@@ -26,9 +26,16 @@ YANDEX, GOOGLE = "+74951234567", "+74951234568"
 def rec(cid: str, caller: str, did: str, ago_s: float, answered: bool, ring: float) -> CallRecord:
     at = time.time() - ago_s
     return CallRecord(
-        call_id=cid, direction="in", external=caller, did=did, extension="101",
-        answered=answered, started_at=at, answered_at=at + ring if answered else None,
-        ended_at=at + ring + 5, disposition="answered" if answered else "no-answer",
+        call_id=cid,
+        direction="in",
+        external=caller,
+        did=did,
+        extension="101",
+        answered=answered,
+        started_at=at,
+        answered_at=at + ring if answered else None,
+        ended_at=at + ring + 5,
+        disposition="answered" if answered else "no-answer",
     )
 
 
@@ -76,16 +83,22 @@ def test_json_report_has_the_figures_of_the_last_7_days(
     report = json.loads(capsys.readouterr().out)
     by = {r["source"]: r for r in report["numbers"]}
     assert by["Yandex Direct"] == {
-        "tracking_number": YANDEX, "source": "Yandex Direct", "calls": 3, "answered": 2,
-        "missed": 1, "new_contacts": 2, "first_calls": 1, "repeat_calls": 2,
+        "tracking_number": YANDEX,
+        "source": "Yandex Direct",
+        "calls": 3,
+        "answered": 2,
+        "missed": 1,
+        "new_contacts": 2,
+        "first_calls": 1,
+        "repeat_calls": 2,
         "median_wait_s": 4.0,
     }
     # call 1 is a repeat: the same caller had called 10 days before, outside the window
     assert (by["Google Ads"]["calls"], by["Google Ads"]["first_calls"]) == (1, 1)
     assert report["totals"]["calls"] == 4
     assert {d["day"] for d in report["days"]} <= {
-        time.strftime("%Y-%m-%d", time.gmtime(time.time() - s)) for s in (3 * 86400, 2 * 86400,
-                                                                          3600, 1800, 0)
+        time.strftime("%Y-%m-%d", time.gmtime(time.time() - s))
+        for s in (3 * 86400, 2 * 86400, 3600, 1800, 0)
     }
 
 
@@ -95,10 +108,26 @@ def test_csv_is_one_row_per_number_and_daily_one_per_day(
     assert main(["report", "--config", str(config), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["tracking_number"], r["calls"], r["new_contacts"]) for r in rows] == [
-        (YANDEX, "3", "2"), (GOOGLE, "1", "1"),
+        (YANDEX, "3", "2"),
+        (GOOGLE, "1", "1"),
     ]
-    assert main(["report", "--config", str(config), "--format", "csv", "--daily",
-                 "--since", "30d", "--tz", "UTC"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--config",
+                str(config),
+                "--format",
+                "csv",
+                "--daily",
+                "--since",
+                "30d",
+                "--tz",
+                "UTC",
+            ]
+        )
+        == 0
+    )
     daily = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert sum(int(r["calls"]) for r in daily) == 5 and "day" in daily[0]
 
@@ -128,9 +157,20 @@ async def test_with_a_private_redis_the_report_comes_from_the_running_bridge(
         path.write_text(f'[http]\nreport_token = "{REPORT_TOKEN}"\n')  # [redis] url empty
         env = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "telefum.cli", "report", "--config", str(path),
-            "--bridge", bridge.url, "--format", "json",
-            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "report",
+            "--config",
+            str(path),
+            "--bridge",
+            bridge.url,
+            "--format",
+            "json",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()
@@ -138,9 +178,18 @@ async def test_with_a_private_redis_the_report_comes_from_the_running_bridge(
 
         path.write_text('[http]\nreport_token = "wrong"\n')
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "telefum.cli", "report", "--config", str(path),
-            "--bridge", bridge.url,
-            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "report",
+            "--config",
+            str(path),
+            "--bridge",
+            bridge.url,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 1 and b"401" in err
@@ -175,8 +224,10 @@ def test_a_configured_source_with_no_calls_is_a_row_of_zeros_in_the_table_and_cs
     assert main(["report", "--config", str(config), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert (rows[-1]["tracking_number"], rows[-1]["calls"], rows[-1]["median_wait_s"]) == (
-        AVITO, "0", "",
-    )  # fmt: skip
+        AVITO,
+        "0",
+        "",
+    )
 
 
 async def test_report_json_lists_a_configured_source_with_no_calls(redis_client: Redis) -> None:
@@ -188,8 +239,10 @@ async def test_report_json_lists_a_configured_source_with_no_calls(redis_client:
     assert status == 200
     rows = {r["tracking_number"]: r for r in json.loads(body)["numbers"]}
     assert (rows[AVITO]["source"], rows[AVITO]["calls"], rows[AVITO]["first_calls"]) == (
-        "Avito", 0, 0,
-    )  # fmt: skip
+        "Avito",
+        0,
+        0,
+    )
 
 
 async def test_a_period_reaching_before_1970_is_a_400_with_the_reason(redis_client: Redis) -> None:

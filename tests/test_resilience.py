@@ -62,9 +62,16 @@ def burst_script(pbx: FaultyPbx) -> Script:
 
 
 def write_settings(
-    path: Path, pbx: FaultyPbx, crm: RunningRefCrm, redis_url: str, *, spool: Path,
-    http_port: int, backfill: str = "", name: str = "office",
-) -> Path:  # fmt: skip
+    path: Path,
+    pbx: FaultyPbx,
+    crm: RunningRefCrm,
+    redis_url: str,
+    *,
+    spool: Path,
+    http_port: int,
+    backfill: str = "",
+    name: str = "office",
+) -> Path:
     path.write_text(
         f"""
 spool_dir = "{spool}"
@@ -159,9 +166,15 @@ async def test_kill_9_of_telefum_run_mid_burst_delivers_all_50_calls_once_with_t
     once each, with the CDR's durations."""
     pbx_sim.cdr_csv = tmp_path / "Master.csv"
     port = free_port()
-    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "",
-                            spool=tmp_path / "spool", http_port=port,
-                            backfill=csv_backfill(pbx_sim.cdr_csv))  # fmt: skip
+    config = write_settings(
+        tmp_path / "settings.toml",
+        pbx_sim,
+        refcrm,
+        "",
+        spool=tmp_path / "spool",
+        http_port=port,
+        backfill=csv_backfill(pbx_sim.cdr_csv),
+    )
     base = f"http://127.0.0.1:{port}"
     run = await telefum("run", "--config", str(config))
     await wait_for(lambda: healthy(base), "healthy /health", [run])
@@ -194,25 +207,32 @@ async def two_listeners(
     configs, ports, listeners = [], [], []
     for host in ("a", "b"):
         port = free_port()
-        config = write_settings(tmp_path / f"{host}.toml", pbx, crm, redis_url,
-                                spool=tmp_path / host / "spool", http_port=port,
-                                backfill=csv_backfill(pbx.cdr_csv))  # fmt: skip
+        config = write_settings(
+            tmp_path / f"{host}.toml",
+            pbx,
+            crm,
+            redis_url,
+            spool=tmp_path / host / "spool",
+            http_port=port,
+            backfill=csv_backfill(pbx.cdr_csv),
+        )
         configs.append(config)
         ports.append(port)
         listeners.append(await telefum("listen", "--config", str(config)))
     worker = await telefum("worker", "--config", str(configs[0]))
     for port in ports:
-        await wait_for(lambda p=port: healthy(f"http://127.0.0.1:{p}"), "healthy listeners",
-                       [*listeners, worker])  # fmt: skip
+        await wait_for(
+            lambda p=port: healthy(f"http://127.0.0.1:{p}"),
+            "healthy listeners",
+            [*listeners, worker],
+        )
     return configs, ports, listeners, worker
 
 
 async def test_two_listeners_one_killed_mid_burst_deliver_every_call_once(
     tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, redis_url: str, telefum: Start
 ) -> None:
-    _, ports, (a, b), worker = await two_listeners(
-        tmp_path, pbx_sim, refcrm, redis_url, telefum
-    )
+    _, ports, (a, b), worker = await two_listeners(tmp_path, pbx_sim, refcrm, redis_url, telefum)
     play = asyncio.create_task(pbx_sim.play(burst_script(pbx_sim), speed=SPEED))
     await asyncio.sleep(4.0)
     a.proc.send_signal(signal.SIGKILL)
@@ -233,10 +253,14 @@ async def test_two_listeners_one_killed_mid_burst_deliver_every_call_once(
         return status == 200 and "+79161234567" in json.dumps(body)
 
     await wait_for(popped, "the caller on 101's page", [b])
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{survivor}/originate", json={"extension": "101", "number": "+79031112233"},
-        headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
-    ) as r:  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{survivor}/originate",
+            json={"extension": "101", "number": "+79031112233"},
+            headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
+        ) as r,
+    ):
         assert r.status == 202, await r.text()
     assert "PJSIP/101" in json.dumps(pbx_sim.originates[-1])
     assert await b.terminate() == 0 and await worker.terminate() == 0
@@ -245,9 +269,7 @@ async def test_two_listeners_one_killed_mid_burst_deliver_every_call_once(
 async def test_a_rolling_restart_of_two_listeners_loses_nothing(
     tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, redis_url: str, telefum: Start
 ) -> None:
-    configs, _, (a, b), worker = await two_listeners(
-        tmp_path, pbx_sim, refcrm, redis_url, telefum
-    )
+    configs, _, (a, b), worker = await two_listeners(tmp_path, pbx_sim, refcrm, redis_url, telefum)
     play = asyncio.create_task(pbx_sim.play(burst_script(pbx_sim), speed=SPEED))
     await asyncio.sleep(2.0)
     assert await a.terminate() == 0
@@ -268,16 +290,24 @@ async def test_a_rolling_restart_of_two_listeners_loses_nothing(
 
 
 async def test_a_redis_primary_crashing_under_sentinel_mid_burst_loses_no_call(
-    tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, sentinel_redis: SentinelSet,
+    tmp_path: Path,
+    pbx_sim: FaultyPbx,
+    refcrm: RunningRefCrm,
+    sentinel_redis: SentinelSet,
     telefum: Start,
-) -> None:  # fmt: skip
+) -> None:
     port = free_port()
-    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, sentinel_redis.url,
-                            spool=tmp_path / "spool", http_port=port)  # fmt: skip
+    config = write_settings(
+        tmp_path / "settings.toml",
+        pbx_sim,
+        refcrm,
+        sentinel_redis.url,
+        spool=tmp_path / "spool",
+        http_port=port,
+    )
     listen = await telefum("listen", "--config", str(config))
     worker = await telefum("worker", "--config", str(config))
-    await wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), "healthy /health",
-                   [listen, worker])  # fmt: skip
+    await wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), "healthy /health", [listen, worker])
     play = asyncio.create_task(pbx_sim.play(burst_script(pbx_sim), speed=SPEED))
     await asyncio.sleep(4.0)
     old = sentinel_redis.kill_primary()
@@ -294,18 +324,30 @@ async def test_a_redis_primary_crashing_under_sentinel_mid_burst_loses_no_call(
 
 
 async def test_a_call_made_while_the_link_was_cut_reaches_the_crm_once_from_postgres(
-    tmp_path: Path, pbx_sim: FaultyPbx, refcrm: RunningRefCrm, postgres: DbServer,
+    tmp_path: Path,
+    pbx_sim: FaultyPbx,
+    refcrm: RunningRefCrm,
+    postgres: DbServer,
     telefum: Start,
-) -> None:  # fmt: skip
+) -> None:
     table = f"cdr_{free_port()}"
     conn = await pg_connect(postgres)
     await conn.execute(ASTERISK_PG_CDR.format(table=table))
     pbx_sim.keep_cdrs = True
     port = free_port()
-    backfill = (f'[backfill]\nkind = "postgres"\ndsn = "{postgres.dsn}"\nuser = "{postgres.user}"'
-                f'\ntable = "{table}"\ntimezone = "UTC"\nsettle_s = 1.0\n')  # fmt: skip
-    config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "",
-                            spool=tmp_path / "spool", http_port=port, backfill=backfill)
+    backfill = (
+        f'[backfill]\nkind = "postgres"\ndsn = "{postgres.dsn}"\nuser = "{postgres.user}"'
+        f'\ntable = "{table}"\ntimezone = "UTC"\nsettle_s = 1.0\n'
+    )
+    config = write_settings(
+        tmp_path / "settings.toml",
+        pbx_sim,
+        refcrm,
+        "",
+        spool=tmp_path / "spool",
+        http_port=port,
+        backfill=backfill,
+    )
     env = {"TELEFUM_BACKFILL__PASSWORD": postgres.password}
     run = await telefum("run", "--config", str(config), env=env)
     base = f"http://127.0.0.1:{port}"
@@ -316,8 +358,9 @@ async def test_a_call_made_while_the_link_was_cut_reaches_the_crm_once_from_post
         await pbx_sim.send(live_trace(T01, shift=-7.5, ids=91_000))  # a whole call, unseen
         cols = ", ".join(f'"{c}"' for c in PG_COLUMNS)
         marks = ", ".join(f"${i + 1}" for i in range(len(PG_COLUMNS)))
-        await conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})",
-                               [pg_values(c) for c in pbx_sim.cdrs])  # fmt: skip
+        await conn.executemany(
+            f"INSERT INTO {table} ({cols}) VALUES ({marks})", [pg_values(c) for c in pbx_sim.cdrs]
+        )
         pbx_sim.refuse_connections = False
         await wait_for(lambda: refcrm.count_events() >= 1, "the call in the CRM", [run])
         await asyncio.sleep(2.0)
@@ -337,4 +380,3 @@ async def test_a_call_made_while_the_link_was_cut_reaches_the_crm_once_from_post
 
 def password_not_in(proc: Proc, password: str) -> bool:
     return password not in proc.log.read_text(errors="replace")
-

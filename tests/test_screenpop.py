@@ -70,10 +70,17 @@ def ringing(ext: str, call_id: str = "c1", caller: str | None = CALLER, at: floa
 def finished(call_id: str = "c1", answered_by: str | None = None, rang=("101",)) -> CallFinished:
     return CallFinished(
         CallRecord(
-            call_id=call_id, direction="in", external=CALLER, did=DID, extension=answered_by,
-            answered=answered_by is not None, started_at=1000.0,
-            answered_at=1002.0 if answered_by else None, ended_at=1010.0,
-            disposition="answered" if answered_by else "no-answer", rang=tuple(rang),
+            call_id=call_id,
+            direction="in",
+            external=CALLER,
+            did=DID,
+            extension=answered_by,
+            answered=answered_by is not None,
+            started_at=1000.0,
+            answered_at=1002.0 if answered_by else None,
+            ended_at=1010.0,
+            disposition="answered" if answered_by else "no-answer",
+            rang=tuple(rang),
         )
     )
 

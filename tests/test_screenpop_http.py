@@ -51,14 +51,21 @@ class Bridge:
 @pytest.fixture
 async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[Bridge]:
     creds = refcrm.creds()
-    settings: Settings = agent_settings().model_copy(update={
-        "crm": CrmTarget(url=refcrm.rest_url, login=creds.login, password=creds.password),
-        "ami": (AmiSettings(name="office", host="127.0.0.1", username=PBX_USER,
-                            secret=PBX_SECRET),),
-    })  # fmt: skip
+    settings: Settings = agent_settings().model_copy(
+        update={
+            "crm": CrmTarget(url=refcrm.rest_url, login=creds.login, password=creds.password),
+            "ami": (
+                AmiSettings(name="office", host="127.0.0.1", username=PBX_USER, secret=PBX_SECRET),
+            ),
+        }
+    )
     services_box: list[Any] = []
     listener = AmiListener(
-        "127.0.0.1", pbx_sim.port, PBX_USER, PBX_SECRET, CallTracker(),
+        "127.0.0.1",
+        pbx_sim.port,
+        PBX_USER,
+        PBX_SECRET,
+        CallTracker(),
         lambda u: services_box[0].screenpop.on_update(u),
     )
     services = agent_services(settings, listeners={"office": listener})
@@ -67,8 +74,11 @@ async def bridge(pbx_sim: PbxSimulator, refcrm: RunningRefCrm) -> AsyncIterator[
     await listener.wait_for_session(1, timeout=10)
     app = web.Application()
     setup_agent_routes(
-        app, screenpop=services.screenpop, originator=services.originator,
-        attribution=services.attribution, settings=settings,
+        app,
+        screenpop=services.screenpop,
+        originator=services.originator,
+        attribution=services.attribution,
+        settings=settings,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -127,7 +137,9 @@ async def test_a_ring_reaches_the_feed_with_the_crm_card(
             snap = await anext(events)
             (call,) = snap["calls"]  # the number shows before the CRM has answered
             assert (call["caller"], call["state"], call["lookup"]["state"]) == (
-                CALLER, "ringing", "pending",
+                CALLER,
+                "ringing",
+                "pending",
             )
             await pbx_sim.play(rest, speed=0)
             async for snap in events:
@@ -229,6 +241,7 @@ async def test_live_feeds_are_capped_per_extension_and_in_all(
         AgentBridge(base.model_copy(update={"http": http_settings})) as b,
         ClientSession(timeout=ClientTimeout(total=10)) as http,
     ):
+
         async def feed(ext: str, token: str) -> Any:
             resp = await http.get(f"{b.url}/agent/{ext}/events?token={token}")
             opened.append(resp)

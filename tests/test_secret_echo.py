@@ -53,8 +53,10 @@ async def test_a_password_the_crm_echoes_is_masked_in_logs_and_dead_letters(
     listed = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "telefum.cli", "dlq", "--redis-url", redis_url, "list", "--errors"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     assert "you sent pass ***" in listed.stdout
     assert_hidden(listed.stdout + listed.stderr, "dlq list")

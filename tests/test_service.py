@@ -30,8 +30,9 @@ MISSED = "03-inbound-missed-caller-abandons.ami"
 TIMEOUT_S = 30.0
 
 
-def write_settings(path: Path, pbx: PbxSimulator, crm: RunningRefCrm, redis_url: str,
-                   http_port: int) -> Path:  # fmt: skip
+def write_settings(
+    path: Path, pbx: PbxSimulator, crm: RunningRefCrm, redis_url: str, http_port: int
+) -> Path:
     path.write_text(
         f"""
 spool_dir = "{path.parent / "spool"}"
@@ -93,9 +94,13 @@ async def healthy(base: str) -> bool:
 
 
 async def test_run_delivers_a_played_call_to_the_crm_and_counts_it_for_the_report(
-    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, redis_url: str,
-    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    refcrm: RunningRefCrm,
+    redis_url: str,
+    telefum: Callable[..., Awaitable[Proc]],
+    traces_dir: Path,
+) -> None:
     port = free_port()
     config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url, port)
     run = await telefum("run", "--config", str(config))
@@ -122,9 +127,13 @@ async def test_run_delivers_a_played_call_to_the_crm_and_counts_it_for_the_repor
 
 
 async def test_listen_and_a_separate_worker_deliver_together(
-    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm, redis_url: str,
-    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    refcrm: RunningRefCrm,
+    redis_url: str,
+    telefum: Callable[..., Awaitable[Proc]],
+    traces_dir: Path,
+) -> None:
     port = free_port()
     config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, redis_url, port)
     listen = await telefum("listen", "--config", str(config))
@@ -141,9 +150,11 @@ async def test_listen_and_a_separate_worker_deliver_together(
 
 
 async def test_listen_without_a_redis_url_says_which_setting_to_set(
-    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm,
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    refcrm: RunningRefCrm,
     telefum: Callable[..., Awaitable[Proc]],
-) -> None:  # fmt: skip
+) -> None:
     config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "", free_port())
     listen = await telefum("listen", "--config", str(config))
     assert await asyncio.wait_for(listen.proc.wait(), TIMEOUT_S) == 2
@@ -151,9 +162,12 @@ async def test_listen_without_a_redis_url_says_which_setting_to_set(
 
 
 async def test_run_with_an_empty_redis_url_starts_and_stops_its_own_redis(
-    tmp_path: Path, pbx_sim: PbxSimulator, refcrm: RunningRefCrm,
-    telefum: Callable[..., Awaitable[Proc]], traces_dir: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    pbx_sim: PbxSimulator,
+    refcrm: RunningRefCrm,
+    telefum: Callable[..., Awaitable[Proc]],
+    traces_dir: Path,
+) -> None:
     port = free_port()
     config = write_settings(tmp_path / "settings.toml", pbx_sim, refcrm, "", port)
     run = await telefum("run", "--config", str(config))
@@ -190,8 +204,10 @@ def _redis_servers_under(data_dir: Path) -> list[int]:
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             args = (proc / "cmdline").read_bytes().split(b"\0")
-            if proc.name.isdigit() and b"redis-server" in args[0] and (
-                Path(os.readlink(proc / "cwd")) == data_dir.resolve()
+            if (
+                proc.name.isdigit()
+                and b"redis-server" in args[0]
+                and (Path(os.readlink(proc / "cwd")) == data_dir.resolve())
             ):
                 pids.append(int(proc.name))
     return pids

@@ -35,6 +35,7 @@ class RawClient:
 
     async def until(self, pred, timeout: float = 5.0) -> Message:  # type: ignore[no-untyped-def]
         """The first message (old or new) matching ``pred``."""
+
         async def _read() -> Message:
             seen = 0
             while True:
@@ -184,8 +185,15 @@ async def test_originate_plays_a_click_to_call_for_the_requested_extension_and_n
 ) -> None:
     client = await RawClient.connect(pbx_sim.port)
     await client.login()
-    await client.send(Action="Originate", ActionID="o7", Channel="PJSIP/105",
-                      Context="from-internal", Exten="79990001122", Priority="1", Async="true")
+    await client.send(
+        Action="Originate",
+        ActionID="o7",
+        Channel="PJSIP/105",
+        Context="from-internal",
+        Exten="79990001122",
+        Priority="1",
+        Async="true",
+    )
     done = await client.until(lambda m: m.get("Event") == "OriginateResponse")
     assert done["ActionID"] == "o7" and done["Response"] == "Success"
     await client.until(lambda m: m.get("Event") == "Hangup" and "trunk" in m.get("Channel", ""))

@@ -23,8 +23,15 @@ T03 = TRACES / "03-inbound-missed-caller-abandons.ami"
 async def simulate_pbx(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """The command on a free port; yields the process and the port it printed."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "telefum.cli", "simulate-pbx", "--port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "telefum.cli",
+        "simulate-pbx",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -47,8 +54,16 @@ async def test_cli_plays_the_traces_to_the_first_client_and_exits_cleanly_on_sig
     async with simulate_pbx(
         "--trace", str(T01), str(T03), "--speed", "0", "--secret", "cli-secret"
     ) as (proc, port):
-        listener = AmiListener("127.0.0.1", port, "telefum", "cli-secret", CallTracker(),
-                               on_update, reconnect_min=0.05, expire_interval=3600)
+        listener = AmiListener(
+            "127.0.0.1",
+            port,
+            "telefum",
+            "cli-secret",
+            CallTracker(),
+            on_update,
+            reconnect_min=0.05,
+            expire_interval=3600,
+        )
         async with listener:
             records = [await asyncio.wait_for(finished.get(), 10) for _ in range(2)]
             await listener.wait_for_session(1, timeout=10)  # the snapshot may come after
@@ -59,7 +74,8 @@ async def test_cli_plays_the_traces_to_the_first_client_and_exits_cleanly_on_sig
 
     assert proc.returncode == 0
     assert [(r.direction, r.answered, r.extension) for r in records] == [
-        ("in", True, "101"), ("in", False, None)
+        ("in", True, "101"),
+        ("in", False, None),
     ]
     assert records[0].call_id != "1795727781.0"  # rebased: fresh ids for each play
     assert b"1 logins, 1 originates" in err
@@ -73,10 +89,19 @@ async def test_cli_plays_a_synthetic_mix() -> None:
             finished.put_nowait(update.record)
 
     async with simulate_pbx("--calls", "12", "--rate", "100", "--seed", "5", "--speed", "0") as (
-        proc, port,
+        proc,
+        port,
     ):
-        listener = AmiListener("127.0.0.1", port, "telefum", "change-me", CallTracker(),
-                               on_update, reconnect_min=0.05, expire_interval=3600)
+        listener = AmiListener(
+            "127.0.0.1",
+            port,
+            "telefum",
+            "change-me",
+            CallTracker(),
+            on_update,
+            reconnect_min=0.05,
+            expire_interval=3600,
+        )
         async with listener:
             records = [await asyncio.wait_for(finished.get(), 10) for _ in range(12)]
         proc.send_signal(signal.SIGTERM)
@@ -96,8 +121,15 @@ async def test_cli_plays_a_synthetic_mix() -> None:
 )
 async def test_cli_refuses_bad_arguments_with_exit_2(args: list[str], says: bytes) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "telefum.cli", "simulate-pbx", "--port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "telefum.cli",
+        "simulate-pbx",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2

@@ -177,8 +177,9 @@ async def test_a_listener_killed_with_calls_in_its_spool_loses_none_of_them(
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: Redis is "down"
     proc = subprocess.Popen(
         [sys.executable, "-c", LISTENER, dead_redis, str(spool_dir), "40"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
@@ -239,13 +240,20 @@ async def test_a_record_that_is_not_a_call_is_set_aside_and_the_rest_goes_throug
 
 
 async def test_a_replayed_call_that_was_delivered_gets_a_line_naming_it(
-    tmp_path: Path, redis_url: str, redis_client: Redis,
-    refcrm_process: Callable[..., RefCrmProcess], worker_procs: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: Redis,
+    refcrm_process: Callable[..., RefCrmProcess],
+    worker_procs: Callable[..., WorkerProcess],
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     crm = refcrm_process({"bridge": "bridge-pw"})
-    w = worker_procs(WorkerConfig(crm=CrmTarget(crm.rest_url, "bridge", "bridge-pw", timeout_s=1.0),
-                                  calls=CallPolicy(job_timeout_s=3.0)))  # fmt: skip
+    w = worker_procs(
+        WorkerConfig(
+            crm=CrmTarget(crm.rest_url, "bridge", "bridge-pw", timeout_s=1.0),
+            calls=CallPolicy(job_timeout_s=3.0),
+        )
+    )
     await w.wait_ready(redis_client)
     call = inbound_call("1764158400.7", pbx="office")
     caplog.set_level(logging.INFO, logger="worker.queue")
@@ -298,8 +306,9 @@ async def test_the_hand_over_survives_running_out_of_file_descriptors_and_health
     back the call goes to Redis and /health drops the reason."""
     supervisor = Supervisor(restart_first_s=0.2, restart_max_s=0.5)
     handoff = Handoff(redis_url, tmp_path / "spool", supervisor=supervisor)
-    service = Service(Settings(), redis=redis_client, supervisor=supervisor,
-                      spool_size=lambda: handoff.spool_size)  # fmt: skip
+    service = Service(
+        Settings(), redis=redis_client, supervisor=supervisor, spool_size=lambda: handoff.spool_size
+    )
     http = await start_http(create_app(service), HttpSettings(listen="127.0.0.1:0"))
     url = f"http://127.0.0.1:{http.port}/health"
     session = aiohttp.ClientSession()

@@ -22,16 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 async def status(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TELEFUM_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "telefum.cli", "status", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT, env={**clean, **(env or {})},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "telefum.cli",
+        "status",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return int(proc.returncode or 0), out.decode(), err.decode()
 
 
 async def test_status_of_a_healthy_service_shows_every_part_and_exits_0(
-    start_bridge: StartBridge, redis_client: Redis  # noqa: F811
+    start_bridge: StartBridge,  # noqa: F811
+    redis_client: Redis,
 ) -> None:
     await beat(redis_client, "box:42", ttl_s=60)
     bridge = await start_bridge()
@@ -109,16 +116,32 @@ def test_screen_shows_a_rejected_login_a_stuck_spool_and_retries() -> None:
     body = {
         "status": "unhealthy",
         "reasons": ["AMI login rejected: Authentication failed (pbx branch)"],
-        "ami": [{"pbx": "branch", "connected": False, "login_error": "Authentication failed",
-                 "last_event_age_s": None, "events_received": 0, "reconnects": 0}],
+        "ami": [
+            {
+                "pbx": "branch",
+                "connected": False,
+                "login_error": "Authentication failed",
+                "last_event_age_s": None,
+                "events_received": 0,
+                "reconnects": 0,
+            }
+        ],
         "redis": {"checked": True, "ok": True},
-        "queue": {"depth": 7, "due": 2, "retrying": 5, "in_progress": 2, "pending": 9,
-                  "dead_letters": 0},
-        "workers": {"alive": 1, "heartbeats": [{"id": "w:1", "age_s": 0.4, "running": 2,
-                                                "done": 1234}]},
+        "queue": {
+            "depth": 7,
+            "due": 2,
+            "retrying": 5,
+            "in_progress": 2,
+            "pending": 9,
+            "dead_letters": 0,
+        },
+        "workers": {
+            "alive": 1,
+            "heartbeats": [{"id": "w:1", "age_s": 0.4, "running": 2, "done": 1234}],
+        },
         "spool": {"size": 12, "draining": False, "stalled_s": 75.0},
         "service": {"url": "http://127.0.0.1:8088", "reachable": True},
-    }  # fmt: skip
+    }
     screen = render(body, now=0)
     assert "UNHEALTHY" in screen.splitlines()[0]
     assert "  ! AMI login rejected: Authentication failed (pbx branch)" in screen
@@ -130,26 +153,43 @@ def test_screen_shows_a_rejected_login_a_stuck_spool_and_retries() -> None:
 
 def test_texts_from_the_pbx_cannot_drive_the_terminal_of_whoever_runs_status() -> None:
     body = {
-        "status": "unhealthy", "reasons": ["AMI login rejected: \x1b[2J\x1b[31mall fine\nOK"],
+        "status": "unhealthy",
+        "reasons": ["AMI login rejected: \x1b[2J\x1b[31mall fine\nOK"],
         "ami": [{"pbx": "office", "connected": False, "login_error": "no\x1b]0;pwned\x07"}],
-    }  # fmt: skip
+    }
     screen = render(body, now=0)
     assert "\x1b" not in screen and "\x07" not in screen
     assert "\\x1b[2J\\x1b[31mall fine\\nOK" in screen
 
 
 def test_screen_shows_a_failing_crm_as_degraded_with_the_calls_waiting() -> None:
-    reason = ("CRM https://crm.example.com/rest failing since 2026-11-26T12:00:03.120Z (4.2 min: "
-              "37 requests failed, none succeeded): 150 calls waiting; last error 3 s ago: ...")
+    reason = (
+        "CRM https://crm.example.com/rest failing since 2026-11-26T12:00:03.120Z (4.2 min: "
+        "37 requests failed, none succeeded): 150 calls waiting; last error 3 s ago: ..."
+    )
     body = {
-        "status": "degraded", "reasons": [reason],
-        "ami": [], "redis": {"checked": True, "ok": True},
-        "crm": [{"url": "https://crm.example.com/rest", "failing": True,
-                 "failing_since": 1764158403.12, "failures": 37, "waiting": 150},
-                {"url": "https://branch.example.com/rest", "failing": False,
-                 "failing_since": None, "last_ok_age_s": 0.4, "waiting": 0}],
+        "status": "degraded",
+        "reasons": [reason],
+        "ami": [],
+        "redis": {"checked": True, "ok": True},
+        "crm": [
+            {
+                "url": "https://crm.example.com/rest",
+                "failing": True,
+                "failing_since": 1764158403.12,
+                "failures": 37,
+                "waiting": 150,
+            },
+            {
+                "url": "https://branch.example.com/rest",
+                "failing": False,
+                "failing_since": None,
+                "last_ok_age_s": 0.4,
+                "waiting": 0,
+            },
+        ],
         "service": {"url": "http://127.0.0.1:8088", "reachable": True},
-    }  # fmt: skip
+    }
     screen = render(body, now=0)
     assert "DEGRADED" in screen.splitlines()[0]
     assert f"  ! {reason}" in screen

@@ -67,10 +67,17 @@ def test_only_call_events_no_login_banner_per_call() -> None:
 def test_mix_has_every_kind_of_call_on_several_tracking_numbers() -> None:
     calls = plan(300, 5.0, seed=3)
     kinds = Counter(c.template.split("-", 1)[1].rsplit(".", 1)[0] for c in calls)
-    for kind in ("inbound-answered-caller-hangup", "inbound-missed-caller-abandons",
-                 "inbound-busy", "inbound-ringgroup-102-answers", "inbound-queue-102-answers",
-                 "outbound-answered", "outbound-click-to-call-originate",
-                 "inbound-blind-transfer-101-to-102", "inbound-attended-transfer-101-to-102"):
+    for kind in (
+        "inbound-answered-caller-hangup",
+        "inbound-missed-caller-abandons",
+        "inbound-busy",
+        "inbound-ringgroup-102-answers",
+        "inbound-queue-102-answers",
+        "outbound-answered",
+        "outbound-click-to-call-originate",
+        "inbound-blind-transfer-101-to-102",
+        "inbound-attended-transfer-101-to-102",
+    ):
         assert kinds[kind] > 0, kind
     dids = {c.facts["did"] for c in calls if c.facts["direction"] == "in"}
     assert dids == {"+" + n for n in TRACKING_NUMBERS}
@@ -91,15 +98,21 @@ def test_every_planned_call_comes_out_as_planned_while_calls_overlap() -> None:
     overlapping = 0
     for call in calls:
         rec = records[call.call_id].to_json()
-        for key in ("direction", "external", "did", "answered", "extension", "disposition",
-                    "rang", "final_extension"):
+        for key in (
+            "direction",
+            "external",
+            "did",
+            "answered",
+            "extension",
+            "disposition",
+            "rang",
+            "final_extension",
+        ):
             if key in call.facts:
                 assert rec[key] == call.facts[key], (call.template, key)
         assert abs(rec["ring_s"] - call.facts["ring_s"]) <= 1.0
         assert abs(rec["talk_s"] - call.facts["talk_s"]) <= 1.0
-        overlapping += any(
-            o is not call and o.start <= call.start < o.start + 15 for o in calls
-        )
+        overlapping += any(o is not call and o.start <= call.start < o.start + 15 for o in calls)
     assert overlapping > n // 2
 
 

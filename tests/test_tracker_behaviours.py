@@ -36,8 +36,11 @@ class Pbx:
     """Writes AMI events for a scenario and feeds them to a tracker as it goes."""
 
     def __init__(
-        self, tracker: CallTracker | None = None, t0: float = 1_800_000_000.0,
-        *, host_ahead_s: float = 0.0,
+        self,
+        tracker: CallTracker | None = None,
+        t0: float = 1_800_000_000.0,
+        *,
+        host_ahead_s: float = 0.0,
     ) -> None:
         """``host_ahead_s``: how far the bridge's clock (arrival times) is ahead of the
         PBX's (Timestamps)."""
@@ -87,11 +90,26 @@ class Pbx:
         }
 
     # -- channels --
-    def channel(self, endpoint: str, *, context: str, exten: str = "s", cid: str = "",
-                linked: Chan | None = None, state: str = "0") -> Chan:
+    def channel(
+        self,
+        endpoint: str,
+        *,
+        context: str,
+        exten: str = "s",
+        cid: str = "",
+        linked: Chan | None = None,
+        state: str = "0",
+    ) -> Chan:
         uid = f"{int(self.t)}.{next(self._uid)}"
-        ch = Chan(f"{endpoint}-{next(self._seq):08x}", uid, linked.linkedid if linked else uid,
-                  cid or "<unknown>", context, exten, state)
+        ch = Chan(
+            f"{endpoint}-{next(self._seq):08x}",
+            uid,
+            linked.linkedid if linked else uid,
+            cid or "<unknown>",
+            context,
+            exten,
+            state,
+        )
         self.send("Newchannel", **self.snap(ch))
         return ch
 
@@ -107,12 +125,25 @@ class Pbx:
         lid = linked.linkedid if linked else None
         uid1 = f"{int(self.t)}.{next(self._uid)}"
         one = Chan(base + ";1", uid1, lid or uid1, "<unknown>", context, exten)
-        two = Chan(base + ";2", f"{int(self.t)}.{next(self._uid)}", lid or uid1, "<unknown>",
-                   context, exten, "4")
+        two = Chan(
+            base + ";2",
+            f"{int(self.t)}.{next(self._uid)}",
+            lid or uid1,
+            "<unknown>",
+            context,
+            exten,
+            "4",
+        )
         self.send("Newchannel", **self.snap(one))
         self.send("Newchannel", **self.snap(two))
-        self.send("LocalBridge", **self.snap(one, "LocalOne"), **self.snap(two, "LocalTwo"),
-                  Context=context, Exten=exten, LocalOptimization="Yes")
+        self.send(
+            "LocalBridge",
+            **self.snap(one, "LocalOne"),
+            **self.snap(two, "LocalTwo"),
+            Context=context,
+            Exten=exten,
+            LocalOptimization="Yes",
+        )
         return one, two
 
     # -- dialling --
@@ -150,8 +181,13 @@ class Pbx:
         return bid
 
     def enter(self, bid: str, ch: Chan, count: int = 1) -> None:
-        self.send("BridgeEnter", BridgeUniqueid=bid, BridgeType="basic",
-                  BridgeNumChannels=str(count), **self.snap(ch))
+        self.send(
+            "BridgeEnter",
+            BridgeUniqueid=bid,
+            BridgeType="basic",
+            BridgeNumChannels=str(count),
+            **self.snap(ch),
+        )
 
     def leave(self, bid: str, ch: Chan) -> None:
         self.send("BridgeLeave", BridgeUniqueid=bid, BridgeType="basic", **self.snap(ch))
@@ -229,8 +265,14 @@ def queue_call(pbx: Pbx) -> tuple[Chan, Chan, Chan]:
     pbx.send("QueueCallerJoin", **pbx.snap(trunk), Queue="support", Position="1", Count="1")
     p101, p102 = pbx.phone("101", trunk), pbx.phone("102", trunk)
     for p in (p101, p102):
-        pbx.send("AgentCalled", **pbx.snap(trunk), **pbx.snap(p, "Dest"), Queue="support",
-                 Interface=p.name.rsplit("-", 1)[0], MemberName=p.cid)
+        pbx.send(
+            "AgentCalled",
+            **pbx.snap(trunk),
+            **pbx.snap(p, "Dest"),
+            Queue="support",
+            Interface=p.name.rsplit("-", 1)[0],
+            MemberName=p.cid,
+        )
         pbx.dial(trunk, p, p.name.rsplit("-", 1)[0])
         pbx.ring(trunk, p)
     return trunk, p101, p102
@@ -242,8 +284,14 @@ def test_queue_abandon_is_a_missed_call_listing_the_agents_that_rang() -> None:
     pbx.wait(9)
     for p in (p101, p102):
         pbx.dial_end(trunk, p, "CANCEL")
-    pbx.send("QueueCallerAbandon", **pbx.snap(trunk), Queue="support", Position="1",
-             OriginalPosition="1", HoldTime="10")
+    pbx.send(
+        "QueueCallerAbandon",
+        **pbx.snap(trunk),
+        Queue="support",
+        Position="1",
+        OriginalPosition="1",
+        HoldTime="10",
+    )
     pbx.hangup(p101, cause=16)
     pbx.hangup(p102, cause=16)
     pbx.hangup(trunk, cause=16)
@@ -271,13 +319,24 @@ def test_local_channel_optimisation_keeps_the_agent_and_the_call() -> None:
     pbx.answer(trunk, one)
     b1 = pbx.bridge(one, trunk)
     # The Local pair optimises itself out: 101's phone is moved into the caller's bridge.
-    pbx.send("LocalOptimizationBegin", **pbx.snap(one, "LocalOne"), **pbx.snap(two, "LocalTwo"),
-             **pbx.snap(p101, "Source"), DestUniqueId=trunk.uid, Id="1")
+    pbx.send(
+        "LocalOptimizationBegin",
+        **pbx.snap(one, "LocalOne"),
+        **pbx.snap(two, "LocalTwo"),
+        **pbx.snap(p101, "Source"),
+        DestUniqueId=trunk.uid,
+        Id="1",
+    )
     pbx.leave(b2, p101)
     pbx.enter(b1, p101, 3)
     pbx.leave(b1, one)
-    pbx.send("LocalOptimizationEnd", **pbx.snap(one, "LocalOne"), **pbx.snap(two, "LocalTwo"),
-             Success="Yes", Id="1")
+    pbx.send(
+        "LocalOptimizationEnd",
+        **pbx.snap(one, "LocalOne"),
+        **pbx.snap(two, "LocalTwo"),
+        Success="Yes",
+        Id="1",
+    )
     assert pbx.hangup(one) == [] and pbx.hangup(two, bridge=b2) == []  # the call goes on
     pbx.wait(30)
     pbx.hangup(trunk, bridge=b1)
@@ -372,8 +431,7 @@ def test_forwarding_to_an_outside_mobile_is_inbound_and_answered_by_no_extension
     pbx.hangup(trunk, bridge=b)
     rec = pbx.record()
     assert (rec.direction, rec.external, rec.did) == ("in", "+" + CALLER, "+" + DID)
-    assert (rec.answered, rec.disposition, rec.extension, rec.rang) == (
-        True, "answered", None, ())
+    assert (rec.answered, rec.disposition, rec.extension, rec.rang) == (True, "answered", None, ())
     assert (rec.ring_s, rec.talk_s) == (pytest.approx(4.0), pytest.approx(10.0))
 
 
@@ -427,11 +485,19 @@ def test_phone_attended_transfer_merges_the_consultation_call_into_the_first() -
     pbx.leave(first_bridge, trunk)
     pbx.leave(consult_bridge, c101)
     pbx.enter(consult_bridge, trunk, 2)
-    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
-             OrigBridgeUniqueid=first_bridge, **pbx.snap(c101, "SecondTransferer"),
-             SecondBridgeUniqueid=consult_bridge, **pbx.snap(trunk, "Transferee"),
-             **pbx.snap(c102, "TransferTarget"), IsExternal="No", DestType="Bridge",
-             DestBridgeUniqueid=consult_bridge)
+    pbx.send(
+        "AttendedTransfer",
+        Result="Success",
+        **pbx.snap(a101, "OrigTransferer"),
+        OrigBridgeUniqueid=first_bridge,
+        **pbx.snap(c101, "SecondTransferer"),
+        SecondBridgeUniqueid=consult_bridge,
+        **pbx.snap(trunk, "Transferee"),
+        **pbx.snap(c102, "TransferTarget"),
+        IsExternal="No",
+        DestType="Bridge",
+        DestBridgeUniqueid=consult_bridge,
+    )
     c102.linkedid = trunk.linkedid
     pbx.send("NewConnectedLine", **pbx.snap(c102))
     pbx.hangup(a101, bridge=first_bridge)
@@ -443,7 +509,8 @@ def test_phone_attended_transfer_merges_the_consultation_call_into_the_first() -
     assert rec.call_id == trunk.linkedid
     assert (rec.direction, rec.extension, rec.final_extension) == ("in", "101", "102")
     assert [t.to_json() for t in rec.transfers] == [
-        {"from": "101", "to": "102", "kind": "attended"}]
+        {"from": "101", "to": "102", "kind": "attended"}
+    ]
     assert rec.rang == ("101", "102")
     assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(32.0))
     assert pbx.tracker.active_count == 0 and pbx.tracker._channels == {}
@@ -476,7 +543,11 @@ def test_aborted_attended_transfer_leaves_the_caller_with_the_first_agent() -> N
     pbx.hangup(a101, bridge=b)
     rec = pbx.record()
     assert (rec.direction, rec.extension, rec.final_extension, rec.transfers) == (
-        "in", "101", "101", ())
+        "in",
+        "101",
+        "101",
+        (),
+    )
     assert rec.ring_s == pytest.approx(2.0)  # not mistaken for a click-to-call start
 
 
@@ -487,9 +558,16 @@ def test_blind_transfer_to_an_outside_number_names_it_in_e164() -> None:
     pbx.dial(trunk, p101, "101")
     pbx.answer(trunk, p101)
     b = pbx.bridge(p101, trunk)
-    pbx.send("BlindTransfer", Result="Success", **pbx.snap(p101, "Transferer"),
-             **pbx.snap(trunk, "Transferee"), BridgeUniqueid=b, IsExternal="Yes",
-             Context="from-internal", Extension="89265556677")
+    pbx.send(
+        "BlindTransfer",
+        Result="Success",
+        **pbx.snap(p101, "Transferer"),
+        **pbx.snap(trunk, "Transferee"),
+        BridgeUniqueid=b,
+        IsExternal="Yes",
+        Context="from-internal",
+        Extension="89265556677",
+    )
     pbx.hangup(p101, bridge=b)
     pbx.leave(b, trunk)
     mobile = pbx.channel("PJSIP/trunk", context="from-trunk", linked=trunk)
@@ -501,7 +579,8 @@ def test_blind_transfer_to_an_outside_number_names_it_in_e164() -> None:
     rec = pbx.record()
     assert rec.direction == "in" and rec.extension == "101"
     assert [t.to_json() for t in rec.transfers] == [
-        {"from": "101", "to": "+79265556677", "kind": "blind"}]
+        {"from": "101", "to": "+79265556677", "kind": "blind"}
+    ]
 
 
 def test_click_to_call_through_a_local_channel_is_the_agents_outbound_call() -> None:
@@ -551,7 +630,11 @@ def test_caller_hanging_up_in_the_ivr_is_a_missed_call() -> None:
     pbx.hangup(trunk)
     rec = pbx.record()
     assert (rec.external, rec.answered, rec.disposition, rec.ring_s) == (
-        "+79161234567", False, "no-answer", pytest.approx(12.0))
+        "+79161234567",
+        False,
+        "no-answer",
+        pytest.approx(12.0),
+    )
 
 
 def test_busy_application_without_dialling_is_busy() -> None:
@@ -584,8 +667,14 @@ def test_malformed_messages_are_skipped_without_raising() -> None:
         {"Event": "AttendedTransfer", "Result": "Success"},
         {"Event": "BridgeMerge", "FromBridgeUniqueid": "x"},
         {"Event": "SomethingNew", "Uniqueid": "1.1"},
-        {"Event": "Newchannel", "Uniqueid": "2.1", "Channel": "PJSIP/trunk-1",
-         "Timestamp": "not-a-time", "ChannelState": "4", "Context": "from-trunk"},
+        {
+            "Event": "Newchannel",
+            "Uniqueid": "2.1",
+            "Channel": "PJSIP/trunk-1",
+            "Timestamp": "not-a-time",
+            "ChannelState": "4",
+            "Context": "from-trunk",
+        },
         {"Event": "Newstate", "Uniqueid": "2.1", "ChannelState": None},  # type: ignore[dict-item]
         {"Event": "Hangup", "Uniqueid": "2.1", "Cause": "??"},
     ]
@@ -600,8 +689,13 @@ def test_malformed_messages_are_skipped_without_raising() -> None:
 # --- direction: by the [calls] rules, never by a channel's first state --------------------
 
 
-def sip_trunk_call(pbx: Pbx, caller: str = CALLER, did: str = DID,
-                   endpoint: str = "SIP/provider", context: str = "from-trunk") -> Chan:
+def sip_trunk_call(
+    pbx: Pbx,
+    caller: str = CALLER,
+    did: str = DID,
+    endpoint: str = "SIP/provider",
+    context: str = "from-trunk",
+) -> Chan:
     """chan_sip's inbound call: the channel is created Down, then set to Ring when the PBX
     starts running it (chan_sip.c handle_request_invite)."""
     trunk = pbx.channel(endpoint, context=context, exten=did, cid=caller, state="0")
@@ -641,8 +735,7 @@ def test_inbound_call_created_down_is_announced_once_it_rings_not_before() -> No
     assert (started.direction, started.external, started.did) == ("in", "+" + CALLER, "+" + DID)
 
 
-def test_callback_originate_to_an_outside_number_first_is_an_outbound_call_by_the_agent(
-) -> None:
+def test_callback_originate_to_an_outside_number_first_is_an_outbound_call_by_the_agent() -> None:
     # Originate Channel=SIP/provider/79031112233 Context=from-internal Exten=101: the
     # outside number rings first (created Down, dialled with no calling channel).
     pbx = Pbx()
@@ -662,7 +755,11 @@ def test_callback_originate_to_an_outside_number_first_is_an_outbound_call_by_th
     pbx.hangup(p101, bridge=b)
     rec = pbx.record()
     assert (rec.direction, rec.external, rec.did, rec.extension) == (
-        "out", "+79031112233", None, "101")
+        "out",
+        "+79031112233",
+        None,
+        "101",
+    )
     assert (rec.answered, rec.talk_s) == (True, pytest.approx(10.0))
 
 
@@ -706,9 +803,7 @@ def test_chan_sip_phone_call_created_down_is_not_taken_for_a_click_to_call() -> 
 # --- answered: an outside party and an agent were connected --------------------------------
 
 
-def forward_to_mobile(
-    pbx: Pbx, dial_end: str, wait_after_answer: float = 6
-) -> tuple[Chan, Chan]:
+def forward_to_mobile(pbx: Pbx, dial_end: str, wait_after_answer: float = 6) -> tuple[Chan, Chan]:
     """101 rings 5 s unanswered, then Dial(SIP/provider/79265556677,,U(confirm)): the
     mobile answers; a Gosub on its leg asks its owner to accept (press 1)."""
     trunk = pbx.trunk_call(CALLER, DID)
@@ -735,7 +830,11 @@ def test_forward_to_a_mobile_whose_owner_does_not_accept_is_not_answered() -> No
     pbx.hangup(trunk, cause=19)
     rec = pbx.record()
     assert (rec.direction, rec.answered, rec.extension, rec.disposition) == (
-        "in", False, None, "no-answer")
+        "in",
+        False,
+        None,
+        "no-answer",
+    )
     assert (rec.forwarded_to, rec.talk_s) == ("+79265556677", 0.0)
     assert not [u for u in pbx.updates if isinstance(u, Answered)]
 
@@ -751,7 +850,11 @@ def test_forward_to_a_mobile_is_answered_when_the_caller_is_put_through() -> Non
     rec = pbx.record()
     # One inbound call, credited to 101 (its forward on no answer), answered at the accept.
     assert (rec.direction, rec.answered, rec.extension, rec.final_extension) == (
-        "in", True, "101", "101")
+        "in",
+        True,
+        "101",
+        "101",
+    )
     assert (rec.rang, rec.forwarded_to) == (("101",), "+79265556677")
     assert (rec.ring_s, rec.talk_s) == (pytest.approx(8.5), pytest.approx(8.0))
 
@@ -820,16 +923,18 @@ def test_directed_pickup_is_answered_by_the_picker() -> None:
     # 102 dials *8101: PickupChan(PJSIP/101) takes over 101's ringing channel.
     pbx = Pbx()
     trunk, p101 = ringing_101(pbx)
-    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="*8101", cid="102",
-                       state="4")
+    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="*8101", cid="102", state="4")
     pbx.up(p102)
     pbx.wait(0.5)
     pbx.send("Pickup", **pbx.snap(p102), **pbx.snap(p101, "Target"))
     rec = picked_up_ends(pbx, trunk, p102, p101)
     assert (rec.direction, rec.answered, rec.extension, rec.final_extension) == (
-        "in", True, "102", "102")
-    assert (rec.rang, rec.ring_s, rec.talk_s) == (("101",), pytest.approx(3.5),
-                                                   pytest.approx(6.0))
+        "in",
+        True,
+        "102",
+        "102",
+    )
+    assert (rec.rang, rec.ring_s, rec.talk_s) == (("101",), pytest.approx(3.5), pytest.approx(6.0))
     assert pbx.tracker.active_count == 0 and len(pbx.records()) == 1
 
 
@@ -838,12 +943,15 @@ def test_pickup_by_invite_with_replaces_is_answered_by_the_picker() -> None:
     # 101) that Asterisk swaps in for the ringing one; the caller's Dial names it ANSWER.
     pbx = Pbx()
     trunk, p101 = ringing_101(pbx)
-    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="101", cid="102",
-                       state="4")
+    p102 = pbx.channel("PJSIP/102", context="from-internal", exten="101", cid="102", state="4")
     pbx.up(p102)
     rec = picked_up_ends(pbx, trunk, p102, p101)
     assert (rec.answered, rec.extension, rec.final_extension, rec.ring_s) == (
-        True, "102", "102", pytest.approx(3.0))
+        True,
+        "102",
+        "102",
+        pytest.approx(3.0),
+    )
     assert len(pbx.records()) == 1  # 102's own "call to 101" is not a call of its own
 
 
@@ -865,24 +973,32 @@ def consultation(pbx: Pbx) -> tuple[Chan, Chan, Chan, Chan, str, str]:
     return trunk, a101, c101, c102, first, ""
 
 
-def attended_transfer(pbx: Pbx, trunk: Chan, a101: Chan, c101: Chan, first: str,
-                      second: str, **dest: str) -> None:
-    """AttendedTransfer as Asterisk 13 sends it for a SIP REFER: no TransferTarget*."""
-    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
-             OrigBridgeUniqueid=first, **pbx.snap(c101, "SecondTransferer"),
-             SecondBridgeUniqueid=second, **pbx.snap(trunk, "Transferee"), IsExternal="Yes",
-             **dest)
-
-
-def test_attended_transfer_without_target_headers_names_the_target_from_the_second_bridge(
+def attended_transfer(
+    pbx: Pbx, trunk: Chan, a101: Chan, c101: Chan, first: str, second: str, **dest: str
 ) -> None:
+    """AttendedTransfer as Asterisk 13 sends it for a SIP REFER: no TransferTarget*."""
+    pbx.send(
+        "AttendedTransfer",
+        Result="Success",
+        **pbx.snap(a101, "OrigTransferer"),
+        OrigBridgeUniqueid=first,
+        **pbx.snap(c101, "SecondTransferer"),
+        SecondBridgeUniqueid=second,
+        **pbx.snap(trunk, "Transferee"),
+        IsExternal="Yes",
+        **dest,
+    )
+
+
+def test_attended_transfer_without_target_headers_names_the_target_from_the_second_bridge() -> None:
     pbx = Pbx()
     trunk, a101, c101, c102, first, _ = consultation(pbx)
     pbx.answer(c101, c102)
     consult = pbx.bridge(c102, c101)
     pbx.wait(3)
-    attended_transfer(pbx, trunk, a101, c101, first, consult, DestType="Bridge",
-                      DestBridgeUniqueid=consult)
+    attended_transfer(
+        pbx, trunk, a101, c101, first, consult, DestType="Bridge", DestBridgeUniqueid=consult
+    )
     pbx.leave(first, trunk)
     pbx.leave(consult, c101)
     pbx.enter(consult, trunk, 2)
@@ -893,12 +1009,12 @@ def test_attended_transfer_without_target_headers_names_the_target_from_the_seco
     pbx.hangup(c102, bridge=consult)
     rec = pbx.record()
     assert [t.to_json() for t in rec.transfers] == [
-        {"from": "101", "to": "102", "kind": "attended"}]
+        {"from": "101", "to": "102", "kind": "attended"}
+    ]
     assert (rec.final_extension, rec.flags) == ("102", ())
 
 
-def test_blonde_transfer_without_target_headers_names_whom_the_consultation_leg_dialled(
-) -> None:
+def test_blonde_transfer_without_target_headers_names_whom_the_consultation_leg_dialled() -> None:
     # 101 completes the transfer while 102 still rings: the caller takes over the ringing
     # Dial (DestType App, DestApp Dial); no second bridge exists yet.
     pbx = Pbx()
@@ -915,12 +1031,12 @@ def test_blonde_transfer_without_target_headers_names_whom_the_consultation_leg_
     pbx.hangup(c102, bridge=b)
     rec = pbx.record()
     assert [t.to_json() for t in rec.transfers] == [
-        {"from": "101", "to": "102", "kind": "attended"}]
+        {"from": "101", "to": "102", "kind": "attended"}
+    ]
     assert (rec.extension, rec.final_extension) == ("101", "102")
 
 
-def test_attended_transfer_whose_target_cannot_be_worked_out_is_flagged_with_a_reason(
-) -> None:
+def test_attended_transfer_whose_target_cannot_be_worked_out_is_flagged_with_a_reason() -> None:
     pbx = Pbx()
     trunk, a101, c101, c102, first, _ = consultation(pbx)
     pbx.hangup(c102, cause=16)  # the consultation leg is gone before the transfer
@@ -929,8 +1045,7 @@ def test_attended_transfer_whose_target_cannot_be_worked_out_is_flagged_with_a_r
     pbx.hangup(a101, bridge=first)
     pbx.hangup(trunk)
     rec = pbx.record()
-    assert [t.to_json() for t in rec.transfers] == [
-        {"from": "101", "to": None, "kind": "attended"}]
+    assert [t.to_json() for t in rec.transfers] == [{"from": "101", "to": None, "kind": "attended"}]
     assert rec.flags == ("transfer-target-unknown",)
     assert "names no target" in dict(rec.reasons)["transfer-target-unknown"]
 
@@ -955,11 +1070,19 @@ def test_two_callers_an_agent_joins_stay_two_calls_that_name_each_other() -> Non
     pbx.leave(ba, a)
     pbx.leave(bc, c101)
     pbx.enter(bc, a, 2)
-    pbx.send("AttendedTransfer", Result="Success", **pbx.snap(a101, "OrigTransferer"),
-             OrigBridgeUniqueid=ba, **pbx.snap(c101, "SecondTransferer"),
-             SecondBridgeUniqueid=bc, **pbx.snap(a, "Transferee"),
-             **pbx.snap(c, "TransferTarget"), IsExternal="Yes", DestType="Bridge",
-             DestBridgeUniqueid=bc)
+    pbx.send(
+        "AttendedTransfer",
+        Result="Success",
+        **pbx.snap(a101, "OrigTransferer"),
+        OrigBridgeUniqueid=ba,
+        **pbx.snap(c101, "SecondTransferer"),
+        SecondBridgeUniqueid=bc,
+        **pbx.snap(a, "Transferee"),
+        **pbx.snap(c, "TransferTarget"),
+        IsExternal="Yes",
+        DestType="Bridge",
+        DestBridgeUniqueid=bc,
+    )
     pbx.hangup(a101, bridge=ba)
     pbx.hangup(c101)
     pbx.wait(10)
@@ -971,12 +1094,18 @@ def test_two_callers_an_agent_joins_stay_two_calls_that_name_each_other() -> Non
     assert (one.call_id, other.call_id) == (a.linkedid, c.uid)
     assert (one.joined_with, other.joined_with) == ((other.call_id,), (one.call_id,))
     assert [t.to_json() for t in one.transfers] == [
-        {"from": "101", "to": "+79262230026", "kind": "attended"}]
+        {"from": "101", "to": "+79262230026", "kind": "attended"}
+    ]
     assert [t.to_json() for t in other.transfers] == [
-        {"from": "101", "to": "+" + CALLER, "kind": "attended"}]
+        {"from": "101", "to": "+" + CALLER, "kind": "attended"}
+    ]
     for rec in (one, other):
         assert (rec.direction, rec.extension, rec.answered, rec.final_extension) == (
-            "in", "101", True, None)
+            "in",
+            "101",
+            True,
+            None,
+        )
     assert (one.talk_s, other.talk_s) == (pytest.approx(18.0), pytest.approx(13.0))
 
 
@@ -986,8 +1115,14 @@ def test_callers_parked_in_one_holding_bridge_are_not_joined() -> None:
     lot = "00000000-0000-4000-8000-00000000park"
     for n, ch in enumerate(calls, 1):
         pbx.up(ch)
-        pbx.send("BridgeEnter", BridgeUniqueid=lot, BridgeType="holding",
-                 BridgeTechnology="holding_bridge", BridgeNumChannels=str(n), **pbx.snap(ch))
+        pbx.send(
+            "BridgeEnter",
+            BridgeUniqueid=lot,
+            BridgeType="holding",
+            BridgeTechnology="holding_bridge",
+            BridgeNumChannels=str(n),
+            **pbx.snap(ch),
+        )
     pbx.wait(30)
     for ch in calls:
         pbx.hangup(ch, bridge=lot)
@@ -1009,13 +1144,19 @@ def hosted_call(pbx: Pbx) -> None:
     pbx.wait(2)
     pbx.answer(trunk, p201)
     b = pbx.bridge(p201, trunk)
-    pbx.send("BlindTransfer", Result="Success", **pbx.snap(p201, "Transferer"),
-             **pbx.snap(trunk, "Transferee"), BridgeUniqueid=b, IsExternal="Yes",
-             Context="cust42-phones", Extension="202")
+    pbx.send(
+        "BlindTransfer",
+        Result="Success",
+        **pbx.snap(p201, "Transferer"),
+        **pbx.snap(trunk, "Transferee"),
+        BridgeUniqueid=b,
+        IsExternal="Yes",
+        Context="cust42-phones",
+        Extension="202",
+    )
     pbx.hangup(p201, bridge=b)
     pbx.leave(b, trunk)
-    p202 = pbx.channel("SIP/150010002", context="cust42-phones", cid="79161234567",
-                       linked=trunk)
+    p202 = pbx.channel("SIP/150010002", context="cust42-phones", cid="79161234567", linked=trunk)
     pbx.dial(trunk, p202, "SIP/150010002")
     pbx.ring(trunk, p202)
     pbx.answer(trunk, p202)
@@ -1030,9 +1171,12 @@ def test_phones_named_by_account_are_mapped_to_extensions_by_the_phones_table() 
     hosted_call(pbx)
     rec = pbx.record()
     assert (rec.direction, rec.extension, rec.final_extension, rec.rang) == (
-        "in", "201", "202", ("201", "202"))
-    assert [t.to_json() for t in rec.transfers] == [
-        {"from": "201", "to": "202", "kind": "blind"}]
+        "in",
+        "201",
+        "202",
+        ("201", "202"),
+    )
+    assert [t.to_json() for t in rec.transfers] == [{"from": "201", "to": "202", "kind": "blind"}]
 
 
 def test_phone_channel_pattern_makes_phones_with_the_extension_from_its_group() -> None:
@@ -1049,15 +1193,13 @@ def test_phone_channel_pattern_makes_phones_with_the_extension_from_its_group() 
     assert (pbx.record().extension, pbx.record().direction) == ("201", "in")
 
 
-def test_phone_channel_pattern_without_a_group_takes_the_extension_from_the_caller_id(
-) -> None:
+def test_phone_channel_pattern_without_a_group_takes_the_extension_from_the_caller_id() -> None:
     pbx = Pbx(CallTracker(CallRules(phone_channel_pattern=r"^SIP/15001\d{4}-")))
     hosted_call(pbx)
     rec = pbx.record()
     # 202's leg carries the caller's number as caller ID: it is a phone, but of whom?
     assert (rec.extension, rec.rang) == ("201", ("201",))
-    assert [t.to_json() for t in rec.transfers] == [
-        {"from": "201", "to": "202", "kind": "blind"}]
+    assert [t.to_json() for t in rec.transfers] == [{"from": "201", "to": "202", "kind": "blind"}]
 
 
 def test_a_phones_entry_that_is_no_extension_is_refused_when_the_settings_load() -> None:
@@ -1097,7 +1239,11 @@ def test_a_caller_put_through_to_an_agents_standing_call_keeps_a_call_of_its_own
     assert isinstance(finished, CallFinished)
     rec = finished.record
     assert (rec.call_id, rec.direction, rec.answered, rec.extension) == (
-        trunk.uid, "in", True, "101")
+        trunk.uid,
+        "in",
+        True,
+        "101",
+    )
     assert (rec.ring_s, rec.talk_s) == (pytest.approx(2.0), pytest.approx(30.0))
     assert pbx.tracker.active_count == 1  # the agent is still logged in
 
@@ -1124,8 +1270,9 @@ def test_a_call_from_a_channel_no_rule_classifies_is_flagged_direction_guessed()
 
 def test_an_outbound_call_from_a_channel_no_rule_maps_to_an_extension_is_flagged() -> None:
     pbx = Pbx(CallTracker(EXPLICIT_TRUNKS))
-    alice = pbx.channel("PJSIP/alice", context="cust42", exten="79031112233", cid="Alice",
-                        state="4")
+    alice = pbx.channel(
+        "PJSIP/alice", context="cust42", exten="79031112233", cid="Alice", state="4"
+    )
     out = pbx.channel("PJSIP/trunk", context="from-trunk", linked=alice)
     pbx.dial(alice, out, "79031112233@trunk")
     pbx.answer(alice, out)

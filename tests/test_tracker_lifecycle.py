@@ -22,8 +22,12 @@ def show_channel(ch: Chan, duration_s: int, bridge: str = "") -> Message:
     """A CoreShowChannel event (the answer to CoreShowChannels) for a live channel."""
     h, rest = divmod(duration_s, 3600)
     return {
-        "Event": "CoreShowChannel", "ActionID": "reconcile-1", **Pbx.snap(ch),
-        "BridgeId": bridge, "Application": "Dial", "ApplicationData": "",
+        "Event": "CoreShowChannel",
+        "ActionID": "reconcile-1",
+        **Pbx.snap(ch),
+        "BridgeId": bridge,
+        "Application": "Dial",
+        "ApplicationData": "",
         "Duration": f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}",
     }
 
@@ -59,7 +63,11 @@ def test_call_that_ended_while_the_link_was_down_is_reported_once_as_reconciled(
     (finished,) = [u for u in pbx.tracker.reconcile([], now) if isinstance(u, CallFinished)]
     rec = finished.record
     assert (rec.flags, rec.ended_at, rec.answered, rec.extension) == (
-        ("reconciled", "gap"), now, True, "101")
+        ("reconciled", "gap"),
+        now,
+        True,
+        "101",
+    )
     assert pbx.tracker.reconcile([], now + 60) == []
     assert pbx.tracker.active_count == 0 and pbx.tracker._bridges == {}
 
@@ -150,7 +158,11 @@ def test_live_call_unknown_to_a_restarted_listener_is_adopted_and_reported_at_it
     rec = fresh.record()
     assert rec.call_id == trunk.linkedid
     assert (rec.direction, rec.external, rec.answered, rec.extension) == (
-        "in", "+" + CALLER, True, "101")
+        "in",
+        "+" + CALLER,
+        True,
+        "101",
+    )
     assert rec.flags == ("adopted", "ring-unknown")
     assert rec.ended_at - rec.started_at == pytest.approx(50.0)  # its start: from Duration
     assert fresh.tracker.active_count == 0
@@ -162,8 +174,9 @@ def test_a_call_found_answered_after_a_restart_has_an_unknown_ring_not_zero() ->
     trunk, p101, bridge = answered_call(old)
     old.wait(10)
     fresh = Pbx(t0=old.t)
-    fresh.tracker.reconcile([show_channel(p101, 10, bridge), show_channel(trunk, 12, bridge)],
-                            fresh.t)  # fmt: skip
+    fresh.tracker.reconcile(
+        [show_channel(p101, 10, bridge), show_channel(trunk, 12, bridge)], fresh.t
+    )
     fresh.wait(3)
     fresh.hangup(trunk, bridge=bridge)
     fresh.hangup(p101, bridge=bridge)
@@ -266,8 +279,9 @@ def test_beyond_max_active_calls_a_new_call_is_refused_and_none_tracked_is_dropp
     calls = [pbx.trunk_call(f"+7916000000{i}", DID) for i in range(5)]
     refused = [u for u in pbx.updates if isinstance(u, CallRefused)]
     assert [(r.call_id, r.new_call, r.active_calls) for r in refused] == [
-        (calls[3].linkedid, True, 3), (calls[4].linkedid, True, 3),
-    ]  # fmt: skip
+        (calls[3].linkedid, True, 3),
+        (calls[4].linkedid, True, 3),
+    ]
     assert pbx.tracker.active_count == 3
     for ch in calls:
         pbx.hangup(ch)
@@ -296,11 +310,19 @@ def test_a_channel_beyond_the_cap_leaves_its_call_tracked_and_flagged_overflow()
 def test_lost_hangups_cannot_grow_the_tracker_past_its_cap_nor_flood_a_reconnect() -> None:
     tracker = CallTracker(CallRules(max_active_calls=1000))
     events = [
-        {"Event": "Newchannel", "Channel": f"PJSIP/trunk-{i:08x}", "Uniqueid": f"1.{i}",
-         "Linkedid": f"1.{i}", "Context": "from-trunk", "CallerIDNum": "79161234567",
-         "Exten": "74951234567", "ChannelState": "4", "Timestamp": "1800000000.0"}
+        {
+            "Event": "Newchannel",
+            "Channel": f"PJSIP/trunk-{i:08x}",
+            "Uniqueid": f"1.{i}",
+            "Linkedid": f"1.{i}",
+            "Context": "from-trunk",
+            "CallerIDNum": "79161234567",
+            "Exten": "74951234567",
+            "ChannelState": "4",
+            "Timestamp": "1800000000.0",
+        }
         for i in range(5000)
-    ]  # fmt: skip
+    ]
     updates = tracker.feed(events)
     assert tracker.active_count == 1000 and len(tracker._channels) == 1000
     assert sum(isinstance(u, CallRefused) for u in updates) == 4000
@@ -341,8 +363,7 @@ def test_a_call_that_ended_in_a_link_loss_is_closed_on_the_pbx_clock() -> None:
     pbx = Pbx(host_ahead_s=-HALF_DAY)
     answered_call(pbx)
     pbx.wait(60)
-    (finished,) = [u for u in pbx.tracker.reconcile([], pbx.now)
-                   if isinstance(u, CallFinished)]
+    (finished,) = [u for u in pbx.tracker.reconcile([], pbx.now) if isinstance(u, CallFinished)]
     assert finished.record.talk_s == pytest.approx(60.0)  # not 60 s - 12 h, clamped to 0
 
 
@@ -363,8 +384,10 @@ def test_clock_offset_is_the_smallest_lag_of_the_last_two_minutes() -> None:
 
 def test_a_pbx_that_sends_no_timestamp_works_on_arrival_time_with_no_offset() -> None:
     tracker = CallTracker(CallRules(max_call_age_s=3600))
-    msgs = [{k: v for k, v in m.items() if k != "Timestamp"}
-            for m in load("01-inbound-answered-caller-hangup.ami")]
+    msgs = [
+        {k: v for k, v in m.items() if k != "Timestamp"}
+        for m in load("01-inbound-answered-caller-hangup.ami")
+    ]
     head = [m for m in msgs if m.get("Event") != "Hangup"]
     tracker.feed(head, 5000.0)
     assert tracker.clock_offset is None

@@ -20,8 +20,13 @@ MANIFEST = json.loads((TRACES / "manifest.json").read_text(encoding="utf-8"))
 ALL_SCENARIOS = {s["file"]: s for s in MANIFEST["scenarios"]}
 # One AMI session each: the file alone yields the calls (29's link cut needs its 2nd session).
 SCENARIOS = {k: s for k, s in ALL_SCENARIOS.items() if "session2_file" not in s}
-DISPOSITIONS = {"ANSWERED": "answered", "NO ANSWER": "no-answer", "BUSY": "busy",
-                "FAILED": "failed", "CONGESTION": "failed"}
+DISPOSITIONS = {
+    "ANSWERED": "answered",
+    "NO ANSWER": "no-answer",
+    "BUSY": "busy",
+    "FAILED": "failed",
+    "CONGESTION": "failed",
+}
 EXTENSION = CallRules().extension_re
 
 
@@ -52,8 +57,9 @@ def check_against_manifest(expected: dict[str, Any], got: dict[str, Any]) -> lis
     if "forwarded_to" in expected:
         want["forwarded_to"] = e164(expected["forwarded_to"])
     if "transfers" in expected:
-        want["transfers"] = [{**t, "from": party(t["from"]), "to": party(t["to"])}
-                             for t in expected["transfers"]]
+        want["transfers"] = [
+            {**t, "from": party(t["from"]), "to": party(t["to"])} for t in expected["transfers"]
+        ]
     errors = [f"{k}: want {v!r}, got {got.get(k)!r}" for k, v in want.items() if got.get(k) != v]
     for key, events_key in (("ring_s", "ring_seconds_events"), ("talk_s", "talk_seconds_events")):
         if expected[events_key] is None:  # not measurable from the events (a link cut)
@@ -138,8 +144,9 @@ def test_tracker_state_is_empty_once_every_call_finished(name: str) -> None:
     assert tracker._local_ones == {}
 
 
-STAMPED = sorted(name for name, s in SCENARIOS.items()
-                 if "no_timestamp" not in s.get("transform", ()))
+STAMPED = sorted(
+    name for name, s in SCENARIOS.items() if "no_timestamp" not in s.get("transform", ())
+)
 
 
 @pytest.mark.parametrize("name", STAMPED)
@@ -154,7 +161,12 @@ def test_rebased_trace_yields_the_same_calls_moved_in_time(name: str) -> None:
         assert y.call_id != x.call_id
         assert y.started_at == pytest.approx(x.started_at + shift)
         assert (y.ring_s, y.talk_s, y.rang, y.extension, y.disposition) == (
-            x.ring_s, x.talk_s, x.rang, x.extension, x.disposition)
+            x.ring_s,
+            x.talk_s,
+            x.rang,
+            x.extension,
+            x.disposition,
+        )
 
 
 def test_updates_for_a_ring_group_come_in_call_order() -> None:
@@ -170,7 +182,10 @@ def test_updates_for_a_ring_group_come_in_call_order() -> None:
     started, ringing = updates[0], updates[1]
     assert isinstance(started, CallStarted) and isinstance(ringing, Ringing)
     assert (ringing.external, ringing.did, ringing.direction) == (
-        "+79161234567", "+74951234567", "in")
+        "+79161234567",
+        "+74951234567",
+        "in",
+    )
 
 
 def test_queue_answer_is_the_agent_not_the_pbx_answering_the_trunk() -> None:
@@ -182,8 +197,9 @@ def test_queue_answer_is_the_agent_not_the_pbx_answering_the_trunk() -> None:
     assert rec.ring_s == pytest.approx(4.52, abs=0.05)
 
 
-def test_click_to_call_rings_the_agent_without_a_screen_pop_and_starts_at_the_outside_dial(
-) -> None:
+def test_click_to_call_rings_the_agent_without_a_screen_pop_and_starts_at_the_outside_dial() -> (
+    None
+):
     _, updates = run(load("14-outbound-click-to-call-originate.ami"))
     assert not [u for u in updates if isinstance(u, Ringing)]
     (rec,) = records(updates)
@@ -195,7 +211,10 @@ def test_click_to_call_rings_the_agent_without_a_screen_pop_and_starts_at_the_ou
 def test_overlapping_calls_finish_in_the_order_they_end() -> None:
     _, updates = run(load("12-inbound-overlapping-three-calls.ami"))
     assert [r.call_id for r in records(updates)] == [
-        "1795727934.34", "1795727935.36", "1795727933.32"]
+        "1795727934.34",
+        "1795727935.36",
+        "1795727933.32",
+    ]
 
 
 def test_blind_and_attended_transfers_are_recorded_with_their_kind() -> None:
@@ -203,7 +222,8 @@ def test_blind_and_attended_transfers_are_recorded_with_their_kind() -> None:
     (attended,) = records(run(load("11-inbound-attended-transfer-101-to-102.ami"))[1])
     assert [t.to_json() for t in blind.transfers] == [{"from": "101", "to": "102", "kind": "blind"}]
     assert [t.to_json() for t in attended.transfers] == [
-        {"from": "101", "to": "102", "kind": "attended"}]
+        {"from": "101", "to": "102", "kind": "attended"}
+    ]
 
 
 def test_direction_comes_from_the_rules_not_from_names() -> None:
@@ -219,8 +239,10 @@ def test_direction_comes_from_the_rules_not_from_names() -> None:
 
 
 def test_times_come_from_arrival_when_the_pbx_sends_no_timestamp() -> None:
-    msgs = [{k: v for k, v in m.items() if k != "Timestamp"}
-            for m in load("01-inbound-answered-caller-hangup.ami")]
+    msgs = [
+        {k: v for k, v in m.items() if k != "Timestamp"}
+        for m in load("01-inbound-answered-caller-hangup.ami")
+    ]
     tracker = CallTracker()
     out: list[Update] = []
     for i, msg in enumerate(msgs):
@@ -240,8 +262,9 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
     for msg, arrived in load_timed(scenario["file"]):
         recs += records(tracker.handle(msg, arrived))
     second = load_timed(scenario["session2_file"])
-    done = next(i for i, (m, _) in enumerate(second)
-                if m.get("Event") == "CoreShowChannelsComplete")
+    done = next(
+        i for i, (m, _) in enumerate(second) if m.get("Event") == "CoreShowChannelsComplete"
+    )
     shown = [m for m, _ in second[:done] if m.get("Event") == "CoreShowChannel"]
     gap = json.loads((TRACES / scenario["file"].replace(".ami", ".gap.json")).read_text())
     # ``since``: the link's last sign of life, as the listener tells it
@@ -249,8 +272,11 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
     for msg, arrived in second[done + 1 :]:
         recs += records(tracker.handle(msg, arrived))
     by_id = {r.call_id: r for r in recs}
-    flags = {c["linkedid"]: by_id[c["linkedid"]].flags for c in scenario["calls"]
-             if not c.get("only_in_cdr_csv")}
+    flags = {
+        c["linkedid"]: by_id[c["linkedid"]].flags
+        for c in scenario["calls"]
+        if not c.get("only_in_cdr_csv")
+    }
     assert flags == {
         "1796475312.288": (),  # spans the gap: its end came in session 2
         "1796475313.290": ("reconciled", "gap"),  # ended in the gap
@@ -265,10 +291,12 @@ def test_a_link_cut_reports_every_call_seen_on_ami_once_flagged_by_what_was_miss
     assert adopted.started_at == pytest.approx(gap["session2_connected_wallclock"] - 4, abs=1.5)
     # CoreShowChannel carries no DID: the listener asks the PBX for it (test_listener).
     assert adopted.did is None
-    expected = {**scenario, "calls": [
-        {**c, "did": None} if c["linkedid"] == adopted.call_id else c
-        for c in scenario["calls"]
-    ]}
+    expected = {
+        **scenario,
+        "calls": [
+            {**c, "did": None} if c["linkedid"] == adopted.call_id else c for c in scenario["calls"]
+        ],
+    }
     match_calls(expected, recs)
     assert tracker.active_count == 0
 
@@ -281,8 +309,13 @@ def hosted(messages: list[Message]) -> list[Message]:
     """The chan_sip recording as a hosted PBX would send it: its phones live in a customer
     context of their own (not in internal_contexts), so only [calls] phones says that
     SIP/150010001-... is extension 201."""
-    return [{k: ("cust42-phones" if v == "from-internal" and k.endswith("Context") else v)
-             for k, v in m.items()} for m in messages]
+    return [
+        {
+            k: ("cust42-phones" if v == "from-internal" and k.endswith("Context") else v)
+            for k, v in m.items()
+        }
+        for m in messages
+    ]
 
 
 @pytest.mark.parametrize("name", CHANSIP)
@@ -311,7 +344,8 @@ def test_a_derived_trace_is_what_its_documented_transform_makes_of_its_recording
     steps = tuple(getattr(versions, step) for step in scenario["transform"])
     for kind in (".timing.jsonl", ".ami"):
         (tmp_path / scenario["derived_from"].replace(".ami", kind)).write_bytes(
-            (TRACES / scenario["derived_from"].replace(".ami", kind)).read_bytes())
+            (TRACES / scenario["derived_from"].replace(".ami", kind)).read_bytes()
+        )
     made = versions.derive(tmp_path, scenario["derived_from"], name, steps)
     assert made == (TRACES / name).read_bytes()
     assert scenario["why"] and scenario["pbx"]
@@ -320,7 +354,8 @@ def test_a_derived_trace_is_what_its_documented_transform_makes_of_its_recording
 def test_asterisk_13_blonde_transfer_without_target_headers_names_the_ringing_target() -> None:
     (rec,) = records(run_timed("61-sip13-inbound-blonde-transfer-no-target.ami")[1])
     assert [t.to_json() for t in rec.transfers] == [
-        {"from": "201", "to": "202", "kind": "attended"}]
+        {"from": "201", "to": "202", "kind": "attended"}
+    ]
     assert rec.flags == ()
 
 
@@ -335,8 +370,7 @@ def test_a_pbx_without_timestamps_times_its_calls_by_their_arrival() -> None:
     name = "65-sip-inbound-blind-transfer-no-timestamp.ami"
     assert "Timestamp" not in (TRACES / name).read_text()
     tracker, updates = run_timed(name)
-    ((rec,), (stamped,)) = records(updates), records(
-        run_timed(SCENARIOS[name]["derived_from"])[1])
+    ((rec,), (stamped,)) = records(updates), records(run_timed(SCENARIOS[name]["derived_from"])[1])
     assert tracker.clock_offset is None
     assert rec.ring_s == pytest.approx(stamped.ring_s, abs=0.05)
     assert rec.talk_s == pytest.approx(stamped.talk_s, abs=0.05)
@@ -346,5 +380,8 @@ def test_an_ami_user_without_the_dialplan_and_agent_classes_still_sees_who_answe
     name = "66-sip-inbound-queue-call-class-only.ami"
     assert "AgentConnect" not in (TRACES / name).read_text()
     (rec,) = records(run_timed(name)[1])
-    assert (rec.extension, rec.did, rec.ring_s) == ("202", "+74951234569", pytest.approx(4.52,
-                                                                                     abs=0.05))
+    assert (rec.extension, rec.did, rec.ring_s) == (
+        "202",
+        "+74951234569",
+        pytest.approx(4.52, abs=0.05),
+    )

@@ -19,8 +19,11 @@ from worker.queue import enqueue_call
 
 CONFIG = WorkerConfig(
     crm=CrmTarget("http://crm.test/rest", "bridge", "pw", timeout_s=1.0),
-    calls=CallPolicy(job_timeout_s=3.0), poll_delay_s=0.05, heartbeat_s=0.2, reconcile_s=1.0,
-)  # fmt: skip
+    calls=CallPolicy(job_timeout_s=3.0),
+    poll_delay_s=0.05,
+    heartbeat_s=0.2,
+    reconcile_s=1.0,
+)
 
 
 async def wait_until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -35,17 +38,19 @@ async def test_an_embedded_worker_delivers_and_stops_cleanly_when_cancelled(
 ) -> None:
     crm = MemoryCrm()
     service = WorkerService(
-        CONFIG, redis_url, worker_id="embedded", client_factory=lambda t: crm,
+        CONFIG,
+        redis_url,
+        worker_id="embedded",
+        client_factory=lambda t: crm,
         handle_signals=False,
-    )  # fmt: skip
+    )
     task = asyncio.create_task(service.run())
     try:
         await wait_until(lambda: redis_client.exists("telefum:stats:worker:embedded"))
-        await enqueue_call(redis_client, record(), queue_name=CONFIG.queue_name,
-                           expires_s=60, ledger_ttl_s=60)  # fmt: skip
-        await wait_until(
-            lambda: _counter(redis_client, "succeeded", 1)
+        await enqueue_call(
+            redis_client, record(), queue_name=CONFIG.queue_name, expires_s=60, ledger_ttl_s=60
         )
+        await wait_until(lambda: _counter(redis_client, "succeeded", 1))
         assert len(crm.events) == 1
         live = await stats.read_stats(redis_client, CONFIG.queue_name)
         assert [w["id"] for w in live["workers"]] == ["embedded"]
@@ -66,9 +71,12 @@ async def test_a_worker_rides_out_redis_going_away_and_coming_back(
 ) -> None:
     crm = MemoryCrm()
     service = WorkerService(
-        CONFIG, redis_server.url, worker_id="sturdy", client_factory=lambda t: crm,
+        CONFIG,
+        redis_server.url,
+        worker_id="sturdy",
+        client_factory=lambda t: crm,
         handle_signals=False,
-    )  # fmt: skip
+    )
     task = asyncio.create_task(service.run())
     try:
         await wait_until(lambda: redis_client.exists("telefum:stats:worker:sturdy"))
@@ -76,8 +84,9 @@ async def test_a_worker_rides_out_redis_going_away_and_coming_back(
         await asyncio.sleep(0.5)  # the worker's polls fail for a while
         assert not task.done()
         redis_server.start()
-        await enqueue_call(redis_client, record(), queue_name=CONFIG.queue_name,
-                           expires_s=60, ledger_ttl_s=60)  # fmt: skip
+        await enqueue_call(
+            redis_client, record(), queue_name=CONFIG.queue_name, expires_s=60, ledger_ttl_s=60
+        )
         await wait_until(lambda: _counter(redis_client, "succeeded", 1), timeout_s=20)
     finally:
         task.cancel()
@@ -142,9 +151,12 @@ async def test_a_worker_loop_that_keeps_failing_is_named_in_its_heartbeat(
 
     monkeypatch.setattr("worker.app.try_reconcile", broken)
     service = WorkerService(
-        CONFIG, redis_url, worker_id="ailing", client_factory=lambda t: MemoryCrm(),
+        CONFIG,
+        redis_url,
+        worker_id="ailing",
+        client_factory=lambda t: MemoryCrm(),
         handle_signals=False,
-    )  # fmt: skip
+    )
     task = asyncio.create_task(service.run())
 
     async def named() -> bool:

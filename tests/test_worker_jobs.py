@@ -104,11 +104,19 @@ def raising(err: Exception) -> Callable[[], Awaitable[None]]:
 
 def record(call_id: str = "1.1", external: str = "+79161234567", **kw: Any) -> dict[str, Any]:
     base = {
-        "call_id": call_id, "pbx": "default", "direction": "in", "external": external,
-        "did": "+74951234567", "extension": "101", "answered": True,
-        "started_at": "2025-11-26T12:00:00.000Z", "answered_at": "2025-11-26T12:00:06.000Z",
-        "ended_at": "2025-11-26T12:04:00.000Z", "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+        "call_id": call_id,
+        "pbx": "default",
+        "direction": "in",
+        "external": external,
+        "did": "+74951234567",
+        "extension": "101",
+        "answered": True,
+        "started_at": "2025-11-26T12:00:00.000Z",
+        "answered_at": "2025-11-26T12:00:06.000Z",
+        "ended_at": "2025-11-26T12:04:00.000Z",
+        "disposition": "answered",
+        "transfers": [],
+    }
     return base | kw
 
 
@@ -148,8 +156,10 @@ async def test_a_new_caller_gets_a_contact_and_the_call_an_event(
     await runtime.latencies.flush(redis_client)
     latency = (await read_stats(redis_client, Q))["crm_latency"]
     assert {op: v["ok"]["count"] for op, v in latency.items()} == {
-        "find": 1, "addcont": 1, "addevent": 1,
-    }  # fmt: skip
+        "find": 1,
+        "addcont": 1,
+        "addevent": 1,
+    }
 
 
 async def test_a_second_run_of_a_delivered_call_does_nothing(
@@ -342,9 +352,12 @@ async def test_requeue_after_a_fix_delivers_without_redoing_what_the_crm_has(
     runtime, crm = setup
     crm.before["addevent"] = raising(PermanentCrmError("request rejected: x", kind="rejected"))
     assert (await run(runtime, record())).startswith("dead-lettered")
-    assert await dlq.requeue(
-        redis_client, "call:default:1.1", queue_name=Q, expires_s=60, ledger_ttl_s=60
-    ) == "queued"
+    assert (
+        await dlq.requeue(
+            redis_client, "call:default:1.1", queue_name=Q, expires_s=60, ledger_ttl_s=60
+        )
+        == "queued"
+    )
     assert await dlq.count(redis_client) == 0
     crm.calls.clear()
     assert (await runtime.deliver(record(), "call:default:1.1")).startswith("delivered")
@@ -472,10 +485,14 @@ async def test_a_run_that_finds_another_runs_addevent_unrecorded_waits_before_re
     jid = "call:default:1.1"
     await enqueue_call(redis_client, record(), queue_name=Q, expires_s=3600, ledger_ttl_s=3600)
     # what a run that was cut off mid-addevent leaves behind, a moment ago
-    await redis_client.hset(keys.ledger(jid), mapping={
-        "contact_id": "55", "contact_typecont": "contact",
-        "event_sent_at": repr(time.time()),
-    })  # fmt: skip
+    await redis_client.hset(
+        keys.ledger(jid),
+        mapping={
+            "contact_id": "55",
+            "contact_typecont": "contact",
+            "event_sent_at": repr(time.time()),
+        },
+    )
     with pytest.raises(Retry):
         await runtime.deliver(record(), jid)
     assert crm.calls == []

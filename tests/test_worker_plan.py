@@ -18,10 +18,17 @@ T0 = 1_764_158_400.0  # 2025-11-26 12:00:00 UTC
 
 def call(**kw: object) -> CallRecord:
     base: dict[str, object] = dict(
-        call_id="1764158400.17", direction="in", external="+79161234567", did="+74951234567",
-        extension="101", answered=True, started_at=T0, answered_at=T0 + 6, ended_at=T0 + 240,
+        call_id="1764158400.17",
+        direction="in",
+        external="+79161234567",
+        did="+74951234567",
+        extension="101",
+        answered=True,
+        started_at=T0,
+        answered_at=T0 + 6,
+        ended_at=T0 + 240,
         disposition="answered",
-    )  # fmt: skip
+    )
     base.update(kw)
     return CallRecord(**base)  # type: ignore[arg-type]
 
@@ -66,9 +73,7 @@ def test_a_call_whose_times_came_from_the_cdr_reads_as_exact() -> None:
 
 
 def test_missed_call_has_its_own_subject_and_no_duration() -> None:
-    plan = planned(
-        call(extension=None, answered=False, answered_at=None, disposition="no-answer")
-    )
+    plan = planned(call(extension=None, answered=False, answered_at=None, disposition="no-answer"))
     assert plan.subject == "Пропущенный звонок"
     assert plan.description == "номер +74951234567"  # no duration, no agent, no source label
 
@@ -108,16 +113,25 @@ def test_lookups_use_the_service_account_and_a_login_is_named_with_whose_it_is()
 @pytest.mark.parametrize(
     ("record", "policy", "reason"),
     [
-        (call(extension=None, answered=False, answered_at=None, disposition="no-answer"),
-         CallPolicy(log_missed=False), "missed"),
-        (call(direction="out", did=None, answered=False, answered_at=None, disposition="busy"),
-         CallPolicy(log_unanswered_outbound=False), "unanswered outbound"),
+        (
+            call(extension=None, answered=False, answered_at=None, disposition="no-answer"),
+            CallPolicy(log_missed=False),
+            "missed",
+        ),
+        (
+            call(direction="out", did=None, answered=False, answered_at=None, disposition="busy"),
+            CallPolicy(log_unanswered_outbound=False),
+            "unanswered outbound",
+        ),
         (call(direction="internal", external=None, did=None), CallPolicy(), "internal"),
         (call(external=None), CallPolicy(), "no outside number"),
-        (call(direction="internal", external=None, did=None), CallPolicy(log_internal=True),
-         "no other extension"),
+        (
+            call(direction="internal", external=None, did=None),
+            CallPolicy(log_internal=True),
+            "no other extension",
+        ),
     ],
-)  # fmt: skip
+)
 def test_calls_the_policy_leaves_out_are_skipped_with_the_reason(
     record: CallRecord, policy: CallPolicy, reason: str
 ) -> None:
@@ -188,8 +202,14 @@ def test_worker_config_round_trips_through_json() -> None:
 
 def internal_call(**kw: object) -> CallRecord:
     """101 called 102, who answered: the record of a call between extensions."""
-    base: dict[str, object] = dict(direction="internal", external=None, did=None,
-                                   extension="101", rang=("102",), final_extension="102")
+    base: dict[str, object] = dict(
+        direction="internal",
+        external=None,
+        did=None,
+        extension="101",
+        rang=("102",),
+        final_extension="102",
+    )
     return call(**(base | kw))
 
 
@@ -201,15 +221,23 @@ def test_logged_internal_call_goes_on_the_other_extensions_contact_by_the_caller
 
 
 def test_unanswered_internal_call_goes_on_the_contact_of_the_extension_that_rang() -> None:
-    plan = planned(internal_call(answered=False, answered_at=None, final_extension=None,
-                                 disposition="no-answer", rang=("102", "103")),
-                   CallPolicy(log_internal=True))
+    plan = planned(
+        internal_call(
+            answered=False,
+            answered_at=None,
+            final_extension=None,
+            disposition="no-answer",
+            rang=("102", "103"),
+        ),
+        CallPolicy(log_internal=True),
+    )
     assert plan.phone == "102"
 
 
 def test_internal_calls_create_the_other_extensions_contact_only_when_asked() -> None:
-    policy = CallPolicy(log_internal=True, create_contacts_for=("in", "internal"),
-                        contact_name="Сотрудник {phone}")
+    policy = CallPolicy(
+        log_internal=True, create_contacts_for=("in", "internal"), contact_name="Сотрудник {phone}"
+    )
     plan = planned(internal_call(), policy)
     assert plan.create is not None
     assert (plan.create.name, plan.create.x_pstn) == ("Сотрудник 102", "")

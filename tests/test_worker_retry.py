@@ -31,9 +31,15 @@ def test_crm_errors_say_by_their_type_whether_a_retry_can_help() -> None:
 
 @pytest.mark.parametrize(
     "err",
-    [TimeoutError(), ConnectionRefusedError(), RedisConnectionError("down"), LockError("held"),
-     DeadlineNear("1 s left"), OutcomePending(3.0)],
-)  # fmt: skip
+    [
+        TimeoutError(),
+        ConnectionRefusedError(),
+        RedisConnectionError("down"),
+        LockError("held"),
+        DeadlineNear("1 s left"),
+        OutcomePending(3.0),
+    ],
+)
 def test_network_and_redis_trouble_and_the_workers_own_not_now_are_transient(
     err: BaseException,
 ) -> None:
@@ -82,8 +88,9 @@ def test_backoff_grows_exponentially_within_the_jitter_and_is_capped() -> None:
     rng = random.Random(7)
     for attempt, base in [(1, 5), (2, 10), (3, 20), (4, 40), (8, 600), (30, 600)]:
         for _ in range(50):
-            d = decide(transient("503"), attempt=attempt, first_attempt_at=0, now=0,
-                       policy=POLICY, rng=rng).delay_s  # fmt: skip
+            d = decide(
+                transient("503"), attempt=attempt, first_attempt_at=0, now=0, policy=POLICY, rng=rng
+            ).delay_s
             assert min(base * 0.75, 600) <= d <= min(base * 1.25, 600)
 
 
@@ -111,8 +118,7 @@ def test_messages_are_one_line_and_never_carry_a_password() -> None:
 
 
 def test_a_crms_retry_after_is_honoured_up_to_the_longest_delay() -> None:
-    err = TransientCrmError("HTTP 429", kind="rate_limited", may_have_acted=False,
-                            retry_after=120)  # fmt: skip
+    err = TransientCrmError("HTTP 429", kind="rate_limited", may_have_acted=False, retry_after=120)
     d = decide(err, attempt=1, first_attempt_at=0, now=0, policy=POLICY)
     assert d.retry and d.delay_s == 120
     err.retry_after = 10_000

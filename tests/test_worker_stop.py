@@ -38,11 +38,22 @@ def start_worker(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen[bytes
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "telefum.cli", "worker", "--config", str(settings),
-             "--redis-url", redis_url],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "telefum.cli",
+                "worker",
+                "--config",
+                str(settings),
+                "--redis-url",
+                redis_url,
+            ],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        )
     return proc, log
 
 

@@ -158,9 +158,11 @@ class WorkerService:
         # CRM answers still to be written to the ledger (memory and disk); outlives
         # worker rebuilds, and takes over what workers that died on this host left
         self.outbox = Outbox(
-            redis_url, config.outbox_dir or None, supervisor=self.supervisor,
+            redis_url,
+            config.outbox_dir or None,
+            supervisor=self.supervisor,
             on_landed=self._landed,
-        )  # fmt: skip
+        )
         self.latencies = stats.LatencyTally()  # outlives a Runtime rebuilt after an outage
         self.answers = CrmTally()  # the same, for whether each CRM answers
         self._started = False  # the current arq worker got as far as on_startup
@@ -171,8 +173,13 @@ class WorkerService:
         settings = RedisAddress.parse(self.redis_url).arq_settings()
         worker = ClaimingWorker(
             functions=[
-                func(deliver_call, name=JOB_FUNCTION, timeout=c.job_timeout_s,
-                     max_tries=MAX_TRIES, keep_result=0),
+                func(
+                    deliver_call,
+                    name=JOB_FUNCTION,
+                    timeout=c.job_timeout_s,
+                    max_tries=MAX_TRIES,
+                    keep_result=0,
+                ),
             ],
             queue_name=c.queue_name,
             redis_settings=settings,
@@ -203,9 +210,14 @@ class WorkerService:
             if t.url not in self._clients:
                 self._clients[t.url] = self.client_factory(t)
         self.runtime = Runtime(
-            self.config, redis, self._clients, outbox=self.outbox, on_delivered=self.on_delivered,
-            latencies=self.latencies, answers=self.answers,
-        )  # fmt: skip
+            self.config,
+            redis,
+            self._clients,
+            outbox=self.outbox,
+            on_delivered=self.on_delivered,
+            latencies=self.latencies,
+            answers=self.answers,
+        )
         self.runtime.redis_back_at = time.time()  # (re)connected: see Runtime.redis_back_at
         self._started = True
         ctx[RUNTIME_KEY] = self.runtime
@@ -220,9 +232,11 @@ class WorkerService:
         ]
         log.info(
             "worker %s started: queue %s, CRM %s, %d jobs at once",
-            self.worker_id, self.config.queue_name, redact_url(self.config.crm.url),
+            self.worker_id,
+            self.config.queue_name,
+            redact_url(self.config.crm.url),
             self.config.max_jobs,
-        )  # fmt: skip
+        )
 
     async def _stop_loops(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -306,8 +320,12 @@ class WorkerService:
         moved = await retry_now(redis, self.config.queue_name, only=goes_there)
         log.warning(
             "CRM %s answers again, after %d failed requests over %.0f s: %d waiting call(s) "
-            "run now", back.url, back.failures, back.last_failure - back.since, moved,
-        )  # fmt: skip
+            "run now",
+            back.url,
+            back.failures,
+            back.last_failure - back.since,
+            moved,
+        )
 
     async def _reconcile_loop(self, redis: Any) -> None:
         c = self.config
@@ -316,10 +334,14 @@ class WorkerService:
         while True:
             try:
                 n = await try_reconcile(
-                    redis, self.worker_id, c.reconcile_s,
-                    queue_name=c.queue_name, expires_s=c.job_expires_s,
-                    ledger_ttl_s=c.ledger_ttl_s, grace_s=c.job_timeout_s,
-                )  # fmt: skip
+                    redis,
+                    self.worker_id,
+                    c.reconcile_s,
+                    queue_name=c.queue_name,
+                    expires_s=c.job_expires_s,
+                    ledger_ttl_s=c.ledger_ttl_s,
+                    grace_s=c.job_timeout_s,
+                )
                 if n:
                     log.warning("reconciler re-enqueued %d call(s) arq had lost", n)
             except RedisError as err:
@@ -382,8 +404,10 @@ class WorkerService:
                 delay = backoff.next(time.monotonic())
                 log.warning(
                     "Redis at %s unreachable (%s); retrying in %.1fs",
-                    redact_url(self.redis_url), err, delay,
-                )  # fmt: skip
+                    redact_url(self.redis_url),
+                    err,
+                    delay,
+                )
                 # Jobs still running may be waiting for the CRM's answer: they get it (and
                 # keep it in the outbox), for arq's close() would cancel them
                 running = [t for t in worker.tasks.values() if not t.done()]

@@ -61,9 +61,13 @@ class _Seen:
         if later.fails == 0:
             return self
         return _Seen(
-            later.url, self.ok_at, self.first if self.fails else later.first, later.last,
-            self.fails + later.fails, later.error,
-        )  # fmt: skip
+            later.url,
+            self.ok_at,
+            self.first if self.fails else later.first,
+            later.last,
+            self.fails + later.fails,
+            later.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,19 @@ class CrmTally:
                 for scope, s in seen.items():
                     await script(
                         keys=[state_key(scope), CRMS],
-                        args=[scope, redact_url(s.url), _arg(s.ok_at), _arg(s.first),
-                              _arg(s.last), s.fails, s.error, failing_s, STATE_TTL_S],
+                        args=[
+                            scope,
+                            redact_url(s.url),
+                            _arg(s.ok_at),
+                            _arg(s.first),
+                            _arg(s.last),
+                            s.fails,
+                            s.error,
+                            failing_s,
+                            STATE_TTL_S,
+                        ],
                         client=pipe,
-                    )  # fmt: skip
+                    )
                 answers = await pipe.execute()
         except BaseException:
             for scope, s in seen.items():  # put back, before what came in meanwhile
@@ -205,15 +218,17 @@ async def read_states(redis: Redis) -> list[dict[str, Any]]:
         if not h:
             gone.append(scope)
             continue
-        out.append({
-            "scope": scope,
-            "url": h.get("url", ""),
-            "last_ok_at": float(h["ok_at"]) if h.get("ok_at") else None,
-            "failing_since": float(h["since"]) if h.get("since") else None,
-            "last_failure_at": float(h["fail_at"]) if h.get("fail_at") else None,
-            "failures": int(h.get("fails") or 0),
-            "last_error": h.get("error") or None,
-        })  # fmt: skip
+        out.append(
+            {
+                "scope": scope,
+                "url": h.get("url", ""),
+                "last_ok_at": float(h["ok_at"]) if h.get("ok_at") else None,
+                "failing_since": float(h["since"]) if h.get("since") else None,
+                "last_failure_at": float(h["fail_at"]) if h.get("fail_at") else None,
+                "failures": int(h.get("fails") or 0),
+                "last_error": h.get("error") or None,
+            }
+        )
     if gone:
         await redis.srem(CRMS, *gone)  # type: ignore[misc]
     return out

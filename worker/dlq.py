@@ -42,11 +42,18 @@ class DeadLetter:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "call_id": self.call_id, "pbx": self.pbx, "dead_at": self.dead_at,
-            "reason": self.reason, "attempts": self.attempts, "first_seen": self.first_seen,
-            "contact_id": self.contact_id, "record": self.record, "errors": self.errors,
+            "id": self.id,
+            "call_id": self.call_id,
+            "pbx": self.pbx,
+            "dead_at": self.dead_at,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "first_seen": self.first_seen,
+            "contact_id": self.contact_id,
+            "record": self.record,
+            "errors": self.errors,
             "login": self.login,
-        }  # fmt: skip
+        }
 
 
 async def dead_letter(
@@ -143,9 +150,13 @@ async def requeue(
         tr.expire(keys.errors(job_id), int(ledger_ttl_s))
         await tr.execute()
     return await enqueue_call(
-        redis, record, queue_name=queue_name, expires_s=expires_s, ledger_ttl_s=ledger_ttl_s,
+        redis,
+        record,
+        queue_name=queue_name,
+        expires_s=expires_s,
+        ledger_ttl_s=ledger_ttl_s,
         requeue=True,
-    )  # fmt: skip
+    )
 
 
 async def requeue_all(

@@ -133,10 +133,14 @@ def _private_child(die_with_parent: bool) -> None:  # pragma: no cover - runs in
 
 def _conf_value(value: str) -> str:
     """A redis.conf argument: quoted, every byte but letters and digits as ``\\xHH``."""
-    return '"' + "".join(
-        chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}"
-        for b in value.encode()
-    ) + '"'
+    return (
+        '"'
+        + "".join(
+            chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}"
+            for b in value.encode()
+        )
+        + '"'
+    )
 
 
 def load_or_create_password(directory: Path) -> str:
@@ -210,17 +214,27 @@ class EmbeddedRedis:
     def _args(self) -> list[str]:
         return [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--dir", str(self.data_dir),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", self.appendfsync,
-            "--logfile", str(self.data_dir / "redis.log"),
-            "--loglevel", "warning",
-        ]  # fmt: skip
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.appendfsync,
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+            "--loglevel",
+            "warning",
+        ]
 
     def start(self) -> EmbeddedRedis:
         """Start (or restart) the server and return once it answers PING."""

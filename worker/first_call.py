@@ -74,8 +74,9 @@ async def first_calls(redis: Redis, caller: str) -> list[FirstCall]:
     for pbx, value in raw.items():
         try:
             d = json.loads(value)
-            out.append(FirstCall(keys.text(pbx), str(d["call_id"]), str(d["did"]),
-                                 float(d["started_at"])))  # fmt: skip
+            out.append(
+                FirstCall(keys.text(pbx), str(d["call_id"]), str(d["did"]), float(d["started_at"]))
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return out
@@ -96,23 +97,29 @@ class FirstCalls:
             return planned
         target = self.config.crm_for(record.pbx)
         same_crm = [
-            f for f in await first_calls(self.redis, record.external)
+            f
+            for f in await first_calls(self.redis, record.external)
             if self.config.crm_for(f.pbx).lock_scope == target.lock_scope
-        ]  # fmt: skip
+        ]
         if not same_crm:
             return planned
         first = min(same_crm, key=lambda f: f.started_at)
         if first.started_at >= record.started_at or (first.pbx, first.call_id) == (
-            record.pbx, record.call_id,
-        ):  # fmt: skip
+            record.pbx,
+            record.call_id,
+        ):
             return planned
         as_first = replace(record, did=first.did, started_at=first.started_at)
         contact = new_contact(as_first, self.config.calls, target) or planned
         if contact.did != planned.did:
             log.info(
                 "new contact for %s gets x_pstn %s, the number of its first call %s (pbx %s); "
-                "this call dialled %s", record.external, first.did, first.call_id, first.pbx,
+                "this call dialled %s",
+                record.external,
+                first.did,
+                first.call_id,
+                first.pbx,
                 record.did or "no tracking number",
                 extra=record.log_tags,
-            )  # fmt: skip
+            )
         return contact

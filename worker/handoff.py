@@ -257,8 +257,10 @@ class Handoff:
             return since
         log.warning(
             "Redis at %s unreachable (%s): keeping calls in the spool %s",
-            redact_url(self.redis_url), err, self.spool_dir,
-        )  # fmt: skip
+            redact_url(self.redis_url),
+            err,
+            self.spool_dir,
+        )
         return time.monotonic()
 
     async def _hand_over(self, redis: Redis, items: list[dict[str, Any]]) -> None:
@@ -299,5 +301,6 @@ class Handoff:
             log.warning(
                 "no Redis replica confirmed %d call(s) within %.1f s: handed over without; a "
                 "failover before it catches up could lose them (not waiting again for 30 s)",
-                calls, self.replica_timeout_s,
-            )  # fmt: skip
+                calls,
+                self.replica_timeout_s,
+            )

@@ -136,8 +136,9 @@ class Runtime:
             )
         except RedisError as err:  # nothing begun: arq would fail the job for good on this
             delay = self.backoff.delay(1)
-            log.warning("ledger unreachable (%s): retrying in %.1fs", describe(err), delay,
-                        extra=tags)  # fmt: skip
+            log.warning(
+                "ledger unreachable (%s): retrying in %.1fs", describe(err), delay, extra=tags
+            )
             raise Retry(defer=delay) from err
         record = record_data if isinstance(planned, Exception) else planned[0]
         if entry.state in FINAL:
@@ -157,9 +158,13 @@ class Runtime:
                     outcome = await self._run(planned, led, deadline, steps)
             except Exception as err:
                 if led.answer_kept and led.entry.event_id:  # in the CRM; its answer is safe
-                    log.info("call delivered: event %s; its ledger write waits for Redis in "
-                             "the outbox (%s)", led.entry.event_id, describe(err),
-                             extra=tags)  # fmt: skip
+                    log.info(
+                        "call delivered: event %s; its ledger write waits for Redis in "
+                        "the outbox (%s)",
+                        led.entry.event_id,
+                        describe(err),
+                        extra=tags,
+                    )
                     return f"delivered: event {led.entry.event_id} (ledger write pending)"
                 # a CRM request failed: whose login it used (the dead letter names it)
                 login = steps.in_flight if steps is not None else None
@@ -204,9 +209,12 @@ class Runtime:
         )
 
     async def _run(
-        self, planned: Planned | Exception, led: CallLedger, deadline: Deadline,
+        self,
+        planned: Planned | Exception,
+        led: CallLedger,
+        deadline: Deadline,
         steps: Steps | None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         if isinstance(planned, Exception):
             raise planned
         assert steps is not None  # made with every plan
@@ -228,11 +236,13 @@ class Runtime:
         created = led.entry.get("contact_created") == "1"
         log.info(
             "call delivered: event %s on contact %s%s (attempt %d)%s",
-            event_id, led.entry.contact_id, " (created)" if created else "",
+            event_id,
+            led.entry.contact_id,
+            " (created)" if created else "",
             led.entry.attempts,
             "; its ledger write waits for Redis in the outbox" if led.answer_kept else "",
             extra=tags,
-        )  # fmt: skip
+        )
         return f"delivered: event {event_id}"
 
     async def _tell_delivered(self, record: Any, entry: ledger_mod.LedgerEntry) -> None:
@@ -245,12 +255,17 @@ class Runtime:
             await self.on_delivered(call, entry)
         except RedisError as err:
             delay = self.backoff.delay(entry.attempts)
-            log.warning("delivery hook: Redis unreachable (%s); again in %.1fs",
-                        describe(err), delay, extra=keys.log_tags(entry.job_id))  # fmt: skip
+            log.warning(
+                "delivery hook: Redis unreachable (%s); again in %.1fs",
+                describe(err),
+                delay,
+                extra=keys.log_tags(entry.job_id),
+            )
             raise Retry(defer=delay) from err
         except Exception as err:
-            log.warning("delivery hook failed: %s", describe(err),
-                        extra=keys.log_tags(entry.job_id))  # fmt: skip
+            log.warning(
+                "delivery hook failed: %s", describe(err), extra=keys.log_tags(entry.job_id)
+            )
 
     async def _failed(
         self, err: Exception, led: CallLedger, tags: dict[str, str], login: str | None = None
@@ -292,14 +307,19 @@ class Runtime:
             delay = self.backoff.delay(attempt)
             log.warning(
                 "could not record a failure (%s): retrying in %.1fs",
-                describe(bookkeeping), delay, extra=tags,
-            )  # fmt: skip
+                describe(bookkeeping),
+                delay,
+                extra=tags,
+            )
             raise Retry(defer=delay) from err
         if decision.retry:
             log.info(
                 "call not delivered yet, retry %d in %.1fs: %s",
-                attempt, decision.delay_s, decision.reason, extra=tags,
-            )  # fmt: skip
+                attempt,
+                decision.delay_s,
+                decision.reason,
+                extra=tags,
+            )
             raise Retry(defer=decision.delay_s) from err
         log.error("call dead-lettered: %s", reason, extra=tags)
         return f"dead-lettered: {reason}"
@@ -312,4 +332,3 @@ async def deliver_call(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     """The arq job function (registered as ``deliver_call``)."""
     runtime: Runtime = ctx[RUNTIME_KEY]
     return await runtime.deliver(record, ctx["job_id"])
-

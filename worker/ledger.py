@@ -56,8 +56,13 @@ from . import keys, stats
 LEDGER_WRITE_S = 2.0
 
 QUEUED, RUNNING, RETRYING, DONE, DEAD, DROPPED = (
-    "queued", "running", "retrying", "done", "dead", "dropped",
-)  # fmt: skip
+    "queued",
+    "running",
+    "retrying",
+    "done",
+    "dead",
+    "dropped",
+)
 FINAL = frozenset({DONE, DEAD, DROPPED})  # an enqueue never restarts these (requeue does)
 ERRORS_KEPT = 50
 
@@ -219,14 +224,24 @@ class LedgerWrite:
     ttl_s: int = 30 * 86400  # the ledger entry's TTL, renewed by the write
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "values": self.values, "counters": self.counters,
-                "done": self.done, "ttl_s": self.ttl_s}  # fmt: skip
+        return {
+            "job_id": self.job_id,
+            "values": self.values,
+            "counters": self.counters,
+            "done": self.done,
+            "ttl_s": self.ttl_s,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LedgerWrite:
         values = {str(k): str(v) for k, v in d["values"].items()}
-        return cls(str(d["job_id"]), values, d.get("counters"), bool(d.get("done")),
-                   int(d.get("ttl_s") or 30 * 86400))  # fmt: skip
+        return cls(
+            str(d["job_id"]),
+            values,
+            d.get("counters"),
+            bool(d.get("done")),
+            int(d.get("ttl_s") or 30 * 86400),
+        )
 
 
 async def write(redis: Redis, w: LedgerWrite, *, release: tuple[str, bytes] | None = None) -> None:
@@ -282,16 +297,22 @@ class CallLedger:
     def job_id(self) -> str:
         return self.entry.job_id
 
-    async def _hset(self, values: dict[str, str], *, counters: dict[str, int] | None = None,
-                    done: bool = False) -> None:  # fmt: skip
+    async def _hset(
+        self, values: dict[str, str], *, counters: dict[str, int] | None = None, done: bool = False
+    ) -> None:
         await write(self.redis, LedgerWrite(self.job_id, values, counters, done, self.ttl_s))
         self.entry.fields.update(values)
 
     async def _must_land(
-        self, values: dict[str, str], *, counters: dict[str, int] | None = None,
-        done: bool = False, also: dict[str, str] | None = None,
-        release: tuple[str, bytes] | None = None, if_kept: dict[str, str] | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        values: dict[str, str],
+        *,
+        counters: dict[str, int] | None = None,
+        done: bool = False,
+        also: dict[str, str] | None = None,
+        release: tuple[str, bytes] | None = None,
+        if_kept: dict[str, str] | None = None,
+    ) -> bool:
         """Write what the CRM has just accepted. True when Redis took it; False when it
         failed or took longer than ``LEDGER_WRITE_S`` (a hung Redis): then the outbox has
         it, in memory and on disk, and writes it once Redis answers, and this run goes on
@@ -309,16 +330,21 @@ class CallLedger:
             self.outbox.record(w)
             self.answer_kept = True
             self.entry.fields.update(values)
-            log.warning("Redis did not take a CRM answer (%s): kept for it in the outbox",
-                        _short(err), extra=keys.log_tags(self.job_id))  # fmt: skip
+            log.warning(
+                "Redis did not take a CRM answer (%s): kept for it in the outbox",
+                _short(err),
+                extra=keys.log_tags(self.job_id),
+            )
             return False
         except asyncio.CancelledError:  # the run is stopped: the answer must not go with it
             if self.outbox is not None:
                 self.outbox.record(w)
                 self.answer_kept = True
                 self.entry.fields.update(values)
-                log.warning("the run stopped before Redis took a CRM answer: kept for it in "
-                            "the outbox", extra=keys.log_tags(self.job_id))  # fmt: skip
+                log.warning(
+                    "the run stopped before Redis took a CRM answer: kept for it in the outbox",
+                    extra=keys.log_tags(self.job_id),
+                )
             raise
         self.entry.fields.update(first.values)
         return True
@@ -333,21 +359,30 @@ class CallLedger:
         await self._hset({"contact_sent_at": repr(now), "contact_did": did})
 
     async def contact_known(
-        self, contact_id: str, typecont: str, *, created: bool,
-        event_sending_at: float | None = None, release: tuple[str, bytes] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        contact_id: str,
+        typecont: str,
+        *,
+        created: bool,
+        event_sending_at: float | None = None,
+        release: tuple[str, bytes] | None = None,
+    ) -> None:
         """The contact the event goes on. Since addevent comes next, its "sending" mark
         (``event_sending``) may come along (``event_sending_at``), and so may the release of
         the per-phone lock (``release``: its key and token): one round trip, not three.
         Only the contact must land if Redis fails; the rest is not retried (the lock
         expires; no addevent is sent without its mark)."""
-        values = {"contact_id": contact_id, "contact_typecont": typecont,
-                  "contact_created": "1" if created else "0"}  # fmt: skip
+        values = {
+            "contact_id": contact_id,
+            "contact_typecont": typecont,
+            "contact_created": "1" if created else "0",
+        }
         counters = {"contacts_created": 1} if created else None
         mark = self._event_mark(event_sending_at) if event_sending_at is not None else {}
         void = {"event_unsent_by": self.run} if mark else None
-        if not await self._must_land(values, counters=counters, also=mark, release=release,
-                                     if_kept=void):  # fmt: skip
+        if not await self._must_land(
+            values, counters=counters, also=mark, release=release, if_kept=void
+        ):
             raise LedgerPending(
                 f"contact {contact_id} is known; its ledger write waits for Redis in the outbox"
             )
@@ -440,7 +475,6 @@ class CallLedger:
             await tr.execute()
         if retrying:
             self.entry.fields["state"] = RETRYING
-
 
 
 def _short(err: BaseException) -> str:

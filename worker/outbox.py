@@ -147,8 +147,11 @@ class Outbox:
         self._journal.close()
         self._journal = None
         if left:
-            log.warning("%d CRM answer(s) not yet in Redis are kept in %s for the next worker "
-                        "on this host", left, self.dir)  # fmt: skip
+            log.warning(
+                "%d CRM answer(s) not yet in Redis are kept in %s for the next worker on this host",
+                left,
+                self.dir,
+            )
         elif self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
         if self._lock is not None:
@@ -201,15 +204,18 @@ class Outbox:
             backoff.reset()
             self.supervisor.ok(TASK)
             if outage_since is not None:
-                log.info("Redis took the CRM answers that waited for it (%.1f s)",
-                         time.monotonic() - outage_since)  # fmt: skip
+                log.info(
+                    "Redis took the CRM answers that waited for it (%.1f s)",
+                    time.monotonic() - outage_since,
+                )
                 outage_since = None
             for w in writes:
                 self._waiting[w.job_id] -= 1
                 if self._waiting[w.job_id] <= 0:
                     del self._waiting[w.job_id]
-                log.info("recorded a CRM answer after Redis came back",
-                         extra=keys.log_tags(w.job_id))  # fmt: skip
+                log.info(
+                    "recorded a CRM answer after Redis came back", extra=keys.log_tags(w.job_id)
+                )
                 if w.done and self.on_landed is not None:
                     try:
                         await self.on_landed(redis, w)
@@ -252,8 +258,7 @@ class Outbox:
                 orphan.close()
                 shutil.rmtree(other, ignore_errors=True)
             if taken:
-                log.warning("took over %d CRM answer(s) a stopped worker left in %s",
-                            taken, other)  # fmt: skip
+                log.warning("took over %d CRM answer(s) a stopped worker left in %s", taken, other)
                 self._idle.clear()
                 self._wake.set()
 
@@ -261,4 +266,3 @@ class Outbox:
 def outbox_dir(spool_dir: str | Path) -> Path:
     """Where the workers of a host keep their outboxes: ``outbox/`` beside ``spool_dir``."""
     return Path(spool_dir).parent / "outbox"
-

@@ -110,9 +110,14 @@ return 'queued'
 
 
 def _script_call(
-    record: dict[str, Any], *, queue_name: str, expires_s: float, ledger_ttl_s: float,
-    requeue: bool, defer_s: float,
-) -> tuple[list[str], list[Any]]:  # fmt: skip
+    record: dict[str, Any],
+    *,
+    queue_name: str,
+    expires_s: float,
+    ledger_ttl_s: float,
+    requeue: bool,
+    defer_s: float,
+) -> tuple[list[str], list[Any]]:
     """The script's keys and arguments for one call (ValueError: no usable call id)."""
     jid = job_id_of(record)
     now = time.time()
@@ -121,15 +126,30 @@ def _script_call(
     note = note_of(record)
     caller, first, first_at = note if note else ("", "", 0.0)
     keys_ = [
-        keys.ledger(jid), job_key_prefix + jid, keys.PENDING, keys.DLQ, stats.COUNTERS,
-        result_key_prefix + jid, retry_key_prefix + jid, queue_name, keys.first_inbound(caller),
-    ]  # fmt: skip
+        keys.ledger(jid),
+        job_key_prefix + jid,
+        keys.PENDING,
+        keys.DLQ,
+        stats.COUNTERS,
+        result_key_prefix + jid,
+        retry_key_prefix + jid,
+        queue_name,
+        keys.first_inbound(caller),
+    ]
     args = [
-        "1" if requeue else "", json.dumps(record, ensure_ascii=False),
-        record.get("pbx") or "default", record["call_id"], repr(now), int(ledger_ttl_s), job,
-        int((expires_s + defer_s) * 1000), enqueue_ms + int(defer_s * 1000), jid,
-        first, repr(first_at),
-    ]  # fmt: skip
+        "1" if requeue else "",
+        json.dumps(record, ensure_ascii=False),
+        record.get("pbx") or "default",
+        record["call_id"],
+        repr(now),
+        int(ledger_ttl_s),
+        job,
+        int((expires_s + defer_s) * 1000),
+        enqueue_ms + int(defer_s * 1000),
+        jid,
+        first,
+        repr(first_at),
+    ]
     return keys_, args
 
 
@@ -155,9 +175,13 @@ async def enqueue_call(
     ValueError: the record has no usable call id.
     """
     keys_, args = _script_call(
-        record, queue_name=queue_name, expires_s=expires_s, ledger_ttl_s=ledger_ttl_s,
-        requeue=requeue, defer_s=defer_s,
-    )  # fmt: skip
+        record,
+        queue_name=queue_name,
+        expires_s=expires_s,
+        ledger_ttl_s=ledger_ttl_s,
+        requeue=requeue,
+        defer_s=defer_s,
+    )
     return keys.text(await _script(redis)(keys=keys_, args=args))
 
 
@@ -174,10 +198,16 @@ async def enqueue_calls(
     an info line saying why. ValueError before anything is sent: a record has no usable
     call id (check them with :func:`job_id_of` first)."""
     calls = [
-        _script_call(r, queue_name=queue_name, expires_s=expires_s,
-                     ledger_ttl_s=ledger_ttl_s, requeue=False, defer_s=0.0)
+        _script_call(
+            r,
+            queue_name=queue_name,
+            expires_s=expires_s,
+            ledger_ttl_s=ledger_ttl_s,
+            requeue=False,
+            defer_s=0.0,
+        )
         for r in records
-    ]  # fmt: skip
+    ]
     if not calls:
         return []
     script = _script(redis)
@@ -188,9 +218,10 @@ async def enqueue_calls(
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome != QUEUED:  # a replay, or the spool handing a call over again
             log.info(
-                "call handed over again, not queued: %s", _NOT_AGAIN.get(outcome, outcome),
+                "call handed over again, not queued: %s",
+                _NOT_AGAIN.get(outcome, outcome),
                 extra=log_tags(record["call_id"], record.get("pbx") or "default"),
-            )  # fmt: skip
+            )
     return outcomes
 
 
@@ -214,7 +245,9 @@ async def retry_now(
     chosen = [job for job in waiting if only is None or only(job)]
     moved = 0
     for i in range(0, len(chosen), 1000):
-        moved += int(await redis.zadd(
-            queue_name, dict.fromkeys(chosen[i : i + 1000], now_ms), xx=True, ch=True
-        ))  # fmt: skip
+        moved += int(
+            await redis.zadd(
+                queue_name, dict.fromkeys(chosen[i : i + 1000], now_ms), xx=True, ch=True
+            )
+        )
     return moved

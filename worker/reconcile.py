@@ -64,9 +64,10 @@ async def reconcile_once(
         if outcome == QUEUED:
             recovered += 1
             log.warning(
-                "re-enqueued a call arq had lost (ledger state %s)", entry.state,
+                "re-enqueued a call arq had lost (ledger state %s)",
+                entry.state,
                 extra=keys.log_tags(jid),
-            )  # fmt: skip
+            )
     return recovered
 
 

@@ -157,29 +157,45 @@ class RedisAddress:
         scheme = "rediss" if self.ssl else "redis"
         return f"{scheme}://{auth}{_host(self.host)}:{self.port}/{self.db}"
 
-    def client(self, *, socket_connect_timeout: float, socket_timeout: float,
-               **kwargs: Any) -> Redis:  # fmt: skip
+    def client(
+        self, *, socket_connect_timeout: float, socket_timeout: float, **kwargs: Any
+    ) -> Redis:
         """A redis-py asyncio client (bytes replies unless ``decode_responses=True``); it
         connects lazily, behind Sentinel to whichever server is the primary then."""
         sockets: dict[str, Any] = {
-            "socket_connect_timeout": socket_connect_timeout, "socket_timeout": socket_timeout,
-        }  # fmt: skip
+            "socket_connect_timeout": socket_connect_timeout,
+            "socket_timeout": socket_timeout,
+        }
         if self.sentinels:
             sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=sockets)
             client: Redis = sentinel.master_for(
-                self.primary or "", db=self.db, username=self.username, password=self.password,
-                **sockets, **kwargs,
-            )  # fmt: skip
+                self.primary or "",
+                db=self.db,
+                username=self.username,
+                password=self.password,
+                **sockets,
+                **kwargs,
+            )
             return client
         if self.unix_socket_path:
             return Redis(
-                unix_socket_path=self.unix_socket_path, db=self.db, username=self.username,
-                password=self.password, **sockets, **kwargs,
-            )  # fmt: skip
+                unix_socket_path=self.unix_socket_path,
+                db=self.db,
+                username=self.username,
+                password=self.password,
+                **sockets,
+                **kwargs,
+            )
         return Redis(
-            host=self.host, port=self.port, db=self.db, username=self.username,
-            password=self.password, ssl=self.ssl, **sockets, **kwargs,
-        )  # fmt: skip
+            host=self.host,
+            port=self.port,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            ssl=self.ssl,
+            **sockets,
+            **kwargs,
+        )
 
     def arq_settings(self, *, conn_timeout: float = 1.0) -> RedisSettings:
         """arq's settings for the same server (behind Sentinel its ``sentinel=True``: arq then
@@ -213,8 +229,9 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def connect(url: str, *, socket_connect_timeout: float = 1.0, socket_timeout: float = 5.0,
-            **kwargs: Any) -> Redis:  # fmt: skip
+def connect(
+    url: str, *, socket_connect_timeout: float = 1.0, socket_timeout: float = 5.0, **kwargs: Any
+) -> Redis:
     """``RedisAddress.parse(url).client(...)``: the bridge's way to open a Redis URL."""
     return RedisAddress.parse(url).client(
         socket_connect_timeout=socket_connect_timeout, socket_timeout=socket_timeout, **kwargs

@@ -34,8 +34,13 @@ from .policy import RetryPolicy
 # Failures that may pass. The CRM's and the worker's own say so by deriving from Transient;
 # the rest are the libraries' exceptions for a network or a Redis that may come back.
 TRANSIENT = (
-    Transient, TimeoutError, ConnectionError, RedisConnectionError, RedisTimeoutError, LockError,
-)  # fmt: skip
+    Transient,
+    TimeoutError,
+    ConnectionError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    LockError,
+)
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,11 @@ def decide(
     if now + delay - first_attempt_at > policy.total_s:
         spent = now - first_attempt_at
         return Decision(
-            False, 0.0,
+            False,
+            0.0,
             f"gave up after {attempt} attempts over {_human(spent)} "
             f"(retry budget {_human(policy.total_s)}); last error: {what}",
-        )  # fmt: skip
+        )
     return Decision(True, delay, f"transient: {what}")
 
 

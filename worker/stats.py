@@ -189,24 +189,30 @@ async def read_stats(redis: Redis, queue_name: str = "telefum:queue") -> dict[st
         if not h:
             gone.append(w)
             continue
-        workers.append({
-            "id": w,
-            "age_s": round(now - float(h.get("ts", now)), 3),
-            "pid": h.get("pid", ""),
-            "host": h.get("host", ""),
-            "running": int(h.get("running", 0)),
-            "done": int(h.get("done", 0)),
-            "failing": h.get("failing", ""),  # its background tasks that fail, and why
-        })  # fmt: skip
+        workers.append(
+            {
+                "id": w,
+                "age_s": round(now - float(h.get("ts", now)), 3),
+                "pid": h.get("pid", ""),
+                "host": h.get("host", ""),
+                "running": int(h.get("running", 0)),
+                "done": int(h.get("done", 0)),
+                "failing": h.get("failing", ""),  # its background tasks that fail, and why
+            }
+        )
     listeners, lgone = [], []
     for x, raw in zip(lids, rows[len(wids) : len(wids) + len(lids)], strict=True):
         h = {keys.text(k): keys.text(v) for k, v in raw.items()}
         if not h:
             lgone.append(x)
             continue
-        listeners.append({
-            "id": x, "size": int(h.get("size", 0)), "age_s": round(now - float(h["ts"]), 3),
-        })  # fmt: skip
+        listeners.append(
+            {
+                "id": x,
+                "size": int(h.get("size", 0)),
+                "age_s": round(now - float(h["ts"]), 3),
+            }
+        )
     if gone or lgone:  # tidy the member sets of heartbeats that expired
         async with redis.pipeline(transaction=False) as p:
             if gone:

@@ -176,9 +176,12 @@ class Steps:
         return result
 
     async def _as_author(
-        self, op: str, plan: CallPlan, deadline: Deadline,
+        self,
+        op: str,
+        plan: CallPlan,
+        deadline: Deadline,
         send: Callable[[Credentials], Awaitable[T]],
-    ) -> T:  # fmt: skip
+    ) -> T:
         """A write (addcont, addevent) as the call's author: the agent's own login when one is
         configured. The CRM rejecting that login (wrong password) does not cost the call: it
         is written with the service account instead, logged and counted
@@ -196,9 +199,14 @@ class Steps:
         log.warning(
             "the CRM refused %s (it said: %s); %s goes with the service account's login %r "
             "instead, so the CRM shows that account as its author: fix the password in "
-            '[crm.agents."%s"]', rejected, why, op, service.login, plan.agent,
+            '[crm.agents."%s"]',
+            rejected,
+            why,
+            op,
+            service.login,
+            plan.agent,
             extra=plan.record.log_tags,
-        )  # fmt: skip
+        )
         await stats.incr(self.redis, "agent_login_fallbacks")
         deadline.require(self.crm_timeout_s, op)
         try:
@@ -225,16 +233,18 @@ class Steps:
         return time.time() if deadline.remaining() >= self.crm_timeout_s else None
 
     async def _find(
-        self, plan: CallPlan, ledger: CallLedger, deadline: Deadline,
-        release: tuple[str, bytes] | None = None, created: bool = False,
-    ) -> bool:  # fmt: skip
+        self,
+        plan: CallPlan,
+        ledger: CallLedger,
+        deadline: Deadline,
+        release: tuple[str, bytes] | None = None,
+        created: bool = False,
+    ) -> bool:
         """Look the phone up; a match goes to the ledger (with ``release``, the per-phone
         lock is released in the same write; ``created``: the match is the contact a previous
         run of this call created)."""
         lookup = plan.lookup
-        found = await self._request(
-            "find", plan, lookup, lambda: self.crm.find(plan.phone, lookup)
-        )
+        found = await self._request("find", plan, lookup, lambda: self.crm.find(plan.phone, lookup))
         if not found.contacts:
             return False
         # Several matches: the event goes on the first, in the CRM's own order (the CRM
@@ -243,14 +253,19 @@ class Steps:
         if len(found.contacts) > 1:
             log.info(
                 "%d contacts match %s; logging on the first (id %s), others: %s",
-                len(found.contacts), plan.phone, first.id,
+                len(found.contacts),
+                plan.phone,
+                first.id,
                 ", ".join(c.id for c in found.contacts[1:]),
                 extra=keys.log_tags(ledger.job_id),
-            )  # fmt: skip
+            )
         await ledger.contact_known(
-            first.id, first.typecont or "contact", created=created,
-            event_sending_at=self._event_mark(deadline), release=release,
-        )  # fmt: skip
+            first.id,
+            first.typecont or "contact",
+            created=created,
+            event_sending_at=self._event_mark(deadline),
+            release=release,
+        )
         return True
 
     async def _find_or_create(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> None:
@@ -279,31 +294,41 @@ class Steps:
             if sent_before:
                 log.info(
                     "a previous run sent addcont for %s and died; find shows nothing, "
-                    "so creating it now", plan.phone, extra=keys.log_tags(ledger.job_id),
-                )  # fmt: skip
+                    "so creating it now",
+                    plan.phone,
+                    extra=keys.log_tags(ledger.job_id),
+                )
             new = plan.create
             if self.first_calls is not None:
                 new = await self.first_calls.contact_for(plan.record, new)
             deadline.require(self.crm_timeout_s, "addcont")
             await ledger.contact_sending(time.time(), did=new.did)
             contact_id = await self._as_author(
-                "addcont", plan, deadline,
+                "addcont",
+                plan,
+                deadline,
                 lambda creds: self.crm.add_contact(
                     plan.phone, new.name, new.typecont, new.x_pstn, creds
                 ),
-            )  # fmt: skip
+            )
             await ledger.contact_known(
-                str(contact_id), new.typecont, created=True,
-                event_sending_at=self._event_mark(deadline), release=held,
-            )  # fmt: skip
+                str(contact_id),
+                new.typecont,
+                created=True,
+                event_sending_at=self._event_mark(deadline),
+                release=held,
+            )
             held = None
         finally:
             if held is not None:  # not released with a ledger write (an error came first)
                 try:
                     await lock.release()
                 except LockError:  # expired meanwhile: the ledger is written, nothing to undo
-                    log.warning("phone lock for %s expired before release", plan.phone,
-                                extra=keys.log_tags(ledger.job_id))  # fmt: skip
+                    log.warning(
+                        "phone lock for %s expired before release",
+                        plan.phone,
+                        extra=keys.log_tags(ledger.job_id),
+                    )
 
     async def _add_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         if ledger.entry.event_id:
@@ -339,19 +364,22 @@ class Steps:
         await ledger.event_sending(time.time(), after_unanswered=unanswered)
         if resend:
             log.warning(
-                "%s: sending again, the CRM may show this call twice", resend,
+                "%s: sending again, the CRM may show this call twice",
+                resend,
                 extra=keys.log_tags(ledger.job_id),
-            )  # fmt: skip
+            )
         return await self._send_event(plan, ledger, deadline)
 
     async def _send_event(self, plan: CallPlan, ledger: CallLedger, deadline: Deadline) -> str:
         contact_id = ledger.entry.get("contact_id")
         typecont = ledger.entry.get("contact_typecont") or "contact"
         event_id = await self._as_author(
-            "addevent", plan, deadline,
+            "addevent",
+            plan,
+            deadline,
             lambda creds: self.crm.add_event(
                 contact_id, typecont, plan.subject, plan.description, creds
             ),
-        )  # fmt: skip
+        )
         await ledger.event_created(str(event_id), time.time())
         return str(event_id)

@@ -33,20 +33,32 @@ LEGEND = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="the CRM's /rest endpoint, e.g. https://crm.example.com/rest")
     parser.add_argument("--login", required=True)
-    parser.add_argument("--password", default=os.environ.get("TELEFUM_CRM__PASSWORD"),
-                        help="default: $TELEFUM_CRM__PASSWORD")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("TELEFUM_CRM__PASSWORD"),
+        help="default: $TELEFUM_CRM__PASSWORD",
+    )
     parser.add_argument("--country", default="RU", help="country of the test phone numbers")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--strict", action="store_true",
-                        help="also check what the protocol does not ask (the card lists the "
-                             "call and the source, the search page links the card, find in "
-                             "other phone formats), and fail a page that does not show what "
-                             "it should: for CRMs whose pages are rendered on the server")
-    parser.add_argument("--hide-login", action="store_true",
-                        help="the login is a secret too (an API key): never print it")
-    parser.add_argument("--skip-pages", action="store_true",
-                        help="do not request /card and /search at all (kept for older scripts: "
-                             "a page behind a sign-in is now reported 'not verified' anyway)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="also check what the protocol does not ask (the card lists the "
+        "call and the source, the search page links the card, find in "
+        "other phone formats), and fail a page that does not show what "
+        "it should: for CRMs whose pages are rendered on the server",
+    )
+    parser.add_argument(
+        "--hide-login",
+        action="store_true",
+        help="the login is a secret too (an API key): never print it",
+    )
+    parser.add_argument(
+        "--skip-pages",
+        action="store_true",
+        help="do not request /card and /search at all (kept for older scripts: "
+        "a page behind a sign-in is now reported 'not verified' anyway)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -55,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from telefum.checkcrm_points import POINTS
 
     if not args.password:
-        print("telefum check-crm: --password (or TELEFUM_CRM__PASSWORD) is required",
-              file=sys.stderr)
+        print(
+            "telefum check-crm: --password (or TELEFUM_CRM__PASSWORD) is required", file=sys.stderr
+        )
         return 2
     secrets = [args.password, *([args.login] if args.hide_login else [])]
     url = mask_values(redact_url(args.url), secrets)
@@ -77,12 +90,26 @@ def run(args: argparse.Namespace) -> int:
     )
     ok = all_passed(results)
     if args.json:
-        print(json.dumps(
-            {"url": url, "ok": ok, "strict": args.strict,
-             "points": [{"point": r.point, "spec": POINTS[r.point].spec,
-                         "result": r.status.lower(), "reason": r.reason} for r in results]},
-            ensure_ascii=False, indent=2,
-        ))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "url": url,
+                    "ok": ok,
+                    "strict": args.strict,
+                    "points": [
+                        {
+                            "point": r.point,
+                            "spec": POINTS[r.point].spec,
+                            "result": r.status.lower(),
+                            "reason": r.reason,
+                        }
+                        for r in results
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     else:
         login = "hidden" if args.hide_login else mask_values(args.login, secrets)
         mode = ", --strict" if args.strict else ""

@@ -26,11 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "check", help="validate and print the effective configuration, secrets masked"
     )
     check.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config",
+        metavar="FILE",
+        default=None,
         help="settings file (default: $TELEFUM_CONFIG, else the embedded defaults)",
     )
     check.add_argument(
-        "--quiet", "-q", action="store_true",
+        "--quiet",
+        "-q",
+        action="store_true",
         help="print only warnings (on stderr) when the configuration is valid",
     )
 

@@ -19,17 +19,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoOptions()
     parser.add_argument("--calls", type=int, default=d.calls, help="calls to play")
     parser.add_argument("--rate", type=float, default=d.rate, help="calls per second (PBX time)")
-    parser.add_argument("--speed", type=float, default=d.speed,
-                        help="PBX time runs this many times faster than real time")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=d.seed, help="the mix's random seed")
-    parser.add_argument("--timeout", type=float, default=d.timeout_s,
-                        help="seconds to wait for the last calls to reach the CRM")  # fmt: skip
-    parser.add_argument("--workdir", type=Path,
-                        help="keep the CRM database, settings and Redis data here")  # fmt: skip
     parser.add_argument(
-        "--serve", action="store_true",
+        "--speed",
+        type=float,
+        default=d.speed,
+        help="PBX time runs this many times faster than real time",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, help="the mix's random seed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=d.timeout_s,
+        help="seconds to wait for the last calls to reach the CRM",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the CRM database, settings and Redis data here"
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
         help="keep running after the summary (agent pages, CRM) until Ctrl-C",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
         # the progress bar and the summary tell the story; -v shows every call's log line
         logging.getLogger().setLevel(logging.WARNING)
     opts = DemoOptions(
-        calls=args.calls, rate=args.rate, speed=args.speed, seed=args.seed,
-        timeout_s=args.timeout, workdir=args.workdir, serve=args.serve,
-    )  # fmt: skip
+        calls=args.calls,
+        rate=args.rate,
+        speed=args.speed,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        workdir=args.workdir,
+        serve=args.serve,
+    )
     result = asyncio.run(run_demo(opts))
     return 0 if result.ok else 1

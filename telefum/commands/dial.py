@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="URL", help="telf:NUMBER (or tel:, or a bare number)")
     parser.add_argument("--extension", "-e", metavar="EXT", help="the extension that dials")
     parser.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config",
+        metavar="FILE",
+        default=None,
         help="the bridge's settings.toml: its [http] listen and agent tokens",
     )
     parser.add_argument("--bridge", metavar="URL", help="the bridge, e.g. http://pbx:8088")
@@ -97,8 +99,11 @@ def _read_agent_file(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"cannot read {path}: {err}") from None
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and data.get("token"):
-        print(f"telefum dial: warning: {path} holds a token and others may read it "
-              f"(chmod 600 {path})", file=sys.stderr)
+        print(
+            f"telefum dial: warning: {path} holds a token and others may read it "
+            f"(chmod 600 {path})",
+            file=sys.stderr,
+        )
     return {k: str(v) for k, v in data.items() if k in ("bridge", "extension", "token")}
 
 
@@ -119,7 +124,7 @@ def resolve_agent(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         token = (known or settings.http.token).get_secret_value() or None
     if not token:
         raise UsageError(
-            f"no agent token: set {TOKEN_ENV}, or put token = \"...\" in {agent_file(environ)}"
+            f'no agent token: set {TOKEN_ENV}, or put token = "..." in {agent_file(environ)}'
         )
     bridge = args.bridge or environ.get(BRIDGE_ENV) or file.get("bridge")
     if not bridge and settings is not None:
@@ -186,6 +191,7 @@ def _say(args: argparse.Namespace, code: int, text: str) -> int:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
                 ["notify-send", "-u", urgency, "-a", "Telefum", "Telefum", text],
-                check=False, timeout=5,
+                check=False,
+                timeout=5,
             )
     return code

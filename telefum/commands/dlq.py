@@ -31,8 +31,12 @@ NEEDS_REDIS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="settings.toml (else $TELEFUM_CONFIG)")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="settings.toml (else $TELEFUM_CONFIG)",
+    )
     common.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides [redis] url")
     parser.add_argument("--config", metavar="FILE", help="settings.toml (else $TELEFUM_CONFIG)")
     parser.add_argument("--redis-url", help="overrides [redis] url")
@@ -67,8 +71,10 @@ def redis_target(args: argparse.Namespace, command: str) -> tuple[str, dict[str,
 
             config: WorkerConfig = worker_config(settings)
             queue, expires_s, ledger_ttl_s = (
-                config.queue_name, config.job_expires_s, config.ledger_ttl_s,
-            )  # fmt: skip
+                config.queue_name,
+                config.job_expires_s,
+                config.ledger_ttl_s,
+            )
         except ValueError as err:
             print(f"telefum {command}: configuration error: {err}", file=sys.stderr)
             return 2
@@ -141,8 +147,10 @@ async def _list(redis: Any, args: argparse.Namespace) -> int:
     shown = f" (showing {len(letters)})" if len(letters) < total else ""
     lines.append(f"{total} dead letter(s){shown}, oldest first (times UTC):")
     for dl in letters:
-        lines.append(f"{dl.id}  died {_when(dl.dead_at)}  after {dl.attempts} attempt(s)  "
-                     f"call: {_call_summary(dl.record)}")  # fmt: skip
+        lines.append(
+            f"{dl.id}  died {_when(dl.dead_at)}  after {dl.attempts} attempt(s)  "
+            f"call: {_call_summary(dl.record)}"
+        )
         lines.append(f"    reason: {dl.reason}")
         if dl.contact_id:
             lines.append(f"    contact {dl.contact_id} is already in the CRM (a requeue reuses it)")
@@ -150,8 +158,10 @@ async def _list(redis: Any, args: argparse.Namespace) -> int:
             if e.get("requeued"):
                 lines.append(f"    {_when(e.get('at'))}  requeued")
             else:
-                lines.append(f"    {_when(e.get('at'))}  attempt {e.get('attempt', '?')}: "
-                             f"{e.get('message', '')} -> {e.get('action', '')}")  # fmt: skip
+                lines.append(
+                    f"    {_when(e.get('at'))}  attempt {e.get('attempt', '?')}: "
+                    f"{e.get('message', '')} -> {e.get('action', '')}"
+                )
     for line in lines:
         print(escape_controls(line))
     return 0

@@ -24,8 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="overrides [redis] url")
     sub = parser.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     p = sub.add_parser("retry-now", help="make every call waiting for a retry due now")
-    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                   help="settings.toml (else $TELEFUM_CONFIG)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="settings.toml (else $TELEFUM_CONFIG)",
+    )
     p.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides [redis] url")
 
 

@@ -28,27 +28,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--user", action="append", required=True, metavar="LOGIN:PASSWORD",
+        "--user",
+        action="append",
+        required=True,
+        metavar="LOGIN:PASSWORD",
         help="a CRM user (repeat for several); the author of what its requests create",
-    )  # fmt: skip
-    parser.add_argument("--latency-ms", type=float, default=0.0,
-                        help="delay added to every /rest request (benchmarks)")
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay added to every /rest request (benchmarks)",
+    )
     parser.add_argument("--country", default="RU", help="default country for phone matching")
-    parser.add_argument("--encoding", choices=("utf-8", "windows-1251"), default="utf-8",
-                        help="charset of /rest answers")
+    parser.add_argument(
+        "--encoding",
+        choices=("utf-8", "windows-1251"),
+        default="utf-8",
+        help="charset of /rest answers",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     test = parser.add_argument_group("test-only knobs (never for a real deployment)")
-    test.add_argument("--test-control", action="store_true",
-                      help="enable POST /_control to change failures at run time")
-    test.add_argument("--fail-mode", choices=sorted(FAIL_MODES), default=None,
-                      help="make /rest fail: "
-                      + "; ".join(f"{k}: {v}" for k, v in FAIL_MODES.items()))
-    test.add_argument("--quirk", action="append", default=[], choices=sorted(QUIRKS),
-                      help="break one protocol point on purpose (check-crm tests)")
-    test.add_argument("--lose-replies", type=parse_lose_replies, default={},
-                      metavar="TYPEREQ:SHARE[,...]",
-                      help="carry out that share of those requests, then close the connection "
-                      "without an answer (e.g. addcont:0.15)")
+    test.add_argument(
+        "--test-control",
+        action="store_true",
+        help="enable POST /_control to change failures at run time",
+    )
+    test.add_argument(
+        "--fail-mode",
+        choices=sorted(FAIL_MODES),
+        default=None,
+        help="make /rest fail: " + "; ".join(f"{k}: {v}" for k, v in FAIL_MODES.items()),
+    )
+    test.add_argument(
+        "--quirk",
+        action="append",
+        default=[],
+        choices=sorted(QUIRKS),
+        help="break one protocol point on purpose (check-crm tests)",
+    )
+    test.add_argument(
+        "--lose-replies",
+        type=parse_lose_replies,
+        default={},
+        metavar="TYPEREQ:SHARE[,...]",
+        help="carry out that share of those requests, then close the connection "
+        "without an answer (e.g. addcont:0.15)",
+    )
     test.add_argument("--seed", type=int, default=None, help="for --lose-replies")
 
 

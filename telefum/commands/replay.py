@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", metavar="TRACE", help="raw AMI bytes, as a socket delivered them")
     parser.add_argument("--config", metavar="FILE", help="settings.toml ([calls] rules)")
     parser.add_argument(
-        "--explain", action="store_true",
+        "--explain",
+        action="store_true",
         help="for each call, which [calls] rule decided direction, DID, extension, answered",
     )
 
@@ -98,16 +99,21 @@ def explained(rec: CallRecord) -> str:
     parties = rec.external or "-"
     if rec.direction == "in":
         parties = f"{rec.external or 'unknown caller'} -> {rec.did or 'unknown DID'}"
-    lines = [f"call {rec.call_id}  {rec.direction}  {parties}  extension "
-             f"{rec.extension or '-'}  {outcome}"]
+    lines = [
+        f"call {rec.call_id}  {rec.direction}  {parties}  extension "
+        f"{rec.extension or '-'}  {outcome}"
+    ]
     lines += [f"  {what:<10} {why}" for what, why in rec.explain]
     if rec.transfers:
-        moves = ", ".join(f"{t.kind} {t.from_ext or '?'} -> {t.to_ext or '?'}"
-                          for t in rec.transfers)
+        moves = ", ".join(
+            f"{t.kind} {t.from_ext or '?'} -> {t.to_ext or '?'}" for t in rec.transfers
+        )
         lines.append(f"  {'transfers':<10} {moves}")
     if rec.joined_with:
-        lines.append(f"  {'joined':<10} with call {', '.join(rec.joined_with)} (an agent put "
-                     "the two outside parties through to each other)")
+        lines.append(
+            f"  {'joined':<10} with call {', '.join(rec.joined_with)} (an agent put "
+            "the two outside parties through to each other)"
+        )
     reasons = dict(rec.reasons)
     for flag in rec.flags:
         lines.append(f"  {'flag':<10} {flag}" + (f": {reasons[flag]}" if flag in reasons else ""))

@@ -47,7 +47,9 @@ COLUMNS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--since", default="7d", metavar="WHEN",
+        "--since",
+        default="7d",
+        metavar="WHEN",
         help="start: 7d, 24h, 30m, 2w ago, or a date 2026-11-01 (default 7d)",
     )
     parser.add_argument("--until", default=None, metavar="WHEN", help="end (default: now)")
@@ -58,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", metavar="FILE", default=None, help="settings.toml")
     parser.add_argument(
-        "--bridge", metavar="URL", default=None,
+        "--bridge",
+        metavar="URL",
+        default=None,
         help="ask this running bridge instead of Redis, e.g. http://127.0.0.1:8088",
     )
 

@@ -29,22 +29,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username", default="telefum", help="AMI user to accept")
     parser.add_argument("--secret", default="change-me", help="AMI secret to accept")
     parser.add_argument(
-        "--trace", action="extend", nargs="+", default=[], metavar="FILE",
+        "--trace",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
         help="raw AMI recording(s) to play, in order (the option may repeat)",
     )
     parser.add_argument(
-        "--raw", action="extend", nargs="+", default=[], metavar="FILE",
+        "--raw",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
         help="pre-encoded AMI bytes to send as they are, as fast as the client reads "
-             "(benchmarks; no rebasing, no pacing, unseen by CoreShowChannels)",
+        "(benchmarks; no rebasing, no pacing, unseen by CoreShowChannels)",
     )
-    parser.add_argument("--calls", type=int, default=0, metavar="N",
-                        help="also play N synthetic calls (pbxsim.synth)")
-    parser.add_argument("--rate", type=float, default=1.0, metavar="R",
-                        help="synthetic calls started per second (default 1)")
-    parser.add_argument("--seed", type=int, default=1, metavar="S",
-                        help="seed of the synthetic mix (same seed, same calls)")
-    parser.add_argument("--speed", type=float, default=1.0,
-                        help="play this many times faster than recorded; 0: no waiting")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also play N synthetic calls (pbxsim.synth)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="synthetic calls started per second (default 1)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="S",
+        help="seed of the synthetic mix (same seed, same calls)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="play this many times faster than recorded; 0: no waiting",
+    )
     parser.add_argument("--loop", action="store_true", help="play everything again, forever")
 
 

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the raw JSON of /health")
     parser.add_argument(
-        "--check-worker", action="store_true",
+        "--check-worker",
+        action="store_true",
         help="exit 0 if a worker on this host sends heartbeats (container health checks)",
     )
 
@@ -103,9 +104,14 @@ async def _from_redis(settings: Any) -> dict[str, Any]:
 
     url = redis_url(settings)
     if not url:
-        return {"ami": None, "redis": None, "reasons": [
-            "[redis] url is empty and no `telefum run` private Redis is running: nothing to read"
-        ]}  # fmt: skip
+        return {
+            "ami": None,
+            "redis": None,
+            "reasons": [
+                "[redis] url is empty and no `telefum run` private Redis is running: "
+                "nothing to read"
+            ],
+        }
     from worker.redis_url import connect
 
     redis = connect(url, socket_connect_timeout=1, socket_timeout=3)
@@ -223,8 +229,14 @@ def render(body: dict[str, Any], now: float | None = None) -> str:
     elif spool.get("error"):
         lines.append(f"Spool         UNREADABLE ({spool['error']})")
     else:
-        state = "empty" if spool["size"] == 0 else (
-            "draining" if spool.get("draining") else f"STUCK for {spool.get('stalled_s', 0):.0f} s"
+        state = (
+            "empty"
+            if spool["size"] == 0
+            else (
+                "draining"
+                if spool.get("draining")
+                else f"STUCK for {spool.get('stalled_s', 0):.0f} s"
+            )
         )
         lines.append(f"Spool         {spool['size']} calls waiting ({state})")
     return "\n".join(escape_controls(line) for line in lines)

@@ -69,8 +69,14 @@ class AgentBridge:
         originator = None
         if self.pbx is not None:
             self.listener = AmiListener(
-                "127.0.0.1", self.pbx.port, PBX_USER, PBX_SECRET, CallTracker(), on_update,
-                reconnect_min=0.05, reconnect_max=0.5,
+                "127.0.0.1",
+                self.pbx.port,
+                PBX_USER,
+                PBX_SECRET,
+                CallTracker(),
+                on_update,
+                reconnect_min=0.05,
+                reconnect_max=0.5,
             )
             await self.listener.start()
             await self.listener.wait_for_session(1, timeout=10)
@@ -79,7 +85,10 @@ class AgentBridge:
             self.attribution = Attribution(self.redis, sources=self.settings.sources)
         app = web.Application()
         setup_agent_routes(
-            app, screenpop=pop, originator=originator, attribution=self.attribution,
+            app,
+            screenpop=pop,
+            originator=originator,
+            attribution=self.attribution,
             settings=self.settings,
         )
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
@@ -122,7 +131,6 @@ class AgentBridge:
 
 def _no_crm(pbx: str) -> CrmLookup:
     raise RuntimeError("no CRM in this test")
-
 
 
 def contacts_by_source(db_path: Path) -> dict[str, int]:

@@ -102,8 +102,9 @@ def derive(traces: Path, source: str, target: str, steps: tuple[Transform, ...])
             wire = encode(kept)
             out.append(wire)
             size = len(wire) + (len(banner) if offset == 0 else 0)  # the banner: 1st read
-            timing.append({"offset": offset, "len": size, "t": read["t"],
-                           "wallclock": read["wallclock"]})
+            timing.append(
+                {"offset": offset, "len": size, "t": read["t"], "wallclock": read["wallclock"]}
+            )
             offset += size
     blob = b"".join(out)
     (traces / target).write_bytes(blob)

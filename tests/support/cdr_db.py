@@ -117,8 +117,9 @@ def _wait_port(server: DbServer, timeout_s: float) -> None:
                 f"{server.kind} exited at start (code {server.proc.returncode}):\n"
                 f"{server.log_tail()}"
             )
-        with contextlib.suppress(OSError), socket.create_connection(
-            ("127.0.0.1", server.port), timeout=0.2
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2),
         ):
             return
         time.sleep(0.05)
@@ -141,10 +142,19 @@ def start_mariadb() -> DbServer:
     server = DbServer("mariadb", root, _free_port(), "asteriskcdrdb", log=root / "server.log")
     small = ["--innodb-log-file-size=4M", "--innodb-buffer-pool-size=16M", "--skip-name-resolve"]
     done = subprocess.run(
-        [install, "--no-defaults", f"--datadir={root / 'data'}", "--skip-test-db",
-         "--auth-root-authentication-method=normal", *small],
-        capture_output=True, timeout=120, check=False, **_run_as(ids),  # type: ignore[call-overload]
-    )  # fmt: skip
+        [
+            install,
+            "--no-defaults",
+            f"--datadir={root / 'data'}",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+            *small,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        **_run_as(ids),  # type: ignore[call-overload]
+    )
     if done.returncode != 0:
         server.stop()
         raise DbServerError(f"mariadb-install-db failed: {done.stderr.decode(errors='replace')}")
@@ -159,12 +169,24 @@ def start_mariadb() -> DbServer:
         os.chown(init, *ids)
     log = open(server.log, "ab")  # noqa: SIM115 - handed to the child
     server.proc = subprocess.Popen(
-        [mariadbd, "--no-defaults", f"--datadir={root / 'data'}", f"--socket={root / 'sock'}",
-         f"--port={server.port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}",
-         f"--init-file={init}", "--skip-log-bin", *small],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
+        [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={root / 'data'}",
+            f"--socket={root / 'sock'}",
+            f"--port={server.port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'pid'}",
+            f"--init-file={init}",
+            "--skip-log-bin",
+            *small,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        preexec_fn=_die_with_parent,
         **_run_as(ids),  # type: ignore[call-overload]
-    )  # fmt: skip
+    )
     log.close()
     try:
         _wait_port(server, 30.0)
@@ -185,21 +207,53 @@ def start_postgres() -> DbServer:
     if ids is not None:
         os.chown(pwfile, *ids)
     done = subprocess.run(
-        [initdb, "-D", str(root / "data"), "-U", server.user, f"--pwfile={pwfile}",
-         "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"],
-        capture_output=True, timeout=120, check=False, **_run_as(ids),  # type: ignore[call-overload]
-    )  # fmt: skip
+        [
+            initdb,
+            "-D",
+            str(root / "data"),
+            "-U",
+            server.user,
+            f"--pwfile={pwfile}",
+            "-A",
+            "scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        **_run_as(ids),  # type: ignore[call-overload]
+    )
     if done.returncode != 0:
         server.stop()
         raise DbServerError(f"initdb failed: {done.stderr.decode(errors='replace')}")
     log = open(server.log, "ab")  # noqa: SIM115 - handed to the child
     server.proc = subprocess.Popen(
-        [postgres, "-D", str(root / "data"), "-p", str(server.port),
-         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
-         "-c", "fsync=off", "-c", "shared_buffers=16MB", "-c", "TimeZone=UTC"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
+        [
+            postgres,
+            "-D",
+            str(root / "data"),
+            "-p",
+            str(server.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={root}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "shared_buffers=16MB",
+            "-c",
+            "TimeZone=UTC",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        preexec_fn=_die_with_parent,
         **_run_as(ids),  # type: ignore[call-overload]
-    )  # fmt: skip
+    )
     log.close()
     try:
         _wait_port(server, 30.0)
@@ -220,9 +274,13 @@ def _create_pg_database(server: DbServer) -> None:
         while True:  # listening is not yet accepting: "the database system is starting up"
             try:
                 conn = await asyncpg.connect(
-                    host="127.0.0.1", port=server.port, user=server.user,
-                    password=PASSWORD, database="postgres", timeout=5,
-                )  # fmt: skip
+                    host="127.0.0.1",
+                    port=server.port,
+                    user=server.user,
+                    password=PASSWORD,
+                    database="postgres",
+                    timeout=5,
+                )
                 break
             except asyncpg.CannotConnectNowError:
                 if time.monotonic() > deadline:

@@ -54,9 +54,11 @@ def trace_cdrs(trace: Path) -> list[TraceCdr]:
         uid = msg.get("Uniqueid")
         if uid and msg.get("Linkedid"):
             linked[uid] = msg["Linkedid"]
-        if uid and msg.get("Event") == "VarSet" and msg.get("Variable") in (
-            "FROM_DID", "__FROM_DID"
-        ):  # fmt: skip
+        if (
+            uid
+            and msg.get("Event") == "VarSet"
+            and msg.get("Variable") in ("FROM_DID", "__FROM_DID")
+        ):
             did[uid] = msg.get("Value", "")
         if msg.get("Event") == "Cdr":
             uid = msg["UniqueID"]
@@ -129,10 +131,20 @@ def csv_line(
 ) -> str:
     """The row as cdr_csv writes it with loguniqueid/loguserfield/newcdrcolumns."""
     e = cdr.event
-    fields = [_q(e[k]) for k in (
-        "AccountCode", "Source", "Destination", "DestinationContext", "CallerID", "Channel",
-        "DestinationChannel", "LastApplication", "LastData",
-    )]  # fmt: skip
+    fields = [
+        _q(e[k])
+        for k in (
+            "AccountCode",
+            "Source",
+            "Destination",
+            "DestinationContext",
+            "CallerID",
+            "Channel",
+            "DestinationChannel",
+            "LastApplication",
+            "LastData",
+        )
+    ]
     fields += [_q(e[k]) if e[k] else "" for k in ("StartTime", "AnswerTime", "EndTime")]
     fields += [e["Duration"], e["BillableSeconds"], _q(e["Disposition"]), _q(e["AMAFlags"])]
     if uniqueid:
@@ -178,15 +190,45 @@ CREATE TABLE {table} (
 """
 
 FREEPBX_COLUMNS = (
-    "calldate", "clid", "src", "dst", "dcontext", "channel", "dstchannel", "lastapp",
-    "lastdata", "duration", "billsec", "disposition", "accountcode", "uniqueid", "userfield",
-    "did", "linkedid",
-)  # fmt: skip
+    "calldate",
+    "clid",
+    "src",
+    "dst",
+    "dcontext",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "duration",
+    "billsec",
+    "disposition",
+    "accountcode",
+    "uniqueid",
+    "userfield",
+    "did",
+    "linkedid",
+)
 PG_COLUMNS = (
-    "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp",
-    "lastdata", "start", "answer", "end", "duration", "billsec", "disposition", "amaflags",
-    "userfield", "uniqueid", "linkedid",
-)  # fmt: skip
+    "accountcode",
+    "src",
+    "dst",
+    "dcontext",
+    "clid",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "start",
+    "answer",
+    "end",
+    "duration",
+    "billsec",
+    "disposition",
+    "amaflags",
+    "userfield",
+    "uniqueid",
+    "linkedid",
+)
 
 
 def _dt(text: str) -> datetime | None:
@@ -197,23 +239,50 @@ def mysql_values(cdr: TraceCdr) -> tuple[Any, ...]:
     """A row as FreePBX's cdr_adaptive_odbc writes it (``alias start => calldate``)."""
     e = cdr.event
     return (
-        _dt(e["StartTime"]), e["CallerID"], e["Source"], e["Destination"],
-        e["DestinationContext"], e["Channel"], e["DestinationChannel"], e["LastApplication"],
-        e["LastData"], int(e["Duration"]), int(e["BillableSeconds"]), e["Disposition"],
-        e["AccountCode"], e["UniqueID"], e.get("UserField", ""), cdr.did, cdr.linkedid,
-    )  # fmt: skip
+        _dt(e["StartTime"]),
+        e["CallerID"],
+        e["Source"],
+        e["Destination"],
+        e["DestinationContext"],
+        e["Channel"],
+        e["DestinationChannel"],
+        e["LastApplication"],
+        e["LastData"],
+        int(e["Duration"]),
+        int(e["BillableSeconds"]),
+        e["Disposition"],
+        e["AccountCode"],
+        e["UniqueID"],
+        e.get("UserField", ""),
+        cdr.did,
+        cdr.linkedid,
+    )
 
 
 def pg_values(cdr: TraceCdr) -> tuple[Any, ...]:
     """A row as cdr_pgsql writes it into Asterisk's own schema."""
     e = cdr.event
     return (
-        e["AccountCode"], e["Source"], e["Destination"], e["DestinationContext"],
-        e["CallerID"], e["Channel"], e["DestinationChannel"], e["LastApplication"],
-        e["LastData"], _dt(e["StartTime"]), _dt(e["AnswerTime"]), _dt(e["EndTime"]),
-        int(e["Duration"]), int(e["BillableSeconds"]), e["Disposition"], e["AMAFlags"],
-        e.get("UserField", ""), e["UniqueID"], cdr.linkedid,
-    )  # fmt: skip
+        e["AccountCode"],
+        e["Source"],
+        e["Destination"],
+        e["DestinationContext"],
+        e["CallerID"],
+        e["Channel"],
+        e["DestinationChannel"],
+        e["LastApplication"],
+        e["LastData"],
+        _dt(e["StartTime"]),
+        _dt(e["AnswerTime"]),
+        _dt(e["EndTime"]),
+        int(e["Duration"]),
+        int(e["BillableSeconds"]),
+        e["Disposition"],
+        e["AMAFlags"],
+        e.get("UserField", ""),
+        e["UniqueID"],
+        cdr.linkedid,
+    )
 
 
 # What a CDR cannot know of these recorded calls (docs/backfill.md says why): the answer
@@ -225,8 +294,21 @@ CDR_CANNOT_KNOW = {
     "1795727960.138": {"answered_at"},  # 14 click-to-call
     "1796475904.90": {"answered_at"},  # 50 click-to-call (chan_sip)
 }
-EXACT = ("call_id", "direction", "external", "did", "extension", "answered", "disposition",
-         "transfers", "rang", "final_extension", "pbx", "forwarded_to", "joined_with")  # fmt: skip
+EXACT = (
+    "call_id",
+    "direction",
+    "external",
+    "did",
+    "extension",
+    "answered",
+    "disposition",
+    "transfers",
+    "rang",
+    "final_extension",
+    "pbx",
+    "forwarded_to",
+    "joined_with",
+)
 
 
 def differences(

@@ -172,19 +172,33 @@ class RefCrmProcess:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> RefCrmProcess:
         """Run it and return once it answers requests."""
         args = [
-            sys.executable, "-m", "telefum.cli", "refcrm", "--db", str(self.db),
-            "--port", str(self.port), "--host", "127.0.0.1",
-            "--latency-ms", str(self.latency_ms),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "telefum.cli",
+            "refcrm",
+            "--db",
+            str(self.db),
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--latency-ms",
+            str(self.latency_ms),
+        ]
         for login, password in self.users.items():
             args += ["--user", f"{login}:{password}"]
         args += list(self.extra_args)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
-                env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )  # fmt: skip
+                args,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         _RUNNING.append(self)
         try:
             line = self._ready_line(timeout_s)
@@ -231,9 +245,7 @@ class RefCrmProcess:
             line = self.proc.stdout.readline().decode(errors="replace")
             if not line:  # EOF: it exited
                 self.proc.wait(timeout=5)
-                raise RuntimeError(
-                    f"refcrm exited with {self.proc.returncode}; {self._log_tail()}"
-                )
+                raise RuntimeError(f"refcrm exited with {self.proc.returncode}; {self._log_tail()}")
             if line.startswith("refcrm listening on "):
                 return line.strip()
 
@@ -255,16 +267,22 @@ class RefCrmProcess:
 
     def events(self) -> list[tuple[int, str, str, str]]:
         """(contact_id, subj, desc, created_by), in creation order."""
-        return [tuple(r) for r in self._query(  # type: ignore[misc]
-            'SELECT contact_id, subj, "desc", created_by FROM events ORDER BY id'
-        )]  # fmt: skip
+        return [
+            tuple(r)
+            for r in self._query(  # type: ignore[misc]
+                'SELECT contact_id, subj, "desc", created_by FROM events ORDER BY id'
+            )
+        ]
 
     def contacts(self) -> list[tuple[int, str, str, str]]:
         """(id, phone as written, x_pstn, created_by)."""
-        return [tuple(r) for r in self._query(  # type: ignore[misc]
-            "SELECT c.id, p.raw, c.x_pstn, c.created_by FROM contacts c "
-            "JOIN phones p ON p.contact_id = c.id ORDER BY c.id"
-        )]  # fmt: skip
+        return [
+            tuple(r)
+            for r in self._query(  # type: ignore[misc]
+                "SELECT c.id, p.raw, c.x_pstn, c.created_by FROM contacts c "
+                "JOIN phones p ON p.contact_id = c.id ORDER BY c.id"
+            )
+        ]
 
     async def control(self, **params: str | int) -> None:
         """Switch its failure knobs at run time (needs ``--test-control``)."""
@@ -289,9 +307,13 @@ def refcrm_process(tmp_path: Path) -> Iterator[Callable[..., RefCrmProcess]]:
     started: list[RefCrmProcess] = []
 
     def start(
-        users: Mapping[str, str] = USERS, *, port: int = 0, latency_ms: float = 0,
-        db_path: Path | None = None, extra_args: tuple[str, ...] = (),
-    ) -> RefCrmProcess:  # fmt: skip
+        users: Mapping[str, str] = USERS,
+        *,
+        port: int = 0,
+        latency_ms: float = 0,
+        db_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> RefCrmProcess:
         db = db_path or tmp_path / f"refcrm-proc{len(started)}.sqlite"
         crm = RefCrmProcess(db, users, port=port, latency_ms=latency_ms, extra_args=extra_args)
         started.append(crm)
@@ -320,8 +342,12 @@ _DECL_1251 = '<?xml version="1.0" encoding="windows-1251"?>\n'
 _ONE = _find_xml([("7", "Иван Петрович")], "1")
 
 
-def _static(body: bytes, ctype: str = "text/xml", status: int = 200,
-            headers: Mapping[str, str] | None = None) -> Callable[[web.Request], Awaitable[Any]]:
+def _static(
+    body: bytes,
+    ctype: str = "text/xml",
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Callable[[web.Request], Awaitable[Any]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.Response(body=body, status=status, headers=dict(headers or {}))
         resp.headers["Content-Type"] = ctype
@@ -368,7 +394,8 @@ async def _slow(request: web.Request) -> web.StreamResponse:
 HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
     "html": _static(
         b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
-        b"<body><h1>502 Bad Gateway</h1><hr>nginx</body></html>", "text/html"
+        b"<body><h1>502 Bad Gateway</h1><hr>nginx</body></html>",
+        "text/html",
     ),
     "garbage": _static(b"\x89PNG\r\n\x1a\n\x00\x00 binary", "application/octet-stream"),
     "empty": _static(b""),
@@ -396,8 +423,8 @@ HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
         "</description></response>".encode()
     ),
     "ok_without_id": _static(
-        "<response><result>ok</result><description>Контакт добавлен</description></response>"
-        .encode()
+        "<response><result>ok</result><description>Контакт добавлен</description>"
+        "</response>".encode()
     ),
     "contact_added": _static(
         "<response><result>ok</result><id>3453</id><typecont>contact</typecont>"
@@ -412,20 +439,21 @@ HOSTILE_CASES: dict[str, Callable[[web.Request], Awaitable[Any]]] = {
         b"<html><head><title>500 Internal Server Error</title></head></html>", "text/html", 500
     ),
     "408": _static(b"Request Timeout", "text/plain", 408),
-    "502": _static(
-        b"<html><head><title>502 Bad Gateway</title></head></html>", "text/html", 502
-    ),
+    "502": _static(b"<html><head><title>502 Bad Gateway</title></head></html>", "text/html", 502),
     "504": _static(
         b"<html><head><title>504 Gateway Time-out</title></head></html>", "text/html", 504
     ),
     "503": _static(
         "<response><result>error</result><description>Ведутся технические работы"
-        "</description></response>".encode(), "text/xml; charset=utf-8", 503,
+        "</description></response>".encode(),
+        "text/xml; charset=utf-8",
+        503,
     ),
     "401": _static(b"Unauthorized", "text/plain", 401),
     "404": _static(b"<html><title>404 Not Found</title></html>", "text/html", 404),
-    "redirect": _static(b"", "text/html", 302,
-                        {"Location": "https://crm.example.com/login?login=x&password=S3cr3t"}),
+    "redirect": _static(
+        b"", "text/html", 302, {"Location": "https://crm.example.com/login?login=x&password=S3cr3t"}
+    ),
     "slow": _slow,
     "drop": _drop,
     "echo_password": _echo_password,

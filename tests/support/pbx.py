@@ -68,9 +68,11 @@ class FaultyPbx(PbxSimulator):
             uid = msg.get("Uniqueid")
             if uid and msg.get("Linkedid"):
                 self._linkedid[uid] = msg["Linkedid"]
-            if uid and msg.get("Event") == "VarSet" and msg.get("Variable") in (
-                "FROM_DID", "__FROM_DID"
-            ):  # fmt: skip
+            if (
+                uid
+                and msg.get("Event") == "VarSet"
+                and msg.get("Variable") in ("FROM_DID", "__FROM_DID")
+            ):
                 self._did[uid] = msg.get("Value", "")
             if msg.get("Event") == "Cdr":
                 row = msg["UniqueID"]

@@ -46,10 +46,16 @@ async def telefum(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proc]
         log = tmp_path / f"telefum-{len(started)}.log"
         with open(log, "wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "telefum.cli", *args,
-                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, cwd=REPO,
+                sys.executable,
+                "-m",
+                "telefum.cli",
+                *args,
+                stdout=out,
+                stderr=out,
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )  # fmt: skip
+            )
         p = Proc(proc, log)
         started.append(p)
         return p
@@ -62,9 +68,15 @@ async def telefum(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proc]
 
 
 def bridge_settings(
-    path: Path, *, pbx_port: int, crm_url: str, crm_password: str, redis_url: str,
-    http_port: int, extra: str = "",
-) -> Path:  # fmt: skip
+    path: Path,
+    *,
+    pbx_port: int,
+    crm_url: str,
+    crm_password: str,
+    redis_url: str,
+    http_port: int,
+    extra: str = "",
+) -> Path:
     """A ``settings.toml`` for ``telefum listen`` + ``telefum worker`` on loopback: the PBX
     ``office`` (the simulator's user), the CRM's service account ``bridge``, a 2 s CRM
     timeout; ``extra``: more TOML at the end (sections of its own)."""

@@ -34,16 +34,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def inbound_call(
-    call_id: str, external: str = "+79161234567", *, pbx: str = "default",
+    call_id: str,
+    external: str = "+79161234567",
+    *,
+    pbx: str = "default",
     extension: str | None = "101",
 ) -> dict[str, Any]:
     """An answered inbound call's record (``CallRecord.to_json`` form), for the queue tests."""
     return {
-        "call_id": call_id, "pbx": pbx, "direction": "in", "external": external,
-        "did": "+74951234567", "extension": extension, "answered": True,
-        "started_at": "2025-11-26T12:00:00.000Z", "answered_at": "2025-11-26T12:00:06.000Z",
-        "ended_at": "2025-11-26T12:04:00.000Z", "disposition": "answered", "transfers": [],
-    }  # fmt: skip
+        "call_id": call_id,
+        "pbx": pbx,
+        "direction": "in",
+        "external": external,
+        "did": "+74951234567",
+        "extension": extension,
+        "answered": True,
+        "started_at": "2025-11-26T12:00:00.000Z",
+        "answered_at": "2025-11-26T12:00:06.000Z",
+        "ended_at": "2025-11-26T12:04:00.000Z",
+        "disposition": "answered",
+        "transfers": [],
+    }
 
 
 @pytest.fixture
@@ -87,11 +98,23 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--redis-url", self.redis_url,
-             "--config-json", str(self.config_path), "--worker-id", self.wid],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "--redis-url",
+                self.redis_url,
+                "--config-json",
+                str(self.config_path),
+                "--worker-id",
+                self.wid,
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             preexec_fn=_die_with_parent,  # a killed test run leaves no worker behind
-        )  # fmt: skip
+        )
         log.close()
         return self
 

@@ -43,15 +43,30 @@ class SentinelSet:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - the child keeps it
         self.procs[name] = subprocess.Popen(
-            [self.binary, *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            [self.binary, *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
-        )  # fmt: skip
+        )
 
     def _server(self, name: str, replica_of: int | None) -> None:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
-        args = ["--port", str(self.ports[name]), "--bind", "127.0.0.1", "--dir", str(d),
-                "--save", "", "--appendonly", "yes", "--daemonize", "no"]  # fmt: skip
+        args = [
+            "--port",
+            str(self.ports[name]),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(d),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--daemonize",
+            "no",
+        ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         self._spawn(name, args)

@@ -108,8 +108,14 @@ class SpecCrm:
         items = []
         for c in found:
             extra = [("x_pstn", c.x_pstn)] if "echo_x_pstn" in self.breaks else []
-            fields = [("id", str(c.id)), ("typecont", c.typecont), ("name", c.name),
-                      ("company", ""), ("description", ""), *extra]  # fmt: skip
+            fields = [
+                ("id", str(c.id)),
+                ("typecont", c.typecont),
+                ("name", c.name),
+                ("company", ""),
+                ("description", ""),
+                *extra,
+            ]
             items.append(("item", fields))
         if "no_total" not in self.breaks:
             items.append(("total", str(len(found))))
@@ -126,18 +132,30 @@ class SpecCrm:
             x_pstn = ""
         cid = len(self.contacts) + 1
         typecont = params.get("typecont") or "contact"
-        self.contacts[cid] = _Contact(cid, typecont, params.get("name", ""),
-                                      [phone] if phone else [], x_pstn, login)  # fmt: skip
-        return self._xml([("result", "ok"), ("id", str(cid)), ("typecont", typecont),
-                          ("description", "Контакт добавлен" + said)])  # fmt: skip
+        self.contacts[cid] = _Contact(
+            cid, typecont, params.get("name", ""), [phone] if phone else [], x_pstn, login
+        )
+        return self._xml(
+            [
+                ("result", "ok"),
+                ("id", str(cid)),
+                ("typecont", typecont),
+                ("description", "Контакт добавлен" + said),
+            ]
+        )
 
     def _addevent(self, params: Mapping[str, str], login: str, said: str) -> web.Response:
         raw_id = params.get("id", "")
         if not raw_id and "no_field_errors" not in self.breaks:
             return self._error("Не указано id-контакта" + said)
         self.events.append({**params, "author": login})
-        return self._xml([("result", "ok"), ("idev", str(len(self.events))),
-                          ("description", "Событие добавлено" + said)])  # fmt: skip
+        return self._xml(
+            [
+                ("result", "ok"),
+                ("idev", str(len(self.events))),
+                ("description", "Событие добавлено" + said),
+            ]
+        )
 
     def _error(self, description: str) -> web.Response:
         return self._xml([("result", "error"), ("description", description)])
@@ -158,23 +176,28 @@ class SpecCrm:
             f"<title>{escape(title)}</title></head><body>{body}</body></html>"
         )
         return web.Response(
-            body=text.encode(self.encoding), status=status,
+            body=text.encode(self.encoding),
+            status=status,
             headers={"Content-Type": f"text/html; charset={self.encoding}"},
-        )  # fmt: skip
+        )
 
     def _gate(self, request: web.Request, title: str) -> web.Response | None:
         """The answer of a page that is not drawn here (login, script), else None."""
         if self.pages == "login":
             raise web.HTTPFound(f"/signin?next={quote(request.path_qs, safe='')}")
         if self.pages == "script":
-            return self._html(title, '<div id="app">Загрузка…</div>'
-                              '<script src="/static/app.js"></script>')  # fmt: skip
+            return self._html(
+                title, '<div id="app">Загрузка…</div><script src="/static/app.js"></script>'
+            )
         return None
 
     async def signin(self, request: web.Request) -> web.Response:
-        return self._html("Вход в CRM", '<form method="post" action="/signin">'
-                          '<input name="login"><input type="password" name="password">'
-                          "<button>Войти</button></form>")  # fmt: skip
+        return self._html(
+            "Вход в CRM",
+            '<form method="post" action="/signin">'
+            '<input name="login"><input type="password" name="password">'
+            "<button>Войти</button></form>",
+        )
 
     async def card(self, request: web.Request) -> web.Response:
         self.pages_served.append(request.path)
@@ -224,9 +247,12 @@ async def spec_crm(
     if pages not in PAGES or not set(breaks) <= set(BREAKS):
         raise ValueError(f"pages one of {PAGES}, breaks among {sorted(BREAKS)}")
     crm = SpecCrm(
-        base_url="", users=dict(users or {"bridge": "secret"}),
-        pages=pages, encoding=encoding, breaks=frozenset(breaks),
-    )  # fmt: skip
+        base_url="",
+        users=dict(users or {"bridge": "secret"}),
+        pages=pages,
+        encoding=encoding,
+        breaks=frozenset(breaks),
+    )
     app = web.Application()
     app.router.add_route("GET", "/rest", crm.rest)
     app.router.add_route("POST", "/rest", crm.rest)
