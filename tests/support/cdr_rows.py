@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from telephony.ami import AmiCodec, event_time
+from telephony.cdr_csv import BASE_COLUMNS
 from telephony.records import CallFinished, CallRecord
 from telephony.rules import CallRules
 from telephony.tracker import CallTracker
@@ -208,27 +209,8 @@ FREEPBX_COLUMNS = (
     "did",
     "linkedid",
 )
-PG_COLUMNS = (
-    "accountcode",
-    "src",
-    "dst",
-    "dcontext",
-    "clid",
-    "channel",
-    "dstchannel",
-    "lastapp",
-    "lastdata",
-    "start",
-    "answer",
-    "end",
-    "duration",
-    "billsec",
-    "disposition",
-    "amaflags",
-    "userfield",
-    "uniqueid",
-    "linkedid",
-)
+# cdr_pgsql's columns: Master.csv's base ones, then what its table adds
+PG_COLUMNS = (*BASE_COLUMNS, "userfield", "uniqueid", "linkedid")
 
 
 def _dt(text: str) -> datetime | None:
