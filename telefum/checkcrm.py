@@ -281,6 +281,21 @@ class Checker:
                 out.append(f"{w} ({_TOTAL})" if w == "no <total>" else w)
         return out
 
+    def _created(
+        self, what: str, created: Created, tag: str, section: str, body: bytes, ctype: str | None
+    ) -> str:
+        """addcont's and addevent's answer: the new id and a description (both outputs in
+        the spec's section), else Failed; what passed, as the point's reason."""
+        problems = self._deviations(what, created.warnings)
+        new = f"<{tag}>{created.id}</{tag}>"
+        if not created.description:
+            problems.append(
+                f"<result>ok</result> and {new} without a <description> "
+                f"(spec {section} lists «Описание результата» among the outputs)"
+            )
+        self._fail(what, problems, body, ctype)
+        return f"{what}: <result>ok</result>, {new}, {created.description!r}"
+
     def _fail(self, what: str, problems: list[str], body: bytes, ctype: str | None) -> None:
         """Failed with the problems seen in an answer and the answer itself, if any."""
         if problems:
@@ -389,14 +404,7 @@ class Checker:
         created: Created = self._parse(what, parse.parse_add_contact, body, ctype)
         c.login_accepted = True
         c.contact = Contact(id=created.id, typecont=created.typecont or "contact", name=c.name)
-        problems = self._deviations(what, created.warnings)
-        if not created.description:
-            problems.append(
-                f"<result>ok</result> and <id>{created.id}</id> without a <description> "
-                "(spec §3 lists «Описание результата» among the outputs)"
-            )
-        self._fail(what, problems, body, ctype)
-        return f"{what}: <result>ok</result>, <id>{created.id}</id>, {created.description!r}"
+        return self._created(what, created, "id", "§3", body, ctype)
 
     async def find(self) -> str:
         c = self.ctx
@@ -450,14 +458,7 @@ class Checker:
         body, ctype = await self._rest(what, "addevent", "POST", params)
         created: Created = self._parse(what, parse.parse_add_event, body, ctype)
         c.idev = created.id
-        problems = self._deviations(what, created.warnings)
-        if not created.description:
-            problems.append(
-                f"<result>ok</result> and <idev>{created.id}</idev> without a <description> "
-                "(spec §4 lists «Описание результата» among the outputs)"
-            )
-        self._fail(what, problems, body, ctype)
-        return f"{what}: <result>ok</result>, <idev>{created.id}</idev>, {created.description!r}"
+        return self._created(what, created, "idev", "§4", body, ctype)
 
     async def wrong_password(self) -> str:
         self._need_login()

@@ -29,17 +29,21 @@ NEEDS_REDIS = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def redis_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--config`` and ``--redis-url`` on the command, and on the parent parser returned
+    for its actions, so they may come before or after the ACTION (SUPPRESS there: an
+    action without them keeps the command's). Shared by ``dlq`` and ``queue``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="settings.toml (else $TELEFUM_CONFIG)",
-    )
-    common.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides [redis] url")
-    parser.add_argument("--config", metavar="FILE", help="settings.toml (else $TELEFUM_CONFIG)")
-    parser.add_argument("--redis-url", help="overrides [redis] url")
+    for p, default in ((parser, None), (common, argparse.SUPPRESS)):
+        p.add_argument(
+            "--config", metavar="FILE", default=default, help="settings.toml (else $TELEFUM_CONFIG)"
+        )
+        p.add_argument("--redis-url", default=default, help="overrides [redis] url")
+    return common
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common = redis_arguments(parser)
     sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", parents=[common], help="show the dead letters, oldest first")
     p.add_argument("--errors", action="store_true", help="show every failed attempt")

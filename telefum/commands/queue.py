@@ -16,26 +16,20 @@ import asyncio
 import sys
 from typing import Any
 
+from telefum.commands.dlq import redis_arguments, redis_target
+
 HELP = "run every call waiting for a retry now (after the CRM is back)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="settings.toml (else $TELEFUM_CONFIG)")
-    parser.add_argument("--redis-url", help="overrides [redis] url")
+    common = redis_arguments(parser)
     sub = parser.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    p = sub.add_parser("retry-now", help="make every call waiting for a retry due now")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="settings.toml (else $TELEFUM_CONFIG)",
+    sub.add_parser(
+        "retry-now", parents=[common], help="make every call waiting for a retry due now"
     )
-    p.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides [redis] url")
 
 
 def run(args: argparse.Namespace) -> int:
-    from telefum.commands.dlq import redis_target
-
     target = redis_target(args, "queue")
     if isinstance(target, int):
         return target
