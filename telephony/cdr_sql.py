@@ -22,7 +22,7 @@ One connection per read: backfill runs at start and after a gap, not per call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -79,6 +79,20 @@ def plan_for(table: str, columns: Mapping[str, str]) -> Plan:
         raise ValueError(f"table {table} has no column {', '.join(missing)}{why}")
     assert start is not None
     return Plan(start, columns[start], {c: columns[c] for c in WANTED if c in columns})
+
+
+def _select(
+    source: str, table: str, found: Mapping[str, str], column: Callable[[str, bool], str]
+) -> tuple[Plan, list[str], str]:
+    """The plan for the table's columns (else a CdrConfigError naming the source), the
+    names of the columns read, and their SELECT list, each written by ``column(name,
+    is_text)`` (text columns are read as bytes: the row decoder knows the encodings)."""
+    try:
+        plan = plan_for(table, found)
+    except ValueError as err:
+        raise CdrConfigError(source, str(err)) from None
+    typed = [(plan.start, plan.start_type), *plan.columns.items()]
+    return plan, [c for c, _ in typed], ", ".join(column(c, _is_text(t)) for c, t in typed)
 
 
 def _is_text(sql_type: str) -> bool:
@@ -188,14 +202,11 @@ class MysqlSource(SourceBase):
                     (schema or None, table),
                 )
                 found = {str(n): str(t) for n, t in await cur.fetchall()}
-                try:
-                    plan = plan_for(s.table, found)
-                except ValueError as err:
-                    raise CdrConfigError(self.name, str(err)) from None
-                names = [plan.start, *plan.columns]
-                select = ", ".join(
-                    f"CAST(`{c}` AS BINARY)" if _is_text(t) else f"`{c}`"
-                    for c, t in [(plan.start, plan.start_type), *plan.columns.items()]
+                plan, names, select = _select(
+                    self.name,
+                    s.table,
+                    found,
+                    lambda c, text: f"CAST(`{c}` AS BINARY)" if text else f"`{c}`",
                 )
                 # TIMESTAMP columns come in the session's zone (UTC, set above);
                 # DATETIME ones are the PBX's local time, as written
@@ -269,16 +280,15 @@ class PostgresSource(SourceBase):
                     table,
                 )
             }
-            try:
-                plan = plan_for(s.table, found)
-            except ValueError as err:
-                raise CdrConfigError(self.name, str(err)) from None
-            names = [plan.start, *plan.columns]
             # convert_to(.., 'SQL_ASCII') hands over the stored bytes unchecked, so a
             # SQL_ASCII database holding another encoding does not fail the whole query
-            select = ", ".join(
-                f"convert_to({_pg_ident(c)}, 'SQL_ASCII')" if _is_text(t) else _pg_ident(c)
-                for c, t in [(plan.start, plan.start_type), *plan.columns.items()]
+            plan, names, select = _select(
+                self.name,
+                s.table,
+                found,
+                lambda c, text: (
+                    f"convert_to({_pg_ident(c)}, 'SQL_ASCII')" if text else _pg_ident(c)
+                ),
             )
             start = _pg_ident(plan.start)
             records = await conn.fetch(
