@@ -5,20 +5,26 @@ under the bridge."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from arq.connections import create_pool
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.support.crm import REPO
 from tests.support.redis import inbound_call
 from tests.support.sentinel import PRIMARY_NAME, SentinelSet
-from worker.policy import DEFAULT_QUEUE
+from worker import ledger
+from worker.app import WorkerService
+from worker.policy import DEFAULT_QUEUE, CrmTarget, WorkerConfig
 from worker.queue import enqueue_call
 from worker.redis_url import RedisAddress, connect
+from worker.replicas import ReplicaWait
 from worker.stats import read_stats
 
 
@@ -121,3 +127,66 @@ async def test_telefum_queue_retry_now_reaches_a_redis_behind_sentinel(
         assert (await read_stats(client))["queue"]["due"] == 1
     finally:
         await client.aclose()
+
+
+def _primary(sentinel_redis: SentinelSet) -> Redis:
+    return Redis(port=sentinel_redis.primary_port(), socket_timeout=5)
+
+
+async def test_the_wait_covers_writes_another_connection_made(
+    sentinel_redis: SentinelSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WAIT counts only its own connection's writes, and a pooled client sends each command
+    on any free connection: a WAIT on a connection whose own last write the replica has
+    returned at once, confirming nothing of a ledger write made on another one."""
+    waiter, writer = _primary(sentinel_redis), _primary(sentinel_redis)
+    replica = sentinel_redis.procs["b"]
+    try:
+        await waiter.set("earlier", "1")
+        assert await waiter.execute_command("WAIT", 1, 2000) == 1
+        replica.send_signal(signal.SIGSTOP)  # the replica hangs: nothing new reaches it
+        await writer.hset("telefum:ledger:call:pbx:1", "event_id", "ev1")
+        wait = ReplicaWait(1, timeout_s=0.5)
+        t0 = time.monotonic()
+        assert await wait(waiter, "the ledger of call:pbx:1", "it could be sent again") is False
+        assert time.monotonic() - t0 >= 0.45  # it waited, on the waiter's connection
+        assert "no Redis replica confirmed the ledger of call:pbx:1 within 0.5 s" in caplog.text
+        t0 = time.monotonic()  # a replica that did not answer is not waited for by every write
+        assert await wait(waiter, "the next", "-") is False
+        assert time.monotonic() - t0 < 0.2
+        replica.send_signal(signal.SIGCONT)
+        assert await ReplicaWait(1, timeout_s=5)(waiter, "the ledger", "-") is True
+        on_replica = Redis(port=sentinel_redis.ports["b"], socket_timeout=5)
+        try:
+            assert await on_replica.hget("telefum:ledger:call:pbx:1", "event_id") == b"ev1"
+        finally:
+            await on_replica.aclose()
+    finally:
+        replica.send_signal(signal.SIGCONT)
+        await waiter.aclose()
+        await writer.aclose()
+
+
+async def test_a_workers_ledger_writes_wait_for_the_replica_behind_sentinel(
+    sentinel_redis: SentinelSet,
+) -> None:
+    """A CRM write recorded on a primary that dies before its replica has the record is
+    sent again by the next run: behind Sentinel the record waits for the replica."""
+    redis = _primary(sentinel_redis)
+    replica = sentinel_redis.procs["b"]
+    wait = WorkerService(
+        WorkerConfig(crm=CrmTarget("http://127.0.0.1:9/rest", "u", "p")), sentinel_redis.url
+    ).replicas
+    assert wait.replicas == 1  # from the redis+sentinel:// URL; a plain URL: 0
+    wait.timeout_s = 0.5
+    try:
+        entry = await ledger.load(redis, "call:pbx:2")
+        led = ledger.CallLedger(redis, entry, 3600, replicas=wait)
+        replica.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await led.contact_sending(time.time())
+        assert time.monotonic() - t0 >= 0.45
+        assert (await ledger.load(redis, "call:pbx:2")).get("contact_sent_at")  # taken anyway
+    finally:
+        replica.send_signal(signal.SIGCONT)
+        await redis.aclose()

@@ -21,6 +21,7 @@ Where things are::
     app.py       the worker process (arq Worker + heartbeat + reconciler); run_worker()
     redis_url.py one Redis URL -> every client's connection settings (arq's too): a plain
                  URL (percent-decoded password), or redis+sentinel:// (a failover followed)
+    replicas.py  behind Sentinel: wait for a replica before forgetting what Redis took
     embedded_redis.py  a private redis-server for [redis] url = "", the demo and tests
     private_files.py   0700 folders, 0600 files (spool, outbox, the private Redis)
 
@@ -49,8 +50,9 @@ Guaranteed (with Redis persistent, i.e. appendonly, as in the compose file):
 Not guaranteed: calls still in the listener's memory (not yet fsync'd) when it crashes
 (the backfill from the PBX's CDR, telephony/backfill.py, finds those again at its next
 start when a source is configured); anything if Redis loses acknowledged writes (no AOF,
-or AOF ``everysec`` and a power cut; behind Sentinel the listener waits for a replica to
-have each batch, but a worker's ledger writes are not waited for); an answer kept on the
+or AOF ``everysec`` and a power cut; behind Sentinel the listener's batches, the workers'
+ledger writes and the outbox wait up to a second for a replica, replicas.py, and what none
+confirmed in time is logged); an answer kept on the
 disk of a worker whose host never comes back (after ``settle_s`` the call is sent again,
 and counted).
 """

@@ -55,6 +55,7 @@ from .policy import CrmTarget, WorkerConfig
 from .queue import JOB_FUNCTION, dumps, loads, retry_now
 from .reconcile import try_reconcile
 from .redis_url import RedisAddress
+from .replicas import ReplicaWait
 from .steps import CrmApi
 
 log = logging.getLogger("worker.app")
@@ -155,6 +156,9 @@ class WorkerService:
         self._stop = asyncio.Event()  # a signal asked us to stop
         self._tasks: list[asyncio.Task[None]] = []
         self._clients: dict[str, CrmApi] = {}
+        # behind Sentinel, ledger and outbox writes wait for a replica (one for both, so a
+        # replica that does not answer is waited for once, not by every write)
+        self.replicas = ReplicaWait(RedisAddress.parse(redis_url).replicas_to_wait_for)
         # CRM answers still to be written to the ledger (memory and disk); outlives
         # worker rebuilds, and takes over what workers that died on this host left
         self.outbox = Outbox(
@@ -162,6 +166,7 @@ class WorkerService:
             config.outbox_dir or None,
             supervisor=self.supervisor,
             on_landed=self._landed,
+            replicas=self.replicas,
         )
         self.latencies = stats.LatencyTally()  # outlives a Runtime rebuilt after an outage
         self.answers = CrmTally()  # the same, for whether each CRM answers
@@ -217,6 +222,7 @@ class WorkerService:
             on_delivered=self.on_delivered,
             latencies=self.latencies,
             answers=self.answers,
+            replicas=self.replicas,
         )
         self.runtime.redis_back_at = time.time()  # (re)connected: see Runtime.redis_back_at
         self._started = True

@@ -18,9 +18,10 @@ What is and isn't guaranteed:
   a crash between enqueue and cursor save) are absorbed by the job id and the ledger.
 - Calls in Redis are as durable as Redis is: run it with appendonly (the compose file does).
   Behind Sentinel (``replicas`` 1, ``worker/redis_url.py``) a batch leaves the spool only
-  once a replica has it too (``WAIT``), so a primary that dies right after taking it loses
-  none: the batch is handed over again, to the new primary. With no replica answering
-  within ``replica_timeout_s`` it goes on without (logged), and asks again a while later.
+  once a replica has it too (``worker/replicas.py``), so a primary that dies right after
+  taking it loses none: the batch is handed over again, to the new primary. With no replica
+  answering within ``replica_timeout_s`` it goes on without (logged), and asks again a
+  while later.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from . import stats
 from .policy import DEFAULT_QUEUE
 from .queue import dumps, enqueue_calls, job_id_of
 from .redis_url import connect
+from .replicas import ReplicaWait
 from .spool import Spool
 
 log = logging.getLogger("worker.handoff")
@@ -80,9 +82,7 @@ class Handoff:
         self.publish_every_s = publish_every_s
         self.batch = batch
         self.linger_s = linger_s
-        self.replicas = replicas
-        self.replica_timeout_s = replica_timeout_s
-        self._unreplicated_until = 0.0  # no replica answered: not waiting for one till then
+        self.replicas = ReplicaWait(replicas, replica_timeout_s)
         self.supervisor = supervisor or Supervisor()  # the service's, so /health sees ours
 
         self.redis_ok = False  # the last attempt to reach Redis worked
@@ -288,19 +288,9 @@ class Handoff:
             expires_s=self.job_expires_s,
             ledger_ttl_s=self.ledger_ttl_s,
         )
-        if self.replicas and time.monotonic() >= self._unreplicated_until:
-            await self._wait_replicas(redis, len(good))
-
-    async def _wait_replicas(self, redis: Redis, calls: int) -> None:
-        """Until a replica has what this connection wrote (a connection error: the batch
-        stays in the spool and is handed over again)."""
-        timeout_ms = int(self.replica_timeout_s * 1000)
-        acked = int(await redis.execute_command("WAIT", self.replicas, timeout_ms))
-        if acked < self.replicas:
-            self._unreplicated_until = time.monotonic() + 30.0
-            log.warning(
-                "no Redis replica confirmed %d call(s) within %.1f s: handed over without; a "
-                "failover before it catches up could lose them (not waiting again for 30 s)",
-                calls,
-                self.replica_timeout_s,
-            )
+        # a connection error here: the batch stays in the spool and is handed over again
+        await self.replicas(
+            redis,
+            f"{len(good)} call(s)",
+            "handed over without; a failover before it catches up could lose them",
+        )

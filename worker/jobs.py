@@ -36,6 +36,7 @@ from .ledger import FINAL, CallLedger, LedgerWrite, PhoneLock
 from .outbox import Outbox
 from .plan import CallPlan, Skip, plan_call
 from .policy import JOB_MARGIN_S, CrmTarget, WorkerConfig
+from .replicas import ReplicaWait
 from .retry import decide, describe, is_transient, may_have_acted
 from .steps import CrmApi, Deadline, Steps
 
@@ -76,8 +77,10 @@ class Runtime:
         on_delivered: OnDelivered | None = None,
         latencies: stats.LatencyTally | None = None,
         answers: CrmTally | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self.config = config
+        self.replicas = replicas  # behind Sentinel: ledger writes wait for a replica
         self.on_delivered = on_delivered
         self.redis = redis
         self.clients = clients
@@ -145,7 +148,7 @@ class Runtime:
             if entry.get("outcome") == "delivered":
                 await self._tell_delivered(record, entry)  # the last run may have died first
             return f"nothing to do: already {entry.state}"
-        led = CallLedger(self.redis, entry, self.config.ledger_ttl_s, self.outbox)
+        led = CallLedger(self.redis, entry, self.config.ledger_ttl_s, self.outbox, self.replicas)
         led.begun(now)
         led.phone_lock = lock if locked else None
         deadline = Deadline(self.config.job_timeout_s - JOB_MARGIN_S)

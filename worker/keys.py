@@ -21,6 +21,7 @@ PREFIX = "telefum:"
 PENDING = PREFIX + "pending"
 DLQ = PREFIX + "dlq"
 RECONCILE_LOCK = PREFIX + "reconcile-lock"
+REPLICATION_MARK = PREFIX + "replication-mark"  # written to wait for a replica (replicas.py)
 
 
 def job_id(pbx: str, call_id: str) -> str:

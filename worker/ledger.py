@@ -38,6 +38,7 @@ done_at, dead_at, dead_reason, dead_login (whose CRM login the fatal request use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -50,6 +51,7 @@ from redis.exceptions import RedisError
 from crm_client.errors import Transient
 
 from . import keys, stats
+from .replicas import ReplicaWait
 
 # How long a CRM answer's ledger write may take before the outbox keeps it instead: a hung
 # Redis (SIGSTOP, a full disk under AOF) must not hold the run until arq's timeout
@@ -281,9 +283,15 @@ class CallLedger:
     """One call's ledger during one run of its job; every write is awaited, in order."""
 
     def __init__(
-        self, redis: Redis, entry: LedgerEntry, ttl_s: float, outbox: KeepAnswer | None = None
+        self,
+        redis: Redis,
+        entry: LedgerEntry,
+        ttl_s: float,
+        outbox: KeepAnswer | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
+        self.replicas = replicas
         self.entry = entry
         self.key = keys.ledger(entry.job_id)
         self.ttl_s = int(ttl_s)
@@ -302,6 +310,20 @@ class CallLedger:
     ) -> None:
         await write(self.redis, LedgerWrite(self.job_id, values, counters, done, self.ttl_s))
         self.entry.fields.update(values)
+        await self._replicated()
+
+    async def _replicated(self) -> None:
+        """Behind Sentinel, until a replica has this run's ledger writes (a mark lost in a
+        failover would let a re-run send a CRM write again). Best effort: the write is
+        taken, and a connection error now is the next write's to meet."""
+        if self.replicas is None:
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self.replicas(
+                self.redis,
+                f"the ledger of {self.job_id}",
+                "a failover before it catches up could let its CRM writes be sent again",
+            )
 
     async def _must_land(
         self,
@@ -347,6 +369,7 @@ class CallLedger:
                 )
             raise
         self.entry.fields.update(first.values)
+        await self._replicated()
         return True
 
     def begun(self, now: float) -> None:

@@ -44,6 +44,7 @@ from . import keys
 from .ledger import LedgerWrite, write
 from .private_files import private_dir
 from .redis_url import connect
+from .replicas import ReplicaWait
 from .spool import Spool
 
 log = logging.getLogger("worker.outbox")
@@ -69,7 +70,9 @@ class Outbox:
         supervisor: Supervisor | None = None,
         on_landed: OnLanded | None = None,
         adopt_every_s: float = 1.0,
+        replicas: ReplicaWait | None = None,
     ) -> None:
+        self.replicas = replicas  # behind Sentinel: an answer is forgotten once a replica has it
         self._redis = redis if isinstance(redis, Redis) else None
         self._url = redis if isinstance(redis, str) else None
         self._own_base = directory is None
@@ -194,6 +197,13 @@ class Outbox:
                 for w in writes:
                     async with asyncio.timeout(WRITE_TIMEOUT_S):
                         await write(redis, w)
+                if self.replicas is not None:
+                    await self.replicas(
+                        redis,
+                        f"{len(writes)} CRM answer(s)",
+                        "forgotten from the outbox without; a failover before it catches up "
+                        "could let those calls' CRM writes be sent again",
+                    )
             except (RedisError, OSError, TimeoutError) as err:
                 if outage_since is None:
                     outage_since = time.monotonic()
